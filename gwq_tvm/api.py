@@ -1,0 +1,136 @@
+"""The public Python API: quantize a float model into a compiled integer-only program.
+
+Each stage is usable alone (``load_model`` -> ``calibrate`` -> ``build_plan`` ->
+``RealizeIntegerProgram`` -> ``tvm.compile``); :func:`quantize` and
+:func:`build` chain them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .calibrate import calibrate, check_batch
+from .config import QuantConfig
+from .errors import IntegerOnlyError, PlanError, UnsupportedOpError
+from .frontend import FloatModel, load_model
+from .graph import Graph, extract_graph
+from .passes.check import IntegerOnlyReport, check_integer_only
+from .passes.realize import RealizeIntegerProgram
+from .plan.planner import build_plan
+from .plan.program import sfc_sites, sfc_summary
+from .plan.quantplan import QuantPlan
+from .runtime import host_target, run_batched
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A realized integer program and everything known about it.
+
+    Attributes
+    ----------
+    float_model : FloatModel
+    graph : Graph
+    plan : QuantPlan
+    mod : tvm.IRModule
+        The realized integer-only module (not yet compiled).
+    integer_only : IntegerOnlyReport
+    """
+
+    float_model: FloatModel
+    graph: Graph
+    plan: QuantPlan
+    mod: tvm.IRModule
+    integer_only: IntegerOnlyReport
+
+    @property
+    def sfc(self) -> dict:
+        """SFC counts: sites and per-sample elements by multiply vs shift."""
+        return sfc_summary(sfc_sites(self.graph, self.plan))
+
+    @property
+    def float_ops(self) -> list[str]:
+        """Ops kept in float (the graph's ``float`` nodes)."""
+        return [n.attrs["op"] for n in self.graph.float_nodes()]
+
+
+def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, plan: QuantPlan | None = None,
+             input_shape=None, show_progress: bool = False) -> QuantizedModel:
+    """Import, calibrate, plan and realize ``model`` as an integer-only Relax program.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, onnx.ModelProto, torch.nn.Module or FloatModel
+    calib_data : array_like, optional
+        Calibration inputs (required unless ``plan`` is given).
+    config : QuantConfig
+    plan : QuantPlan, optional
+        Use this plan instead of calibrating (it must match the model).
+    input_shape : tuple, optional
+        Input shape for models without one (torch modules need it or an ONNX file with a dynamic shape).
+
+    Raises
+    ------
+    UnsupportedOpError
+        If the model holds ops gwq-tvm cannot quantize and ``config.allow_float_fallback`` is off.
+    IntegerOnlyError
+        If a model whose ops are all supported does not realize integer-only (a bug).
+    """
+    fm = load_model(model, input_shape=input_shape)
+    graph = extract_graph(fm.mod)
+    floats = sorted({n.attrs["op"] for n in graph.float_nodes()})
+    if floats:
+        msg = f"ops kept in float (not quantizable by gwq-tvm): {', '.join(floats)}"
+        if not config.allow_float_fallback:
+            raise UnsupportedOpError(msg)
+        warnings.warn(msg, stacklevel=2)
+    if plan is None:
+        if calib_data is None:
+            raise PlanError("quantize needs calibration data or a QuantPlan")
+        stats = calibrate(fm, calib_data, config, show_progress=show_progress)
+        plan = build_plan(graph, stats, config, fm.input_shape)
+    elif plan.fingerprint != graph.fingerprint:
+        raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
+    mod = RealizeIntegerProgram(plan)(fm.mod)
+    report = check_integer_only(mod)
+    if not report.ok and not floats:
+        raise IntegerOnlyError(f"realized program is not integer-only: {report}")
+    return QuantizedModel(fm, graph, plan, mod, report)
+
+
+def build(qmodel_or_mod, target=None) -> relax.VMExecutable:
+    """Compile a realized module (or :class:`QuantizedModel`) for ``target`` (default: this CPU)."""
+    mod = qmodel_or_mod.mod if isinstance(qmodel_or_mod, QuantizedModel) else qmodel_or_mod
+    return tvm.compile(mod, target or host_target())
+
+
+def export(executable, path, plan: QuantPlan | None = None, fcompile=None) -> Path:
+    """Write ``executable`` as a shared library (and ``plan`` beside it as ``<stem>.plan.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    executable.export_library(str(tmp), fcompile=fcompile) if fcompile else executable.export_library(str(tmp))
+    tmp.replace(path)
+    if plan is not None:
+        plan.save(path.with_suffix(".plan.json"))
+    return path
+
+
+def load_executable(path) -> relax.VirtualMachine:
+    """Load an exported ``.so`` with plain TVM and return a CPU VirtualMachine."""
+    return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+
+
+def predict(vm: relax.VirtualMachine, data, input_shape, *, batch: int = 250, show_progress: bool = False) -> np.ndarray:
+    """Run ``vm`` over ``data`` in batches (validated against ``input_shape``)."""
+    data = check_batch(data, input_shape, what="input data")
+    return run_batched(vm, data, batch, fixed_batch=input_shape[0], desc="run", show_progress=show_progress)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())

@@ -1,0 +1,105 @@
+"""Run the fp32 model on TVM over real batches and record every node's statistics.
+
+Usage::
+
+    stats = calibrate(float_model, images, config)   # {node name: TensorStats}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..config import QuantConfig
+from ..errors import CalibrationDataError
+from ..frontend import FloatModel
+from ..graph import Graph, extract_graph
+from ..runtime import host_target, progress
+from .observers import TensorStats, choose_clip
+
+__all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "with_node_outputs"]
+
+
+def check_batch(data, input_shape: tuple, what: str = "calibration data") -> np.ndarray:
+    """Validate user data against the model input and return it as float32.
+
+    Raises
+    ------
+    CalibrationDataError
+        If ``data`` is empty, not numeric, holds NaN/Inf or does not match the
+        model's input shape (ignoring a dynamic batch dimension).
+    """
+    try:
+        arr = np.asarray(data)
+    except Exception as err:  # ragged lists and the like
+        raise CalibrationDataError(f"{what} is not an array: {err}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise CalibrationDataError(f"{what} must be numeric; got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise CalibrationDataError(f"{what} is empty")
+    expected = tuple(input_shape)
+    if arr.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], arr.shape[1:])):
+        shown = "x".join("N" if d is None else str(d) for d in expected)
+        raise CalibrationDataError(f"{what} has shape {arr.shape}; the model expects {shown}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise CalibrationDataError(f"{what} holds {int(bad.sum())} NaN/Inf values")
+    return arr
+
+
+def with_node_outputs(mod: tvm.IRModule, graph: Graph) -> tvm.IRModule:
+    """``mod`` whose ``main`` returns the fp32 outputs of every node, in graph order."""
+    flat = relax.transform.ToNonDataflow()(mod)
+    func = flat["main"]
+    by_name = {b.var.name: b.var for b in func.body.blocks[0].bindings}
+    outs = [func.params[0] if n.kind == "input" else by_name[n.var.name] for n in graph.nodes.values()]
+    ret = relax.TupleType([v.ty for v in outs])
+    new = relax.Function(func.params, relax.SeqExpr(func.body.blocks, relax.Tuple(outs)), ret, attrs=func.attrs)
+    return relax.transform.Normalize()(tvm.IRModule({"main": new}))
+
+
+def _batches(data: np.ndarray, batch: int, input_shape: tuple):
+    fixed_batch = input_shape[0]
+    step = fixed_batch or batch
+    usable = len(data) - (len(data) % step if fixed_batch else 0)
+    if usable == 0:
+        raise CalibrationDataError(f"calibration needs at least {step} samples (the model's fixed batch size)")
+    for i in range(0, usable, step):
+        yield data[i : i + step]
+
+
+def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, show_progress: bool = False) -> dict:
+    """Collect :class:`TensorStats` of every node output by running ``model`` on TVM.
+
+    Parameters
+    ----------
+    model : FloatModel
+        Canonical fp32 model.
+    data : array_like
+        Calibration inputs, shape ``(N, *input_shape[1:])``, float.
+    config : QuantConfig
+        Uses ``calib_batch_size``.
+    show_progress : bool
+        Draw a progress bar on stderr.
+
+    Returns
+    -------
+    dict of str to TensorStats
+    """
+    data = check_batch(data, model.input_shape)
+    graph = extract_graph(model.mod)
+    ex = tvm.compile(with_node_outputs(model.mod, graph), host_target())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    names = list(graph.nodes)
+    stats = {n: TensorStats() for n in names}
+    batches = list(_batches(data, config.calib_batch_size, model.input_shape))
+    for batch in progress(batches, desc="calibrate", enabled=show_progress):
+        outs = vm["main"](tvm.runtime.tensor(batch))
+        for name, out in zip(names, outs):
+            arr = out.numpy()
+            if not np.isfinite(arr).all():
+                raise CalibrationDataError(f"the float model produced NaN/Inf at {name} on the calibration data")
+            stats[name].observe(arr)
+    return {name: s.finalize() for name, s in stats.items()}

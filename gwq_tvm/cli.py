@@ -1,0 +1,205 @@
+"""The ``gwq-tvm`` command line: argparse -> QuantConfig -> the API; no logic of its own.
+
+Every user error prints ``gwq-tvm: error: <one line>`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import GwqError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too; keep it short)
+        self.exit(EXIT_USAGE, f"gwq-tvm: error: {message}\n")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {v}")
+    return v
+
+
+def _shape(text):
+    try:
+        return tuple(None if d in ("N", "?", "-1") else int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be comma-separated integers (N for dynamic): {text!r}") from None
+
+
+def _config(args):
+    from .config import QuantConfig
+
+    return QuantConfig(
+        weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
+        weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict,
+    )
+
+
+def _load_data(path, what, limit=None):
+    from .data import fashion_mnist, load_array_file
+
+    if path in ("bundled", "bundled:calib"):
+        x, y = fashion_mnist("calib")
+    elif path == "bundled:test":
+        x, y = fashion_mnist("test")
+    else:
+        x, y = load_array_file(path, what)
+    if limit:
+        x = x[:limit]
+        y = y[:limit] if y is not None else None
+    return x, y
+
+
+def _target(name):
+    from .runtime import host_target
+
+    if name in (None, "host", "llvm"):
+        return host_target()
+    import tvm
+
+    try:
+        return tvm.target.Target(json.loads(name) if name.startswith("{") else name)
+    except Exception as err:
+        raise GwqError(f"bad --target {name!r}: {str(err).strip().splitlines()[-1]}") from None
+
+
+def _print_summary(q, out=sys.stdout):
+    s = q.sfc
+    print(f"integer-only: {'yes' if q.integer_only.ok else 'no'}" + ("" if q.integer_only.ok else f"  ({q.integer_only})"), file=out)
+    if q.float_ops:
+        print(f"float fallback ops: {', '.join(sorted(set(q.float_ops)))}", file=out)
+    print(
+        f"SFC ops: {s['multiply_sites']} multiply, {s['shift_sites']} shift "
+        f"(per-sample elements: {s['multiply_elements']} multiply, {s['shift_elements']} shift; "
+        f"shift share {s['shift_share'] * 100:.1f}%)",
+        file=out,
+    )
+
+
+def cmd_compile(args):
+    from . import api
+    from .plan.quantplan import QuantPlan
+
+    plan = QuantPlan.load(args.plan) if args.plan else None
+    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    t0 = time.time()
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    ex = api.build(q, _target(args.target))
+    out = api.export(ex, args.output, q.plan)
+    _print_summary(q)
+    print(f"wrote {out} and {out.with_suffix('.plan.json')} ({time.time() - t0:.1f}s)")
+
+
+def cmd_plan(args):
+    from . import api
+
+    calib = _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
+    q.plan.save(args.output)
+    _print_summary(q)
+    print(f"wrote {args.output}")
+
+
+def cmd_eval(args):
+    from . import api
+    from .plan.quantplan import QuantPlan
+
+    x, y = _load_data(args.data, "evaluation data", args.limit)
+    if not Path(args.module).is_file():
+        raise GwqError(f"module not found: {args.module}")
+    plan_path = Path(args.module).with_suffix(".plan.json")
+    shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else (None,) + x.shape[1:]
+    vm = api.load_executable(args.module)
+    t0 = time.time()
+    logits = api.predict(vm, x, shape, batch=args.batch, show_progress=not args.quiet)
+    print(f"ran {len(x)} samples in {time.time() - t0:.1f}s; output shape {logits.shape}")
+    if y is not None:
+        print(f"accuracy: {api.accuracy(logits, y) * 100:.2f}%")
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    run_demo(out_dir=Path(args.out_dir), calib_samples=args.calib_samples, limit=args.limit, quiet=args.quiet)
+
+
+def _add_quant_options(p):
+    p.add_argument("--weight-bits", type=int, default=8, help="weight bit-width, 2-8 (default 8)")
+    p.add_argument("--act-bits", type=int, default=8, help="activation bit-width, 2-8 (default 8)")
+    p.add_argument("--calibration", default="mse", help="max | percentile | mse (default mse)")
+    p.add_argument("--mode", default="per-layer", help="per-layer | pot (default per-layer)")
+    p.add_argument("--weight-granularity", default="per-channel", help="per-channel | per-tensor")
+    p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
+    p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
+    p.add_argument("--calib-samples", type=_positive_int, default=512, help="calibration samples used (default 512)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gwq-tvm", description="Group-wise integer-only quantization of CNNs with TVM.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("compile", help="quantize and compile a model to an integer-only .so")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--calib", default="bundled:calib", help=".npy/.npz calibration inputs (default: bundled Fashion-MNIST)")
+    p.add_argument("--plan", help="use this QuantPlan JSON instead of calibrating")
+    p.add_argument("-o", "--output", required=True, help="output .so (the plan is written beside it)")
+    p.add_argument("--target", default="host", help="'host' (default) or a TVM target JSON/tag")
+    _add_quant_options(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("plan", help="calibrate and write a QuantPlan JSON without compiling")
+    p.add_argument("model")
+    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("-o", "--output", required=True)
+    _add_quant_options(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("eval", help="run a compiled .so on data (accuracy when labels are given)")
+    p.add_argument("module", help="a .so written by 'gwq-tvm compile'")
+    p.add_argument("--data", default="bundled:test", help=".npy/.npz inputs (with 'labels' for accuracy)")
+    p.add_argument("--batch", type=_positive_int, default=250)
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N samples")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole flow on the bundled model and Fashion-MNIST")
+    p.add_argument("--out-dir", default="gwq_demo_out")
+    p.add_argument("--calib-samples", type=_positive_int, default=512)
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.getLogger("tvm").setLevel(logging.ERROR)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"gwq-tvm: warning: {msg}\n"
+    try:
+        args.func(args)
+    except GwqError as err:
+        print(f"gwq-tvm: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("gwq-tvm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The frozen configuration that flows through every gwq-tvm stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Mapping
+
+from .errors import ConfigError
+
+
+class Calibration(str, Enum):
+    """How an activation tensor's clipping range is chosen from its statistics.
+
+    * ``MAX``: the largest magnitude seen.
+    * ``PERCENTILE``: the ``percentile``-th percentile of the magnitudes.
+    * ``MSE``: the clip minimising the expected quantization MSE over the histogram.
+    """
+
+    MAX = "max"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+class ScaleMode(str, Enum):
+    """How activation scales are shared (DESIGN.md section 3).
+
+    * ``PER_LAYER``: every tensor its own scale; most SFCs are multiplies.
+    * ``POT``: one global power-of-two grid; every SFC is a shift.
+    """
+
+    PER_LAYER = "per-layer"
+    POT = "pot"
+
+
+class WeightGranularity(str, Enum):
+    """One weight scale per output channel or per tensor."""
+
+    PER_CHANNEL = "per-channel"
+    PER_TENSOR = "per-tensor"
+
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def _enum(enum_cls, value, name):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(e.value for e in enum_cls)
+        raise ConfigError(f"{name} must be one of {choices}; got {value!r}") from None
+
+
+def _bits(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        raise ConfigError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Settings of one quantization run; validated on construction.
+
+    Parameters
+    ----------
+    weight_bits, act_bits : int
+        Default bit-widths (2-8) of weights and activations.  Values live in
+        ``int8``/``uint8`` containers whatever the width.
+    calibration : Calibration or str
+        Clipping rule for activations (``max``, ``percentile``, ``mse``).
+    percentile : float
+        Percentile of magnitudes used by ``calibration="percentile"``, in (50, 100].
+    weight_granularity : WeightGranularity or str
+        ``per-channel`` (default) or ``per-tensor`` weight scales.
+    mode : ScaleMode or str
+        ``per-layer`` or ``pot``.
+    bits : mapping of str to (int, int)
+        Per-layer overrides ``{node_name: (weight_bits, act_bits)}``; ``act_bits``
+        applies to the node's output tensor.
+    add_precision_bits : int
+        Extra fractional bits kept while adding rescaled residual inputs (0-12).
+    allow_float_fallback : bool
+        Keep ops that cannot be quantized in float, with explicit
+        dequantize/quantize boundaries, instead of raising.
+    calib_batch_size : int
+        Batch size used while running the float model for calibration.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    calibration: Calibration = Calibration.MSE
+    percentile: float = 99.99
+    weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
+    mode: ScaleMode = ScaleMode.PER_LAYER
+    bits: Mapping[str, tuple] = field(default_factory=dict)
+    add_precision_bits: int = 8
+    allow_float_fallback: bool = True
+    calib_batch_size: int = 64
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        _bits(self.weight_bits, "weight_bits")
+        _bits(self.act_bits, "act_bits")
+        set_("calibration", _enum(Calibration, self.calibration, "calibration"))
+        set_("weight_granularity", _enum(WeightGranularity, self.weight_granularity, "weight_granularity"))
+        set_("mode", _enum(ScaleMode, self.mode, "mode"))
+        if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile!r}")
+        if not isinstance(self.add_precision_bits, int) or not 0 <= self.add_precision_bits <= 12:
+            raise ConfigError(f"add_precision_bits must be an integer from 0 to 12; got {self.add_precision_bits!r}")
+        if isinstance(self.calib_batch_size, bool) or not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:
+            raise ConfigError(f"calib_batch_size must be a positive integer; got {self.calib_batch_size!r}")
+        overrides = {}
+        for name, pair in dict(self.bits).items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ConfigError(f"bits[{name!r}] must be a (weight_bits, act_bits) pair; got {pair!r}")
+            overrides[str(name)] = (_bits(pair[0], f"bits[{name!r}] weight"), _bits(pair[1], f"bits[{name!r}] act"))
+        set_("bits", MappingProxyType(overrides))
+
+    def weight_bits_for(self, node: str) -> int:
+        return self.bits.get(node, (self.weight_bits, self.act_bits))[0]
+
+    def act_bits_for(self, node: str) -> int:
+        return self.bits.get(node, (self.weight_bits, self.act_bits))[1]
+
+    def replace(self, **changes) -> "QuantConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.value if isinstance(v, Enum) else ({k: list(p) for k, p in v.items()} if f.name == "bits" else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "QuantConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if "bits" in data:
+            data["bits"] = {k: tuple(v) for k, v in data["bits"].items()}
+        return cls(**data)
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,86 @@
+"""The bundled model and Fashion-MNIST data, and loading of user data files.
+
+The bundled files live in ``gwq_tvm/models`` and are checked against the
+sha256 sums in ``MANIFEST.json`` before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CalibrationDataError, GwqError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_MODEL = MODELS_DIR / "fmnist_resnet.onnx"
+
+
+def manifest() -> dict:
+    return json.loads((MODELS_DIR / "MANIFEST.json").read_text())
+
+
+def _verified(name: str) -> Path:
+    path = MODELS_DIR / name
+    expected = manifest()["sha256"].get(name)
+    if not path.is_file():
+        raise GwqError(f"bundled file missing: {path} (reinstall gwq-tvm)")
+    if expected != hashlib.sha256(path.read_bytes()).hexdigest():
+        raise GwqError(f"bundled file corrupt (sha256 mismatch): {path}")
+    return path
+
+
+def normalise(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 ``N x 1 x 28 x 28`` pixels to the bundled model's float input."""
+    m = manifest()
+    return ((images_u8.astype(np.float32) / 255.0 - m["pixel_mean"]) / m["pixel_std"]).astype(np.float32)
+
+
+def bundled_model() -> Path:
+    """Path of the bundled fp32 ONNX model (checksum verified)."""
+    return _verified(BUNDLED_MODEL.name)
+
+
+def fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Bundled Fashion-MNIST images (normalised float32, N x 1 x 28 x 28) and labels.
+
+    ``split="test"``: the 10k test images; ``split="calib"``: 1024 training images.
+    """
+    name = {"test": "fashion_mnist_test.npz", "calib": "fashion_mnist_calib.npz"}.get(split)
+    if name is None:
+        raise GwqError(f"unknown split {split!r}; use 'test' or 'calib'")
+    with np.load(_verified(name)) as z:
+        return normalise(z["images"]), z["labels"].astype(np.int64)
+
+
+def load_array_file(path, what: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
+    """Read inputs (and labels, if present) from ``.npy`` or ``.npz``.
+
+    An ``.npz`` may hold ``images``/``x``/``data`` (uint8 images are normalised
+    like the bundled data only when they come with the bundled model's shape)
+    and optionally ``labels``/``y``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationDataError(f"{what} file not found: {path}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise CalibrationDataError(f"{path}: not a .npy/.npz file ({type(err).__name__})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = set(loaded.files)
+            key = next((k for k in ("images", "x", "data", "inputs") if k in keys), None)
+            if key is None:
+                raise CalibrationDataError(f"{path}: no 'images', 'x', 'data' or 'inputs' array inside")
+            arr = loaded[key]
+            lkey = next((k for k in ("labels", "y") if k in keys), None)
+            labels = loaded[lkey] if lkey else None
+    else:
+        arr = loaded
+    if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[1:] == (1, 28, 28):
+        arr = normalise(arr)
+    return arr, labels

@@ -1,0 +1,1 @@
+"""Bundled models and the data that ship with gwq-tvm."""

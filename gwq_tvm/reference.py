@@ -1,0 +1,177 @@
+"""A numpy interpreter of the realized integer program: the bit-exact reference.
+
+It executes ``main`` of a realized (not legalized) module binding by binding
+with numpy, in the same dtypes and with the same rounding as the Relax ops
+define, independently of TVM's kernels and code generation.  Integer
+arithmetic is checked for overflow of its dtype (an overflow here means the
+planner's bounds are wrong, and raises).  A compiled TVM module must match it
+exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .graph import _const
+
+
+def _int_info(dtype):
+    return np.iinfo(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else None
+
+
+def _checked(value: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    """Cast exact (int64/float64) results to ``dtype``, raising on integer overflow."""
+    info = _int_info(dtype)
+    if info is not None and value.size and (value.min() < info.min or value.max() > info.max):
+        raise OverflowError(f"{what}: result leaves {dtype} range")
+    return value.astype(dtype)
+
+
+def _conv2d(x, w, attrs):
+    pt, pl, pb, pr = (int(v) for v in attrs.padding)
+    sh, sw = (int(v) for v in attrs.strides)
+    dh, dw = (int(v) for v in attrs.dilation)
+    groups = int(attrs.groups)
+    pad_value = 0
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    o, cg, kh, kw = w.shape
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
+    w = w.astype(np.float64)
+    og = o // groups
+    if groups == 1:
+        out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    elif cg == 1 and og == 1:
+        out = np.einsum("nchwij,cij->nchw", win, w[:, 0])
+    else:
+        parts = [
+            np.tensordot(win[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og], axes=([1, 4, 5], [1, 2, 3]))
+            for g in range(groups)
+        ]
+        out = np.concatenate(parts, axis=3).transpose(0, 3, 1, 2)
+    return out
+
+
+def _max_pool2d(x, attrs):
+    pt, pl, pb, pr = (int(v) for v in attrs.padding)
+    kh, kw = (int(v) for v in attrs.pool_size)
+    sh, sw = (int(v) for v in attrs.strides)
+    dh, dw = (int(v) for v in attrs.dilation)
+    if attrs.ceil_mode:
+        raise NotImplementedError("reference max_pool2d with ceil_mode")
+    lowest = _int_info(x.dtype).min if _int_info(x.dtype) is not None else -np.inf
+    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lowest)
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw].max(axis=(4, 5))
+
+
+class Interpreter:
+    """Evaluate ``mod["main"]`` with numpy.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A realized module (the output of ``RealizeIntegerProgram``), before legalization.
+    """
+
+    def __init__(self, mod: tvm.IRModule):
+        self.func = mod["main"]
+        self.bindings = [b for blk in self.func.body.blocks for b in blk.bindings]
+
+    def __call__(self, x: np.ndarray):
+        param = self.func.params[0]
+        env = {param: np.asarray(x, dtype=str(param.ty.dtype))}
+        self.sym = {}
+        for dim, size in zip(param.ty.shape.values, env[param].shape):
+            if isinstance(dim, tvm.tirx.Var):
+                self.sym[dim.name] = size
+        for b in self.bindings:
+            env[b.var] = self.eval(b.value, env, b.var)
+        return self.eval(self.func.body.body, env, None)
+
+    def eval(self, expr, env, var):
+        if isinstance(expr, relax.Var):
+            return env[expr]
+        c = _const(expr)
+        if c is not None:
+            return c
+        if isinstance(expr, relax.Tuple):
+            return [self.eval(f, env, None) for f in expr.fields]
+        if isinstance(expr, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):  # relax.prim_value in 0.27
+            return expr.value
+        if isinstance(expr, relax.ShapeExpr):
+            return tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else self.sym[v.name] for v in expr.values)
+        if not isinstance(expr, relax.Call):
+            raise NotImplementedError(f"reference: {type(expr).__name__}")
+        name = expr.op.name
+        fn = _OPS.get(name)
+        if fn is None:
+            raise NotImplementedError(f"the numpy reference has no rule for {name}")
+        args = [self.eval(a, env, None) for a in expr.args]
+        out_dtype = str(var.ty.dtype) if var is not None and isinstance(var.ty, relax.TensorType) else None
+        return fn(args, expr.attrs, out_dtype, name)
+
+
+def _binary(np_fn):
+    def run(args, attrs, dtype, name):
+        a, b = args
+        if _int_info(dtype) is not None:
+            return _checked(np_fn(a.astype(np.int64), b.astype(np.int64)), dtype, name)
+        return np_fn(a, b).astype(dtype)
+
+    return run
+
+
+def _astype(args, attrs, dtype, name):
+    x = args[0]
+    if _int_info(dtype) is not None and np.issubdtype(x.dtype, np.floating):
+        if not np.all(x == np.trunc(x)):
+            raise ValueError("reference: float-to-int cast of a non-integral value")
+    return _checked(x, dtype, name) if _int_info(dtype) is not None else x.astype(dtype)
+
+
+def _clip(args, attrs, dtype, name):
+    return np.clip(args[0], args[1], args[2]).astype(dtype)
+
+
+def _conv(args, attrs, dtype, name):
+    return _checked(_conv2d(args[0], args[1], attrs), dtype, name)
+
+
+def _matmul(args, attrs, dtype, name):
+    return _checked(args[0].astype(np.float64) @ args[1].astype(np.float64), dtype, name)
+
+
+def _sum(args, attrs, dtype, name):
+    axes = tuple(int(a) for a in attrs.axis)
+    return _checked(args[0].astype(np.int64).sum(axis=axes, keepdims=bool(attrs.keepdims)), dtype, name)
+
+
+_OPS = {
+    "relax.add": _binary(np.add),
+    "relax.subtract": _binary(np.subtract),
+    "relax.multiply": _binary(np.multiply),
+    "relax.divide": lambda a, at, dt, n: np.divide(a[0], a[1]).astype(dt),
+    "relax.right_shift": _binary(np.right_shift),
+    "relax.left_shift": _binary(np.left_shift),
+    "relax.floor": lambda a, at, dt, n: np.floor(a[0]).astype(dt),
+    "relax.clip": _clip,
+    "relax.astype": _astype,
+    "relax.nn.conv2d": _conv,
+    "relax.matmul": _matmul,
+    "relax.sum": _sum,
+    "relax.reshape": lambda a, at, dt, n: a[0].reshape(a[1]),
+    "relax.concat": lambda a, at, dt, n: np.concatenate(a[0], axis=int(at.axis)),
+    "relax.nn.max_pool2d": lambda a, at, dt, n: _max_pool2d(a[0], at),
+    "relax.nn.relu": lambda a, at, dt, n: np.maximum(a[0], 0).astype(dt),
+    "relax.sigmoid": lambda a, at, dt, n: (1.0 / (1.0 + np.exp(-a[0]))).astype(dt),
+    "relax.tanh": lambda a, at, dt, n: np.tanh(a[0]).astype(dt),
+}
+
+
+def run_reference(mod: tvm.IRModule, x: np.ndarray):
+    """Run the realized ``mod`` on ``x`` with the numpy interpreter."""
+    return Interpreter(mod)(x)
