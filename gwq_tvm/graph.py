@@ -136,19 +136,39 @@ class _Walker:
         self.absorbed.add(j)
         return b.var, j, act
 
-    def fuse_bias(self, var, index: int, channels: int, ndim: int):
-        j, b = self.single_user(var, index)
-        if b is None or not isinstance(b.value, relax.Call) or b.value.op.name != "relax.add":
-            return var, index, None
-        lhs, rhs = b.value.args
-        const = _const(rhs) if lhs.same_as(var) else _const(lhs) if rhs.same_as(var) else None
-        if const is None or const.size != channels:
-            return var, index, None
-        expected = (1, channels) + (1,) * (ndim - 2) if ndim > 2 else (channels,)
-        if const.shape not in {(channels,), expected, (1, channels)}:
-            return var, index, None
-        self.absorbed.add(j)
-        return b.var, j, const.reshape(channels).astype(np.float32)
+    def fuse_affine(self, var, index: int, weight: np.ndarray, ndim: int):
+        """Fold following per-channel ``+ - * /`` by constants (bias, decomposed batch norm) into the layer.
+
+        Returns the new output var and index, the folded weight (channels first)
+        and bias (``None`` when no add was folded).
+        """
+        channels = weight.shape[0]
+        shapes = {(channels,), (1, channels)} | ({(1, channels) + (1,) * (ndim - 2)} if ndim > 2 else set())
+        bias = None
+        while True:
+            j, b = self.single_user(var, index)
+            if b is None or not isinstance(b.value, relax.Call) or b.value.op.name not in _AFFINE:
+                break
+            lhs, rhs = b.value.args
+            const = _const(rhs) if lhs.same_as(var) else None
+            if const is None and rhs.same_as(var) and b.value.op.name in ("relax.add", "relax.multiply"):
+                const = _const(lhs)
+            if const is None or (const.shape not in shapes and const.size != 1):
+                break
+            c = np.broadcast_to(const.reshape(-1), (channels,)).astype(np.float64)
+            op = b.value.op.name
+            if op in ("relax.multiply", "relax.divide"):
+                factor = c if op == "relax.multiply" else 1.0 / c
+                weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+                bias = None if bias is None else bias * factor
+            else:
+                bias = (np.zeros(channels) if bias is None else bias) + (c if op == "relax.add" else -c)
+            self.absorbed.add(j)
+            var, index = b.var, j
+        return var, index, weight.astype(np.float32), None if bias is None else bias.astype(np.float32)
+
+
+_AFFINE = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide"})
 
 
 def _vars_in(expr) -> list:
@@ -177,8 +197,7 @@ def _match_conv2d(w: _Walker, i, call) -> bool:
         or a.out_layout != "NCHW"
     ):
         return False
-    var = w.bindings[i].var
-    var, j, bias = w.fuse_bias(var, i, weight.shape[0], 4)
+    var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, weight, 4)
     var, j, act = w.fuse_activation(var, j)
     attrs = dict(strides=_ints(a.strides), padding=_ints(a.padding), dilation=_ints(a.dilation), groups=int(a.groups))
     w.add("conv2d", var, [call.args[0]], attrs=attrs, weight=weight, bias=bias, act=act)
@@ -190,10 +209,9 @@ def _match_matmul(w: _Walker, i, call) -> bool:
     x = call.args[0]
     if weight is None or weight.ndim != 2 or not isinstance(x, relax.Var) or len(_shape(x)) != 2:
         return False
-    var = w.bindings[i].var
-    var, j, bias = w.fuse_bias(var, i, weight.shape[1], 2)
+    var, j, weight_t, bias = w.fuse_affine(w.bindings[i].var, i, np.ascontiguousarray(weight.T), 2)
     var, j, act = w.fuse_activation(var, j)
-    w.add("dense", var, [x], weight=np.ascontiguousarray(weight.T), bias=bias, act=act)
+    w.add("dense", var, [x], weight=weight_t, bias=bias, act=act)
     return True
 
 

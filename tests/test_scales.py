@@ -67,8 +67,8 @@ def test_apply_sfc_matches_real_rescaling():
 
 
 def test_weight_quantization_per_channel():
-    w = np.array([[[[1.0, -0.5]]], [[[0.0, 0.0]]], [[[0.1, 0.2]]]], dtype=np.float32)
+    w = np.array([[[[1.0, -0.5]]], [[[0.0, 0.0]]], [[[0.375, 0.5]]]], dtype=np.float32)
     s = S.weight_scales(w, 8, per_channel=True)
-    assert s.tolist() == pytest.approx([1 / 127, 1.0, 0.2 / 127])
+    assert s.tolist() == pytest.approx([1 / 127, 1.0, 0.5 / 127])
     q = S.quantize_weight(w, s, 8)
-    assert q.reshape(3, 2).tolist() == [[127, -64], [0, 0], [64, 127]]
+    assert q.reshape(3, 2).tolist() == [[127, -64], [0, 0], [95, 127]]

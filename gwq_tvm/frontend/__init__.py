@@ -165,7 +165,8 @@ def load_model(model, input_shape=None, example_input=None) -> FloatModel:
         torch = None
     if torch is not None and isinstance(model, torch.nn.Module):
         if example_input is None:
-            shape = tuple(d or 1 for d in (input_shape or ()))
+            # batch 2, not 1: torch.export specializes a dynamic dimension seen as 1
+            shape = tuple(d or 2 for d in (input_shape or ()))
             if not shape:
                 raise ModelError("a torch model needs example_input or input_shape")
             example_input = torch.zeros(shape)

@@ -75,7 +75,7 @@ def _op_name(value) -> str:
 def float_ops_in_integer_region(func: relax.Function) -> list[str]:
     """Float bindings that have an integer ancestor and an integer descendant."""
     bindings = _bindings(func)
-    int_before = {}
+    int_before = {p: _is_int(p) for p in func.params}
     for b in bindings:
         deps = _vars_in(b.value)
         int_before[b.var] = _is_int(b.var) or any(int_before.get(v, False) for v in deps)

@@ -221,7 +221,7 @@ class _Emitter:
             return arg
 
         call = node.call
-        new = relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.sinfo_args)
+        new = relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.ty_args)
         self.values[node.name] = _Value(float_expr=self.emit(new))
 
 
