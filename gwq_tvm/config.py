@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -148,6 +147,3 @@ class QuantConfig:
             data["bits"] = {k: tuple(v) for k, v in data["bits"].items()}
         return cls(**data)
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

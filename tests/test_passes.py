@@ -94,7 +94,6 @@ def test_checker_flags_float_inside_an_integer_kernel():
 
 
 def test_unsupported_op_is_named_and_falls_back_or_fails(fmnist):
-    import torch
     from torch import nn
 
     calib, test_x, _ = fmnist
