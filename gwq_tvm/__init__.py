@@ -8,6 +8,7 @@ Public API::
     gwq_tvm.export(ex, "model.so", q.plan)     # .so + model.plan.json
 """
 
+from . import data
 from .api import QuantizedModel, accuracy, build, export, load_executable, predict, quantize
 from .calibrate import calibrate
 from .config import Calibration, QuantConfig, ScaleMode, WeightGranularity

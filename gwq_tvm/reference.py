@@ -35,8 +35,7 @@ def _conv2d(x, w, attrs):
     sh, sw = (int(v) for v in attrs.strides)
     dh, dw = (int(v) for v in attrs.dilation)
     groups = int(attrs.groups)
-    pad_value = 0
-    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     o, cg, kh, kw = w.shape
     win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, Ho, Wo, kh, kw
