@@ -40,6 +40,8 @@ class QuantizedModel:
     mod : tvm.IRModule
         The realized integer-only module (not yet compiled).
     integer_only : IntegerOnlyReport
+    stats : dict of str to TensorStats, optional
+        The calibration statistics (``None`` when quantized from a given plan).
     """
 
     float_model: FloatModel
@@ -47,11 +49,18 @@ class QuantizedModel:
     plan: QuantPlan
     mod: tvm.IRModule
     integer_only: IntegerOnlyReport
+    stats: dict | None = None
 
     @property
     def sfc(self) -> dict:
         """SFC counts: sites and per-sample elements by multiply vs shift."""
         return sfc_summary(sfc_sites(self.graph, self.plan))
+
+    def report(self) -> dict:
+        """The SFC report (:func:`gwq_tvm.report.sfc_report`): sites, groups, added errors."""
+        from .report import sfc_report
+
+        return sfc_report(self)
 
     @property
     def float_ops(self) -> list[str]:
@@ -89,6 +98,7 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         if not config.allow_float_fallback:
             raise UnsupportedOpError(msg)
         warnings.warn(msg, stacklevel=2)
+    stats = None
     if plan is None:
         if calib_data is None:
             raise PlanError("quantize needs calibration data or a QuantPlan")
@@ -100,7 +110,7 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     report = check_integer_only(mod)
     if not report.ok and not floats:
         raise IntegerOnlyError(f"realized program is not integer-only: {report}")
-    return QuantizedModel(fm, graph, plan, mod, report)
+    return QuantizedModel(fm, graph, plan, mod, report, stats)
 
 
 def build(qmodel_or_mod, target=None) -> relax.VMExecutable:

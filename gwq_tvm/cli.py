@@ -41,11 +41,12 @@ def _shape(text):
 
 
 def _config(args):
-    from .config import QuantConfig
+    from .config import DEFAULT_SFC_COST, QuantConfig
 
     return QuantConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
-        weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict,
+        weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
+        tolerance=args.tolerance, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
     )
 
 
@@ -78,16 +79,12 @@ def _target(name):
 
 
 def _print_summary(q, out=sys.stdout):
-    s = q.sfc
+    from .report import format_text
+
     print(f"integer-only: {'yes' if q.integer_only.ok else 'no'}" + ("" if q.integer_only.ok else f"  ({q.integer_only})"), file=out)
     if q.float_ops:
         print(f"float fallback ops: {', '.join(sorted(set(q.float_ops)))}", file=out)
-    print(
-        f"SFC ops: {s['multiply_sites']} multiply, {s['shift_sites']} shift "
-        f"(per-sample elements: {s['multiply_elements']} multiply, {s['shift_elements']} shift; "
-        f"shift share {s['shift_share'] * 100:.1f}%)",
-        file=out,
-    )
+    print(format_text(q.report()), file=out)
 
 
 def cmd_compile(args):
@@ -131,6 +128,18 @@ def cmd_eval(args):
         print(f"accuracy: {api.accuracy(logits, y) * 100:.2f}%")
 
 
+def cmd_report(args):
+    from . import api
+    from .report import write_html
+
+    calib = _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
+    report = q.report()
+    path = write_html(report, q, args.output)
+    _print_summary(q)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -141,7 +150,12 @@ def _add_quant_options(p):
     p.add_argument("--weight-bits", type=int, default=8, help="weight bit-width, 2-8 (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation bit-width, 2-8 (default 8)")
     p.add_argument("--calibration", default="mse", help="max | percentile | mse (default mse)")
-    p.add_argument("--mode", default="per-layer", help="per-layer | pot (default per-layer)")
+    p.add_argument("--mode", default="per-layer", help="per-layer | pot | gwq (default per-layer)")
+    p.add_argument("--groups", type=int, default=None, help="gwq: at most K groups (shared mantissas; default 4)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="gwq: fewest multiplies within this added error (noise/signal power summed over tensors)")
+    p.add_argument("--sfc-cost", type=float, default=None,
+                   help="gwq: weight of the multiply share against the added error (default 0.05; 0 = error only)")
     p.add_argument("--weight-granularity", default="per-channel", help="per-channel | per-tensor")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
@@ -168,6 +182,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     _add_quant_options(p)
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("report", help="SFC report: groups, multiply vs shift sites, as text, JSON and HTML")
+    p.add_argument("model")
+    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
+    _add_quant_options(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="run a compiled .so on data (accuracy when labels are given)")
     p.add_argument("module", help="a .so written by 'gwq-tvm compile'")

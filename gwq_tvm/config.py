@@ -28,11 +28,17 @@ class ScaleMode(str, Enum):
     """How activation scales are shared (DESIGN.md section 3).
 
     * ``PER_LAYER``: every tensor its own scale; most SFCs are multiplies.
-    * ``POT``: one global power-of-two grid; every SFC is a shift.
+    * ``POT``: one global power-of-two grid (max-calibrated scales rounded up
+      to ``2**k``, like TVM Relay's old ``power2`` mode); every SFC is a shift.
+    * ``GWQ``: tensors grouped by distribution similarity and by the SFC edges
+      between them; a group shares one mantissa, each tensor has its own
+      exponent, weights have power-of-two scales.  SFCs inside a group are
+      shifts, across groups one multiply (see :mod:`gwq_tvm.plan.grouping`).
     """
 
     PER_LAYER = "per-layer"
     POT = "pot"
+    GWQ = "gwq"
 
 
 class WeightGranularity(str, Enum):
@@ -43,6 +49,9 @@ class WeightGranularity(str, Enum):
 
 
 MIN_BITS, MAX_BITS = 2, 8
+#: GWQ defaults (chosen on the trade-off benchmark, benchmarks/gwq_tradeoff.py)
+DEFAULT_GROUPS = 4
+DEFAULT_SFC_COST = 0.05
 
 
 def _enum(enum_cls, value, name):
@@ -75,7 +84,18 @@ class QuantConfig:
     weight_granularity : WeightGranularity or str
         ``per-channel`` (default) or ``per-tensor`` weight scales.
     mode : ScaleMode or str
-        ``per-layer`` or ``pot``.
+        ``per-layer``, ``pot`` or ``gwq``.
+    groups : int, optional
+        GWQ: at most this many groups (shared mantissas).  Exclusive with ``tolerance``;
+        when both are ``None`` GWQ uses ``DEFAULT_GROUPS``.
+    tolerance : float, optional
+        GWQ: the fewest multiply-SFC elements whose added quantization error stays
+        within ``tolerance`` (summed added noise-to-signal power over the tensors,
+        e.g. ``0.01``; see :mod:`gwq_tvm.plan.grouping`).
+    sfc_cost : float
+        GWQ: weight of the multiply cost against the added error (the added error
+        worth turning every SFC element from a multiply into a shift); ``0`` groups
+        by error alone.
     bits : mapping of str to (int, int)
         Per-layer overrides ``{node_name: (weight_bits, act_bits)}``; ``act_bits``
         applies to the node's output tensor.
@@ -94,6 +114,9 @@ class QuantConfig:
     percentile: float = 99.99
     weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
     mode: ScaleMode = ScaleMode.PER_LAYER
+    groups: int | None = None
+    tolerance: float | None = None
+    sfc_cost: float = DEFAULT_SFC_COST
     bits: Mapping[str, tuple] = field(default_factory=dict)
     add_precision_bits: int = 8
     allow_float_fallback: bool = True
@@ -106,6 +129,18 @@ class QuantConfig:
         set_("calibration", _enum(Calibration, self.calibration, "calibration"))
         set_("weight_granularity", _enum(WeightGranularity, self.weight_granularity, "weight_granularity"))
         set_("mode", _enum(ScaleMode, self.mode, "mode"))
+        if self.groups is not None and (isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1):
+            raise ConfigError(f"groups must be a positive integer; got {self.groups!r}")
+        if self.tolerance is not None and (
+            isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or not 0 <= self.tolerance < float("inf")
+        ):
+            raise ConfigError(f"tolerance must be a finite number >= 0; got {self.tolerance!r}")
+        if isinstance(self.sfc_cost, bool) or not isinstance(self.sfc_cost, (int, float)) or not 0 <= self.sfc_cost < float("inf"):
+            raise ConfigError(f"sfc_cost must be a finite number >= 0; got {self.sfc_cost!r}")
+        if self.groups is not None and self.tolerance is not None:
+            raise ConfigError("give GWQ either groups or tolerance, not both")
+        if self.mode is not ScaleMode.GWQ and (self.groups is not None or self.tolerance is not None):
+            raise ConfigError(f"groups/tolerance apply to mode 'gwq' only (mode is {self.mode.value!r})")
         if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile!r}")
         if not isinstance(self.add_precision_bits, int) or not 0 <= self.add_precision_bits <= 12:

@@ -63,6 +63,16 @@ class Graph:
     def consumers(self, name: str) -> list[Node]:
         return [n for n in self.nodes.values() if name in n.inputs]
 
+    def tensor_of(self, name: str) -> str:
+        """The node whose quantized tensor ``name`` reuses (passthrough nodes share their input's)."""
+        while self.nodes[name].kind in PASSTHROUGH:
+            name = self.nodes[name].inputs[0]
+        return name
+
+    def tensors(self) -> list[str]:
+        """Names of the nodes that own a quantized tensor, in topological order."""
+        return [n for n, node in self.nodes.items() if node.kind not in PASSTHROUGH]
+
     def float_nodes(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == "float"]
 

@@ -33,10 +33,15 @@ def _const(value, dtype: str):
 
 
 def _channel_const(values: np.ndarray, ndim: int, dtype: str):
-    """A per-channel constant broadcastable along axis 1 (a scalar for one value)."""
+    """A per-channel constant broadcastable along axis 1 (a scalar when all channels agree).
+
+    GWQ relies on the scalar case: with power-of-two weight scales, a
+    cross-group SFC has the same Q31 multiplier on every channel, so it is
+    emitted as one constant per group pair.
+    """
     values = np.asarray(values)
-    if values.size == 1:
-        return _const(values.reshape(()), dtype)
+    if values.size == 1 or np.all(values == values.reshape(-1)[0]):
+        return _const(values.reshape(-1)[:1].reshape(()), dtype)
     shape = [1] * ndim
     shape[1] = values.size
     return _const(values.reshape(shape), dtype)

@@ -3,26 +3,86 @@
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from dataclasses import dataclass
 
 from ..calibrate.observers import TensorStats, choose_clip
-from ..config import QuantConfig, ScaleMode, WeightGranularity
+from ..config import Calibration, QuantConfig, ScaleMode, WeightGranularity
 from ..errors import PlanError
-from ..graph import PASSTHROUGH, Graph
+from ..graph import PASSTHROUGH, Graph, Node
 from . import scales as S
+from .grouping import ErrorCurve, Grouping, error_curve, group_tensors
+from .program import needs_integer_output, sfc_edges
 from .quantplan import LayerQuant, QuantPlan, TensorQuant
 
 
-def _signed(node, stats: TensorStats) -> bool:
+@dataclass(frozen=True)
+class TensorChoice:
+    """What calibration says about one tensor before any sharing of scales."""
+
+    bits: int
+    signed: bool
+    scale: float  # the scale the calibration rule picks for this tensor alone
+
+
+def _signed(node: Node, stats: TensorStats) -> bool:
     if node.act is not None and node.act[0] >= 0:
         return False
     return stats.min < 0
 
 
-def _pot_weight_scales(scales: np.ndarray) -> np.ndarray:
-    """Round weight scales up to powers of two (no weight is clipped)."""
-    return np.exp2(np.ceil(np.log2(scales)))
+def tensor_choices(graph: Graph, stats: dict, config: QuantConfig) -> dict[str, TensorChoice]:
+    """Bits, signedness and calibrated scale of every quantized tensor, in graph order."""
+    missing = [n for n in graph.tensors() if n not in stats]
+    if missing:
+        raise PlanError(f"no calibration statistics for: {', '.join(missing)}")
+    out = {}
+    for name in graph.tensors():
+        node, st = graph.nodes[name], stats[name]
+        bits = config.act_bits_for(name)
+        signed = _signed(node, st)
+        clip = choose_clip(st, config.calibration, bits, signed, config.percentile)
+        if node.act is not None and math.isfinite(node.act[1]):
+            clip = min(clip, node.act[1]) if clip > 0 else node.act[1]
+        out[name] = TensorChoice(bits, signed, S.activation_scale(clip, bits, signed))
+    return out
+
+
+def error_curves(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None) -> dict[str, ErrorCurve]:
+    """The GWQ :class:`ErrorCurve` of every quantized tensor (weight 0 when never materialized)."""
+    choices = choices or tensor_choices(graph, stats, config)
+    search = config.calibration is Calibration.MSE
+    curves = {}
+    for name, ch in choices.items():
+        materialized = graph.nodes[name].kind in ("input", "float") or needs_integer_output(graph, name)
+        qmax = S.qrange(ch.bits, ch.signed)[1]
+        curves[name] = error_curve(stats[name], ch.scale, qmax, search=search, weight=1.0 if materialized else 0.0)
+    return curves
+
+
+def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None):
+    """Error curves and the :class:`Grouping` GWQ mode uses (see :mod:`gwq_tvm.plan.grouping`).
+
+    Returns
+    -------
+    (dict of str to ErrorCurve, Grouping)
+    """
+    curves = error_curves(graph, stats, config, choices)
+    groups = config.groups
+    if groups is not None and groups > len(curves):
+        raise PlanError(f"groups={groups} is more than the model's {len(curves)} quantized tensors")
+    grouping = group_tensors(curves, sfc_edges(graph), groups=groups, tolerance=config.tolerance, sfc_cost=config.sfc_cost)
+    return curves, grouping
+
+
+def _layer(node: Node, config: QuantConfig, mode: ScaleMode) -> LayerQuant:
+    wbits = config.weight_bits_for(node.name)
+    per_channel = config.weight_granularity is WeightGranularity.PER_CHANNEL
+    if mode is ScaleMode.POT:  # naive power2: max-calibrated, rounded up (no weight is clipped)
+        ws = S.weight_scales(node.weight, wbits, per_channel)
+        ws = [2.0 ** math.ceil(math.log2(s)) for s in ws]
+    else:
+        ws = S.mse_weight_scales(node.weight, wbits, per_channel, power_of_two=mode is ScaleMode.GWQ)
+    return LayerQuant(wbits, config.weight_granularity.value, tuple(float(s) for s in ws))
 
 
 def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None) -> QuantPlan:
@@ -39,41 +99,37 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
     Returns
     -------
     QuantPlan
-        ``per-layer`` mode: each tensor is its own group (mantissa, exponent
-        from its calibrated scale).  ``pot`` mode: a single group of mantissa 1,
-        exponents rounded up (every SFC a shift) and power-of-two weight scales.
+        * ``per-layer``: each tensor is its own group (the calibrated scale split
+          into mantissa and exponent); weight scales minimise the weight MSE.
+        * ``pot``: one group of mantissa 1, max/percentile/MSE clip rounded *up*
+          to a power of two, max-calibrated weight scales rounded up.
+        * ``gwq``: groups from :func:`gwq_grouping`; each tensor's exponent is the
+          best one for its group's mantissa; power-of-two weight scales chosen by MSE.
     """
-    missing = [n for n, node in graph.nodes.items() if node.kind not in PASSTHROUGH and n not in stats]
-    if missing:
-        raise PlanError(f"no calibration statistics for: {', '.join(missing)}")
+    choices = tensor_choices(graph, stats, config)
     groups: dict[str, float] = {}
     tensors: dict[str, TensorQuant] = {}
-    layers: dict[str, LayerQuant] = {}
-    pot = config.mode is ScaleMode.POT
-    if pot:
+    if config.mode is ScaleMode.GWQ:
+        curves, grouping = gwq_grouping(graph, stats, config, choices)
+        for g, mantissa in enumerate(grouping.mantissas):
+            groups[f"g{g}"] = mantissa
+        for name, ch in choices.items():
+            g = grouping.group_of(name)
+            tensors[name] = TensorQuant(ch.bits, ch.signed, f"g{g}", int(curves[name].exponent[grouping.phases[g]]))
+    elif config.mode is ScaleMode.POT:
         groups["pot"] = 1.0
+        for name, ch in choices.items():
+            tensors[name] = TensorQuant(ch.bits, ch.signed, "pot", int(math.ceil(math.log2(ch.scale))))
+    else:
+        for name, ch in choices.items():
+            mantissa, exponent = S.split_scale(ch.scale)
+            groups[name] = mantissa
+            tensors[name] = TensorQuant(ch.bits, ch.signed, name, exponent)
+    layers: dict[str, LayerQuant] = {}
     for name, node in graph.nodes.items():
         if node.kind in PASSTHROUGH:
-            tensors[name] = tensors[node.inputs[0]]
-            continue
-        st = stats[name]
-        bits = config.act_bits_for(name)
-        signed = _signed(node, st)
-        clip = choose_clip(st, config.calibration, bits, signed, config.percentile)
-        if node.act is not None and math.isfinite(node.act[1]):
-            clip = min(clip, node.act[1]) if clip > 0 else node.act[1]
-        scale = S.activation_scale(clip, bits, signed)
-        if pot:
-            tensors[name] = TensorQuant(bits, signed, "pot", int(math.ceil(math.log2(scale))))
-        else:
-            mantissa, exponent = S.split_scale(scale)
-            groups[name] = mantissa
-            tensors[name] = TensorQuant(bits, signed, name, exponent)
-        if node.weight is not None:
-            wbits = config.weight_bits_for(name)
-            per_channel = config.weight_granularity is WeightGranularity.PER_CHANNEL
-            ws = S.weight_scales(node.weight, wbits, per_channel)
-            if pot:
-                ws = _pot_weight_scales(ws)
-            layers[name] = LayerQuant(wbits, config.weight_granularity.value, tuple(float(s) for s in ws))
+            tensors[name] = tensors[graph.tensor_of(name)]
+        elif node.weight is not None:
+            layers[name] = _layer(node, config, config.mode)
+    tensors = {name: tensors[name] for name in graph.nodes}  # graph order
     return QuantPlan(graph.fingerprint, config, groups, tensors, layers, input_shape)

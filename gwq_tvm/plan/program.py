@@ -146,6 +146,47 @@ def needs_integer_output(graph: Graph, name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class SfcEdge:
+    """Where the program converts one tensor's integers to another's scale (structure only).
+
+    ``src`` and ``dst`` are tensor owners (see :meth:`Graph.tensor_of`);
+    ``factor`` is the part of the ratio fixed by the graph (``1/window`` for
+    average pools, ``1`` otherwise), so that with power-of-two weight scales
+    the SFC is a shift exactly when ``s_src * factor / s_dst`` is a power of two.
+    """
+
+    node: str
+    port: str
+    src: str
+    dst: str
+    elements: int
+    factor: float = 1.0
+
+
+def sfc_edges(graph: Graph) -> list[SfcEdge]:
+    """Every scale conversion the realized program performs, in graph order.
+
+    conv/dense/pool outputs (only when consumed as integers), each residual-add
+    input and each concat input.
+    """
+    edges = []
+    for name, node in graph.nodes.items():
+        if node.kind in ACC_KINDS and needs_integer_output(graph, name):
+            src = graph.tensor_of(node.inputs[0])
+            factor = 1.0
+            if node.kind == "global_avgpool":
+                factor = 1.0 / (graph.nodes[node.inputs[0]].shape[2] * graph.nodes[node.inputs[0]].shape[3])
+            elif node.kind == "avgpool":
+                factor = 1.0 / int(np.prod(node.attrs["pool_size"]))
+            edges.append(SfcEdge(name, "out", src, name, node.elements, factor))
+        elif node.kind in ("add", "concat"):
+            for src in node.inputs:
+                n_el = node.elements if node.kind == "add" else graph.nodes[src].elements
+                edges.append(SfcEdge(name, src, graph.tensor_of(src), name, n_el))
+    return edges
+
+
+@dataclass(frozen=True)
 class SfcSite:
     """One scale-factor conversion of the integer program, for reports."""
 
@@ -154,21 +195,26 @@ class SfcSite:
     kind: str
     elements: int
     channels: int
+    src: str = ""
+    dst: str = ""
 
 
 def sfc_sites(graph: Graph, plan: QuantPlan) -> list[SfcSite]:
-    """Every SFC the realized program performs (identity conversions are not listed)."""
+    """Every SFC the realized program performs with its kind (identity conversions are not listed)."""
+    add_sfcs = {}
     sites = []
-    for name, node in graph.nodes.items():
-        if node.kind in ACC_KINDS and needs_integer_output(graph, name):
-            rq = requant(node, accumulator(node, graph, plan), plan)
-            sites.append(SfcSite(name, "out", rq.sfc.kind, node.elements, rq.sfc.channels))
-        elif node.kind in ("add", "concat"):
-            sfcs = add_inputs(node, plan) if node.kind == "add" else concat_inputs(node, plan)
-            for src, sfc in zip(node.inputs, sfcs):
-                n_el = node.elements if node.kind == "add" else graph.nodes[src].elements
-                sites.append(SfcSite(name, src, sfc.kind, n_el, sfc.channels))
-    return [s for s in sites if s.kind != "identity"]
+    for e in sfc_edges(graph):
+        node = graph.nodes[e.node]
+        if e.port == "out":
+            sfc = requant(node, accumulator(node, graph, plan), plan).sfc
+        else:
+            if e.node not in add_sfcs:
+                sfcs = add_inputs(node, plan) if node.kind == "add" else concat_inputs(node, plan)
+                add_sfcs[e.node] = dict(zip(node.inputs, sfcs))
+            sfc = add_sfcs[e.node][e.port]
+        if sfc.kind != "identity":
+            sites.append(SfcSite(e.node, e.port, sfc.kind, e.elements, sfc.channels, e.src, e.dst))
+    return sites
 
 
 def sfc_summary(sites: list[SfcSite]) -> dict:

@@ -1,0 +1,195 @@
+"""Accuracy vs SFC shift share of GWQ on the bundled model, post-training (issue 3).
+
+For each bit setting (W8A8, W4A4, W4A3, W4A2) one calibration (512 images)
+feeds every plan; each plan is realized, checked integer-only, compiled with
+TVM and run on the Fashion-MNIST test images.  Rows:
+
+* ``per-layer``: every tensor its own scale (dyadic multiplies).
+* ``pot``: naive power-of-two (calibrated scale rounded up to ``2**k``, weights too).
+* ``gwq K=k``: GWQ, at most ``k`` groups, joint objective (``sfc_cost`` default).
+* ``gwq tol=f``: GWQ tolerance mode, ``f`` times the added error of one group.
+* ``error-only K=k``: the same grouping with ``sfc_cost = 0`` (clustering by error alone).
+
+Every row follows the usual low-bit protocol: the model input (the image) and
+the first and last weight layers (stem conv, classifier) stay at 8 bits
+(``--all-layers`` quantizes them too).  Without it, 4-bit power-of-two weights
+in the stem (9 weights per filter) alone cost about 18 pt at W4A8.
+Latency is the median per-image time at batch 1 (untuned default schedules).
+
+Usage::
+
+    python benchmarks/gwq_tradeoff.py                 # all 10k test images (about 45 min on 2 cores)
+    python benchmarks/gwq_tradeoff.py --limit 2000    # quicker look
+
+Writes ``benchmarks/results/gwq_tradeoff.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+import gwq_tvm
+from gwq_tvm.config import DEFAULT_SFC_COST, QuantConfig
+from gwq_tvm.data import bundled_model, fashion_mnist
+from gwq_tvm.plan.planner import gwq_grouping
+from gwq_tvm.plan.program import sfc_sites, sfc_summary
+from gwq_tvm.runtime import host_target
+
+OUT = Path(__file__).resolve().parent / "results"
+SETTINGS = {"W8A8": (8, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W4A2": (4, 2)}
+TARGETS = {"W8A8": (0.90, 0.5), "W4A4": (0.90, 1.0), "W4A2": (0.75, 2.0)}  # shift share >=, within pt of per-layer
+TOL_FRACTIONS = (0.5, 0.25, 0.1)
+
+
+def end_layers(graph, abits):
+    """Bit overrides of the usual protocol: input, first and last weight layers at 8 bits."""
+    weighted = [n for n, node in graph.nodes.items() if node.weight is not None]
+    return {"input": (8, 8), weighted[0]: (8, abits), weighted[-1]: (8, abits)}
+
+
+def rows_for(wbits, abits, overrides, graph, stats, sfc_cost):
+    base = QuantConfig(weight_bits=wbits, act_bits=abits, bits=overrides)
+    rows = [("per-layer", base), ("pot", base.replace(mode="pot"))]
+    for k in (1, 2, 3, 4):
+        rows.append((f"gwq K={k}", base.replace(mode="gwq", groups=k, sfc_cost=sfc_cost)))
+    _, one = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=1))
+    for f in TOL_FRACTIONS:
+        rows.append((f"gwq tol={f:g}", base.replace(mode="gwq", tolerance=f * one.added_error)))
+    for k in (2, 3, 4):
+        rows.append((f"error-only K={k}", base.replace(mode="gwq", groups=k, sfc_cost=0.0)))
+    return rows
+
+
+def latency_ms(ex, shape):
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = tvm.runtime.tensor(np.zeros((1,) + tuple(shape[1:]), dtype="float32"))
+    res = vm.time_evaluator("main", tvm.cpu(), number=20, repeat=7)(x)
+    return float(np.median(res.results) * 1e3)
+
+
+def evaluate(label, fm, graph, stats, cfg, test_x, test_y, cache):
+    plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape)
+    key = hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
+    s = sfc_summary(sfc_sites(graph, plan))
+    row = {"groups": len(plan.groups), "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
+           "multiply_sites": s["multiply_sites"], "shift_sites": s["shift_sites"], "shift_share": s["shift_share"]}
+    if cfg.mode.value == "gwq":
+        _, grouping = gwq_grouping(graph, stats, cfg)
+        row["added_error"] = grouping.added_error
+        row["mantissas"] = [round(m, 4) for m in grouping.mantissas]
+    if key in cache:
+        hit = dict(cache[key])
+        return {**row, "accuracy": hit["accuracy"], "latency_ms": hit["latency_ms"], "same_plan_as": hit["row"]}
+    mod = gwq_tvm.RealizeIntegerProgram(plan)(fm.mod)
+    assert gwq_tvm.check_integer_only(mod).ok
+    ex = gwq_tvm.build(mod)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    logits = gwq_tvm.predict(vm, test_x, fm.input_shape)
+    measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "latency_ms": latency_ms(ex, fm.input_shape)}
+    cache[key] = {**measured, "row": label}
+    return {**row, **measured}
+
+
+def table(results, fp32):
+    lines = [f"fp32 accuracy: {fp32 * 100:.2f}%", ""]
+    for name, rows in results.items():
+        ref = rows["per-layer"]["accuracy"]
+        lines += [f"### {name}", "", "| plan | groups | accuracy | vs per-layer (pt) | multiply elements | shift elements | shift share | latency (ms) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            lines.append(
+                f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {(r['accuracy'] - ref) * 100:+.2f} | "
+                f"{r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |"
+            )
+        if name in TARGETS:
+            share, pts = TARGETS[name]
+            ok = [label for label, r in rows.items() if label.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
+            lines += ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): "
+                      + (f"met by {', '.join(ok)}" if ok else "**not met**"), ""]
+        else:
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+        return
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], results.items()):
+        def pts(prefix):
+            sel = sorted((r["shift_share"] * 100, r["accuracy"] * 100) for label, r in rows.items() if label.startswith(prefix))
+            return [p[0] for p in sel], [p[1] for p in sel]
+
+        ax.plot(*pts("gwq"), "o-", label="GWQ (joint)")
+        ax.plot(*pts("error-only"), "s--", label="error-only")
+        for label, marker in (("per-layer", "*"), ("pot", "x")):
+            r = rows[label]
+            ax.plot([r["shift_share"] * 100], [r["accuracy"] * 100], marker, markersize=10, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("shift share of SFC elements (%)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=None, help="test images (default: all 10k)")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, e.g. W4A2,W4A3")
+    ap.add_argument("--all-layers", action="store_true", help="quantize input, stem and classifier to the low bits too")
+    ap.add_argument("--sfc-cost", type=float, default=DEFAULT_SFC_COST)
+    ap.add_argument("--tag", default="", help="suffix of the output files")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    calib, _ = fashion_mnist("calib")
+    test_x, test_y = fashion_mnist("test")
+    if args.limit:
+        test_x, test_y = test_x[: args.limit], test_y[: args.limit]
+    fm = gwq_tvm.load_model(bundled_model())
+    graph = gwq_tvm.extract_graph(fm.mod)
+    stats = gwq_tvm.calibrate(fm, calib[:512])
+    fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
+    fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
+
+    results = {}
+    for name in args.settings.split(","):
+        wbits, abits = SETTINGS[name]
+        cache, rows = {}, {}
+        overrides = {} if args.all_layers else end_layers(graph, abits)
+        for label, cfg in rows_for(wbits, abits, overrides, graph, stats, args.sfc_cost):
+            r = evaluate(label, fm, graph, stats, cfg, test_x, test_y, cache)
+            rows[label] = r
+            print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
+                  f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  ({time.time() - t0:.0f}s)", flush=True)
+        results[name] = rows
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = OUT / f"gwq_tradeoff{args.tag}"
+    meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost,
+            "fp32_accuracy": fp32, "target": str(host_target()), "seconds": time.time() - t0}
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    md = table(results, fp32)
+    stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {len(test_x)} test images\n\n{md}\n")
+    plot(results, stem.with_suffix(".png"))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

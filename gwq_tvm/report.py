@@ -1,0 +1,229 @@
+"""The SFC report of a quantized model: JSON for tools, text for the CLI, HTML for people.
+
+:func:`sfc_report` collects, per inference: every SFC site (multiply or shift,
+its elements, the groups at both ends), the totals, and per group its
+mantissa, members, their exponents and the error the sharing adds.
+:func:`write_html` draws the calibration histograms coloured by group, every
+tensor's error curve against the group mantissas and the pairwise similarity
+matrix, as inline SVG (no plotting library needed).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .calibrate.observers import quantization_error, signal_power
+from .plan import scales as S
+from .plan.grouping import PHASES, similarity
+from .plan.planner import error_curves, tensor_choices
+from .plan.program import sfc_sites, sfc_summary
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _added_error(stats, tq, scale: float, best_nsr: float) -> float:
+    """Noise added at ``scale`` over the tensor's best scale, as a fraction of its signal power."""
+    power = signal_power(stats)
+    if power == 0:
+        return 0.0
+    qmax = S.qrange(tq.bits, tq.signed)[1]
+    return max(0.0, float(quantization_error(stats, [scale], qmax)[0]) / power - best_nsr)
+
+
+def sfc_report(qmodel) -> dict:
+    """The SFC report of a :class:`~gwq_tvm.api.QuantizedModel` as a JSON-ready dict.
+
+    Added errors need the calibration statistics; they are ``None`` for a model
+    quantized from a given plan (no calibration run).
+    """
+    graph, plan, stats = qmodel.graph, qmodel.plan, qmodel.stats
+    sites = sfc_sites(graph, plan)
+    curves = error_curves(graph, stats, plan.config) if stats is not None else None
+    tensors = {}
+    for name in graph.tensors():
+        tq = plan.tensors[name]
+        added = None
+        if curves is not None and curves[name].weight > 0:
+            added = _added_error(stats[name], tq, plan.scale(name), curves[name].nsr)
+        tensors[name] = {"group": tq.group, "exponent": tq.exponent, "bits": tq.bits, "signed": tq.signed,
+                         "scale": plan.scale(name), "added_error": added}
+    groups = {}
+    for g, mantissa in plan.groups.items():
+        members = [t for t, v in tensors.items() if v["group"] == g]
+        errs = [tensors[t]["added_error"] or 0.0 for t in members]  # None: a tensor the program never materializes
+        groups[g] = {"mantissa": mantissa, "members": members, "exponents": {t: tensors[t]["exponent"] for t in members},
+                     "added_error": None if curves is None else float(sum(errs))}
+    pairs = sorted({(tensors[s.src]["group"], tensors[s.dst]["group"]) for s in sites if s.kind == "multiply"})
+    return {
+        "mode": plan.config.mode.value,
+        "config": plan.config.to_dict(),
+        "summary": {**sfc_summary(sites), "groups": len(plan.groups),
+                    "added_error": None if curves is None else float(sum(v["added_error"] or 0.0 for v in tensors.values()))},
+        "groups": groups,
+        "tensors": tensors,
+        "multiply_group_pairs": [list(p) for p in pairs],
+        "sites": [{"node": s.node, "port": s.port, "kind": s.kind, "elements": s.elements, "channels": s.channels,
+                   "src": s.src, "dst": s.dst, "src_group": tensors[s.src]["group"], "dst_group": tensors[s.dst]["group"]}
+                  for s in sites],
+    }
+
+
+def format_text(report: dict, max_members: int = 6) -> str:
+    """The report as a few lines for the terminal."""
+    s = report["summary"]
+    lines = [
+        f"SFC ops: {s['multiply_sites']} multiply, {s['shift_sites']} shift (per-sample elements: "
+        f"{s['multiply_elements']} multiply, {s['shift_elements']} shift; shift share {s['shift_share'] * 100:.1f}%)"
+    ]
+    if report["mode"] == "per-layer":
+        return "\n".join(lines + [f"groups: {s['groups']} (per-layer: one per tensor)"])
+    if s["added_error"] is not None:
+        lines.append(f"groups: {s['groups']}, added error {s['added_error']:.4g} (noise / signal power, summed)")
+    for g, info in report["groups"].items():
+        members = info["members"]
+        shown = ", ".join(members[:max_members]) + (f", ... ({len(members)} tensors)" if len(members) > max_members else "")
+        err = "" if info["added_error"] is None else f", added error {info['added_error']:.4g}"
+        lines.append(f"  {g}: mantissa {info['mantissa']:.4f}{err}: {shown}")
+    return "\n".join(lines)
+
+
+# --- HTML ------------------------------------------------------------------
+
+
+def _svg(width, height, body):
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="10">{body}</svg>'
+
+
+def _text(x, y, s, anchor="start", extra=""):
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {extra}>{html.escape(str(s))}</text>'
+
+
+def _histograms(report, stats, colours):
+    cells, w, h = [], 180, 70
+    names = list(report["tensors"])
+    cols = 5
+    for i, name in enumerate(names):
+        st, info = stats[name], report["tensors"][name]
+        x0, y0 = (i % cols) * (w + 10) + 5, (i // cols) * (h + 28) + 14
+        counts = st.hist.reshape(64, -1).sum(axis=1).astype(float) if st.hist.size % 64 == 0 else st.hist.astype(float)
+        logc = np.log1p(counts)
+        top = max(logc.max(), 1e-9)
+        bw = w / len(logc)
+        bars = "".join(f'<rect x="{x0 + j * bw:.1f}" y="{y0 + h - h * v / top:.1f}" width="{bw:.2f}" height="{h * v / top:.1f}" '
+                       f'fill="{colours[info["group"]]}"/>' for j, v in enumerate(logc))
+        clip = info["scale"] * S.qrange(info["bits"], info["signed"])[1]
+        xc = x0 + w * min(clip / st.absmax, 1.0) if st.absmax > 0 else x0
+        cells.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>{bars}'
+                     f'<line x1="{xc:.1f}" x2="{xc:.1f}" y1="{y0}" y2="{y0 + h}" stroke="black" stroke-dasharray="3,2"/>'
+                     + _text(x0, y0 - 3, f"{name} ({info['group']}, 2^{info['exponent']})")
+                     + _text(x0 + w, y0 + h + 10, f"|x| max {st.absmax:.3g}", "end"))
+    rows = math.ceil(len(names) / cols)
+    return _svg(cols * (w + 10) + 10, rows * (h + 28) + 10, "".join(cells))
+
+
+def _curves(report, curves, colours):
+    w, h, pad = 620, 260, 40
+    ys = [c.added * 100 for c in curves.values() if c.weight > 0]
+    top = max(float(np.max(ys)) if ys else 1.0, 1e-9)
+    xs = np.arange(PHASES) / PHASES
+    body = [f'<rect x="{pad}" y="10" width="{w}" height="{h}" fill="none" stroke="#999"/>']
+    for name, c in curves.items():
+        if c.weight == 0:
+            continue
+        pts = " ".join(f"{pad + w * x:.1f},{10 + h - h * y / top:.1f}" for x, y in zip(xs, c.added * 100))
+        body.append(f'<polyline points="{pts}" fill="none" stroke="{colours[report["tensors"][name]["group"]]}" stroke-width="1.2">'
+                    f'<title>{html.escape(name)}</title></polyline>')
+    for g, info in report["groups"].items():
+        x = pad + w * (math.log2(info["mantissa"]) % 1.0)
+        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="10" y2="{10 + h}" stroke="{colours[g]}" stroke-dasharray="4,3"/>')
+    for m in (1.0, 1.25, 1.5, 1.75):
+        x = pad + w * math.log2(m)
+        body.append(_text(x, h + 24, f"{m:g}", "middle"))
+    body.append(_text(pad + w / 2, h + 38, "scale mantissa (log axis); dashed: group mantissas", "middle"))
+    body.append(_text(pad - 4, 16, f"{top:.2g}%", "end") + _text(pad - 4, 10 + h, "0", "end"))
+    body.append(_text(12, 10 + h / 2, "added noise / signal (%)", "middle", f'transform="rotate(-90 12 {10 + h / 2})"'))
+    return _svg(w + pad + 10, h + 46, "".join(body))
+
+
+def _matrix(report, curves):
+    names = [n for n, c in curves.items() if c.weight > 0]
+    order = sorted(names, key=lambda n: (report["tensors"][n]["group"], names.index(n)))
+    sub = {n: curves[n] for n in order}
+    d = similarity(sub) * 100
+    top = max(float(d.max()), 1e-9)
+    cell, pad = 16, 110
+    body = []
+    for i, a in enumerate(order):
+        body.append(_text(pad - 4, pad + i * cell + 12, a, "end"))
+        body.append(_text(pad + i * cell + 10, pad - 4, a, "start", f'transform="rotate(-60 {pad + i * cell + 10} {pad - 4})"'))
+        for j, b in enumerate(order):
+            v = d[i, j] / top
+            shade = int(255 * (1 - v))
+            body.append(f'<rect x="{pad + j * cell}" y="{pad + i * cell}" width="{cell}" height="{cell}" fill="rgb(255,{shade},{shade})">'
+                        f'<title>{html.escape(a)} + {html.escape(b)}: {d[i, j]:.3g}%</title></rect>')
+    # group boundaries
+    k = 0
+    for g in dict.fromkeys(report["tensors"][n]["group"] for n in order):
+        size = sum(report["tensors"][n]["group"] == g for n in order)
+        body.append(f'<rect x="{pad + k * cell}" y="{pad + k * cell}" width="{size * cell}" height="{size * cell}" fill="none" stroke="black" stroke-width="1.5"/>')
+        k += size
+    n = len(order)
+    body.append(_text(pad, pad + n * cell + 16, f"white: 0, red: {top:.3g}% added noise/signal when the two tensors share a mantissa"))
+    return _svg(pad + n * cell + 260, pad + n * cell + 24, "".join(body))
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
+def write_html(report: dict, qmodel, path) -> Path:
+    """Write the report as a self-contained HTML page (and the JSON beside it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups = list(report["groups"])
+    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+    s = report["summary"]
+    rows = "".join(
+        f'<tr><td><span style="color:{colours[g]}">&#9632;</span> {html.escape(g)}</td><td>{info["mantissa"]:.5f}</td>'
+        f'<td>{len(info["members"])}</td><td>{_fmt(info["added_error"])}</td>'
+        f'<td>{html.escape(", ".join(f"{t} (2^{e})" for t, e in info["exponents"].items()))}</td></tr>'
+        for g, info in report["groups"].items()
+    )
+    site_rows = "".join(
+        f'<tr><td>{html.escape(x["node"])}</td><td>{html.escape(x["port"])}</td><td>{x["kind"]}</td><td>{x["elements"]}</td>'
+        f'<td>{html.escape(x["src_group"])} &rarr; {html.escape(x["dst_group"])}</td></tr>'
+        for x in report["sites"]
+    )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>gwq-tvm SFC report</title>",
+        "<style>body{font-family:sans-serif;margin:20px;max-width:1100px} table{border-collapse:collapse;font-size:12px}"
+        " td,th{border:1px solid #ddd;padding:3px 6px;text-align:left} h2{margin-top:28px}</style></head><body>",
+        f"<h1>SFC report ({html.escape(report['mode'])})</h1>",
+        f"<p>Per inference: <b>{s['multiply_sites']}</b> multiply SFC sites / <b>{s['shift_sites']}</b> shift sites; "
+        f"<b>{s['multiply_elements']}</b> multiply elements, <b>{s['shift_elements']}</b> shift elements "
+        f"(shift share <b>{s['shift_share'] * 100:.1f}%</b>); {s['groups']} groups"
+        + ("" if s["added_error"] is None else f"; added error {s['added_error']:.4g} (noise/signal power, summed)") + ".</p>",
+        "<h2>Groups</h2><table><tr><th>group</th><th>mantissa</th><th>tensors</th><th>added error</th><th>members (exponent)</th></tr>",
+        rows, "</table>",
+    ]
+    stats = qmodel.stats
+    if stats is not None:
+        curves = error_curves(qmodel.graph, stats, qmodel.plan.config, tensor_choices(qmodel.graph, stats, qmodel.plan.config))
+        parts += [
+            "<h2>Error curves</h2><p>Each tensor's added quantization noise when its scale mantissa is forced to x "
+            "(best exponent for x), coloured by group.</p>", _curves(report, curves, colours),
+            "<h2>Similarity matrix</h2><p>Added error if two tensors share one mantissa (tensors ordered by group; boxes are groups).</p>",
+            _matrix(report, curves),
+            "<h2>Calibration histograms</h2><p>|x| histograms (log counts) coloured by group; dashed: the clipping point.</p>",
+            _histograms(report, stats, colours),
+        ]
+    parts += ["<h2>SFC sites</h2><table><tr><th>node</th><th>input</th><th>kind</th><th>elements</th><th>groups</th></tr>",
+              site_rows, "</table></body></html>"]
+    path.write_text("".join(parts))
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    return path
