@@ -78,9 +78,10 @@ def _target(name):
         raise GwqError(f"bad --target {name!r}: {str(err).strip().splitlines()[-1]}") from None
 
 
-def _print_summary(q, out=sys.stdout):
+def _print_summary(q, out=None):
     from .report import format_text
 
+    out = out or sys.stdout
     print(f"integer-only: {'yes' if q.integer_only.ok else 'no'}" + ("" if q.integer_only.ok else f"  ({q.integer_only})"), file=out)
     if q.float_ops:
         print(f"float fallback ops: {', '.join(sorted(set(q.float_ops)))}", file=out)

@@ -1,0 +1,159 @@
+"""GWQ mode end to end: plans, the realized IR (shifts inside groups), bit-exactness, the CLI and the report."""
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+import gwq_tvm
+from gwq_tvm import QuantConfig
+from gwq_tvm.cli import main
+from gwq_tvm.data import BUNDLED_MODEL
+from gwq_tvm.errors import PlanError
+from gwq_tvm.plan.program import sfc_sites
+from gwq_tvm.plan.scales import is_power_of_two
+from gwq_tvm.reference import run_reference
+
+from conftest import compile_and_run
+from test_bitexact import ConcatNet, DepthwiseNet, _randomize_bn
+
+
+@pytest.fixture(scope="module")
+def gwq3(fmnist):
+    calib, _, _ = fmnist
+    cfg = QuantConfig(weight_bits=4, act_bits=4, mode="gwq", groups=3)
+    return gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:256], cfg)
+
+
+def _bindings(mod):
+    return [b for blk in mod["main"].body.blocks for b in blk.bindings]
+
+
+def _sfc_chains(mod):
+    """For each int32 conv accumulator, the ops applied to it up to its clip (the SFC), in order."""
+    bindings = _bindings(mod)
+    users = defaultdict(list)
+    for b in bindings:
+        if isinstance(b.value, relax.Call):
+            for a in b.value.args:
+                if isinstance(a, relax.Var):
+                    users[a].append(b)
+    chains = []
+    for b in bindings:
+        if isinstance(b.value, relax.Call) and b.value.op.name == "relax.nn.conv2d":
+            ops, v = [], b.var
+            while len(users[v]) == 1:
+                nxt = users[v][0]
+                ops.append(nxt.value.op.name)
+                v = nxt.var
+                if ops[-1] == "relax.clip":
+                    break
+            chains.append(ops)
+    return chains
+
+
+def test_gwq_plan_structure(gwq3):
+    plan = gwq3.plan
+    assert plan.config.mode.value == "gwq" and 1 <= len(plan.groups) <= 3
+    assert all(1.0 <= m < 2.0 for m in plan.groups.values())
+    for layer in plan.layers.values():  # power-of-two weight scales in GWQ mode
+        assert all(is_power_of_two(np.array(layer.weight_scales)))
+    for name, tq in plan.tensors.items():
+        assert plan.scale(name) == plan.groups[tq.group] * 2.0**tq.exponent
+
+
+def test_in_group_sfc_has_no_multiply_in_the_ir(gwq3):
+    """Every conv SFC between tensors of one group is add/shift only; across groups exactly one multiply by a scalar."""
+    q = gwq3
+    convs = [n for n, node in q.graph.nodes.items() if node.kind == "conv2d"]
+    chains = _sfc_chains(q.mod)
+    assert len(chains) == len(convs)
+    same = 0
+    for name, ops in zip(convs, chains):
+        src = q.graph.tensor_of(q.graph.nodes[name].inputs[0])
+        assert ops[-1] == "relax.clip", ops
+        if q.plan.tensors[src].group == q.plan.tensors[name].group:
+            same += 1
+            assert "relax.multiply" not in ops and "relax.right_shift" in ops, (name, ops)
+        else:
+            assert ops.count("relax.multiply") == 1, (name, ops)
+    assert same >= 1
+    # the module-wide count: one integer multiply per multiply SFC site, each by one scalar constant
+    sites = sfc_sites(q.graph, q.plan)
+    muls = [b.value for b in _bindings(q.mod) if isinstance(b.value, relax.Call) and b.value.op.name == "relax.multiply"
+            and str(b.value.ty.dtype).startswith("int")]
+    assert len(muls) == sum(s.kind == "multiply" for s in sites)
+    assert all(isinstance(m.args[1], tvm.ir.GenericConst) and m.args[1].value.numpy().ndim == 0 for m in muls)
+
+
+def test_gwq_bit_exact_and_integer_only(gwq3, fmnist):
+    _, test_x, _ = fmnist
+    assert gwq3.integer_only.ok, str(gwq3.integer_only)
+    np.testing.assert_array_equal(compile_and_run(gwq3.mod, test_x[:32]), run_reference(gwq3.mod, test_x[:32]))
+
+
+@pytest.mark.parametrize("net", [DepthwiseNet, ConcatNet])
+def test_gwq_on_other_architectures_bit_exact(net, fmnist):
+    calib, test_x, _ = fmnist
+    torch.manual_seed(0)
+    q = gwq_tvm.quantize(_randomize_bn(net()), calib[:64], QuantConfig(mode="gwq", groups=2), input_shape=(None, 1, 28, 28))
+    assert q.integer_only.ok
+    np.testing.assert_array_equal(compile_and_run(q.mod, test_x[:16]), run_reference(q.mod, test_x[:16]))
+
+
+def test_w8a8_gwq_is_almost_all_shifts_and_keeps_accuracy(fmnist):
+    calib, test_x, test_y = fmnist
+    x, y = test_x[:1000], test_y[:1000]
+    per_layer = gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:256], QuantConfig())
+    gwq = gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:256], QuantConfig(mode="gwq"))
+    assert gwq.sfc["shift_share"] > 0.99 and per_layer.sfc["shift_share"] == 0.0
+    acc = {k: gwq_tvm.accuracy(compile_and_run(q.mod, x), y) for k, q in (("pl", per_layer), ("gwq", gwq))}
+    assert acc["gwq"] > acc["pl"] - 0.01, acc
+
+
+def test_report_json(gwq3):
+    rep = gwq3.report()
+    s = rep["summary"]
+    assert s["multiply_elements"] + s["shift_elements"] == 109_824
+    assert sorted(t for g in rep["groups"].values() for t in g["members"]) == sorted(gwq3.graph.tensors())
+    for site in rep["sites"]:
+        assert (site["kind"] == "shift") == (site["src_group"] == site["dst_group"]) or site["node"].startswith("global_avgpool")
+    json.dumps(rep)
+
+
+def test_plan_rejects_too_many_groups(fmnist):
+    calib, _, _ = fmnist
+    with pytest.raises(PlanError, match="more than the model's 15 quantized tensors"):
+        gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:64], QuantConfig(mode="gwq", groups=16))
+
+
+@pytest.mark.parametrize("k, match", [("0", "groups must be a positive integer"), ("-2", "groups must be a positive integer"),
+                                      ("99", "more than the model's 15 quantized tensors")])
+def test_cli_bad_k(k, match, capsys):
+    assert main(["--quiet", "plan", str(BUNDLED_MODEL), "-o", "p.json", "--mode", "gwq", "--groups", k, "--calib-samples", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("gwq-tvm: error:") == 1 and match in err, err
+
+
+def test_cli_groups_without_gwq_mode(capsys):
+    assert main(["--quiet", "plan", str(BUNDLED_MODEL), "-o", "p.json", "--groups", "2"]) == 2
+    assert "apply to mode 'gwq' only" in capsys.readouterr().err
+
+
+def test_cli_compile_gwq_and_report(tmp_path, capsys):
+    out = tmp_path / "m.so"
+    assert main(["--quiet", "compile", str(BUNDLED_MODEL), "-o", str(out), "--mode", "gwq", "--groups", "3", "--calib-samples", "128"]) == 0
+    text = capsys.readouterr().out
+    assert "integer-only: yes" in text and "shift share" in text and "g0: mantissa" in text
+    plan = json.loads(out.with_suffix(".plan.json").read_text())
+    assert plan["config"]["mode"] == "gwq" and plan["config"]["groups"] == 3
+    html = tmp_path / "r.html"
+    assert main(["--quiet", "report", str(BUNDLED_MODEL), "-o", str(html), "--mode", "gwq", "--tolerance", "0.001", "--calib-samples", "128"]) == 0
+    page = html.read_text()
+    assert page.count("<svg") == 3 and "Similarity matrix" in page
+    rep = json.loads(html.with_suffix(".json").read_text())
+    assert rep["summary"]["added_error"] <= 0.001 + 1e-9
