@@ -8,7 +8,8 @@ TVM and run on the Fashion-MNIST test images.  Rows:
 * ``pot``: naive power-of-two (calibrated scale rounded up to ``2**k``, weights too).
 * ``gwq K=k``: GWQ, at most ``k`` groups, joint objective (``sfc_cost`` default).
 * ``gwq tol=f``: GWQ tolerance mode, ``f`` times the added error of one group.
-* ``error-only K=k``: the same grouping with ``sfc_cost = 0`` (clustering by error alone).
+* ``error-only K=k``: the same grouping with ``sfc_cost = 0`` (clustering by error alone,
+  on the same sensitivity-weighted curves, so the rows differ only in the graph term).
 
 Every row follows the usual low-bit protocol: the model input (the image) and
 the first and last weight layers (stem conv, classifier) stay at 8 bits
@@ -37,6 +38,7 @@ import tvm
 from tvm import relax
 
 import gwq_tvm
+from gwq_tvm.calibrate.sensitivity import tensor_sensitivity
 from gwq_tvm.config import DEFAULT_SFC_COST, QuantConfig
 from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.plan.planner import gwq_grouping
@@ -55,12 +57,11 @@ def end_layers(graph, abits):
     return {"input": (8, 8), weighted[0]: (8, abits), weighted[-1]: (8, abits)}
 
 
-def rows_for(wbits, abits, overrides, graph, stats, sfc_cost):
-    base = QuantConfig(weight_bits=wbits, act_bits=abits, bits=overrides)
+def rows_for(base, graph, stats, sfc_cost, sens):
     rows = [("per-layer", base), ("pot", base.replace(mode="pot"))]
     for k in (1, 2, 3, 4):
         rows.append((f"gwq K={k}", base.replace(mode="gwq", groups=k, sfc_cost=sfc_cost)))
-    _, one = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=1))
+    _, one = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=1), sensitivity=sens)
     for f in TOL_FRACTIONS:
         rows.append((f"gwq tol={f:g}", base.replace(mode="gwq", tolerance=f * one.added_error)))
     for k in (2, 3, 4):
@@ -75,14 +76,15 @@ def latency_ms(ex, shape):
     return float(np.median(res.results) * 1e3)
 
 
-def evaluate(label, fm, graph, stats, cfg, test_x, test_y, cache):
-    plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape)
+def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache):
+    sens = sens if cfg.mode.value == "gwq" else None
+    plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape, sens)
     key = hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
     s = sfc_summary(sfc_sites(graph, plan))
     row = {"groups": len(plan.groups), "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
            "multiply_sites": s["multiply_sites"], "shift_sites": s["shift_sites"], "shift_share": s["shift_share"]}
     if cfg.mode.value == "gwq":
-        _, grouping = gwq_grouping(graph, stats, cfg)
+        _, grouping = gwq_grouping(graph, stats, cfg, sensitivity=sens)
         row["added_error"] = grouping.added_error
         row["mantissas"] = [round(m, 4) for m in grouping.mantissas]
     if key in cache:
@@ -154,6 +156,7 @@ def main():
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, e.g. W4A2,W4A3")
     ap.add_argument("--all-layers", action="store_true", help="quantize input, stem and classifier to the low bits too")
     ap.add_argument("--sfc-cost", type=float, default=DEFAULT_SFC_COST)
+    ap.add_argument("--no-loss-aware", action="store_true", help="GWQ error curves without output-sensitivity weights")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     args = ap.parse_args()
 
@@ -173,8 +176,12 @@ def main():
         wbits, abits = SETTINGS[name]
         cache, rows = {}, {}
         overrides = {} if args.all_layers else end_layers(graph, abits)
-        for label, cfg in rows_for(wbits, abits, overrides, graph, stats, args.sfc_cost):
-            r = evaluate(label, fm, graph, stats, cfg, test_x, test_y, cache)
+        base = QuantConfig(weight_bits=wbits, act_bits=abits, bits=overrides, loss_aware=not args.no_loss_aware)
+        sens = None
+        if not args.no_loss_aware:
+            sens = tensor_sensitivity(fm, graph, stats, base.replace(mode="gwq"), calib[:512])
+        for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens):
+            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache)
             rows[label] = r
             print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
                   f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  ({time.time() - t0:.0f}s)", flush=True)
@@ -182,7 +189,7 @@ def main():
 
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"gwq_tradeoff{args.tag}"
-    meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost,
+    meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost, "loss_aware": not args.no_loss_aware,
             "fp32_accuracy": fp32, "target": str(host_target()), "seconds": time.time() - t0}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     md = table(results, fp32)

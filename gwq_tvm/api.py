@@ -16,7 +16,8 @@ import tvm
 from tvm import relax
 
 from .calibrate import calibrate, check_batch
-from .config import QuantConfig
+from .calibrate.sensitivity import tensor_sensitivity
+from .config import QuantConfig, ScaleMode
 from .errors import IntegerOnlyError, PlanError, UnsupportedOpError
 from .frontend import FloatModel, load_model
 from .graph import Graph, extract_graph
@@ -42,6 +43,8 @@ class QuantizedModel:
     integer_only : IntegerOnlyReport
     stats : dict of str to TensorStats, optional
         The calibration statistics (``None`` when quantized from a given plan).
+    sensitivity : dict of str to float, optional
+        GWQ loss-aware tensor sensitivities used by the planner.
     """
 
     float_model: FloatModel
@@ -50,6 +53,7 @@ class QuantizedModel:
     mod: tvm.IRModule
     integer_only: IntegerOnlyReport
     stats: dict | None = None
+    sensitivity: dict | None = None
 
     @property
     def sfc(self) -> dict:
@@ -98,19 +102,22 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         if not config.allow_float_fallback:
             raise UnsupportedOpError(msg)
         warnings.warn(msg, stacklevel=2)
-    stats = None
+    stats = sensitivity = None
     if plan is None:
         if calib_data is None:
             raise PlanError("quantize needs calibration data or a QuantPlan")
         stats = calibrate(fm, calib_data, config, show_progress=show_progress)
-        plan = build_plan(graph, stats, config, fm.input_shape)
+        sensitivity = None
+        if config.mode is ScaleMode.GWQ and config.loss_aware:
+            sensitivity = tensor_sensitivity(fm, graph, stats, config, check_batch(calib_data, fm.input_shape))
+        plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
     elif plan.fingerprint != graph.fingerprint:
         raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
     mod = RealizeIntegerProgram(plan)(fm.mod)
     report = check_integer_only(mod)
     if not report.ok and not floats:
         raise IntegerOnlyError(f"realized program is not integer-only: {report}")
-    return QuantizedModel(fm, graph, plan, mod, report, stats)
+    return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
 
 
 def build(qmodel_or_mod, target=None) -> relax.VMExecutable:

@@ -47,6 +47,7 @@ def _config(args):
         weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
         weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
         tolerance=args.tolerance, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
+        loss_aware=not args.no_loss_aware,
     )
 
 
@@ -157,6 +158,8 @@ def _add_quant_options(p):
                    help="gwq: fewest multiplies within this added error (noise/signal power summed over tensors)")
     p.add_argument("--sfc-cost", type=float, default=None,
                    help="gwq: weight of the multiply share against the added error (default 0.05; 0 = error only)")
+    p.add_argument("--no-loss-aware", action="store_true",
+                   help="gwq: weigh every tensor's error alike (skip the output-sensitivity run)")
     p.add_argument("--weight-granularity", default="per-channel", help="per-channel | per-tensor")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")

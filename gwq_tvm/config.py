@@ -96,6 +96,10 @@ class QuantConfig:
         GWQ: weight of the multiply cost against the added error (the added error
         worth turning every SFC element from a multiply into a shift); ``0`` groups
         by error alone.
+    loss_aware : bool
+        GWQ: weight each tensor's error curve by its measured output sensitivity
+        (a fake-quant run on 256 calibration samples per tensor; see
+        :mod:`gwq_tvm.calibrate.sensitivity`).  Off: every tensor's noise counts alike.
     bits : mapping of str to (int, int)
         Per-layer overrides ``{node_name: (weight_bits, act_bits)}``; ``act_bits``
         applies to the node's output tensor.
@@ -117,6 +121,7 @@ class QuantConfig:
     groups: int | None = None
     tolerance: float | None = None
     sfc_cost: float = DEFAULT_SFC_COST
+    loss_aware: bool = True
     bits: Mapping[str, tuple] = field(default_factory=dict)
     add_precision_bits: int = 8
     allow_float_fallback: bool = True
@@ -137,6 +142,8 @@ class QuantConfig:
             raise ConfigError(f"tolerance must be a finite number >= 0; got {self.tolerance!r}")
         if isinstance(self.sfc_cost, bool) or not isinstance(self.sfc_cost, (int, float)) or not 0 <= self.sfc_cost < float("inf"):
             raise ConfigError(f"sfc_cost must be a finite number >= 0; got {self.sfc_cost!r}")
+        if not isinstance(self.loss_aware, bool):
+            raise ConfigError(f"loss_aware must be true or false; got {self.loss_aware!r}")
         if self.groups is not None and self.tolerance is not None:
             raise ConfigError("give GWQ either groups or tolerance, not both")
         if self.mode is not ScaleMode.GWQ and (self.groups is not None or self.tolerance is not None):

@@ -43,15 +43,18 @@ def sfc_report(qmodel) -> dict:
     """
     graph, plan, stats = qmodel.graph, qmodel.plan, qmodel.stats
     sites = sfc_sites(graph, plan)
-    curves = error_curves(graph, stats, plan.config) if stats is not None else None
+    curves = error_curves(graph, stats, plan.config, sensitivity=qmodel.sensitivity) if stats is not None else None
     tensors = {}
     for name in graph.tensors():
         tq = plan.tensors[name]
         added = None
         if curves is not None and curves[name].weight > 0:
             added = _added_error(stats[name], tq, plan.scale(name), curves[name].nsr)
+        if added is not None and qmodel.sensitivity:
+            added *= curves[name].weight
         tensors[name] = {"group": tq.group, "exponent": tq.exponent, "bits": tq.bits, "signed": tq.signed,
-                         "scale": plan.scale(name), "added_error": added}
+                         "scale": plan.scale(name), "added_error": added,
+                         "sensitivity": (qmodel.sensitivity or {}).get(name)}
     groups = {}
     for g, mantissa in plan.groups.items():
         members = [t for t, v in tensors.items() if v["group"] == g]
@@ -62,6 +65,7 @@ def sfc_report(qmodel) -> dict:
     return {
         "mode": plan.config.mode.value,
         "config": plan.config.to_dict(),
+        "error_measure": "added noise / signal power" + (", weighted by output sensitivity" if qmodel.sensitivity else "") + ", summed over tensors",
         "summary": {**sfc_summary(sites), "groups": len(plan.groups),
                     "added_error": None if curves is None else float(sum(v["added_error"] or 0.0 for v in tensors.values()))},
         "groups": groups,
@@ -83,7 +87,7 @@ def format_text(report: dict, max_members: int = 6) -> str:
     if report["mode"] == "per-layer":
         return "\n".join(lines + [f"groups: {s['groups']} (per-layer: one per tensor)"])
     if s["added_error"] is not None:
-        lines.append(f"groups: {s['groups']}, added error {s['added_error']:.4g} (noise / signal power, summed)")
+        lines.append(f"groups: {s['groups']}, added error {s['added_error']:.4g} ({report['error_measure']})")
     for g, info in report["groups"].items():
         members = info["members"]
         shown = ", ".join(members[:max_members]) + (f", ... ({len(members)} tensors)" if len(members) > max_members else "")
@@ -207,13 +211,14 @@ def write_html(report: dict, qmodel, path) -> Path:
         f"<p>Per inference: <b>{s['multiply_sites']}</b> multiply SFC sites / <b>{s['shift_sites']}</b> shift sites; "
         f"<b>{s['multiply_elements']}</b> multiply elements, <b>{s['shift_elements']}</b> shift elements "
         f"(shift share <b>{s['shift_share'] * 100:.1f}%</b>); {s['groups']} groups"
-        + ("" if s["added_error"] is None else f"; added error {s['added_error']:.4g} (noise/signal power, summed)") + ".</p>",
+        + ("" if s["added_error"] is None else f"; added error {s['added_error']:.4g} ({html.escape(report['error_measure'])})") + ".</p>",
         "<h2>Groups</h2><table><tr><th>group</th><th>mantissa</th><th>tensors</th><th>added error</th><th>members (exponent)</th></tr>",
         rows, "</table>",
     ]
     stats = qmodel.stats
     if stats is not None:
-        curves = error_curves(qmodel.graph, stats, qmodel.plan.config, tensor_choices(qmodel.graph, stats, qmodel.plan.config))
+        curves = error_curves(qmodel.graph, stats, qmodel.plan.config, tensor_choices(qmodel.graph, stats, qmodel.plan.config),
+                              qmodel.sensitivity)
         parts += [
             "<h2>Error curves</h2><p>Each tensor's added quantization noise when its scale mantissa is forced to x "
             "(best exponent for x), coloured by group.</p>", _curves(report, curves, colours),

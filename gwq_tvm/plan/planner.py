@@ -47,26 +47,33 @@ def tensor_choices(graph: Graph, stats: dict, config: QuantConfig) -> dict[str, 
     return out
 
 
-def error_curves(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None) -> dict[str, ErrorCurve]:
-    """The GWQ :class:`ErrorCurve` of every quantized tensor (weight 0 when never materialized)."""
+def error_curves(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None,
+                 sensitivity: dict | None = None) -> dict[str, ErrorCurve]:
+    """The GWQ :class:`ErrorCurve` of every quantized tensor.
+
+    A curve's weight is 0 for a tensor the program never materializes, else its
+    ``sensitivity`` (1 without one; see
+    :func:`gwq_tvm.calibrate.sensitivity.tensor_sensitivity`).
+    """
     choices = choices or tensor_choices(graph, stats, config)
     search = config.calibration is Calibration.MSE
     curves = {}
     for name, ch in choices.items():
         materialized = graph.nodes[name].kind in ("input", "float") or needs_integer_output(graph, name)
+        weight = (sensitivity or {}).get(name, 1.0) if materialized else 0.0
         qmax = S.qrange(ch.bits, ch.signed)[1]
-        curves[name] = error_curve(stats[name], ch.scale, qmax, search=search, weight=1.0 if materialized else 0.0)
+        curves[name] = error_curve(stats[name], ch.scale, qmax, search=search, weight=weight)
     return curves
 
 
-def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None):
+def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict | None = None, sensitivity: dict | None = None):
     """Error curves and the :class:`Grouping` GWQ mode uses (see :mod:`gwq_tvm.plan.grouping`).
 
     Returns
     -------
     (dict of str to ErrorCurve, Grouping)
     """
-    curves = error_curves(graph, stats, config, choices)
+    curves = error_curves(graph, stats, config, choices, sensitivity)
     groups = config.groups
     if groups is not None and groups > len(curves):
         raise PlanError(f"groups={groups} is more than the model's {len(curves)} quantized tensors")
@@ -74,18 +81,19 @@ def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict |
     return curves, grouping
 
 
-def _layer(node: Node, config: QuantConfig, mode: ScaleMode) -> LayerQuant:
+def layer_quant(node: Node, config: QuantConfig) -> LayerQuant:
+    """Weight bits, granularity and weight scales of a conv/dense node under ``config.mode``."""
     wbits = config.weight_bits_for(node.name)
     per_channel = config.weight_granularity is WeightGranularity.PER_CHANNEL
-    if mode is ScaleMode.POT:  # naive power2: max-calibrated, rounded up (no weight is clipped)
+    if config.mode is ScaleMode.PER_LAYER:
         ws = S.weight_scales(node.weight, wbits, per_channel)
-        ws = [2.0 ** math.ceil(math.log2(s)) for s in ws]
-    else:
-        ws = S.mse_weight_scales(node.weight, wbits, per_channel, power_of_two=mode is ScaleMode.GWQ)
+    else:  # pot and gwq: every weight scale a power of two
+        ws = S.pot_weight_scales(node.weight, wbits, per_channel)
     return LayerQuant(wbits, config.weight_granularity.value, tuple(float(s) for s in ws))
 
 
-def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None) -> QuantPlan:
+def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None,
+               sensitivity: dict | None = None) -> QuantPlan:
     """Choose every tensor's scale and every layer's weight scales.
 
     Parameters
@@ -95,22 +103,27 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
     stats : dict of str to TensorStats
         Calibration statistics for every non-passthrough node output.
     config : QuantConfig
+    input_shape : tuple, optional
+        Recorded in the plan for checking run-time data.
+    sensitivity : dict of str to float, optional
+        GWQ only: per-tensor output sensitivities weighting the error curves
+        (:func:`gwq_tvm.calibrate.sensitivity.tensor_sensitivity`).
 
     Returns
     -------
     QuantPlan
         * ``per-layer``: each tensor is its own group (the calibrated scale split
-          into mantissa and exponent); weight scales minimise the weight MSE.
+          into mantissa and exponent); max-calibrated weight scales.
         * ``pot``: one group of mantissa 1, max/percentile/MSE clip rounded *up*
           to a power of two, max-calibrated weight scales rounded up.
         * ``gwq``: groups from :func:`gwq_grouping`; each tensor's exponent is the
-          best one for its group's mantissa; power-of-two weight scales chosen by MSE.
+          best one for its group's mantissa; weight scales as in ``pot``.
     """
     choices = tensor_choices(graph, stats, config)
     groups: dict[str, float] = {}
     tensors: dict[str, TensorQuant] = {}
     if config.mode is ScaleMode.GWQ:
-        curves, grouping = gwq_grouping(graph, stats, config, choices)
+        curves, grouping = gwq_grouping(graph, stats, config, choices, sensitivity)
         for g, mantissa in enumerate(grouping.mantissas):
             groups[f"g{g}"] = mantissa
         for name, ch in choices.items():
@@ -130,6 +143,6 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         if node.kind in PASSTHROUGH:
             tensors[name] = tensors[graph.tensor_of(name)]
         elif node.weight is not None:
-            layers[name] = _layer(node, config, config.mode)
+            layers[name] = layer_quant(node, config)
     tensors = {name: tensors[name] for name in graph.nodes}  # graph order
     return QuantPlan(graph.fingerprint, config, groups, tensors, layers, input_shape)

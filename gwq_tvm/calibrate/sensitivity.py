@@ -1,0 +1,244 @@
+"""How much each activation tensor's quantization noise hurts the model's output (runs on TVM).
+
+The GWQ error curves (:mod:`gwq_tvm.plan.grouping`) measure noise tensor by
+tensor; at low bit-widths tensors differ a lot in how much of that noise
+reaches the output.  :class:`FakeQuantSimulator` compiles the float model
+once with a fake-quantizer ``s * clip(floor(x / s + 1/2), qmin, qmax)`` after
+every quantized tensor, the scales ``s`` being *run-time inputs*, and with the
+weights fake-quantized at their planned scales; any assignment of activation
+scales is then one run, no recompile.  :func:`tensor_sensitivity` uses it to
+measure, for each tensor, the output divergence (KL from the fp32 softmax)
+per unit of added noise, the weight the planner gives that tensor's curve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import op as R
+
+from ..graph import Graph, Node
+from ..plan import scales as S
+from ..runtime import host_target
+
+
+#: The simulator computes in float64.  Power-of-two SFCs put exact round-half-up ties on every
+#: 2**k-th accumulator value, and float64 products of non-power-of-two scales land within ~1e-13 on
+#: either side of them; nudging by TIE_EPS (far above that, far below any real distance from a tie)
+#: rounds them up as the integer program does.
+DTYPE = "float64"
+TIE_EPS = 1e-9
+
+
+def _const(value, dtype=DTYPE):
+    return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+
+class _FloatEmitter:
+    """Emits the graph in float with fake-quantizers on the quantized tensors."""
+
+    def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict):
+        self.bb, self.graph = bb, graph
+        self.bits, self.weight_scales, self.weight_bits, self.scale_vars = bits, weight_scales, weight_bits, scale_vars
+        self.values: dict[str, relax.Expr] = {}
+
+    def emit(self, expr):
+        return self.bb.emit(expr)
+
+    def finish(self, node: Node, y):
+        if node.act is not None:
+            y = self.emit(R.clip(y, relax.prim_value(node.act[0]), relax.prim_value(min(node.act[1], 3.0e38))))
+        if node.name in self.scale_vars:
+            s = self.scale_vars[node.name]
+            qmin, qmax = self.bits[node.name]
+            q = R.clip(R.floor(R.add(R.divide(y, s), _const(0.5 + TIE_EPS))), relax.prim_value(qmin), relax.prim_value(qmax))
+            y = self.emit(R.multiply(q, s))
+        self.values[node.name] = y
+
+    def weight(self, node: Node) -> np.ndarray:
+        ws = self.weight_scales[node.name]
+        wq = S.quantize_weight(node.weight, ws, self.weight_bits[node.name]).astype(np.float64)
+        return wq * ws.reshape((-1,) + (1,) * (node.weight.ndim - 1))
+
+    def bias(self, node: Node, y, ndim):
+        """Add the bias rounded to the accumulator grid ``s_in * s_w,c``, as the integer program stores it."""
+        if node.bias is None:
+            return y
+        shape = [1] * ndim
+        shape[1] = node.bias.size
+        b = _const(node.bias.reshape(shape))
+        src = self.graph.tensor_of(node.inputs[0])
+        if src in self.scale_vars:
+            unit = self.emit(R.multiply(self.scale_vars[src], _const(self.weight_scales[node.name].reshape(shape))))
+            b = self.emit(R.multiply(R.round(R.divide(b, unit)), unit))
+        return self.emit(R.add(y, b))
+
+    def node_input(self, node, param):
+        self.finish(node, param)
+
+    def node_conv2d(self, node):
+        a = node.attrs
+        y = self.emit(R.nn.conv2d(self.values[node.inputs[0]], _const(self.weight(node)), strides=a["strides"],
+                                  padding=a["padding"], dilation=a["dilation"], groups=a["groups"]))
+        self.finish(node, self.bias(node, y, 4))
+
+    def node_dense(self, node):
+        y = self.emit(R.matmul(self.values[node.inputs[0]], _const(np.ascontiguousarray(self.weight(node).T))))
+        self.finish(node, self.bias(node, y, 2))
+
+    def node_global_avgpool(self, node):
+        self.finish(node, self.emit(R.mean(self.values[node.inputs[0]], axis=[2, 3], keepdims=node.attrs["keepdims"])))
+
+    def node_avgpool(self, node):
+        c = node.shape[1]
+        kh, kw = node.attrs["pool_size"]
+        ones = np.full((c, 1, kh, kw), 1.0 / (kh * kw))
+        y = R.nn.conv2d(self.values[node.inputs[0]], _const(ones), strides=node.attrs["strides"], padding=node.attrs["padding"], groups=c)
+        self.finish(node, self.emit(y))
+
+    def node_add(self, node):
+        self.finish(node, self.emit(R.add(self.values[node.inputs[0]], self.values[node.inputs[1]])))
+
+    def node_concat(self, node):
+        self.finish(node, self.emit(R.concat([self.values[n] for n in node.inputs], axis=node.attrs["axis"])))
+
+    def node_maxpool(self, node):
+        a = node.attrs
+        self.values[node.name] = self.emit(R.nn.max_pool2d(self.values[node.inputs[0]], pool_size=a["pool_size"], strides=a["strides"],
+                                                           padding=a["padding"], dilation=a["dilation"], ceil_mode=a["ceil_mode"]))
+
+    def node_reshape(self, node):
+        self.values[node.name] = self.emit(R.reshape(self.values[node.inputs[0]], node.var.ty.shape))
+
+    def node_relu(self, node):
+        lo, hi = node.act if node.act is not None else (0.0, float("inf"))
+        self.values[node.name] = self.emit(R.clip(self.values[node.inputs[0]], relax.prim_value(lo), relax.prim_value(min(hi, 3.0e38))))
+
+    def node_float(self, node):
+        by_var = {self.graph.nodes[n].var: n for n in node.inputs}
+
+        def remap(arg):
+            if isinstance(arg, relax.Var) and arg in by_var:
+                return self.values[by_var[arg]]
+            if isinstance(arg, relax.Tuple):
+                return relax.Tuple([remap(f) for f in arg.fields])
+            return arg
+
+        call = node.call
+        self.finish(node, self.emit(relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.ty_args)))
+
+
+class FakeQuantSimulator:
+    """The float model with fake-quantized weights and run-time activation scales.
+
+    Parameters
+    ----------
+    model : FloatModel
+    graph : Graph
+    tensors : dict of str to (qmin, qmax)
+        The activation tensors to fake-quantize and their integer ranges.
+    layers : dict of str to (weight_bits, weight_scales)
+        Weight quantization of every conv/dense node.
+    """
+
+    def __init__(self, model, graph: Graph, tensors: dict, layers: dict):
+        self.graph, self.names = graph, list(tensors)
+        bb = relax.BlockBuilder()
+        old = model.mod["main"].params[0]
+        x = relax.Var(old.name, old.ty)
+        svars = {n: relax.Var(f"s_{n}", relax.TensorType([], DTYPE)) for n in self.names}
+        with bb.function("main", [x, *svars.values()]):
+            with bb.dataflow():
+                em = _FloatEmitter(bb, graph, tensors, {k: np.asarray(v[1]) for k, v in layers.items()},
+                                   {k: v[0] for k, v in layers.items()}, svars)
+                for node in graph.nodes.values():
+                    if node.kind == "input":
+                        em.node_input(node, bb.emit(R.astype(x, DTYPE)))
+                    else:
+                        getattr(em, f"node_{node.kind}")(node)
+                outs = [em.values[n] for n in graph.outputs]
+                out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+            bb.emit_func_output(out)
+        self.vm = relax.VirtualMachine(tvm.compile(bb.get(), host_target()), tvm.cpu())
+
+    def run(self, x: np.ndarray, scales: dict) -> np.ndarray:
+        """Logits of batch ``x`` with activation ``scales`` (one float per tensor)."""
+        args = [tvm.runtime.tensor(np.float64(scales[n])) for n in self.names]
+        out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32)), *args)
+        return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean ``KL(softmax(ref) || softmax(logits))`` over the batch (flattened to (N, C))."""
+    p, q = _log_softmax(ref_logits.reshape(len(ref_logits), -1)), _log_softmax(logits.reshape(len(logits), -1))
+    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
+
+
+#: Smallest sensitivity weight a tensor gets (relative to the mean), so no tensor's noise is free.
+MIN_WEIGHT = 0.1
+
+
+def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarray, *, samples: int = 256) -> dict:
+    """Output sensitivity of every materialized activation tensor, normalized to mean 1.
+
+    All tensors sit at their best scale (the minimum of their error curve);
+    then each tensor alone is moved to its worst mantissa and the rise of the
+    KL divergence from the fp32 outputs, per unit of added noise, is its
+    sensitivity.  Weights are fake-quantized as the plan will quantize them.
+    A fall of the KL (it happens at 2-3 bits, where the MSE-best scale is not
+    the output-best one) counts as :data:`MIN_WEIGHT`.
+
+    Parameters
+    ----------
+    model : FloatModel
+    graph : Graph
+    stats : dict of str to TensorStats
+    config : QuantConfig
+    data : numpy.ndarray
+        Calibration inputs; the first ``samples`` are used.
+
+    Returns
+    -------
+    dict of str to float
+        One weight per tensor of :func:`gwq_tvm.plan.planner.error_curves` with weight > 0.
+    """
+    from ..plan.planner import error_curves, layer_quant, tensor_choices
+
+    choices = tensor_choices(graph, stats, config)
+    curves = error_curves(graph, stats, config, choices)
+    names = [n for n, c in curves.items() if c.weight > 0]
+    ranges = {n: S.qrange(choices[n].bits, choices[n].signed) for n in names}
+    layers = {}
+    for n, node in graph.nodes.items():
+        if node.weight is not None:
+            lq = layer_quant(node, config)
+            layers[n] = (lq.weight_bits, lq.weight_scales)
+    x = np.ascontiguousarray(data[:samples], dtype=np.float32)
+    fixed = model.input_shape[0]
+    if fixed:
+        x = x[: max(fixed, len(x) - len(x) % fixed)]
+    sim = FakeQuantSimulator(model, graph, ranges, layers)
+    ref_vm = relax.VirtualMachine(tvm.compile(model.mod, host_target()), tvm.cpu())
+    ref = ref_vm["main"](tvm.runtime.tensor(x))
+    ref = (ref if hasattr(ref, "numpy") else ref[0]).numpy()
+    best = {n: curves[n].scale(curves[n].best_phase) for n in names}
+    kl0 = kl_divergence(ref, sim.run(x, best))
+    raw = {}
+    for n in names:
+        worst = int(np.argmax(curves[n].added))
+        added = float(curves[n].added[worst])
+        if added <= 0:
+            raw[n] = 0.0
+            continue
+        kl = kl_divergence(ref, sim.run(x, {**best, n: curves[n].scale(worst)}))
+        raw[n] = max(kl - kl0, 0.0) / added
+    mean = float(np.mean(list(raw.values()))) if raw else 0.0
+    if mean <= 0:
+        return {n: 1.0 for n in names}
+    return {n: max(v / mean, MIN_WEIGHT) for n, v in raw.items()}
