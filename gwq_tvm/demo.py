@@ -18,7 +18,8 @@ from .runtime import host_target
 
 
 def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, quiet: bool = False) -> dict:
-    """Quantize (W8A8 per-channel, dyadic SFC), compile, evaluate against fp32; print and return the results."""
+    """Quantize W8A8 per-layer (dyadic SFCs) and GWQ (shared mantissas, shift SFCs), compile, evaluate
+    both against fp32 on the test images; print and return the results."""
     t0 = time.time()
     calib, _ = fashion_mnist("calib")
     test_x, test_y = fashion_mnist("test")
@@ -39,6 +40,12 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
     ref = run_reference(q.mod, test_x[:32])
     bit_exact = bool(np.array_equal(ref, logits_int[:32]))
 
+    g = api.quantize(model, calib[:calib_samples], QuantConfig(mode="gwq"), show_progress=not quiet)
+    g_so = api.export(api.build(g), out_dir / "fmnist_resnet_gwq.so", g.plan)
+    logits_gwq = api.predict(api.load_executable(g_so), test_x, g.float_model.input_shape, show_progress=not quiet)
+    acc_gwq = api.accuracy(logits_gwq, test_y)
+    gwq_exact = bool(np.array_equal(run_reference(g.mod, test_x[:32]), logits_gwq[:32]))
+
     s = q.sfc
     print(f"model: {model.name}  (test images: {len(test_x)}, calibration images: {calib_samples})")
     print(f"fp32 accuracy: {acc_fp * 100:.2f}%")
@@ -47,10 +54,17 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
     print(f"SFC ops: {s['multiply_sites']} multiply, {s['shift_sites']} shift "
           f"(per-sample elements: {s['multiply_elements']} multiply, {s['shift_elements']} shift)")
     print(f"bit-exact vs numpy reference (32 images): {'yes' if bit_exact else 'NO'}")
+    gs = g.sfc
+    print(f"GWQ int8 accuracy: {acc_gwq * 100:.2f}%  ({len(g.plan.groups)} groups, shared mantissas; delta {100 * (acc_gwq - acc_fp):+.2f} pt)")
+    print(f"GWQ SFC ops: {gs['multiply_sites']} multiply, {gs['shift_sites']} shift (per-sample elements: "
+          f"{gs['multiply_elements']} multiply, {gs['shift_elements']} shift; shift share {gs['shift_share'] * 100:.1f}%)")
+    print(f"GWQ integer-only: {'yes' if g.integer_only.ok else 'no'}; bit-exact (32 images): {'yes' if gwq_exact else 'NO'}")
     print(f"wrote {so} and {so.with_suffix('.plan.json')}  (quantize+compile {t_compile:.1f}s, total {time.time() - t0:.1f}s)")
     result = {
         "fp32_accuracy": acc_fp, "int8_accuracy": acc_int, "integer_only": q.integer_only.ok,
         "sfc": s, "bit_exact_32": bit_exact, "test_images": len(test_x),
+        "gwq": {"accuracy": acc_gwq, "groups": len(g.plan.groups), "sfc": gs, "integer_only": g.integer_only.ok,
+                "bit_exact_32": gwq_exact},
     }
     (out_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

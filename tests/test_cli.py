@@ -118,3 +118,15 @@ def test_unparsable_values_exit_2(argv, match, capsys):
         main(["--quiet", *argv])
     assert exc.value.code == 2
     _assert_one_line_error(2, capsys.readouterr().err, match)
+
+
+def test_demo_runs_on_a_subset(tmp_path, capsys):
+    """The README's main command, on 300 test images: per-layer and GWQ, both integer-only and bit-exact."""
+    import json
+
+    assert main(["--quiet", "demo", "--limit", "300", "--calib-samples", "128", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "GWQ SFC ops:" in out and "NO" not in out
+    result = json.loads((tmp_path / "demo_result.json").read_text())
+    assert result["integer_only"] and result["gwq"]["integer_only"] and result["gwq"]["bit_exact_32"]
+    assert result["gwq"]["sfc"]["shift_share"] > 0.9 and result["gwq"]["accuracy"] > 0.85
