@@ -26,9 +26,9 @@ We work with the *phase* ``log2(mu_g)`` in ``[0, 1)``, on a grid of
    while ``J`` drops.  Everything is deterministic (ties go to the lower index).
 
 ``sfc_cost = 0`` is clustering by error alone (the baseline the benchmark
-compares against); ``tolerance`` mode sweeps ``sfc_cost`` and keeps the plan
-with the fewest multiply elements whose total added error is within the
-tolerance.
+compares against); ``tolerance`` mode binary-searches ``sfc_cost`` (at most
+:data:`TOLERANCE_MAX_GROUPS` groups) for the plan with the fewest multiply
+elements whose total added error is within the tolerance.
 """
 
 from __future__ import annotations
@@ -46,8 +46,12 @@ from .program import SfcEdge
 PHASES = 128
 #: Octaves of scales searched around the calibrated scale when drawing a curve.
 _OCTAVES = 5
-#: ``sfc_cost`` values tried by tolerance mode (plus 0), largest first.
+#: ``sfc_cost`` values tolerance mode searches (plus 0), largest first.
 TOLERANCE_SWEEP = tuple(float(v) for v in np.geomspace(10.0, 1e-5, 31))
+#: Most groups tolerance mode uses.
+TOLERANCE_MAX_GROUPS = 8
+#: Seed phases tried per added group.
+CANDIDATE_BINS = 16
 _EPS = 1e-12
 
 
@@ -177,7 +181,13 @@ class _Problem:
         self.total = max(total, 1)
         self.fixed_share = fixed / self.total
         self.pairs = [(i, j, w / self.total) for (i, j), w in sorted(pair_w.items())]
-        self.candidates = sorted({int(np.argmin(row)) for row in self.D})
+        # seeds for a new group: tensors' own best phases, at most one per 1/CANDIDATE_BINS of an octave
+        # (refinement moves a seed to its members' best phase, so a seed only has to land in the basin)
+        seeds: dict[int, int] = {}
+        for row in self.D:
+            best = int(np.argmin(row))
+            seeds.setdefault(best * CANDIDATE_BINS // PHASES, best)
+        self.candidates = sorted(seeds.values())
 
     def split(self, assign: np.ndarray, phases: list[int]) -> tuple[float, float]:
         """(added error, multiply share) of an assignment."""
@@ -345,15 +355,29 @@ def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = No
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
             raise PlanError(f"groups must be from 1 to the number of quantized tensors ({len(names)}); got {k!r}")
         return result(_solve(prob, k, sfc_cost), sfc_cost)
-    best = None
-    for lam in TOLERANCE_SWEEP + (0.0,):
-        g = result(_solve(prob, len(names), lam), lam)
-        if g.added_error <= tolerance + _EPS and (best is None or g.multiply_share < best.multiply_share - _EPS):
-            best = g
-        if best is not None and best.multiply_share <= prob.fixed_share + _EPS:
-            break
-    assert best is not None  # sfc_cost 0 with one group per tensor adds no error
-    return best
+    # Larger sfc_cost gives fewer multiplies and more error: binary-search the sweep for the
+    # largest feasible cost, keeping the best feasible grouping seen (sfc_cost 0 is the fallback).
+    k_max = min(len(names), TOLERANCE_MAX_GROUPS)
+    sweep = TOLERANCE_SWEEP + (0.0,)
+    seen = {}
+
+    def solve(i):
+        if i not in seen:
+            seen[i] = result(_solve(prob, k_max, sweep[i]), sweep[i])
+        return seen[i]
+
+    lo, hi = 0, len(sweep) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if solve(mid).added_error <= tolerance + _EPS:
+            hi = mid
+        else:
+            lo = mid + 1
+    feasible = [g for g in (solve(lo), *seen.values()) if g.added_error <= tolerance + _EPS]
+    if not feasible:
+        raise PlanError(f"no grouping with at most {k_max} groups adds error <= {tolerance:g} "
+                        f"(the least found: {min(g.added_error for g in seen.values()):.4g}); use --groups or a larger tolerance")
+    return min(feasible, key=lambda g: (g.multiply_share, g.added_error))
 
 
 def similarity(curves: dict) -> np.ndarray:
