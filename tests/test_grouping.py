@@ -130,3 +130,10 @@ def test_similarity_matrix():
     d = G.similarity(curves)
     assert d.shape == (3, 3) and d[0, 1] == pytest.approx(0, abs=1e-12) and d[0, 2] > 0
     np.testing.assert_allclose(d, d.T)
+
+
+def test_infeasible_tolerance_is_a_clear_error():
+    names = [f"t{i}" for i in range(10)]
+    curves = {n: _curve(2 ** (i / 10)) for i, n in enumerate(names)}  # ten different mantissas
+    with pytest.raises(PlanError, match="no grouping with at most 8 groups adds error <= 0"):
+        G.group_tensors(curves, _chain(names), tolerance=0.0)
