@@ -77,6 +77,24 @@ class Graph:
         return [n for n in self.nodes.values() if n.kind == "float"]
 
 
+def float_call(graph: Graph, node: Node, value_of) -> relax.Call:
+    """``node.call`` (a ``float`` node) with each graph input replaced by ``value_of(input_name)``.
+
+    Used by every pass that re-emits an unsupported op on its own float values.
+    """
+    by_var = {graph.nodes[n].var: n for n in node.inputs}
+
+    def remap(arg):
+        if isinstance(arg, relax.Var) and arg in by_var:
+            return value_of(by_var[arg])
+        if isinstance(arg, relax.Tuple):
+            return relax.Tuple([remap(f) for f in arg.fields])
+        return arg
+
+    call = node.call
+    return relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.ty_args)
+
+
 def _const(expr) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.GenericConst):
         return expr.value.numpy()

@@ -32,8 +32,9 @@ def progress(items, desc: str, enabled: bool):
     return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def run_batched(vm: relax.VirtualMachine, data: np.ndarray, batch: int, *, fixed_batch=None, desc="run", show_progress=False):
-    """Run ``vm["main"]`` over ``data`` in batches and concatenate the outputs."""
+def run_batched(vm: relax.VirtualMachine, data: np.ndarray, batch: int, *, fixed_batch=None, desc="run", show_progress=False,
+                args=()):
+    """Run ``vm["main"](chunk, *args)`` over ``data`` in batches and concatenate the outputs."""
     step = fixed_batch or batch
     outs = []
     for i in progress(range(0, len(data), step), desc=desc, enabled=show_progress):
@@ -41,7 +42,7 @@ def run_batched(vm: relax.VirtualMachine, data: np.ndarray, batch: int, *, fixed
         pad = step - len(chunk) if fixed_batch else 0
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk)))
+        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk)), *args)
         if not hasattr(out, "numpy"):
             out = out[0]
         outs.append(out.numpy()[: len(chunk) - pad])

@@ -197,3 +197,25 @@ def test_loss_aware_sensitivities(gwq3):
     assert all(v >= 0.1 for v in sens.values()) and max(sens.values()) > 1.0
     rep = gwq3.report()
     assert "weighted by output sensitivity" in rep["error_measure"]
+
+
+class _SigmoidNet(torch.nn.Module):
+    """conv -> sigmoid (kept in float) -> conv -> dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 8, 3, stride=2)
+        self.fc = torch.nn.Linear(8 * 13 * 13, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.sigmoid(self.c1(x)))).flatten(1))
+
+
+def test_loss_aware_gwq_on_fixed_batch_model_with_float_region(fmnist):
+    """The simulator runs a fixed-batch model in chunks and re-emits float ops like the realize pass."""
+    calib, test_x, _ = fmnist
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="sigmoid"):
+        q = gwq_tvm.quantize(_SigmoidNet(), calib[:64], QuantConfig(mode="gwq", groups=2), input_shape=(4, 1, 28, 28))
+    assert q.sensitivity and q.float_ops == ["relax.sigmoid"]
+    np.testing.assert_array_equal(compile_and_run(q.mod, test_x[:4]), run_reference(q.mod, test_x[:4]))

@@ -18,9 +18,9 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ..graph import Graph, Node
+from ..graph import Graph, Node, float_call
 from ..plan import scales as S
-from ..runtime import host_target
+from ..runtime import host_target, run_batched
 
 
 #: The simulator computes in float64.  Power-of-two SFCs put exact round-half-up ties on every
@@ -116,17 +116,7 @@ class _FloatEmitter:
         self.values[node.name] = self.emit(R.clip(self.values[node.inputs[0]], relax.prim_value(lo), relax.prim_value(min(hi, 3.0e38))))
 
     def node_float(self, node):
-        by_var = {self.graph.nodes[n].var: n for n in node.inputs}
-
-        def remap(arg):
-            if isinstance(arg, relax.Var) and arg in by_var:
-                return self.values[by_var[arg]]
-            if isinstance(arg, relax.Tuple):
-                return relax.Tuple([remap(f) for f in arg.fields])
-            return arg
-
-        call = node.call
-        self.finish(node, self.emit(relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.ty_args)))
+        self.finish(node, self.emit(float_call(self.graph, node, self.values.__getitem__)))
 
 
 class FakeQuantSimulator:
@@ -161,12 +151,13 @@ class FakeQuantSimulator:
                 out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             bb.emit_func_output(out)
         self.vm = relax.VirtualMachine(tvm.compile(bb.get(), host_target()), tvm.cpu())
+        self.fixed_batch = model.input_shape[0]
 
     def run(self, x: np.ndarray, scales: dict) -> np.ndarray:
-        """Logits of batch ``x`` with activation ``scales`` (one float per tensor)."""
+        """Logits of ``x`` with activation ``scales`` (one float per tensor), in batches the model accepts."""
         args = [tvm.runtime.tensor(np.float64(scales[n])) for n in self.names]
-        out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32)), *args)
-        return (out if hasattr(out, "numpy") else out[0]).numpy()
+        x = np.asarray(x, dtype=np.float32)
+        return run_batched(self.vm, x, len(x), fixed_batch=self.fixed_batch, args=args)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -219,14 +210,10 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
         if node.weight is not None:
             lq = layer_quant(node, config)
             layers[n] = (lq.weight_bits, lq.weight_scales)
-    x = np.ascontiguousarray(data[:samples], dtype=np.float32)
-    fixed = model.input_shape[0]
-    if fixed:
-        x = x[: max(fixed, len(x) - len(x) % fixed)]
+    x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers)
     ref_vm = relax.VirtualMachine(tvm.compile(model.mod, host_target()), tvm.cpu())
-    ref = ref_vm["main"](tvm.runtime.tensor(x))
-    ref = (ref if hasattr(ref, "numpy") else ref[0]).numpy()
+    ref = run_batched(ref_vm, x, len(x), fixed_batch=model.input_shape[0])
     best = {n: curves[n].scale(curves[n].best_phase) for n in names}
     kl0 = kl_divergence(ref, sim.run(x, best))
     raw = {}

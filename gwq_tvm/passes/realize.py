@@ -21,7 +21,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..errors import PlanError
-from ..graph import Graph, Node, extract_graph
+from ..graph import Graph, Node, extract_graph, float_call
 from ..plan import program as P
 from ..plan.quantplan import QuantPlan
 from ..plan.scales import qrange
@@ -216,17 +216,7 @@ class _Emitter:
 
     def node_float(self, node: Node):
         """Re-emit an unsupported op on dequantized inputs (a float region)."""
-        by_var = {self.graph.nodes[n].var: n for n in node.inputs}
-
-        def remap(arg):
-            if isinstance(arg, relax.Var) and arg in by_var:
-                return self.as_float(by_var[arg])
-            if isinstance(arg, relax.Tuple):
-                return relax.Tuple([remap(f) for f in arg.fields])
-            return arg
-
-        call = node.call
-        new = relax.Call(call.op, [remap(a) for a in call.args], call.attrs, call.ty_args)
+        new = float_call(self.graph, node, self.as_float)
         self.values[node.name] = _Value(float_expr=self.emit(new))
 
 
