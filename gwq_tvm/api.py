@@ -23,7 +23,7 @@ from .frontend import FloatModel, load_model
 from .graph import Graph, extract_graph
 from .passes.check import IntegerOnlyReport, check_integer_only
 from .passes.realize import RealizeIntegerProgram
-from .plan.planner import build_plan
+from .plan.planner import apply_end_bits, build_plan
 from .plan.program import sfc_sites, sfc_summary
 from .plan.quantplan import QuantPlan
 from .runtime import host_target, run_batched
@@ -96,6 +96,7 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     """
     fm = load_model(model, input_shape=input_shape)
     graph = extract_graph(fm.mod)
+    config = apply_end_bits(graph, config)
     floats = sorted({n.attrs["op"] for n in graph.float_nodes()})
     if floats:
         msg = f"ops kept in float (not quantizable by gwq-tvm): {', '.join(floats)}"

@@ -47,7 +47,7 @@ def _config(args):
         weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
         weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
         tolerance=args.tolerance, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
-        loss_aware=not args.no_loss_aware,
+        loss_aware=not args.no_loss_aware, end_bits=args.end_bits,
     )
 
 
@@ -58,6 +58,8 @@ def _load_data(path, what, limit=None):
         x, y = fashion_mnist("calib")
     elif path == "bundled:test":
         x, y = fashion_mnist("test")
+    elif path == "bundled:train":
+        x, y = fashion_mnist("train")
     else:
         x, y = load_array_file(path, what)
     if limit:
@@ -142,6 +144,40 @@ def cmd_report(args):
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
+def cmd_train(args):
+    from . import api
+    from .plan.quantplan import QuantPlan
+
+    try:
+        from .qat import QATModel, TrainConfig, evaluate, export_qat, train
+    except ImportError as err:
+        raise GwqError(f"gwq-tvm train needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
+                       distill=args.distill, seed=args.seed)
+    x, y = _load_data(args.data, "training data", args.limit)
+    plan = QuantPlan.load(args.plan) if args.plan else None
+    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    model = QATModel(q.graph, q.plan)
+    out = Path(args.output)
+    work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
+    test = _load_data(args.test, "test data") if args.test else None
+    if test is not None and test[1] is not None:
+        print(f"PTQ accuracy (fake-quant): {evaluate(model, *test) * 100:.2f}%")
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        train(model, x, y, tcfg, work_dir=work_dir, show_progress=not args.quiet, log=log)
+    except KeyboardInterrupt:
+        print(f"gwq-tvm: interrupted; finished epochs are kept in {work_dir / 'checkpoint.pt'}: "
+              "run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    if test is not None and test[1] is not None:
+        print(f"QAT accuracy (fake-quant): {evaluate(model, *test) * 100:.2f}%")
+    onnx_path, plan_path = export_qat(model, out)
+    print(f"wrote {onnx_path} and {plan_path}")
+    print(f"compile it with: gwq-tvm compile {onnx_path} --plan {plan_path} -o {onnx_path.with_suffix('.so')}")
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -161,6 +197,8 @@ def _add_quant_options(p):
     p.add_argument("--no-loss-aware", action="store_true",
                    help="gwq: weigh every tensor's error alike (skip the output-sensitivity run)")
     p.add_argument("--weight-granularity", default="per-channel", help="per-channel | per-tensor")
+    p.add_argument("--end-bits", type=int, default=None,
+                   help="bits of the model input and of the first and last layers' weights (the usual low-bit protocol)")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
     p.add_argument("--calib-samples", type=_positive_int, default=512, help="calibration samples used (default 512)")
@@ -193,6 +231,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="quantization-aware training: learn group mantissas, exponents, weights; export ONNX + plan")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--data", default="bundled:train",
+                   help="labelled training .npz (images + labels); bundled:train = Fashion-MNIST 60k (Debian dataset-fashion-mnist)")
+    p.add_argument("--calib", default="bundled:calib", help="calibration data for the starting plan")
+    p.add_argument("--plan", help="start from this QuantPlan instead of calibrating one")
+    p.add_argument("--test", default=None, help="labelled data to report PTQ and QAT accuracy on (e.g. bundled:test)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx (the plan is written beside it as .plan.json)")
+    p.add_argument("--work-dir", default=None, help="checkpoint directory (default: <output>.qat beside the output)")
+    p.add_argument("--epochs", type=_positive_int, default=3)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4, help="peak Adam learning rate of the weights")
+    p.add_argument("--scale-lr", type=float, default=2e-3, help="peak Adam learning rate of mantissas and exponents")
+    p.add_argument("--distill", type=float, default=0.5, help="weight of distillation from the float model, 0-1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
+    _add_quant_options(p)
+    p.set_defaults(func=cmd_train, mode="gwq")
 
     p = sub.add_parser("eval", help="run a compiled .so on data (accuracy when labels are given)")
     p.add_argument("module", help="a .so written by 'gwq-tvm compile'")

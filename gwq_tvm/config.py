@@ -103,6 +103,10 @@ class QuantConfig:
     bits : mapping of str to (int, int)
         Per-layer overrides ``{node_name: (weight_bits, act_bits)}``; ``act_bits``
         applies to the node's output tensor.
+    end_bits : int, optional
+        The usual low-bit protocol: the model input and the weights of the first and
+        last weight layers use this many bits whatever ``weight_bits``/``act_bits``
+        say (explicit ``bits`` overrides still win).  ``None``: no exception.
     add_precision_bits : int
         Extra fractional bits kept while adding rescaled residual inputs (0-12).
     allow_float_fallback : bool
@@ -123,6 +127,7 @@ class QuantConfig:
     sfc_cost: float = DEFAULT_SFC_COST
     loss_aware: bool = True
     bits: Mapping[str, tuple] = field(default_factory=dict)
+    end_bits: int | None = None
     add_precision_bits: int = 8
     allow_float_fallback: bool = True
     calib_batch_size: int = 64
@@ -150,6 +155,8 @@ class QuantConfig:
             raise ConfigError(f"groups/tolerance apply to mode 'gwq' only (mode is {self.mode.value!r})")
         if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile!r}")
+        if self.end_bits is not None:
+            _bits(self.end_bits, "end_bits")
         if not isinstance(self.add_precision_bits, int) or not 0 <= self.add_precision_bits <= 12:
             raise ConfigError(f"add_precision_bits must be an integer from 0 to 12; got {self.add_precision_bits!r}")
         if isinstance(self.calib_batch_size, bool) or not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:

@@ -43,14 +43,39 @@ def bundled_model() -> Path:
     return _verified(BUNDLED_MODEL.name)
 
 
-def fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """Bundled Fashion-MNIST images (normalised float32, N x 1 x 28 x 28) and labels.
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files (the 60k training set).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-    ``split="test"``: the 10k test images; ``split="calib"``: 1024 training images.
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzipped) IDX file into a numpy array."""
+    import gzip
+
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images (normalised float32, N x 1 x 28 x 28) and labels.
+
+    ``split="test"``: the bundled 10k test images; ``split="calib"``: 1024 bundled
+    training images; ``split="train"``: the 60k training images, read from Debian's
+    ``dataset-fashion-mnist`` package (too large to bundle; ``apt-get install
+    dataset-fashion-mnist``).
     """
+    if split == "train":
+        images = DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz"
+        labels = DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz"
+        if not (images.is_file() and labels.is_file()):
+            raise GwqError(
+                f"the Fashion-MNIST training set is not installed ({images} missing): apt-get install dataset-fashion-mnist"
+            )
+        return normalise(read_idx(images).reshape(-1, 1, 28, 28)), read_idx(labels).astype(np.int64)
     name = {"test": "fashion_mnist_test.npz", "calib": "fashion_mnist_calib.npz"}.get(split)
     if name is None:
-        raise GwqError(f"unknown split {split!r}; use 'test' or 'calib'")
+        raise GwqError(f"unknown split {split!r}; use 'test', 'calib' or 'train'")
     with np.load(_verified(name)) as z:
         return normalise(z["images"]), z["labels"].astype(np.int64)
 

@@ -30,6 +30,22 @@ def _signed(node: Node, stats: TensorStats) -> bool:
     return stats.min < 0
 
 
+def apply_end_bits(graph: Graph, config: QuantConfig) -> QuantConfig:
+    """``config`` with ``end_bits`` spelled out as ``bits`` overrides for ``graph``.
+
+    The input tensor gets ``end_bits`` activation bits; the first and last weight
+    layers get ``end_bits`` weight bits (their outputs keep the default activation
+    bits).  Explicit ``bits`` entries win.  Idempotent.
+    """
+    if config.end_bits is None:
+        return config
+    weighted = [n for n, node in graph.nodes.items() if node.weight is not None]
+    ends = {graph.input: (config.weight_bits, config.end_bits)}
+    for n in weighted[:1] + weighted[-1:]:
+        ends[n] = (config.end_bits, config.act_bits)
+    return config.replace(bits={**ends, **dict(config.bits)})
+
+
 def tensor_choices(graph: Graph, stats: dict, config: QuantConfig) -> dict[str, TensorChoice]:
     """Bits, signedness and calibrated scale of every quantized tensor, in graph order."""
     missing = [n for n in graph.tensors() if n not in stats]
@@ -119,6 +135,7 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         * ``gwq``: groups from :func:`gwq_grouping`; each tensor's exponent is the
           best one for its group's mantissa; weight scales as in ``pot``.
     """
+    config = apply_end_bits(graph, config)
     choices = tensor_choices(graph, stats, config)
     groups: dict[str, float] = {}
     tensors: dict[str, TensorQuant] = {}

@@ -1,0 +1,13 @@
+"""Quantization-aware training of GWQ plans in torch (requires the ``torch`` extra).
+
+``QATModel(graph, plan)`` runs the integer program of a calibrated plan with
+learnable group mantissas, per-tensor exponents and power-of-two weight
+scales; :func:`train` fine-tunes it with checkpoint/resume; :func:`export_qat`
+writes the ONNX model and QuantPlan that ``gwq-tvm compile`` consumes.
+"""
+
+from .export import export_qat, graph_to_onnx
+from .model import QATModel, float_forward
+from .train import TrainConfig, evaluate, train
+
+__all__ = ["QATModel", "TrainConfig", "evaluate", "export_qat", "float_forward", "graph_to_onnx", "train"]

@@ -1,0 +1,78 @@
+"""Differentiable fake-quantization primitives that round exactly like the compiled program (torch).
+
+The QAT forward carries every quantized tensor twice: its real value ``x``
+(differentiable) and its integers ``q`` (``int64``, no gradient), computed
+with the compiler's own integer arithmetic.  The two are tied together by a
+straight-through estimator: the forward *value* is ``s * q`` while the
+gradient is that of the continuous ``s * clamp(v / s)`` with the LSQ step-size
+gradient ``round(v/s) - v/s`` inside the range and ``qmin``/``qmax`` outside.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..plan.sfc import SFC
+
+
+def ste(cont: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """Forward value of ``hard``, gradient of ``cont``."""
+    return cont + (hard - cont).detach()
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """LSQ gradient scaling: the value of ``x`` with its gradient multiplied by ``g``."""
+    return (x - x * g).detach() + x * g
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` (half to even) with the identity gradient."""
+    return ste(x, torch.round(x))
+
+
+def fake_quant(v: torch.Tensor, s: torch.Tensor, q: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``s * q`` in value; the LSQ gradient of ``s * clamp(round(v / s), qmin, qmax)`` in ``v`` and ``s``.
+
+    Parameters
+    ----------
+    v : torch.Tensor
+        The real value before quantization (differentiable).
+    s : torch.Tensor
+        Scalar scale (differentiable).
+    q : torch.Tensor
+        The integers the compiled program produces for ``v`` (already clipped).
+    """
+    return s * ste(torch.clamp(v / s, qmin, qmax), q.to(v.dtype))
+
+
+def _channel(values: np.ndarray, ndim: int) -> torch.Tensor | int:
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    if values.size == 1 or np.all(values == values[0]):
+        return int(values[0])
+    shape = [1] * ndim
+    shape[1] = values.size
+    return torch.from_numpy(values.reshape(shape))
+
+
+def apply_sfc(x: torch.Tensor, sfc: SFC) -> torch.Tensor:
+    """Integer SFC on ``int64`` ``x`` (channels on axis 1), unclipped.
+
+    The torch twin of :func:`gwq_tvm.plan.sfc.apply_sfc` (same constants, same
+    round-half-up shifts) so that QAT integers equal the compiled program's.
+    """
+    if sfc.kind == "identity":
+        return x
+    if sfc.kind == "shift":
+        left, right = _channel(sfc.left, x.ndim), _channel(sfc.right, x.ndim)
+        y = x << left if np.any(sfc.left > 0) else x
+    else:
+        right = _channel(sfc.right, x.ndim)
+        y = x * _channel(sfc.multiplier, x.ndim)
+        if not np.any(sfc.right > 0):
+            return y
+    if not np.any(sfc.right > 0):
+        return y
+    one = torch.ones((), dtype=torch.int64)
+    rounding = (one << right) >> 1 if isinstance(right, torch.Tensor) else (1 << right) >> 1
+    return (y + rounding) >> right
