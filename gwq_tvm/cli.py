@@ -243,7 +243,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="checkpoint directory (default: <output>.qat beside the output)")
     p.add_argument("--epochs", type=_positive_int, default=3)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=float, default=2e-4, help="peak Adam learning rate of the weights")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of the weights")
     p.add_argument("--scale-lr", type=float, default=2e-3, help="peak Adam learning rate of mantissas and exponents")
     p.add_argument("--distill", type=float, default=0.5, help="weight of distillation from the float model, 0-1")
     p.add_argument("--seed", type=int, default=0)

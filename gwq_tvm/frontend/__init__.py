@@ -70,6 +70,62 @@ def _finish(mod: tvm.IRModule, source: str) -> FloatModel:
     return FloatModel(mod, param.name, shape, source)
 
 
+@contextlib.contextmanager
+def _onnx_clip_as_relax_clip():
+    """Import ONNX ``Clip`` with constant bounds as ``relax.clip`` (a TVM 0.27 frontend workaround).
+
+    TVM 0.27's ONNX ``Clip`` converter emits ``topi.maximum``/``topi.minimum``
+    through ``emit_te``: opaque ``call_tir`` kernels with the bounds baked into
+    TIR, which no Relax pass can read.  ReLU6 in every exported MobileNet (and
+    the ReLU6 of QAT exports) would then stay float.  For the duration of one
+    import this swaps in a converter that emits ``relax.clip`` when both bounds
+    are constants, deferring to TVM's converter otherwise.  Tested by
+    ``tests/test_frontend.py::test_onnx_clip_imports_as_relax_clip``.
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    original = of._get_convert_map
+
+    def bound(expr, default):
+        if expr is None:
+            return default
+        if isinstance(expr, tvm.ir.GenericConst) and expr.value.numpy().size == 1:
+            return float(expr.value.numpy().reshape(()))
+        return None
+
+    class Clip(of.Clip):
+        @classmethod
+        def _clip(cls, x, lo, hi):
+            return relax.op.clip(x, relax.prim_value(lo), relax.prim_value(hi))
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return cls._clip(inputs[0], float(attr.get("min", -float("inf"))), float(attr.get("max", float("inf"))))
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            lo = bound(inputs[1] if len(inputs) > 1 else None, -float("inf"))
+            hi = bound(inputs[2] if len(inputs) > 2 else None, float("inf"))
+            if lo is None or hi is None:
+                return super()._impl_v13(bb, inputs, attr, params)
+            return cls._clip(inputs[0], lo, hi)
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            return cls._impl_v13(bb, inputs, attr, params)
+
+    def convert_map():
+        table = original()
+        table["Clip"] = Clip
+        return table
+
+    of._get_convert_map = convert_map
+    try:
+        yield
+    finally:
+        of._get_convert_map = original
+
+
 def _onnx_unsupported_ops(model) -> list[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -117,7 +173,7 @@ def from_onnx(model, input_shape=None) -> FloatModel:
         raise ModelError(f"{source}: ONNX ops not supported by the TVM ONNX frontend: {', '.join(unknown)}")
     shape_dict = {inputs[0].name: list(input_shape)} if input_shape is not None else None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
             mod = relax.frontend.onnx.from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as err:
         raise ModelError(f"{source}: TVM could not import the ONNX model: {str(err).strip().splitlines()[-1]}") from None

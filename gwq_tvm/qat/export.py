@@ -70,8 +70,7 @@ class _Writer:
             if a["keepdims"]:
                 self.nodes.append(helper.make_node("GlobalAveragePool", ins, [raw]))
             else:
-                axes = self.const(f"{n}_axes", np.array([2, 3], np.int64))
-                self.nodes.append(helper.make_node("ReduceMean", ins + [axes], [raw], keepdims=0))
+                self.nodes.append(helper.make_node("ReduceMean", ins, [raw], axes=[2, 3], keepdims=0))  # axes: attribute until opset 18
         elif node.kind == "avgpool":
             self.nodes.append(helper.make_node("AveragePool", ins, [raw], kernel_shape=list(a["pool_size"]), strides=list(a["strides"]),
                                                pads=list(a["padding"]), count_include_pad=1))

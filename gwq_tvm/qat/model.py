@@ -80,6 +80,8 @@ class QATModel(nn.Module):
             raise UnsupportedOpError(f"QAT cannot train models with float-fallback ops: {', '.join(unsupported)}")
         self.graph, self.base_plan = graph, plan
         self.owners = graph.tensors()
+        #: tensors the program actually quantizes (a final layer's output stays an int32 accumulator)
+        self.quantized = [t for t in self.owners if graph.nodes[t].kind not in P.ACC_KINDS or P.needs_integer_output(graph, t)]
         layers = [n for n, node in graph.nodes.items() if node.weight is not None]
         self.weight = nn.ParameterDict({n: nn.Parameter(torch.from_numpy(graph.nodes[n].weight.astype(np.float32).copy())) for n in layers})
         self.bias = nn.ParameterDict(
@@ -87,7 +89,9 @@ class QATModel(nn.Module):
         )
         groups = sorted({plan.tensors[t].group for t in self.owners})
         self.mantissa = nn.ParameterDict({g: nn.Parameter(torch.tensor(float(plan.groups[g]), dtype=torch.float64)) for g in groups})
-        self.exponent = nn.ParameterDict({t: nn.Parameter(torch.tensor(float(plan.tensors[t].exponent), dtype=torch.float64)) for t in self.owners})
+        self.exponent = nn.ParameterDict(
+            {t: nn.Parameter(torch.tensor(float(plan.tensors[t].exponent), dtype=torch.float64)) for t in self.quantized}
+        )
         self.pot_weights = {n: _is_pot(plan.layers[n].weight_scales) for n in layers}
         #: log2 of power-of-two weight scales, or the free scales themselves
         self.weight_scale = nn.ParameterDict(
@@ -118,7 +122,8 @@ class QATModel(nn.Module):
             mu = float(self.mantissa[tq.group].detach())
             m, k = S.split_scale(mu)
             groups[tq.group] = m
-            owned[t] = TensorQuant(tq.bits, tq.signed, tq.group, int(round(float(self.exponent[t].detach()))) + k)
+            e = int(round(float(self.exponent[t].detach()))) if t in self.exponent else tq.exponent
+            owned[t] = TensorQuant(tq.bits, tq.signed, tq.group, e + k)
         tensors = {n: owned[self.graph.tensor_of(n)] for n in self.graph.nodes}
         layers = {}
         for n, layer in base.layers.items():
@@ -136,7 +141,7 @@ class QATModel(nn.Module):
             k = math.floor(math.log2(float(mu)))
             if k:
                 mu.mul_(2.0**-k)
-                for t in self.owners:
+                for t in self.quantized:
                     if self.base_plan.tensors[t].group == g:
                         self.exponent[t].add_(k)
 

@@ -55,7 +55,7 @@ class TrainConfig:
 
     epochs: int = 3
     batch_size: int = 128
-    lr: float = 2e-4
+    lr: float = 1e-3
     scale_lr: float = 2e-3
     distill: float = 0.5
     seed: int = 0

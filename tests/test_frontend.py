@@ -1,0 +1,48 @@
+"""Frontend workarounds: what TVM 0.27's importers produce that gwq-tvm has to reshape."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import gwq_tvm
+from gwq_tvm import QuantConfig
+
+
+def _conv_clip_model(opset: int, lo=0.0, hi=6.0, dynamic_bound=False):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w")
+    inits = [w]
+    if opset >= 11:
+        inits += [numpy_helper.from_array(np.array(lo, np.float32), "lo")]
+        hi_name = "hi"
+        if dynamic_bound:  # an upper bound computed from the data: not a constant
+            extra = [helper.make_node("ReduceMax", ["c"], ["hi"], keepdims=0)]
+        else:
+            extra = []
+            inits += [numpy_helper.from_array(np.array(hi, np.float32), "hi")]
+        clip = helper.make_node("Clip", ["c", "lo", hi_name], ["y"])
+    else:
+        extra, clip = [], helper.make_node("Clip", ["c"], ["y"], min=lo, max=hi)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])] + extra + [clip]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [10, 13, 17])
+def test_onnx_clip_imports_as_relax_clip(opset):
+    """TVM 0.27 imports ONNX Clip as opaque call_tir kernels; gwq-tvm's converter keeps it a relax.clip,
+    so ReLU6 fuses into the conv and the program is integer-only (this fails if the workaround breaks)."""
+    fm = gwq_tvm.load_model(_conv_clip_model(opset))
+    ops = [b.value.op.name for b in fm.mod["main"].body.blocks[0].bindings if hasattr(b.value.op, "name")]
+    assert "relax.call_tir" not in ops and "relax.clip" in ops
+    graph = gwq_tvm.extract_graph(fm.mod)
+    assert graph.nodes["conv2d_0"].act == (0.0, 6.0)
+    x = np.random.default_rng(1).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    q = gwq_tvm.quantize(fm, x, QuantConfig())
+    assert q.integer_only.ok and not q.float_ops
+
+
+def test_onnx_clip_with_data_dependent_bound_still_imports():
+    fm = gwq_tvm.load_model(_conv_clip_model(13, dynamic_bound=True))
+    assert fm.mod["main"] is not None  # TVM's own converter handles it (kept in float by gwq-tvm)
