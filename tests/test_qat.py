@@ -86,9 +86,11 @@ def test_untrained_export_reimports_to_the_same_graph(net, fmnist, tmp_path):
 
 # --- the STE gradient path ----------------------------------------------------
 def test_gradients_reach_mantissas_exponents_and_weight_exponents(fmnist):
+    """An ordinary torch module (conv/BN/ReLU6/pool/linear) wrapped without rewriting it."""
     calib, _, _ = fmnist
-    q = _toy(DepthwiseNet, calib, QuantConfig(weight_bits=4, act_bits=4, mode="gwq", groups=2, loss_aware=False))
-    m = QATModel(q.graph, q.plan)
+    torch.manual_seed(0)
+    m = gwq_tvm.qat.prepare_qat(_randomize_bn(DepthwiseNet()), calib[:64],
+                                QuantConfig(weight_bits=4, act_bits=4, mode="gwq", groups=2, loss_aware=False), input_shape=(None, 1, 28, 28))
     m(torch.from_numpy(calib[:32])).square().mean().backward()
     for kind in ("mantissa", "exponent", "weight_scale", "weight"):
         grads = [p.grad for p in getattr(m, kind).values()]
@@ -274,3 +276,11 @@ def test_fidelity_trained_bundled_model_vs_compiled_program(fmnist, tmp_path):
     qat_logits, got = _qat_ints(m, test_x)
     assert (logits.argmax(1) == qat_logits.argmax(1)).mean() >= 0.999
     assert np.abs(got - want).max() <= 1
+
+
+def test_missing_training_set_names_the_debian_package(monkeypatch, tmp_path):
+    import gwq_tvm.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path)
+    with pytest.raises(GwqError, match="apt-get install dataset-fashion-mnist"):
+        data.fashion_mnist("train")

@@ -7,7 +7,7 @@ writes the ONNX model and QuantPlan that ``gwq-tvm compile`` consumes.
 """
 
 from .export import export_qat, graph_to_onnx
-from .model import QATModel, float_forward
+from .model import QATModel, float_forward, prepare_qat
 from .train import TrainConfig, evaluate, train
 
-__all__ = ["QATModel", "TrainConfig", "evaluate", "export_qat", "float_forward", "graph_to_onnx", "train"]
+__all__ = ["QATModel", "TrainConfig", "evaluate", "export_qat", "float_forward", "graph_to_onnx", "prepare_qat", "train"]

@@ -398,3 +398,16 @@ def float_forward(graph: Graph, x: torch.Tensor) -> torch.Tensor:
         vals[name] = act(node, y)
     outs = [vals[o] for o in graph.outputs]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def prepare_qat(model, calib_data, config, *, input_shape=None) -> QATModel:
+    """Calibrate and plan ``model`` (ONNX path or an ordinary ``torch.nn.Module``), then wrap it for QAT.
+
+    The module is imported through ``torch.export`` (batch norm folded into the
+    convolutions); the user does not rewrite it.  Equivalent to
+    ``QATModel(q.graph, q.plan)`` with ``q = gwq_tvm.quantize(model, calib_data, config)``.
+    """
+    from ..api import quantize
+
+    q = quantize(model, calib_data, config, input_shape=input_shape)
+    return QATModel(q.graph, q.plan)
