@@ -5,6 +5,6 @@
 * :mod:`.compute` - TE definitions of the packed kernels.
 """
 
-from .vnni import VNNI_INTRIN, has_vnni, register_vnni_intrinsic
+from .vnni import STOCK_VNNI_INTRIN, VNNI_INTRIN, fix_stock_vnni_intrinsic, has_vnni, register_vnni_intrinsic
 
-__all__ = ["VNNI_INTRIN", "has_vnni", "register_vnni_intrinsic"]
+__all__ = ["STOCK_VNNI_INTRIN", "VNNI_INTRIN", "fix_stock_vnni_intrinsic", "has_vnni", "register_vnni_intrinsic"]

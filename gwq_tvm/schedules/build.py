@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 
 from .default import ScheduleIntegerKernels
-from .vnni import has_vnni, register_vnni_intrinsic
+from .vnni import fix_stock_vnni_intrinsic, has_vnni, register_vnni_intrinsic
 
 
 def lowering_passes(target: tvm.target.Target) -> list:
@@ -56,6 +56,8 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     if not has_vnni(target):
         return tvm.compile(mod, target)
     register_vnni_intrinsic()
+    if database is not None:
+        fix_stock_vnni_intrinsic()  # tuned traces tensorize with the stock name
     fused = packed_fused_module(mod, target)
     with target:
         if database is not None:

@@ -152,13 +152,29 @@ def schedule_generic(sch: s_tir.Schedule) -> None:
             continue
         spatial = [lp for lp, k in zip(loops, kinds) if k == _DATA_PAR]
         reduce = [lp for lp, k in zip(loops, kinds) if k == _REDUCE]
-        lane = spatial[-1] if spatial and _extent(sch, spatial[-1]) in (4, 8, 12, 16) else None
-        if lane is not None and len(spatial) > 1:
-            sch.reorder(*spatial[:-1], *reduce, lane)
-            sch.parallel(sch.fuse(*spatial[: min(3, len(spatial) - 1)]))
+        lane = _lane_loop(sch, spatial)
+        if lane is not None:
+            reduce_stmts = [sch.get(lp) for lp in reduce]
+            outer = [lp for lp in sch.get_loops(block) if not any(sch.get(lp).same_as(r) for r in reduce_stmts)][:-1]
+            sch.reorder(*outer, *reduce, lane)
+            if outer:
+                sch.parallel(sch.fuse(*outer[: min(3, len(outer))]))
             sch.vectorize(lane)
         elif len(spatial) > 1:
             sch.parallel(sch.fuse(*spatial[: min(2, len(spatial) - 1)]))
+
+
+def _lane_loop(sch, spatial):
+    """The innermost spatial loop as vector lanes (split to 16/8/4 lanes when longer), or ``None``."""
+    if not spatial:
+        return None
+    extent = _extent(sch, spatial[-1])
+    if extent in (4, 8, 12, 16):
+        return spatial[-1]
+    lanes = next((v for v in (16, 8, 4) if extent is not None and extent > v and extent % v == 0), None)
+    if lanes is None:
+        return None
+    return sch.split(spatial[-1], [None, lanes])[1]
 
 
 def schedule_primfunc(func: tirx.PrimFunc) -> tirx.PrimFunc | None:

@@ -7,9 +7,11 @@ implementation that calls ``llvm.x86.avx512.vpdpbusd.512`` on three
 ``int32x16`` vectors.  The LLVM 22 bundled with the 0.27 wheel declares the
 intrinsic as ``<16 x i32> (<16 x i32>, <64 x i8>, <64 x i8>)``, so every
 tensorized kernel fails to build (and MetaSchedule silently keeps non-VNNI
-candidates).  :func:`register_vnni_intrinsic` re-registers the same
-description with an implementation that reinterprets the activation and
-weight operands as ``uint8x64`` / ``int8x64``.
+candidates).  Here the same description gets an implementation that
+reinterprets the activation and weight operands as ``uint8x64`` /
+``int8x64``: :func:`register_vnni_intrinsic` registers it under our own name
+(for the default schedules), :func:`fix_stock_vnni_intrinsic` also overrides
+the stock name (for MetaSchedule and tuning databases).
 
 Semantics of one call (both the description and ``vpdpbusd``)::
 
@@ -27,8 +29,11 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
-VNNI_INTRIN = "dot_16x4_vnni"
-"""Name of the 16-lane, 4-deep uint8 x int8 -> int32 dot-product intrinsic."""
+VNNI_INTRIN = "gwq_dot_16x4_vnni"
+"""Our name for the fixed 16-lane, 4-deep uint8 x int8 -> int32 intrinsic (default schedules use it)."""
+
+STOCK_VNNI_INTRIN = "dot_16x4_vnni"
+"""TVM's name, used by MetaSchedule's x86 rules and by the traces in a tuning database."""
 
 
 @T.prim_func(s_tir=True)
@@ -70,16 +75,30 @@ def _dot_16x4_vnni_impl(
 
 @functools.lru_cache(maxsize=None)
 def register_vnni_intrinsic() -> str:
-    """Register the LLVM-22-correct ``dot_16x4_vnni`` (idempotent) and return its name.
+    """Register the fixed intrinsic under :data:`VNNI_INTRIN` (idempotent) and return that name.
 
-    Importing TVM's own x86 intrinsics first makes sure ours overrides theirs
-    and not the other way around; call this before tensorizing, tuning, or
-    loading a MetaSchedule database whose traces name the intrinsic.
+    Cheap: it does not import ``tvm.s_tir.tensor_intrin``, whose import parses
+    ~500 TVMScript functions (about 17 s here).
     """
-    import tvm.s_tir.tensor_intrin.x86  # noqa: F401  (registers the broken version first)
-
     tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
     return VNNI_INTRIN
+
+
+@functools.lru_cache(maxsize=None)
+def fix_stock_vnni_intrinsic() -> str:
+    """Override TVM's own ``dot_16x4_vnni`` with the fixed implementation; return its name.
+
+    Needed wherever TVM code looks the intrinsic up by its stock name:
+    MetaSchedule's x86 VNNI schedule rule while tuning, and replaying a
+    tuning database whose traces tensorize with it.  It imports
+    ``tvm.s_tir.tensor_intrin`` first (slow, once per process) so that ours
+    is registered last and wins.
+    """
+    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the broken stock version)
+
+    register_vnni_intrinsic()
+    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
+    return STOCK_VNNI_INTRIN
 
 
 def has_vnni(target: tvm.target.Target) -> bool:
