@@ -61,6 +61,7 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     fused = packed_fused_module(mod, target)
     with target:
         if database is not None:
-            fused = relax.transform.MetaScheduleApplyDatabase(database=database, enable_warning=False)(fused)
+            with database:  # the pass reads Database.current()
+                fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         fused = ScheduleIntegerKernels()(fused)
     return tvm.compile(fused, target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))

@@ -177,16 +177,21 @@ def _lane_loop(sch, spatial):
     return sch.split(spatial[-1], [None, lanes])[1]
 
 
+def apply_default_schedule(sch: s_tir.Schedule) -> None:
+    """Dispatch ``sch`` (one PrimFunc ``main``) to its kernel's schedule; raises if a primitive fails."""
+    if _find(sch, CONV_BLOCK) is not None:
+        schedule_conv2d_nchwc(sch)
+    elif _find(sch, DW_BLOCK) is not None:
+        schedule_depthwise_nchwc(sch)
+    else:
+        schedule_generic(sch)
+
+
 def schedule_primfunc(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """The default schedule of one PrimFunc (``None`` when it could not be scheduled)."""
+    """The default schedule of one PrimFunc (``None``, with a warning, when it could not be scheduled)."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
-        if _find(sch, CONV_BLOCK) is not None:
-            schedule_conv2d_nchwc(sch)
-        elif _find(sch, DW_BLOCK) is not None:
-            schedule_depthwise_nchwc(sch)
-        else:
-            schedule_generic(sch)
+        apply_default_schedule(sch)
     except _ERRORS as err:
         warnings.warn(f"default schedule failed, kernel left unscheduled: {str(err).splitlines()[-1]}", stacklevel=2)
         return None
