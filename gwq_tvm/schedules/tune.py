@@ -176,7 +176,9 @@ def _default_schedule(mod: tvm.IRModule):
 def _measure_defaults(tasks, target, database, builder, runner) -> int:
     """Measure each new task's default schedule and commit it as a record; return how many were committed.
 
-    Workloads already in ``database`` (a resumed tune) are skipped.
+    Workloads already in ``database`` (a resumed tune) are skipped.  The
+    default records make a tuned compile at least as fast as the untuned one
+    and tell :func:`tune` which kernels are worth searching.
     """
     todo = []
     for task in tasks:
@@ -199,6 +201,23 @@ def _measure_defaults(tasks, target, database, builder, runner) -> int:
             database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args))
             committed += 1
     return committed
+
+
+def _best_latency(task, database) -> float:
+    """Best measured mean latency (s) of a task's workload, ``inf`` when none."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return float("inf")
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    return sum(float(v) for v in top[0].run_secs) / len(top[0].run_secs) if top else float("inf")
+
+
+def _worth_tuning(tasks, database, min_share: float) -> list[int]:
+    """Indices of tasks whose weighted best latency is at least ``min_share`` of the whole program's."""
+    cost = [t.weight * _best_latency(t, database) for t in tasks]
+    finite = [c for c in cost if c < float("inf")]
+    total = sum(finite) or 1.0
+    return [i for i, c in enumerate(cost) if c == float("inf") or c >= min_share * total]
 
 
 def _records_per_task(tasks, database) -> list[int]:
@@ -232,7 +251,8 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int = 1000,
          trials_per_task: int | None = None, batch: int = 1, num_trials_per_iter: int = 32,
-         max_workers: int | None = None, build_timeout_sec: float = 60.0, seed: int | None = None,
+         max_workers: int | None = None, build_timeout_sec: float = 60.0, min_task_share: float = 0.02,
+         population_size: int = 256, genetic_num_iters: int = 2, seed: int | None = None,
          show_progress: bool = False) -> ms.database.JSONDatabase:
     """Tune the kernels of a realized integer program with MetaSchedule (XGBoost cost model).
 
@@ -255,6 +275,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
         Candidates measured per search round.
     max_workers, build_timeout_sec
         Builder processes and their per-build timeout (:func:`make_builder`).
+    min_task_share : float
+        Search only kernels whose (use count x default latency) is at least
+        this share of the program's; the rest keep their measured default
+        schedule.  The search itself costs ~1 min per round per conv kernel
+        on 2 cores, so this is what keeps a ResNet-18 tune within minutes.
+    population_size, genetic_num_iters
+        Evolutionary search size (TVM's defaults are 512 and 4).
     seed : int, optional
     show_progress : bool
         A tqdm bar with the best-so-far latency (sum over kernels, weighted by use count).
@@ -271,12 +298,14 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
     _measure_defaults(tasks, target, database, builder, runner)
     per_task = trials_per_task or trials
     done = _records_per_task(tasks, database)
-    chosen = [i for i, n in enumerate(done) if n < per_task]
+    chosen = [i for i in _worth_tuning(tasks, database, min_task_share) if done[i] < per_task]
     remaining = trials - sum(done)
     if not chosen or remaining <= 0:
         return database
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=population_size,
+                                                     genetic_num_iters=genetic_num_iters)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [tasks[i] for i in chosen], str(work_dir), seed=seed)
+        [tasks[i] for i in chosen], str(work_dir), strategy=strategy, seed=seed)
     fix_stock_vnni_intrinsic()  # after TuneContext imported tvm.s_tir.tensor_intrin
     callbacks = ms.measure_callback.MeasureCallback.create("default")
     if show_progress:
