@@ -201,6 +201,18 @@ def test_without_vnni_falls_back_to_plain_compile():
     np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
 
 
+def test_aarch64_target_compiles_to_an_aarch64_object(tmp_path):
+    """No VNNI on aarch64: compile_integer takes the plain path and emits AArch64 code (ELF e_machine 183)."""
+    mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]})
+    ex = compile_integer(mod, target)
+    (llvm_mod,) = [m for m in ex.mod.imports if m.kind == "llvm"]
+    obj = tmp_path / "kernels.o"
+    llvm_mod.write_to_file(str(obj))
+    header = obj.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183
+
+
 @needs_vnni
 def test_bundled_model_fast_path_bit_exact_and_vnni(bundled_int8, fmnist):
     """The whole bundled model through build(): bit-exact at batch 1 and 5, vpdpbusd in its assembly."""
