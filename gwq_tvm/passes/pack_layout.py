@@ -67,6 +67,16 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
+def _accumulator_fits_int32(w: np.ndarray) -> bool:
+    """Can the uint8 x int8 kernel accumulate this conv in int32 without any intermediate overflow?
+
+    The kernel sums uint8 x int8 products (up to ``255 * 128`` each; an int8
+    input is read as ``x + 128``).  For ``K = C * KH * KW`` beyond ~65k (never
+    in CNNs) the plain conv is kept rather than rely on wrap-around.
+    """
+    return 255 * 128 * int(np.prod(w.shape[1:])) < 2**31
+
+
 def _conv_kind(call: relax.Call) -> str | None:
     """``"vnni"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
 
@@ -82,7 +92,7 @@ def _conv_kind(call: relax.Call) -> str | None:
         return None
     groups, channels = int(a.groups), chw[0]
     if groups == 1:
-        return "vnni"
+        return "vnni" if _accumulator_fits_int32(w) else None
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
     return None
@@ -151,8 +161,7 @@ class _Packer:
         a = call.attrs
         geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                         dilation=[int(d) for d in a.dilation])
-        channels = _static_nchw(data)[0]
-        src = self.packed_of(data, self.packed[data].block if data in self.packed else L.channel_block(channels))
+        src = self.packed_of(data)
         if kind == "depthwise":
             wp = relax.const(L.pack_depthwise_weight(w, src.block), "int8")
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
