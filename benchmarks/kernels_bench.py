@@ -162,15 +162,26 @@ def _fp32_module(name: str, fused: bool = True):
 
 
 # --- measurement (worker process, one thread count) ------------------------
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
+SLOW_CELL_S = 60.0
+"""A cell whose runs would take longer than this (the naive-loop TVM fp32 baseline) gets 10 runs."""
+
+
+def _median_ms(fn, runs: int) -> tuple[float, int]:
+    """(median latency in ms, number of timed runs) after warm-up."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first * runs > SLOW_CELL_S:
+        runs = 10
+    else:
+        for _ in range(4):
+            fn()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(times), runs
 
 
 def _tvm_runner(ex, x):
@@ -281,17 +292,18 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
         _, calib, x = _model_data(name)
         makers = {**_gwq_candidates(name, x, tuning_dirs.get(name), fp32_dirs.get(name)),
                   **_ort_candidates(name, x, threads), **_torch_candidates(name, x, calib)}
-        row = {}
+        row, counts = {}, {}
         for col in COLUMNS:
             if col not in makers:
                 continue
             try:
-                row[col] = _median_ms(makers[col](), runs)
+                row[col], counts[col] = _median_ms(makers[col](), runs)
             except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
                 row[col] = None
                 print(f"[{name} {col}] failed: {err}", file=sys.stderr)
             print(f"threads={threads} {name:9s} {col:22s} {row[col]}", file=sys.stderr, flush=True)
         results[name] = row
+        results.setdefault("_runs", {})[name] = counts
     out_path.write_text(json.dumps(results))
 
 
@@ -347,7 +359,8 @@ def write_report(results: dict, meta: dict) -> None:
     lines = [
         "# Fast integer kernels: latency (ms, median, batch 1)",
         "",
-        f"Machine: {meta['cpu']} ({meta['mcpu']}), {meta['runs']} runs per cell after warm-up; "
+        f"Machine: {meta['cpu']} ({meta['mcpu']}), {meta['runs']} runs per cell after warm-up (10 for a cell "
+        f"slower than {SLOW_CELL_S:.0f} s in total: the naive-loop TVM fp32 baseline; see the JSON); "
         f"measured single-core vpdpbusd peak {meta['vnni_peak_gmacs']:.0f} GMAC/s. "
         f"Ratio = latency / ORT int8 latency (lower is better). Tuned int8: {meta.get('tuning', 'n/a')}.",
         "",
@@ -424,7 +437,7 @@ def main(argv=None) -> None:
     tune_secs = tune_int8("resnet18", args.tuning_dir, args.trials) if args.trials > 0 and "resnet18" in args.models else None
     if args.fp32_trials > 0:
         tune_fp32("resnet18", args.fp32_tuning_dir, args.fp32_trials)
-    results = {}
+    results, runs_per_cell = {}, {}
     for threads in args.threads:
         out = CACHE / f"worker_{threads}.json"
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
@@ -432,12 +445,14 @@ def main(argv=None) -> None:
                "--tuning-dir", str(args.tuning_dir), "--fp32-tuning-dir", str(args.fp32_tuning_dir),
                "--fp32-trials", str(args.fp32_trials), "--models", *args.models]
         subprocess.run(cmd, check=True, env=env)
-        results[str(threads)] = json.loads(out.read_text())
+        measured = json.loads(out.read_text())
+        runs_per_cell[str(threads)] = measured.pop("_runs", {})
+        results[str(threads)] = measured
     from gwq_tvm.runtime import host_target
 
     meta = {
         "cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
-        "runs": args.runs, "vnni_peak_gmacs": vnni_peak_gmacs(),
+        "runs": args.runs, "runs_per_cell": runs_per_cell, "vnni_peak_gmacs": vnni_peak_gmacs(),
         "gmacs": {name: model_gmacs(name) for name in args.models},
         "tuning": (f"ResNet-18 only, {args.trials} trials budget (resumable DB {args.tuning_dir}); "
                    f"this run spent {tune_secs:.0f} s tuning" if tune_secs is not None else "not tuned in this run"),

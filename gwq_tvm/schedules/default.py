@@ -216,7 +216,7 @@ class ScheduleIntegerKernels:
                 updates[gv] = scheduled
         if not updates:
             return mod
-        mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else mod
+        mod = mod.clone()  # a pass must not mutate its input
         for gv, func in updates.items():
-            mod[gv] = func
+            mod.update_func(gv, func)
         return mod
