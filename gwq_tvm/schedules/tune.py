@@ -230,7 +230,7 @@ def _records_per_task(tasks, database) -> list[int]:
 
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """tqdm bar over the trials, with the weighted sum of each task's best latency so far."""
+    """tqdm bar over the trials, with the weighted sum of the searched kernels' best latency so far."""
 
     def __init__(self, total: int, weights: list[float], best: list[float]):
         from tqdm import tqdm
@@ -308,8 +308,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
         [tasks[i] for i in chosen], str(work_dir), strategy=strategy, seed=seed)
     fix_stock_vnni_intrinsic()  # after TuneContext imported tvm.s_tir.tensor_intrin
     callbacks = ms.measure_callback.MeasureCallback.create("default")
-    if show_progress:
-        callbacks = list(callbacks) + [_Progress(remaining, list(weights), [float("inf")] * len(chosen))]
+    if show_progress:  # best-so-far starts from the measured defaults (or an earlier run's records)
+        best = [_best_latency(tasks[i], database) for i in chosen]
+        callbacks = list(callbacks) + [_Progress(remaining, list(weights), best)]
     return ms.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=remaining,
         max_trials_per_task=max(1, per_task - min(done[i] for i in chosen)), num_trials_per_iter=num_trials_per_iter,
