@@ -422,6 +422,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fp32-tuning-dir", type=Path, default=CACHE / "tune_resnet18_fp32")
     ap.add_argument("--fp32-trials", type=int, default=0, help="fp32 tuning budget (0: skip the column)")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--tuning-note", default="", help="how the tuning directory was produced (goes in the report)")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -455,7 +456,8 @@ def main(argv=None) -> None:
         "runs": args.runs, "runs_per_cell": runs_per_cell, "vnni_peak_gmacs": vnni_peak_gmacs(),
         "gmacs": {name: model_gmacs(name) for name in args.models},
         "tuning": (f"ResNet-18 only, {args.trials} trials budget (resumable DB {args.tuning_dir}); "
-                   f"this run spent {tune_secs:.0f} s tuning" if tune_secs is not None else "not tuned in this run"),
+                   f"this run spent {tune_secs:.0f} s tuning" if tune_secs is not None else "not tuned in this run")
+        + (f"; {args.tuning_note}" if args.tuning_note else ""),
     }
     write_report(results, meta)
     print((OUT / "kernels_bench.md").read_text())

@@ -319,6 +319,71 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
     )
 
 
+BEST_DIR = "best"
+"""Subdirectory of a tuning directory holding one validated winner record per kernel."""
+
+
+def _measure_interleaved(candidates, target, builder, runner, rounds: int) -> list[float]:
+    """Median latency (s) of each ``(mod, args_info)`` candidate over ``rounds`` interleaved runner passes."""
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod, _ in candidates])
+    inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", args) if b.error_msg is None else None
+              for b, (_, args) in zip(built, candidates)]
+    samples = [[] for _ in candidates]
+    for _ in range(rounds):
+        live = [(i, x) for i, x in enumerate(inputs) if x is not None]
+        for (i, _), future in zip(live, runner.run([x for _, x in live])):
+            result = future.result()
+            if result.error_msg is None:
+                samples[i].append(sum(float(v) for v in result.run_secs) / len(result.run_secs))
+    return [sorted(v)[len(v) // 2] if v else float("inf") for v in samples]
+
+
+def select_best(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, top_k: int = 2, rounds: int = 5,
+                num_threads: int | None = 1, max_workers: int | None = None) -> ms.database.JSONDatabase:
+    """Re-measure each kernel's default schedule against its ``top_k`` tuned records, keep the winner.
+
+    A tuning database keeps every record and compiles with the lowest
+    latency ever measured, so one lucky measurement on a busy machine (or
+    one taken with another thread count) wins forever.  This re-measures the
+    contenders side by side (``rounds`` interleaved passes, median) with
+    ``num_threads`` runtime threads and writes one record per kernel to
+    ``work_dir/best``, which :func:`compile_tuned` prefers.
+
+    Returns
+    -------
+    tvm.s_tir.meta_schedule.database.JSONDatabase
+        The ``best`` database.
+    """
+    work_dir = Path(work_dir)
+    database = open_database(work_dir)
+    if num_threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(num_threads)  # inherited by the runner's worker processes
+    builder, runner = make_builder(max_workers=max_workers), make_runner()
+    best_dir = work_dir / BEST_DIR
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        (best_dir / name).unlink(missing_ok=True)
+    best = open_database(best_dir)
+    for task in extract_tuning_tasks(mod, target, batch=tuned_batch(work_dir)):
+        tmod = task.dispatched[0]
+        args = ms.arg_info.ArgInfo.from_prim_func(tmod["main"])
+        contenders = []  # (trace, scheduled module)
+        default = _default_schedule(tmod)
+        if default is not None:
+            contenders.append((default.trace, default.mod))
+        if database.has_workload(tmod):
+            for rec in database.get_top_k(database.commit_workload(tmod), top_k):
+                cand = rec.as_measure_candidate()
+                contenders.append((rec.trace, cand.sch.mod))
+        if not contenders:
+            continue
+        secs = _measure_interleaved([(m, args) for _, m in contenders], target, builder, runner, rounds)
+        k = min(range(len(secs)), key=secs.__getitem__)
+        if secs[k] < float("inf"):
+            best.commit_tuning_record(ms.database.TuningRecord(contenders[k][0], best.commit_workload(tmod), [secs[k]],
+                                                               target, args))
+    return best
+
+
 def tuned_batch(work_dir) -> int:
     """The batch size a tuning directory was specialised to (1 when not recorded)."""
     meta = Path(work_dir) / META_FILE
@@ -329,6 +394,10 @@ def compile_tuned(mod: tvm.IRModule, target: tvm.target.Target, work_dir) -> rel
     """Compile ``mod`` with the tuning records in ``work_dir`` (default schedules where none apply).
 
     The executable is specialised to the batch size the database was tuned
-    for (:func:`tuned_batch`), so the records' workloads match.
+    for (:func:`tuned_batch`), so the records' workloads match.  The
+    validated winners of :func:`select_best` (``work_dir/best``) are used when
+    present, else the lowest latency of each kernel in the raw database.
     """
-    return compile_integer(specialize_batch(mod, tuned_batch(work_dir)), target, database=open_database(work_dir))
+    best = Path(work_dir) / BEST_DIR
+    source = best if (best / RECORD_FILE).exists() else Path(work_dir)
+    return compile_integer(specialize_batch(mod, tuned_batch(work_dir)), target, database=open_database(source))
