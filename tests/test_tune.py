@@ -101,7 +101,8 @@ def test_corrupt_records_are_skipped_with_a_warning(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_tune_writes_a_database_that_compile_applies(tmp_path):
-    """tune() writes records for every kernel; a rerun resumes without new trials; compile_tuned applies them."""
+    """tune() writes records for every kernel; a rerun resumes without new trials; select_best keeps one
+    winner per kernel; compile_tuned applies them and stays bit-exact."""
     from tvm.s_tir import meta_schedule as ms
 
     target = _target()
@@ -115,6 +116,9 @@ def test_tiny_tune_writes_a_database_that_compile_applies(tmp_path):
         assert database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
     T.tune(mod, target, tmp_path, trials=6, num_trials_per_iter=4, max_workers=1, seed=0)
     assert (tmp_path / T.RECORD_FILE).read_text().splitlines() == lines  # resumed: budget already spent
+    best = T.select_best(mod, target, tmp_path, top_k=1, rounds=1, max_workers=1)
+    for task in tasks:  # one validated winner per kernel
+        assert len(best.get_top_k(best.commit_workload(task.dispatched[0]), 10)) == 1
     ex = T.compile_tuned(mod, target, tmp_path)
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(out, run_reference(mod, x))
