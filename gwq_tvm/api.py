@@ -121,10 +121,27 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
 
 
-def build(qmodel_or_mod, target=None) -> relax.VMExecutable:
-    """Compile a realized module (or :class:`QuantizedModel`) for ``target`` (default: this CPU)."""
+def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> relax.VMExecutable:
+    """Compile a realized module (or :class:`QuantizedModel`) for ``target`` (default: this CPU).
+
+    Parameters
+    ----------
+    qmodel_or_mod : QuantizedModel or tvm.IRModule
+    target : tvm.target.Target, optional
+    database : tvm.s_tir.meta_schedule.Database, optional
+        MetaSchedule tuning records (:func:`gwq_tvm.schedules.tune.load_database`).
+    fast : bool
+        Use the packed VNNI kernels with default schedules where the target
+        has them (:func:`gwq_tvm.schedules.compile_integer`); ``False`` is
+        plain ``tvm.compile`` (naive loops).
+    """
+    from .schedules.build import compile_integer
+
     mod = qmodel_or_mod.mod if isinstance(qmodel_or_mod, QuantizedModel) else qmodel_or_mod
-    return tvm.compile(mod, target or host_target())
+    target = target or host_target()
+    if not fast:
+        return tvm.compile(mod, target)
+    return compile_integer(mod, target, database=database)
 
 
 def export(executable, path, plan: QuantPlan | None = None, fcompile=None) -> Path:

@@ -1,6 +1,7 @@
 """Relax passes of gwq-tvm (each IRModule -> IRModule, usable in a ``tvm.transform.Sequential``).
 
 * :class:`RealizeIntegerProgram` (``realize.py``): fp32 canonical ``main`` -> integer program of a QuantPlan.
+* :class:`PackInt8Layout` (``pack_layout.py``): integer convs -> packed NCHW[x]c VNNI kernels (before LegalizeOps).
 * :class:`VerifyIntegerOnly` (``check.py``): raises if the program holds float ops inside its integer region.
 """
 
@@ -8,6 +9,7 @@ import tvm
 
 from ..errors import IntegerOnlyError
 from .check import IntegerOnlyReport, check_integer_only
+from .pack_layout import PackInt8Layout
 from .realize import RealizeIntegerProgram
 
 
@@ -23,4 +25,4 @@ class VerifyIntegerOnly:
         return mod
 
 
-__all__ = ["RealizeIntegerProgram", "VerifyIntegerOnly", "IntegerOnlyReport", "check_integer_only"]
+__all__ = ["PackInt8Layout", "RealizeIntegerProgram", "VerifyIntegerOnly", "IntegerOnlyReport", "check_integer_only"]

@@ -1,0 +1,468 @@
+"""Fast integer kernels side by side: gwq-tvm int8 vs TVM fp32, ONNX Runtime, PyTorch (issue 5).
+
+One script, one run.  Batch 1, 1 and 2 threads, the median of ``--runs``
+(>= 50) timed calls after warm-up, for two models:
+
+* ``resnet18``: a ResNet-18 at 224x224 with seeded random weights (``resnet18.py``),
+  quantized with random calibration images;
+* ``bundled``: the bundled Fashion-MNIST ResNet (1x28x28).
+
+Columns: gwq-tvm int8 with the untuned default schedules and tuned
+(MetaSchedule, XGBoost; ``--tuning-dir``, tuned here if missing), gwq-tvm in
+GWQ mode (default schedules), TVM fp32 untuned (and tuned if
+``--fp32-trials`` > 0), ONNX Runtime fp32 and int8 (QDQ, per-channel, u8
+activations x s8 weights, ``quantize_static``), PyTorch eager fp32 and FX
+graph-mode int8 (x86 backend).
+
+Each thread count runs in a fresh subprocess (TVM's thread pool size is fixed
+at start-up).  Writes ``benchmarks/results/kernels_bench.{json,md,png}`` with
+ratios to ORT int8 and the achieved GMAC/s next to the measured single-core
+``vpdpbusd`` peak.
+
+Usage::
+
+    python benchmarks/kernels_bench.py --tuning-dir /tmp/r18_tune --trials 480
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results"
+CACHE = HERE / ".cache"
+sys.path.insert(0, str(HERE))
+
+MODELS = ("resnet18", "bundled")
+COLUMNS = [
+    "gwq-tvm int8 default", "gwq-tvm int8 tuned", "gwq-tvm GWQ default", "TVM fp32 untuned", "TVM fp32 tuned",
+    "ORT fp32", "ORT int8", "PyTorch fp32", "PyTorch FX int8",
+]
+
+
+# --- model preparation (parent process) ------------------------------------
+def _paths(name: str) -> dict:
+    d = CACHE / name
+    return {"onnx": d / "model.onnx", "ort_int8": d / "model_int8.onnx", "plan": d / "int8.plan.json",
+            "plan_gwq": d / "gwq.plan.json", "calib": d / "calib.npy", "input": d / "input.npy"}
+
+
+def _model_data(name: str):
+    """(onnx path, calibration images, one benchmark input) of a model, cached under ``benchmarks/.cache``."""
+    p = _paths(name)
+    p["onnx"].parent.mkdir(parents=True, exist_ok=True)
+    if not p["calib"].exists():
+        if name == "resnet18":
+            from resnet18 import calibration_images, export_onnx
+
+            export_onnx(p["onnx"])
+            calib, x = calibration_images(16), calibration_images(1, seed=99)
+        else:
+            from gwq_tvm.data import bundled_model, fashion_mnist
+
+            p["onnx"].write_bytes(bundled_model().read_bytes())
+            calib, test = fashion_mnist("calib")[0][:256], fashion_mnist("test")[0]
+            x = test[:1]
+        np.save(p["calib"], calib)
+        np.save(p["input"], x)
+    return p["onnx"], np.load(p["calib"]), np.load(p["input"])
+
+
+def prepare(name: str) -> None:
+    """Export, quantize (per-layer and GWQ plans) and ORT-quantize ``name`` once."""
+    import gwq_tvm
+    from gwq_tvm.config import QuantConfig
+
+    onnx_path, calib, _ = _model_data(name)
+    p = _paths(name)
+    # GWQ latency only depends on the SFC kinds, so the (slow on ResNet-18) loss-aware sensitivity is skipped
+    for key, cfg in (("plan", QuantConfig()), ("plan_gwq", QuantConfig(mode="gwq", loss_aware=False))):
+        if not p[key].exists():
+            gwq_tvm.quantize(str(onnx_path), calib, cfg).plan.save(p[key])
+    if not p["ort_int8"].exists():
+        _ort_quantize(onnx_path, p["ort_int8"], calib)
+
+
+def _ort_quantize(src: Path, dst: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{key: calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    key = _input_name(src)
+    pre = dst.with_name("model_pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def _input_name(onnx_path) -> str:
+    import onnx
+
+    return onnx.load(str(onnx_path)).graph.input[0].name
+
+
+def tune_int8(name: str, tuning_dir: Path, trials: int) -> float:
+    """Tune the int8 program of ``name`` into ``tuning_dir`` (resumes); return the wall seconds spent."""
+    import tvm
+
+    import gwq_tvm
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.tune import tune
+
+    p = _paths(name)
+    q = gwq_tvm.quantize(str(p["onnx"]), plan=QuantPlan.load(p["plan"]))
+    t0 = time.time()
+    tune(q.mod, host_target(), tuning_dir, trials=trials, show_progress=True)
+    return time.time() - t0
+
+
+def tune_fp32(name: str, tuning_dir: Path, trials: int) -> None:
+    """MetaSchedule-tune the float program of ``name`` (batch 1) into ``tuning_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.tune import make_builder
+
+    mod = _fp32_module(name)
+    ms.relax_integration.tune_relax(mod, {}, host_target(), str(tuning_dir), trials, builder=make_builder())
+
+
+def _fp32_module(name: str, fused: bool = True):
+    """The float program of ``name`` at batch 1; ``fused``: legalized and fused (what tasks are extracted from).
+
+    ``compile_relax`` wants the unfused module (it fuses the same way itself).
+    """
+    from tvm import relax
+
+    import gwq_tvm
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.tune import specialize_batch
+
+    mod = specialize_batch(gwq_tvm.load_model(str(_paths(name)["onnx"])).mod, 1)
+    if not fused:
+        return mod
+    with host_target():
+        return relax.get_pipeline("zero")(mod)
+
+
+# --- measurement (worker process, one thread count) ------------------------
+SLOW_CELL_S = 60.0
+"""A cell whose runs would take longer than this (the naive-loop TVM fp32 baseline) gets 10 runs."""
+
+
+def _median_ms(fn, runs: int) -> tuple[float, int]:
+    """(median latency in ms, number of timed runs) after warm-up."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first * runs > SLOW_CELL_S:
+        runs = 10
+    else:
+        for _ in range(4):
+            fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times), runs
+
+
+def _tvm_runner(ex, x):
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    arg = tvm.runtime.tensor(np.ascontiguousarray(x))
+    return lambda: vm["main"](arg)
+
+
+def _gwq_candidates(name: str, x, tuning_dir, fp32_dir):
+    import tvm
+    from tvm import relax
+
+    import gwq_tvm
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.tune import compile_tuned
+
+    p, target = _paths(name), host_target()
+    q = gwq_tvm.quantize(str(p["onnx"]), plan=QuantPlan.load(p["plan"]))
+    qg = gwq_tvm.quantize(str(p["onnx"]), plan=QuantPlan.load(p["plan_gwq"]))
+    out = {
+        "gwq-tvm int8 default": lambda: _tvm_runner(gwq_tvm.build(q), x),
+        "gwq-tvm GWQ default": lambda: _tvm_runner(gwq_tvm.build(qg), x),
+        "TVM fp32 untuned": lambda: _tvm_runner(tvm.compile(gwq_tvm.load_model(str(p["onnx"])).mod, target), x),
+    }
+    if tuning_dir is not None and (Path(tuning_dir) / "database_tuning_record.json").exists():
+        out["gwq-tvm int8 tuned"] = lambda: _tvm_runner(compile_tuned(q.mod, target, tuning_dir), x)
+    if fp32_dir is not None and (Path(fp32_dir) / "database_tuning_record.json").exists():
+        def fp32_tuned():
+            from tvm.s_tir import meta_schedule as ms
+
+            db = ms.database.JSONDatabase(work_dir=str(fp32_dir))
+            return _tvm_runner(ms.relax_integration.compile_relax(db, _fp32_module(name, fused=False), target, params=None), x)
+
+        out["TVM fp32 tuned"] = fp32_tuned
+    return out
+
+
+def _ort_candidates(name: str, x, threads: int):
+    import onnxruntime as ort
+
+    p = _paths(name)
+    feed = {_input_name(p["onnx"]): x}
+
+    def session(path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return lambda: s.run(None, feed)
+
+    return {"ORT fp32": lambda: session(p["onnx"]), "ORT int8": lambda: session(p["ort_int8"])}
+
+
+def _torch_model(name: str):
+    import torch
+
+    if name == "resnet18":
+        from resnet18 import resnet18
+
+        return resnet18()
+    from gwq_tvm.models.fmnist_resnet import FMNISTResNet
+
+    m = FMNISTResNet()
+    m.load_state_dict(torch.load(HERE.parent / "gwq_tvm" / "models" / "fmnist_resnet.pt", weights_only=True))
+    return m.eval()
+
+
+def _torch_candidates(name: str, x, calib):
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    xt = torch.from_numpy(x)
+
+    def eager():
+        m = _torch_model(name)
+        return lambda: _no_grad(m, xt)
+
+    def fx_int8():
+        torch.backends.quantized.engine = "x86"
+        m = prepare_fx(_torch_model(name), get_default_qconfig_mapping("x86"), example_inputs=(xt,))
+        with torch.no_grad():
+            for i in range(0, min(len(calib), 16)):
+                m(torch.from_numpy(calib[i : i + 1]))
+        qm = convert_fx(m)
+        return lambda: _no_grad(qm, xt)
+
+    return {"PyTorch fp32": eager, "PyTorch FX int8": fx_int8}
+
+
+def _no_grad(m, x):
+    import torch
+
+    with torch.no_grad():
+        return m(x)
+
+
+def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path: Path, models=MODELS) -> None:
+    """Measure every column for both models with ``threads`` threads; write JSON to ``out_path``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    results = {}
+    for name in models:
+        _, calib, x = _model_data(name)
+        makers = {**_gwq_candidates(name, x, tuning_dirs.get(name), fp32_dirs.get(name)),
+                  **_ort_candidates(name, x, threads), **_torch_candidates(name, x, calib)}
+        row, counts = {}, {}
+        for col in COLUMNS:
+            if col not in makers:
+                continue
+            try:
+                row[col], counts[col] = _median_ms(makers[col](), runs)
+            except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
+                row[col] = None
+                print(f"[{name} {col}] failed: {err}", file=sys.stderr)
+            print(f"threads={threads} {name:9s} {col:22s} {row[col]}", file=sys.stderr, flush=True)
+        results[name] = row
+        results.setdefault("_runs", {})[name] = counts
+    out_path.write_text(json.dumps(results))
+
+
+# --- reporting ---------------------------------------------------------------
+def model_gmacs(name: str) -> float:
+    """Conv + dense multiply-accumulates of one inference (batch 1), in GMAC."""
+    import gwq_tvm
+    from gwq_tvm.graph import extract_graph
+
+    g = extract_graph(gwq_tvm.load_model(str(_paths(name)["onnx"])).mod)
+    macs = 0
+    for n in g.nodes.values():
+        if n.kind == "conv2d":  # output elements x (C_in / groups) x kh x kw
+            macs += n.elements * int(np.prod(n.weight.shape[1:]))
+        elif n.kind == "dense":
+            macs += int(np.prod(n.weight.shape))
+    return macs / 1e9
+
+
+def vnni_peak_gmacs() -> float:
+    """Measured single-core ``vpdpbusd`` throughput (GMAC/s): 24 independent accumulators, data in registers."""
+    import tvm
+    from tvm import s_tir, te
+
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.vnni import register_vnni_intrinsic
+
+    name = register_vnni_intrinsic()
+    k_iters, rows = 4096, 12
+    a = te.placeholder((rows, 4), "uint8", name="a")
+    b = te.placeholder((2, 16, 4), "int8", name="b")
+    k, r = te.reduce_axis((0, k_iters), "k"), te.reduce_axis((0, 4), "r")
+    c = te.compute((rows, 2, 16), lambda i, o, j: te.sum(a[i, r].astype("int32") * b[o, j, r].astype("int32"),
+                                                          axis=[k, r]), name="c")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    blk = sch.get_sblock("c")
+    i, o, j, kk, rr = sch.get_loops(blk)
+    sch.reorder(kk, i, o, j, rr)
+    sch.decompose_reduction(blk, kk)
+    sch.tensorize(j, name)
+    sch.unroll(i)
+    sch.unroll(o)
+    lib = tvm.compile(sch.mod, host_target()).jit()
+    args = [tvm.runtime.tensor(np.ones((rows, 4), "uint8")), tvm.runtime.tensor(np.ones((2, 16, 4), "int8")),
+            tvm.runtime.tensor(np.zeros((rows, 2, 16), "int32"))]
+    secs = lib.time_evaluator(lib.entry_name, tvm.cpu(), number=50, repeat=5)(*args).median
+    return k_iters * rows * 2 * 64 / secs / 1e9
+
+
+def write_report(results: dict, meta: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "kernels_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    lines = [
+        "# Fast integer kernels: latency (ms, median, batch 1)",
+        "",
+        f"Machine: {meta['cpu']} ({meta['mcpu']}), {meta['runs']} runs per cell after warm-up (10 for a cell "
+        f"slower than {SLOW_CELL_S:.0f} s in total: the naive-loop TVM fp32 baseline; see the JSON); "
+        f"measured single-core vpdpbusd peak {meta['vnni_peak_gmacs']:.0f} GMAC/s. "
+        f"Ratio = latency / ORT int8 latency (lower is better). Tuned int8: {meta.get('tuning', 'n/a')}.",
+        "",
+    ]
+    for threads, per_model in results.items():
+        lines += [f"## {threads} thread(s)", "", "| model | " + " | ".join(COLUMNS) + " |",
+                  "|---|" + "---|" * len(COLUMNS)]
+        for name, row in per_model.items():
+            ort = row.get("ORT int8")
+            cells = []
+            for col in COLUMNS:
+                v = row.get(col)
+                cells.append("n/a" if v is None else (f"{v:.3f} ({v / ort:.2f}x)" if ort else f"{v:.3f}"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Throughput of the int8 kernels", "", "| model | GMAC | threads | default GMAC/s | tuned GMAC/s | "
+              "% of 1-core VNNI peak (default, 1 thread) |", "|---|---|---|---|---|---|"]
+    for threads, per_model in results.items():
+        for name, row in per_model.items():
+            g = meta["gmacs"][name]
+            d, t = row.get("gwq-tvm int8 default"), row.get("gwq-tvm int8 tuned")
+            rate = lambda v: f"{g / (v / 1e3):.0f}" if v else "n/a"  # noqa: E731
+            pct = f"{100 * g / (d / 1e3) / meta['vnni_peak_gmacs']:.0f}%" if d and threads == "1" else ""
+            lines.append(f"| {name} | {g:.3f} | {threads} | {rate(d)} | {rate(t)} | {pct} |")
+    (OUT / "kernels_bench.md").write_text("\n".join(lines) + "\n")
+    _plot(results)
+
+
+def _plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(next(iter(results.values())).keys())
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5))
+    for ax, name in zip(np.atleast_1d(axes), models):
+        width = 0.8 / len(results)
+        for k, (threads, per_model) in enumerate(results.items()):
+            row = per_model[name]
+            vals = [row.get(c) or 0 for c in COLUMNS]
+            ax.bar(np.arange(len(COLUMNS)) + k * width, vals, width, label=f"{threads} thread(s)")
+        ax.set_xticks(np.arange(len(COLUMNS)) + width / 2)
+        ax.set_xticklabels(COLUMNS, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("latency, ms (batch 1)")
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "kernels_bench.png", dpi=120)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--tuning-dir", type=Path, default=CACHE / "tune_resnet18_int8")
+    ap.add_argument("--trials", type=int, default=480, help="int8 tuning budget for ResNet-18 (resumes)")
+    ap.add_argument("--fp32-tuning-dir", type=Path, default=CACHE / "tune_resnet18_fp32")
+    ap.add_argument("--fp32-trials", type=int, default=0, help="fp32 tuning budget (0: skip the column)")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--tuning-note", default="", help="how the tuning directory was produced (goes in the report)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    tuning_dirs = {"resnet18": args.tuning_dir}
+    fp32_dirs = {"resnet18": args.fp32_tuning_dir} if args.fp32_trials > 0 else {}
+    if args.worker is None:
+        OUT.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        worker(args.worker, args.runs, tuning_dirs, fp32_dirs, args.worker_out, args.models)
+        return
+    for name in args.models:
+        prepare(name)
+    tune_secs = tune_int8("resnet18", args.tuning_dir, args.trials) if args.trials > 0 and "resnet18" in args.models else None
+    if args.fp32_trials > 0:
+        tune_fp32("resnet18", args.fp32_tuning_dir, args.fp32_trials)
+    results, runs_per_cell = {}, {}
+    for threads in args.threads:
+        out = CACHE / f"worker_{threads}.json"
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, __file__, "--worker", str(threads), "--worker-out", str(out), "--runs", str(args.runs),
+               "--tuning-dir", str(args.tuning_dir), "--fp32-tuning-dir", str(args.fp32_tuning_dir),
+               "--fp32-trials", str(args.fp32_trials), "--models", *args.models]
+        subprocess.run(cmd, check=True, env=env)
+        measured = json.loads(out.read_text())
+        runs_per_cell[str(threads)] = measured.pop("_runs", {})
+        results[str(threads)] = measured
+    from gwq_tvm.runtime import host_target
+
+    meta = {
+        "cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
+        "runs": args.runs, "runs_per_cell": runs_per_cell, "vnni_peak_gmacs": vnni_peak_gmacs(),
+        "gmacs": {name: model_gmacs(name) for name in args.models},
+        "tuning": (f"ResNet-18 only, {args.trials} trials budget (resumable DB {args.tuning_dir}); "
+                   f"this run spent {tune_secs:.0f} s tuning" if tune_secs is not None else "not tuned in this run")
+        + (f"; {args.tuning_note}" if args.tuning_note else ""),
+    }
+    write_report(results, meta)
+    print((OUT / "kernels_bench.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Relax pass: put the integer convs of a realized program in the packed VNNI layout.
+
+Run it on a realized integer program (after :class:`RealizeIntegerProgram`),
+before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
+a constant weight becomes a ``call_tir`` of a packed kernel
+(:mod:`gwq_tvm.schedules.compute`):
+
+* activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
+  outputs in NCHW16c, weights packed to ``OIHW[cb/4]i16o4i`` here, at compile time;
+* the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
+  per-channel constants), residual adds, ReLU clips, max pooling and the
+  global-average-pool sum stay in the packed layout, so consecutive convs
+  never leave it;
+* layout transforms appear only at the edges: where a tensor enters the
+  packed region (the network input) or leaves it (flatten, dense, outputs,
+  any op this pass does not know).
+
+Signed int8 activations (the network input, residual sums without ReLU) take
+the same uint8 x int8 kernel: the kernel reads ``x + 128`` padded with 128
+and the pass subtracts ``128 * sum(w)`` per output channel, which is exact.
+
+The rewrite is value-preserving bit for bit: the program computes the same
+integers as before, only stored in another layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..graph import _const
+from ..schedules import compute as C
+from ..schedules import layout as L
+
+_ELEMENTWISE_UNARY = frozenset({"relax.astype", "relax.clip", "relax.nn.relu"})
+_ELEMENTWISE_BINARY = frozenset(
+    {"relax.add", "relax.subtract", "relax.multiply", "relax.right_shift", "relax.left_shift", "relax.maximum",
+     "relax.minimum"}
+)
+_INT8 = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """A tensor available in NCHW[block]c: ``expr`` has shape (N, Cp/block, H, W, block)."""
+
+    expr: relax.Expr
+    channels: int
+    block: int
+
+
+def _static_nchw(expr) -> tuple | None:
+    """(C, H, W) of a 4-D tensor whose C, H and W are static, else ``None`` (batch may be symbolic)."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.ndim != 4:
+        return None
+    dims = ty.shape.values
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims[1:]):
+        return None
+    return tuple(int(d) for d in dims[1:])
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _accumulator_fits_int32(w: np.ndarray) -> bool:
+    """Can the uint8 x int8 kernel accumulate this conv in int32 without any intermediate overflow?
+
+    The kernel sums uint8 x int8 products (up to ``255 * 128`` each; an int8
+    input is read as ``x + 128``).  For ``K = C * KH * KW`` beyond ~65k (never
+    in CNNs) the plain conv is kept rather than rely on wrap-around.
+    """
+    return 255 * 128 * int(np.prod(w.shape[1:])) < 2**31
+
+
+def _conv_kind(call: relax.Call) -> str | None:
+    """``"vnni"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
+
+    A grouped conv that is not depthwise stays NCHW: e.g. groups=4 with
+    8 -> 12 channels has no 4i-inner reduction per group in a 16-channel block.
+    """
+    a = call.attrs
+    data, weight = call.args
+    w = _const(weight)
+    chw = _static_nchw(data)
+    if (w is None or chw is None or w.dtype != np.int8 or w.ndim != 4 or _dtype(data) not in _INT8
+            or str(a.out_dtype) != "int32" or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW")):
+        return None
+    groups, channels = int(a.groups), chw[0]
+    if groups == 1:
+        return "vnni" if _accumulator_fits_int32(w) else None
+    if groups == channels == w.shape[0] and w.shape[1] == 1:
+        return "depthwise"
+    return None
+
+
+class _Packer:
+    """Re-emits ``main``'s bindings, keeping each tensor in NCHW, packed, or both (lazily)."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+        self.plain: dict = {}
+        self.packed: dict = {}
+
+    # --- the two forms of a value -------------------------------------
+    def plain_of(self, expr):
+        """``expr`` rewritten with every variable in its original layout."""
+        if isinstance(expr, relax.Var):
+            if expr not in self.plain:
+                p = self.packed[expr]
+                self.plain[expr] = self.bb.emit_te(C.unpack_nchwc, p.expr, p.channels, primfunc_name_hint="gwq_unpack")
+            return self.plain[expr]
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.plain_of(f) for f in expr.fields])
+        if isinstance(expr, relax.TupleGetItem):
+            return relax.TupleGetItem(self.plain_of(expr.tuple_value), expr.index)
+        if isinstance(expr, relax.Call):
+            return relax.Call(expr.op, [self.plain_of(a) for a in expr.args], expr.attrs, expr.ty_args)
+        return expr
+
+    def packed_of(self, var, block: int | None = None) -> _Packed:
+        """``var`` in NCHW[block]c, packing it (an edge transform) when only NCHW exists."""
+        p = self.packed.get(var)
+        if p is not None and (block is None or p.block == block):
+            return p
+        x = self.plain_of(var)
+        channels = _static_nchw(x)[0]
+        block = block or L.channel_block(channels)
+        expr = self.bb.emit_te(C.pack_nchwc, x, block, primfunc_name_hint="gwq_pack")
+        p = _Packed(expr, channels, block)
+        if var not in self.packed:
+            self.packed[var] = p
+        return p
+
+    # --- bindings ------------------------------------------------------
+    def rewrite(self, var, value) -> None:
+        if isinstance(value, relax.Var):  # an alias keeps whatever forms its source has
+            for table in (self.plain, self.packed):
+                if value in table:
+                    table[var] = table[value]
+            return
+        handler = None
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            handler = _HANDLERS.get(value.op.name)
+        packed = handler(self, value) if handler else None
+        if packed is not None:
+            self.packed[var] = packed
+        else:
+            self.plain[var] = self.bb.emit(self.plain_of(value))
+
+    def conv2d(self, call) -> _Packed | None:
+        kind = _conv_kind(call)
+        if kind is None:
+            return None
+        data, weight = call.args
+        w = _const(weight)
+        a = call.attrs
+        geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
+                        dilation=[int(d) for d in a.dilation])
+        src = self.packed_of(data)
+        if kind == "depthwise":
+            wp = relax.const(L.pack_depthwise_weight(w, src.block), "int8")
+            y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
+            return _Packed(y, w.shape[0], src.block)
+        shift = _dtype(data) == "int8"
+        wp = relax.const(L.pack_conv_weight(w, src.block), "int8")
+        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, shift=shift, primfunc_name_hint="gwq_conv2d")
+        if shift:
+            comp = L.signed_input_compensation(w).astype(np.int32).reshape(1, -1, 1, 1)
+            comp = L.pack_channel_const(comp, w.shape[0], L.OC_BLOCK)
+            y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
+        return _Packed(y, w.shape[0], L.OC_BLOCK)
+
+    def unary(self, call) -> _Packed | None:
+        src = call.args[0]
+        if not isinstance(src, relax.Var) or src not in self.packed:
+            return None
+        p = self.packed[src]
+        y = self.bb.emit(relax.Call(call.op, [p.expr, *call.args[1:]], call.attrs, call.ty_args))
+        return _Packed(y, p.channels, p.block)
+
+    def binary(self, call) -> _Packed | None:
+        lhs, rhs = call.args
+        first = next((a for a in (lhs, rhs) if isinstance(a, relax.Var) and a in self.packed), None)
+        chw = _static_nchw(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+        if first is None or chw is None:
+            return None
+        ref = self.packed[first]
+        args = [self._binary_arg(a, chw, ref) for a in (lhs, rhs)]
+        if any(x is None for x in args):
+            return None
+        return _Packed(self.bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args)), ref.channels, ref.block)
+
+    def _binary_arg(self, arg, chw, ref: _Packed):
+        """One operand of a packed elementwise op: same-shaped tensor or scalar/per-channel constant."""
+        value = _const(arg)
+        if value is not None:
+            packed = L.pack_channel_const(value, ref.channels, ref.block)
+            return None if packed is None else relax.const(packed, str(value.dtype))
+        if isinstance(arg, relax.Var) and _static_nchw(arg) == chw:
+            return self.packed_of(arg, ref.block).expr
+        return None
+
+    def max_pool2d(self, call) -> _Packed | None:
+        src = call.args[0]
+        a = call.attrs
+        if src not in self.packed or a.layout != "NCHW" or a.out_layout != "NCHW":
+            return None
+        p = self.packed[src]
+        layout = f"NCHW{p.block}c"
+        y = relax.op.nn.max_pool2d(p.expr, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
+                                   a.count_include_pad, layout=layout, out_layout=layout)
+        return _Packed(self.bb.emit(y), p.channels, p.block)
+
+    def sum(self, call) -> _Packed | None:
+        src = call.args[0]
+        axes = sorted(int(x) % 4 for x in call.attrs.axis) if call.attrs.axis is not None else None
+        if src not in self.packed or axes != [2, 3] or not call.attrs.keepdims:
+            return None
+        p = self.packed[src]
+        return _Packed(self.bb.emit(relax.op.sum(p.expr, axis=[2, 3], keepdims=True)), p.channels, p.block)
+
+
+_HANDLERS = {
+    "relax.nn.conv2d": _Packer.conv2d,
+    "relax.nn.max_pool2d": _Packer.max_pool2d,
+    "relax.sum": _Packer.sum,
+    **{name: _Packer.unary for name in _ELEMENTWISE_UNARY},
+    **{name: _Packer.binary for name in _ELEMENTWISE_BINARY},
+}
+
+
+def _rewritable(func) -> bool:
+    """Only straight-line dataflow functions are rewritten (others are left unchanged)."""
+    return (isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr)
+            and all(isinstance(b, relax.DataflowBlock) for b in func.body.blocks)
+            and all(isinstance(b, relax.VarBinding) for blk in func.body.blocks for b in blk.bindings))
+
+
+def _pack_function(func: relax.Function) -> tvm.IRModule:
+    """A module holding the rewritten ``main`` and the packed kernels it calls."""
+    bb = relax.BlockBuilder()
+    attrs = dict(func.attrs.items()) if func.attrs is not None else None
+    with bb.function("main", list(func.params), attrs=attrs):
+        with bb.dataflow():
+            packer = _Packer(bb)
+            for p in func.params:
+                packer.plain[p] = p
+            for blk in func.body.blocks:
+                for b in blk.bindings:
+                    packer.rewrite(b.var, b.value)
+            out = bb.emit_output(packer.plain_of(func.body.body))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackInt8Layout")
+class PackInt8Layout:
+    """Rewrite the integer convs of ``main`` into packed VNNI-layout kernels (see the module docstring).
+
+    The new ``main`` has the same signature and computes the same values.
+    Functions other than ``main`` are kept, and the added kernels are
+    ``call_tir`` PrimFuncs named ``gwq_conv2d*``, ``gwq_dwconv2d*``,
+    ``gwq_pack*`` and ``gwq_unpack*``.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        func = mod["main"] if any(gv.name_hint == "main" for gv in mod.get_global_vars()) else None
+        if not _rewritable(func):
+            return mod
+        new_mod = _pack_function(func)
+        for gv, f in mod.functions_items():
+            if gv.name_hint != "main":
+                new_mod[gv] = f
+        return new_mod

@@ -1,0 +1,102 @@
+"""Pure numpy: the packed NCHW[x]c activation layout and the compile-time weight packing.
+
+Layouts (``cb`` = channel block of the data, 16 output lanes for VNNI)::
+
+    activation   NCHW  -> (N, ceil(C/cb), H, W, cb)                  channel c at [c // cb, ..., c % cb]
+    conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/4, 16, 4)    "OIHW[cb/4]i16o4i"
+    depthwise    C1HW  -> (Cp/cb, KH, KW, cb)
+    channel const (1, C, 1, 1) -> (1, Cp/cb, 1, 1, cb)
+
+Padded channels hold zeros (in weights, biases and shift amounts), so they
+contribute nothing to real channels; their own values are never read back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OC_BLOCK = 16
+"""Output channels per VNNI ``vpdpbusd`` (16 int32 lanes)."""
+
+K_BLOCK = 4
+"""Reduction depth of one ``vpdpbusd`` lane (4 uint8 x int8 products)."""
+
+
+def channel_block(channels: int) -> int:
+    """Channel block for a tensor with ``channels`` channels: 16, or 4/8/12 for thin inputs.
+
+    A thin tensor (the network input with 1 or 3 channels) is packed with the
+    smallest multiple of 4 so the first conv does not multiply 16x padding.
+    """
+    return OC_BLOCK if channels > 12 else K_BLOCK * -(-channels // K_BLOCK)
+
+
+def padded(channels: int, block: int) -> int:
+    """``channels`` rounded up to a multiple of ``block``."""
+    return block * -(-channels // block)
+
+
+def pack_conv_weight(weight: np.ndarray, in_block: int) -> np.ndarray:
+    """OIHW int8 weight -> ``(Op/16, Cp/cb, KH, KW, cb/4, 16, 4)``, zero-padded.
+
+    Parameters
+    ----------
+    weight : ndarray, shape (O, C, KH, KW), int8
+    in_block : int
+        Channel block ``cb`` of the conv's packed input (a multiple of 4).
+    """
+    o, c, kh, kw = weight.shape
+    op, cp = padded(o, OC_BLOCK), padded(c, in_block)
+    w = np.zeros((op, cp, kh, kw), weight.dtype)
+    w[:o, :c] = weight
+    w = w.reshape(op // OC_BLOCK, OC_BLOCK, cp // in_block, in_block // K_BLOCK, K_BLOCK, kh, kw)
+    return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_depthwise_weight(weight: np.ndarray, block: int) -> np.ndarray:
+    """(C, 1, KH, KW) depthwise weight -> ``(Cp/cb, KH, KW, cb)``, zero-padded."""
+    c, _, kh, kw = weight.shape
+    cp = padded(c, block)
+    w = np.zeros((cp, kh, kw), weight.dtype)
+    w[:c] = weight[:, 0]
+    return np.ascontiguousarray(w.reshape(cp // block, block, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pack_activation(x: np.ndarray, block: int) -> np.ndarray:
+    """NCHW -> ``(N, Cp/cb, H, W, cb)`` with zero channel padding (tests and references)."""
+    n, c, h, w = x.shape
+    cp = padded(c, block)
+    y = np.zeros((n, cp, h, w), x.dtype)
+    y[:, :c] = x
+    return np.ascontiguousarray(y.reshape(n, cp // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def pack_channel_const(value: np.ndarray, channels: int, block: int) -> np.ndarray | None:
+    """A per-channel constant broadcast against NCHW -> its NCHW[cb]c form.
+
+    Scalars are returned unchanged; ``(1, C, 1, 1)`` becomes
+    ``(1, Cp/cb, 1, 1, cb)``.  Any other shape returns ``None`` (the caller
+    keeps that op in NCHW).
+    """
+    value = np.asarray(value)
+    if value.ndim == 0:
+        return value
+    if value.shape != (1, channels, 1, 1):
+        return None
+    cp = padded(channels, block)
+    y = np.zeros((cp,), value.dtype)
+    y[:channels] = value.reshape(-1)
+    return np.ascontiguousarray(y.reshape(1, cp // block, 1, 1, block))
+
+
+def signed_input_compensation(weight: np.ndarray) -> np.ndarray:
+    """``128 * sum(w)`` per output channel, int64, shape (O,).
+
+    The exact identity behind the uint8 x int8 path for int8 activations::
+
+        conv(x, w) = conv(x + 128, w) - 128 * sum_{c,kh,kw} w[o, c, kh, kw]
+
+    which holds at padded positions too when the shifted input is padded
+    with 128 (the image of the int8 zero).
+    """
+    return 128 * weight.astype(np.int64).reshape(weight.shape[0], -1).sum(axis=1)

@@ -1,0 +1,115 @@
+"""The one place that works around TVM 0.27's broken x86 VNNI tensor intrinsic.
+
+Cause
+-----
+``tvm.s_tir.tensor_intrin.x86`` registers ``dot_16x4_vnni`` with an
+implementation that calls ``llvm.x86.avx512.vpdpbusd.512`` on three
+``int32x16`` vectors.  The LLVM 22 bundled with the 0.27 wheel declares the
+intrinsic as ``<16 x i32> (<16 x i32>, <64 x i8>, <64 x i8>)``, so every
+tensorized kernel fails to build (and MetaSchedule silently keeps non-VNNI
+candidates).  Here the same description gets an implementation that
+reinterprets the activation and weight operands as ``uint8x64`` /
+``int8x64``: :func:`register_vnni_intrinsic` registers it under our own name
+(for the default schedules), :func:`fix_stock_vnni_intrinsic` also overrides
+the stock name (for MetaSchedule and tuning databases).
+
+Semantics of one call (both the description and ``vpdpbusd``)::
+
+    C[i] += sum_k int32(A[k]) * int32(B[i, k])     i < 16, k < 4,
+    A: uint8[4], B: int8[16, 4], C: int32[16]
+
+Four u8 x s8 products fit in int32 without saturation, so the result is
+exact (``vpdpbusd``, not the saturating ``vpdpbusds``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm.script import tirx as T
+
+VNNI_INTRIN = "gwq_dot_16x4_vnni"
+"""Our name for the fixed 16-lane, 4-deep uint8 x int8 -> int32 intrinsic (default schedules use it)."""
+
+STOCK_VNNI_INTRIN = "dot_16x4_vnni"
+"""TVM's name, used by MetaSchedule's x86 rules and by the traces in a tuning database."""
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni_impl(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+        b_i8x64 = B.vload([0, 0], dtype="int8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"),
+            a_u8x64,
+            b_i8x64,
+            dtype="int32x16",
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def register_vnni_intrinsic() -> str:
+    """Register the fixed intrinsic under :data:`VNNI_INTRIN` (idempotent) and return that name.
+
+    Cheap: it does not import ``tvm.s_tir.tensor_intrin``, whose import parses
+    ~500 TVMScript functions (about 17 s here).
+    """
+    tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
+    return VNNI_INTRIN
+
+
+@functools.lru_cache(maxsize=None)
+def fix_stock_vnni_intrinsic() -> str:
+    """Override TVM's own ``dot_16x4_vnni`` with the fixed implementation; return its name.
+
+    Needed wherever TVM code looks the intrinsic up by its stock name:
+    MetaSchedule's x86 VNNI schedule rule while tuning, and replaying a
+    tuning database whose traces tensorize with it.  It imports
+    ``tvm.s_tir.tensor_intrin`` first (slow, once per process) so that ours
+    is registered last and wins.
+    """
+    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the broken stock version)
+
+    register_vnni_intrinsic()
+    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
+    return STOCK_VNNI_INTRIN
+
+
+def has_vnni(target: tvm.target.Target) -> bool:
+    """Does ``target`` have AVX-512 VNNI (``vpdpbusd`` on zmm registers)?
+
+    Asks LLVM for the target's CPU features, so ``mcpu``/``mattr`` are both
+    honoured; non-LLVM and non-x86 targets answer ``False``.
+    """
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(tvm.target.codegen.target_has_features("avx512vnni", target))
+    except (RuntimeError, ValueError):  # pragma: no cover - feature query unsupported for this triple
+        return False

@@ -1,0 +1,235 @@
+"""Fast integer kernels: packed VNNI layout, default schedules, the intrinsic workaround.
+
+Every numeric test compiles with real TVM and compares against the numpy
+reference interpreter (:mod:`gwq_tvm.reference`) bit for bit.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import gwq_tvm
+from gwq_tvm.passes.check import check_integer_only
+from gwq_tvm.passes.pack_layout import PackInt8Layout
+from gwq_tvm.reference import run_reference
+from gwq_tvm.runtime import host_target
+from gwq_tvm.schedules import layout as L
+from gwq_tvm.schedules.build import compile_integer
+from gwq_tvm.schedules.vnni import VNNI_INTRIN, has_vnni, register_vnni_intrinsic
+
+VNNI = has_vnni(host_target())
+needs_vnni = pytest.mark.skipif(not VNNI, reason="host CPU has no AVX-512 VNNI")
+
+
+def _run(ex, x):
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+def _asm(ex) -> str:
+    return "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+
+
+def _call_tir_names(mod) -> list[str]:
+    main = mod["main"]
+    return [b.value.args[0].name_hint for blk in main.body.blocks for b in blk.bindings
+            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+
+
+def _compile_strict(mod):
+    """compile_integer where a kernel left unscheduled (a warning) fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return compile_integer(mod, host_target())
+
+
+def _conv_module(c, o, hw, k, stride, padding, groups, dtype, dilation=1, seed=0):
+    """x -> conv -> +bias -> (>>7, clip, int8) -> conv 1x1 -> + residual-free epilogue -> int32 output.
+
+    Two convs in a row check that the packed layout flows from one to the next
+    (the second conv has a signed int8 input, so it takes the +128 path).
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.integers(-128, 128, (o, c // groups, k, k)).astype("int8")
+    w2 = rng.integers(-128, 128, (7, o, 1, 1)).astype("int8")
+    bias = rng.integers(-5000, 5000, (1, o, 1, 1)).astype("int32")
+    x = relax.Var("x", relax.TensorType((2, c, hw, hw), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), strides=stride, padding=padding, dilation=dilation,
+                                           groups=groups, out_dtype="int32"))
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.right_shift(y, relax.const(np.int32(7))))
+            y = bb.emit(relax.op.astype(relax.op.clip(y, relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            z = bb.emit(relax.op.nn.conv2d(y, relax.const(w2), out_dtype="int32"))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    info = np.iinfo(dtype)
+    data = rng.integers(info.min, info.max + 1, (2, c, hw, hw)).astype(dtype)
+    return bb.get(), data
+
+
+def test_vnni_intrinsic_builds_and_is_exact():
+    """The re-registered intrinsic tensorizes, builds with LLVM 22, emits vpdpbusd and computes u8 x s8 exactly."""
+    from tvm import s_tir, te
+
+    name = register_vnni_intrinsic()
+    a = te.placeholder((4,), "uint8", name="a")
+    b = te.placeholder((16, 4), "int8", name="b")
+    k = te.reduce_axis((0, 4), "k")
+    c = te.compute((16,), lambda i: te.sum(a[k].astype("int32") * b[i, k].astype("int32"), axis=k), name="c")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    block = sch.get_sblock("c")
+    sch.decompose_reduction(block, sch.get_loops(block)[0])
+    sch.tensorize(sch.get_loops(block)[0], name)
+    lib = tvm.compile(sch.mod, tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"}))
+    assert "vpdpbusd" in lib.mod.inspect_source("asm")
+    if VNNI:
+        av = np.array([255, 0, 128, 7], "uint8")
+        bv = np.random.default_rng(0).integers(-128, 128, (16, 4)).astype("int8")
+        out = tvm.runtime.tensor(np.zeros(16, "int32"))
+        lib(tvm.runtime.tensor(av), tvm.runtime.tensor(bv), out)
+        np.testing.assert_array_equal(out.numpy(), bv.astype(np.int64) @ av.astype(np.int64))
+
+
+def test_vnni_detection():
+    assert has_vnni(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    assert not has_vnni(tvm.target.Target("llvm"))
+    assert not has_vnni(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}))
+
+
+def test_weight_packing_layout():
+    """Packed weight element [o//16, c//cb, y, x, (c%cb)//4, o%16, c%4] is w[o, c, y, x]; padding is zero."""
+    w = np.random.default_rng(0).integers(-128, 128, (17, 5, 3, 2)).astype("int8")
+    p = L.pack_conv_weight(w, in_block=8)
+    assert p.shape == (2, 1, 3, 2, 2, 16, 4)
+    for o, c, y, x in [(0, 0, 0, 0), (16, 4, 2, 1), (3, 2, 1, 0)]:
+        assert p[o // 16, c // 8, y, x, (c % 8) // 4, o % 16, c % 4] == w[o, c, y, x]
+    assert not p[1, :, :, :, :, 1:].any() and not p[:, :, :, :, 1, :, 1:].any()
+    assert L.channel_block(1) == 4 and L.channel_block(5) == 8 and L.channel_block(17) == 16
+
+
+def test_signed_compensation_identity():
+    """conv(x, w) == conv(x + 128 padded with 128, w) - 128 * sum(w), in numpy."""
+    from gwq_tvm.reference import _conv2d
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (1, 3, 5, 5))
+    w = rng.integers(-128, 128, (4, 3, 3, 3)).astype("int8")
+
+    class A:
+        padding, strides, dilation, groups = (1, 1, 1, 1), (1, 1), (1, 1), 1
+
+    class A0(A):
+        padding = (0, 0, 0, 0)
+
+    shifted = np.pad(x + 128, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=128)
+    got = _conv2d(shifted, w, A0) - L.signed_input_compensation(w).reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(got, _conv2d(x, w, A))
+
+
+SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
+    (3, 16, 9, 3, 1, 1, 1, "int8"),
+    (5, 17, 8, 3, 2, 1, 1, "uint8"),
+    (17, 5, 7, 1, 1, 0, 1, "int8"),
+    (16, 32, 10, 3, 2, 0, 1, "uint8"),
+    (1, 8, 11, 5, 2, (2, 1, 0, 2), 1, "int8"),
+    (8, 8, 9, 3, 1, 1, 8, "int8"),
+    (24, 24, 6, 3, 2, 1, 24, "uint8"),
+    (8, 12, 7, 3, 1, 1, 4, "uint8"),
+]
+
+
+@needs_vnni
+@pytest.mark.parametrize("c,o,hw,k,stride,padding,groups,dtype", SHAPES)
+def test_conv_sweep_bit_exact(c, o, hw, k, stride, padding, groups, dtype):
+    """Packed + default-scheduled convs equal the numpy reference (strides, paddings, groups, odd channels)."""
+    mod, x = _conv_module(c, o, hw, k, stride, padding, groups, dtype)
+    ex = _compile_strict(mod)
+    assert "vpdpbusd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_vnni
+def test_dilated_and_extreme_values_bit_exact():
+    """Saturated int8 inputs (-128/127) and weights, dilation 2, zero padding in the shifted domain."""
+    mod, _ = _conv_module(6, 16, 9, 3, 1, 2, 1, "int8", dilation=2)
+    x = np.where(np.random.default_rng(3).random((2, 6, 9, 9)) < 0.5, -128, 127).astype("int8")
+    np.testing.assert_array_equal(_run(_compile_strict(mod), x), run_reference(mod, x))
+
+
+def test_pack_pass_structure():
+    """Eligible convs become packed kernels; a non-depthwise grouped conv stays NCHW; edges get pack/unpack."""
+    mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
+    names = _call_tir_names(PackInt8Layout()(mod))
+    assert names[0].startswith("gwq_pack") and names[-1].startswith("gwq_unpack")
+    assert sum(n.startswith("gwq_conv2d") for n in names) == 2
+    assert sum(n.startswith("gwq_pack") for n in names) == 1  # no transform between the two convs
+    grouped, _ = _conv_module(8, 12, 7, 3, 1, 1, 4, "uint8")
+    packed = PackInt8Layout()(grouped)
+    assert any(b.value.op.name == "relax.nn.conv2d" for blk in packed["main"].body.blocks for b in blk.bindings
+               if isinstance(b.value, relax.Call))
+
+
+@needs_vnni
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_dense_bit_exact(dtype):
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (17, 24)).astype("int8")
+    x = relax.Var("x", relax.TensorType((3, 17), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
+            out = bb.emit_output(bb.emit(relax.op.add(y, relax.const(np.arange(24, dtype="int32")))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    info = np.iinfo(dtype)
+    data = rng.integers(info.min, info.max + 1, (3, 17)).astype(dtype)
+    np.testing.assert_array_equal(_run(_compile_strict(mod), data), run_reference(mod, data))
+
+
+def test_without_vnni_falls_back_to_plain_compile():
+    """A generic x86 target takes the plain path: no packed kernels, still exact."""
+    mod, x = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
+    ex = compile_integer(mod, tvm.target.Target("llvm"))
+    assert "vpdpbusd" not in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+def test_aarch64_target_compiles_to_an_aarch64_object(tmp_path):
+    """No VNNI on aarch64: compile_integer takes the plain path and emits AArch64 code (ELF e_machine 183)."""
+    mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]})
+    ex = compile_integer(mod, target)
+    (llvm_mod,) = [m for m in ex.mod.imports if m.kind == "llvm"]
+    obj = tmp_path / "kernels.o"
+    llvm_mod.write_to_file(str(obj))
+    header = obj.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183
+
+
+@needs_vnni
+def test_bundled_model_fast_path_bit_exact_and_vnni(bundled_int8, fmnist):
+    """The whole bundled model through build(): bit-exact at batch 1 and 5, vpdpbusd in its assembly."""
+    _, test_x, _ = fmnist
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex = gwq_tvm.build(bundled_int8)
+    assert _asm(ex).count("vpdpbusd") > 0
+    for batch in (1, 5):
+        np.testing.assert_array_equal(_run(ex, test_x[:batch]), run_reference(bundled_int8.mod, test_x[:batch]))
+
+
+def test_packed_program_is_integer_only(bundled_int8):
+    """Packing keeps the program integer-only (Relax bindings and every TIR kernel)."""
+    report = check_integer_only(PackInt8Layout()(bundled_int8.mod))
+    assert report.ok, str(report)
+
+
+if __name__ == "__main__":
+    tvm.testing.main()

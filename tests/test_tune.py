@@ -1,0 +1,129 @@
+"""MetaSchedule tuning: the builder workaround, the resumable/sanitized database, tune -> compile."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from gwq_tvm.reference import run_reference
+from gwq_tvm.runtime import host_target
+from gwq_tvm.schedules import tune as T
+from gwq_tvm.schedules.vnni import has_vnni
+
+pytestmark = pytest.mark.skipif(not has_vnni(host_target()), reason="host CPU has no AVX-512 VNNI")
+
+
+def _small_module():
+    """int8 input -> 3x3 conv (16 -> 16) -> bias, shift, clip -> uint8 -> 1x1 conv -> int32 (static batch 1)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.integers(-128, 128, (16, 16, 3, 3)).astype("int8")
+    w2 = rng.integers(-128, 128, (16, 16, 1, 1)).astype("int8")
+    x = relax.Var("x", relax.TensorType((1, 16, 8, 8), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), padding=1, out_dtype="int32"))
+            y = bb.emit(relax.op.right_shift(relax.op.add(y, relax.const(np.int32(64))), relax.const(np.int32(7))))
+            y = bb.emit(relax.op.astype(relax.op.clip(y, relax.prim_value(0), relax.prim_value(255)), "uint8"))
+            out = bb.emit_output(bb.emit(relax.op.nn.conv2d(y, relax.const(w2), out_dtype="int32")))
+        bb.emit_func_output(out)
+    return bb.get(), rng.integers(-128, 128, (1, 16, 8, 8)).astype("int8")
+
+
+def _target():
+    return tvm.target.Target({"kind": "llvm", "mcpu": str(host_target().attrs["mcpu"]), "num-cores": 1})
+
+
+def _default_record(database, target):
+    """Commit one task's default schedule with a made-up latency; return the task module."""
+    from tvm.s_tir import meta_schedule as ms
+
+    mod, _ = _small_module()
+    task = next(t for t in T.extract_tuning_tasks(mod, target) if "gwq_conv2d" in t.task_name)
+    tmod = task.dispatched[0]
+    sch = T._default_schedule(tmod)
+    workload = database.commit_workload(tmod)
+    args = ms.arg_info.ArgInfo.from_prim_func(tmod["main"])
+    database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [1e-4], target, args))
+    return tmod
+
+
+def test_builder_builds_a_tensorized_candidate(tmp_path):
+    """The fixed builder (no tensor_intrin import per worker) builds a VNNI kernel well within its timeout."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = _target()
+    mod, _ = _small_module()
+    task = next(t for t in T.extract_tuning_tasks(mod, target) if "gwq_conv2d" in t.task_name)
+    sch = T._default_schedule(task.dispatched[0])
+    builder = T.make_builder(max_workers=1, timeout_sec=60)
+    (result,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    assert result.error_msg is None, result.error_msg
+
+
+def test_build_candidate_does_not_import_the_intrinsic_library(tmp_path):
+    """The cause of the 0.27 builder timeouts (importing tvm.s_tir.tensor_intrin per worker) stays avoided."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, tvm; from tvm import te, s_tir\n"
+        "from gwq_tvm.schedules.tune import build_candidate\n"
+        "a = te.placeholder((64,), 'int8'); b = te.compute((64,), lambda i: a[i] + 1)\n"
+        "build_candidate(tvm.IRModule({'main': te.create_prim_func([a, b])}), tvm.target.Target('llvm'))\n"
+        "assert 'tvm.s_tir.tensor_intrin' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+
+
+def test_corrupt_records_are_skipped_with_a_warning(tmp_path):
+    """A torn last line and a garbage record are dropped (with a warning); the good record survives."""
+    target = _target()
+    database = T.open_database(tmp_path)
+    tmod = _default_record(database, target)
+    del database
+    records = tmp_path / T.RECORD_FILE
+    good = records.read_text().splitlines()
+    with records.open("a") as f:
+        f.write('[0, {"not": "a record"}]\n')
+        f.write(good[0][: len(good[0]) // 2])  # interrupted write
+    with pytest.warns(UserWarning, match="skipped 2 corrupt"):
+        database = T.open_database(tmp_path)
+    assert records.read_text().splitlines() == good
+    assert database.has_workload(tmod) and len(database.get_top_k(database.commit_workload(tmod), 10)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        T.open_database(tmp_path)  # clean now: no warning
+
+
+@pytest.mark.slow
+def test_tiny_tune_writes_a_database_that_compile_applies(tmp_path):
+    """tune() writes records for every kernel; a rerun resumes without new trials; select_best keeps one
+    winner per kernel; compile_tuned applies them and stays bit-exact."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = _target()
+    mod, x = _small_module()
+    T.tune(mod, target, tmp_path, trials=6, num_trials_per_iter=4, max_workers=1, seed=0)
+    assert json.loads((tmp_path / T.META_FILE).read_text())["batch"] == 1
+    lines = (tmp_path / T.RECORD_FILE).read_text().splitlines()
+    tasks = T.extract_tuning_tasks(mod, target)
+    database = T.open_database(tmp_path)
+    for task in tasks:  # every kernel has a record, so compile_tuned replays the database for all of them
+        assert database.query_tuning_record(task.dispatched[0], target, task.task_name) is not None
+    T.tune(mod, target, tmp_path, trials=6, num_trials_per_iter=4, max_workers=1, seed=0)
+    assert (tmp_path / T.RECORD_FILE).read_text().splitlines() == lines  # resumed: budget already spent
+    best = T.select_best(mod, target, tmp_path, top_k=1, rounds=1, max_workers=1)
+    for task in tasks:  # one validated winner per kernel
+        assert len(best.get_top_k(best.commit_workload(task.dispatched[0]), 10)) == 1
+    ex = T.compile_tuned(mod, target, tmp_path)
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(out, run_reference(mod, x))
+    assert isinstance(database, ms.database.JSONDatabase)
+
+
+if __name__ == "__main__":
+    tvm.testing.main()
