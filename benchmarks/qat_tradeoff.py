@@ -20,7 +20,8 @@ rerun skips finished rows (and training itself resumes from its checkpoints).
 
 Usage::
 
-    python benchmarks/qat_tradeoff.py                       # 9 rows, 2 epochs each (about 1 h on 2 cores)
+    python benchmarks/qat_tradeoff.py                       # 9 rows, 2 epochs of 60k each (about 1.5 h on 2 idle cores)
+    python benchmarks/qat_tradeoff.py --train-limit 20000   # 2 epochs of a fixed 20k subset
     python benchmarks/qat_tradeoff.py --settings W4A2 --groups 2 --epochs 3
 """
 
@@ -65,7 +66,7 @@ def run_row(name, k, args, data, log):
     ptq = compiled_accuracy(q, test_x, test_y)
     model = QATModel(q.graph, q.plan)
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, scale_lr=args.scale_lr, distill=args.distill, threads=args.threads)
-    work = WORK / f"{name}_K{k}_e{args.epochs}"
+    work = WORK / f"{name}_K{k}_e{args.epochs}_n{len(train_x)}"
     history = train(model, train_x, train_y, tcfg, work_dir=work, show_progress=args.progress, log=log)
     onnx_path, plan_path = export_qat(model, work / "model.onnx")
     q2 = gwq_tvm.quantize(str(onnx_path), plan=gwq_tvm.QuantPlan.load(plan_path))
@@ -77,20 +78,20 @@ def run_row(name, k, args, data, log):
         "multiply_elements": after["multiply_elements"], "shift_elements": after["shift_elements"],
         "multiply_sites": after["multiply_sites"], "shift_sites": after["shift_sites"],
         "mantissas_ptq": [round(v, 4) for v in q.plan.groups.values()], "mantissas_qat": [round(v, 4) for v in q2.plan.groups.values()],
-        "epochs": args.epochs, "train_seconds": sum(h["seconds"] for h in history), "row_seconds": time.time() - t0,
+        "epochs": args.epochs, "train_images": len(train_x), "train_seconds": sum(h["seconds"] for h in history), "row_seconds": time.time() - t0,
         "integer_only": bool(q2.integer_only.ok),
     }
 
 
 def table(rows, fp32) -> str:
     lines = [f"fp32 accuracy: {fp32 * 100:.2f}% (10k test images; every accuracy below is of the compiled integer program)", "",
-             "| setting | K | groups | PTQ | QAT | QAT vs fp32 (pt) | shift share | multiply / shift elements | epochs | train time |",
+             "| setting | K | groups | PTQ | QAT | QAT vs fp32 (pt) | shift share | multiply / shift elements | epochs x images | train time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['setting']} | {r['max_groups']} | {r['groups']} | {r['ptq_accuracy'] * 100:.2f}% | {r['qat_accuracy'] * 100:.2f}% | "
             f"{(r['qat_accuracy'] - fp32) * 100:+.2f} | {r['shift_share'] * 100:.1f}% | {r['multiply_elements']} / {r['shift_elements']} | "
-            f"{r['epochs']} | {r['train_seconds'] / 60:.1f} min |"
+            f"{r['epochs']} x {r['train_images']} | {r['train_seconds'] / 60:.1f} min |"
         )
     lines.append("")
     for setting, what, pred, pts in TARGETS:
@@ -132,11 +133,21 @@ def plot(rows, fp32, path):
     fig.savefig(path, dpi=110)
 
 
+def _merge(path: Path, rows: list, key) -> list:
+    """``rows`` plus the rows another run wrote to ``path`` (by key; ours win)."""
+    theirs = json.loads(path.read_text())["rows"] if path.is_file() else []
+    merged = {key(r): r for r in theirs}
+    merged.update({key(r): r for r in rows})
+    return list(merged.values())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--groups", default="1,2,4", help="comma-separated K values")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="train on a fixed random subset of this many of the 60k images (every epoch sees the same subset)")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--scale-lr", type=float, default=TrainConfig.scale_lr)
     ap.add_argument("--distill", type=float, default=TrainConfig.distill)
@@ -149,16 +160,19 @@ def main():
     calib, _ = fashion_mnist("calib")
     test_x, test_y = fashion_mnist("test")
     train_x, train_y = fashion_mnist("train")
+    if args.train_limit:
+        keep = np.sort(np.random.default_rng(0).permutation(len(train_x))[: args.train_limit])
+        train_x, train_y = train_x[keep], train_y[keep]
     fm = gwq_tvm.load_model(bundled_model())
     fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
     fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"qat_tradeoff{args.tag}"
     done = json.loads(stem.with_suffix(".json").read_text())["rows"] if stem.with_suffix(".json").is_file() else []
-    key = lambda r: (r["setting"], r["max_groups"], r["epochs"])  # noqa: E731
+    key = lambda r: (r["setting"], r["max_groups"], r["epochs"], r["train_images"])  # noqa: E731
     for name in args.settings.split(","):
         for k in (int(v) for v in args.groups.split(",")):
-            if any(key(r) == (name, k, args.epochs) for r in done):
+            if any(key(r) == (name, k, args.epochs, len(train_x)) for r in done):
                 continue
             row = run_row(name, k, args, (calib, train_x, train_y, test_x, test_y), lambda line: print(f"  {name} K={k} {line}", flush=True))
             done.append(row)
@@ -166,9 +180,13 @@ def main():
                   f"shift {row['shift_share'] * 100:.1f}%  ({time.time() - t0:.0f}s)", flush=True)
             meta = {"fp32_accuracy": fp32, "test_images": len(test_x), "train_images": len(train_x), "calibration_images": 512,
                     "end_bits": 8, "torch_threads": torch.get_num_threads(), "target": str(host_target())}
-            stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": done}, indent=1) + "\n")
+            done = _merge(stem.with_suffix(".json"), done, key)  # another run may have added rows meanwhile
+            tmp = stem.with_name(stem.name + ".json.tmp")
+            tmp.write_text(json.dumps({"meta": meta, "rows": done}, indent=1) + "\n")
+            tmp.replace(stem.with_suffix(".json"))
+    done = _merge(stem.with_suffix(".json"), done, key)
     order = {s: i for i, s in enumerate(SETTINGS)}
-    done.sort(key=lambda r: (order[r["setting"]], r["max_groups"], r["epochs"]))
+    done.sort(key=lambda r: (order[r["setting"]], r["max_groups"], r["epochs"], r["train_images"]))
     md = table(done, fp32)
     stem.with_suffix(".md").write_text(f"# GWQ post-training vs quantization-aware training, bundled model\n\n{md}\n")
     plot(done, fp32, stem.with_suffix(".png"))

@@ -6,6 +6,7 @@ Every user error prints ``gwq-tvm: error: <one line>`` and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -99,10 +100,47 @@ def cmd_compile(args):
     calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
     t0 = time.time()
     q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
-    ex = api.build(q, _target(args.target))
-    out = api.export(ex, args.output, q.plan)
+    target = _target(args.target)
+    plan = q.plan
+    if args.tuning_db:
+        from .schedules import tune as T
+
+        db = Path(args.tuning_db)
+        if not (db / "database_tuning_record.json").is_file():
+            raise GwqError(f"no tuning database in {db} (write one with 'gwq-tvm tune')")
+        ex = T.compile_tuned(q.mod, target, db)
+        batch = T.tuned_batch(db)  # tuned kernels are specialised to this batch: record it for 'eval'
+        if plan.input_shape is not None:
+            plan = dataclasses.replace(plan, input_shape=(batch,) + tuple(plan.input_shape[1:]))
+    else:
+        ex = api.build(q, target)
+    out = api.export(ex, args.output, plan)
     _print_summary(q)
     print(f"wrote {out} and {out.with_suffix('.plan.json')} ({time.time() - t0:.1f}s)")
+
+
+def cmd_tune(args):
+    from . import api
+    from .plan.quantplan import QuantPlan
+    from .schedules import tune as T
+
+    plan = QuantPlan.load(args.plan) if args.plan else None
+    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    target = _target(args.target)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    q.plan.save(work / "model.plan.json")  # the records belong to this plan's program
+    t0 = time.time()
+    try:
+        T.tune(q.mod, target, work, trials=args.trials, batch=args.batch, show_progress=not args.quiet)
+        T.select_best(q.mod, target, work, num_threads=args.threads)
+    except KeyboardInterrupt:
+        print(f"gwq-tvm: interrupted; every finished record is kept in {work}: run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"tuned in {time.time() - t0:.0f}s; database in {work}")
+    print(f"compile with: gwq-tvm compile {args.model} --plan {work / 'model.plan.json'} --tuning-db {work} -o model.so")
 
 
 def cmd_plan(args):
@@ -215,8 +253,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="use this QuantPlan JSON instead of calibrating")
     p.add_argument("-o", "--output", required=True, help="output .so (the plan is written beside it)")
     p.add_argument("--target", default="host", help="'host' (default) or a TVM target JSON/tag")
+    p.add_argument("--tuning-db", default=None, help="apply the MetaSchedule records 'gwq-tvm tune' wrote to this directory")
     _add_quant_options(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", help="tune the integer kernels with MetaSchedule (XGBoost cost model); resumable")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("--plan", help="tune the program of this QuantPlan instead of calibrating one")
+    p.add_argument("--work-dir", required=True, help="database directory (rerun with the same one to resume)")
+    p.add_argument("--trials", type=_positive_int, default=200, help="measured candidates over all kernels (default 200)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size the kernels are tuned for (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="runtime threads when picking the best records (default 1)")
+    p.add_argument("--target", default="host", help="'host' (default) or a TVM target JSON/tag")
+    _add_quant_options(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("plan", help="calibrate and write a QuantPlan JSON without compiling")
     p.add_argument("model")

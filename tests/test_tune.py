@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import tvm
+
+import gwq_tvm
 from tvm import relax
 
 from gwq_tvm.reference import run_reference
@@ -127,3 +129,30 @@ def test_tiny_tune_writes_a_database_that_compile_applies(tmp_path):
 
 if __name__ == "__main__":
     tvm.testing.main()
+
+
+@pytest.mark.slow
+def test_cli_tune_then_compile_with_the_database(tmp_path, capsys):
+    from gwq_tvm.cli import main
+
+    model = str(gwq_tvm.data.bundled_model())
+    work = tmp_path / "db"
+    common = ["--calib-samples", "64"]
+    assert main(["--quiet", "tune", model, "--work-dir", str(work), "--trials", "4", *common]) == 0
+    assert "database in" in capsys.readouterr().out
+    plan = str(work / "model.plan.json")
+    assert main(["--quiet", "compile", model, "--plan", plan, "--tuning-db", str(work), "-o", str(tmp_path / "t.so")]) == 0
+    assert main(["--quiet", "compile", model, "--plan", plan, "-o", str(tmp_path / "u.so")]) == 0
+    capsys.readouterr()
+    for so in ("t.so", "u.so"):
+        assert main(["--quiet", "eval", str(tmp_path / so), "--limit", "40"]) == 0
+    tuned, untuned = capsys.readouterr().out.split("accuracy: ")[1:]
+    assert tuned.split("%")[0] == untuned.split("%")[0]  # same integer program
+
+
+def test_cli_compile_without_a_database_is_a_clear_error(tmp_path, capsys):
+    from gwq_tvm.cli import main
+
+    rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "--calib-samples", "16", "--no-loss-aware",
+               "--tuning-db", str(tmp_path), "-o", str(tmp_path / "m.so")])
+    assert rc == 2 and "no tuning database" in capsys.readouterr().err
