@@ -70,16 +70,9 @@ def _load_data(path, what, limit=None):
 
 
 def _target(name):
-    from .runtime import host_target
+    from .schedules.targets import resolve_target
 
-    if name in (None, "host", "llvm"):
-        return host_target()
-    import tvm
-
-    try:
-        return tvm.target.Target(json.loads(name) if name.startswith("{") else name)
-    except Exception as err:
-        raise GwqError(f"bad --target {name!r}: {str(err).strip().splitlines()[-1]}") from None
+    return resolve_target(name)
 
 
 def _print_summary(q, out=None):
@@ -94,13 +87,15 @@ def _print_summary(q, out=None):
 
 def cmd_compile(args):
     from . import api
+    from .schedules.targets import export_compiler
     from .plan.quantplan import QuantPlan
 
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
     t0 = time.time()
-    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     target = _target(args.target)
+    fcompile = export_compiler(target)  # a missing cross toolchain is named before any work is done
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     plan = q.plan
     if args.tuning_db:
         from .schedules import tune as T
@@ -114,7 +109,7 @@ def cmd_compile(args):
             plan = dataclasses.replace(plan, input_shape=(batch,) + tuple(plan.input_shape[1:]))
     else:
         ex = api.build(q, target)
-    out = api.export(ex, args.output, plan)
+    out = api.export(ex, args.output, plan, fcompile=fcompile)
     _print_summary(q)
     print(f"wrote {out} and {out.with_suffix('.plan.json')} ({time.time() - t0:.1f}s)")
 
@@ -252,7 +247,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default="bundled:calib", help=".npy/.npz calibration inputs (default: bundled Fashion-MNIST)")
     p.add_argument("--plan", help="use this QuantPlan JSON instead of calibrating")
     p.add_argument("-o", "--output", required=True, help="output .so (the plan is written beside it)")
-    p.add_argument("--target", default="host", help="'host' (default) or a TVM target JSON/tag")
+    p.add_argument("--target", default="host",
+                   help="'host' (default), a preset (rpi4, rpi5, cortex-a76, neoverse-n1, aarch64-neon, aarch64-dotprod, x86-64), "
+                        "or a TVM target JSON; aarch64 targets export through aarch64-linux-gnu-gcc")
     p.add_argument("--tuning-db", default=None, help="apply the MetaSchedule records 'gwq-tvm tune' wrote to this directory")
     _add_quant_options(p)
     p.set_defaults(func=cmd_compile)

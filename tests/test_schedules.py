@@ -4,6 +4,7 @@ Every numeric test compiles with real TVM and compares against the numpy
 reference interpreter (:mod:`gwq_tvm.reference`) bit for bit.
 """
 
+import shutil
 import warnings
 
 import numpy as np
@@ -233,3 +234,43 @@ def test_packed_program_is_integer_only(bundled_int8):
 
 if __name__ == "__main__":
     tvm.testing.main()
+
+
+@pytest.mark.parametrize("preset", ["rpi4", "cortex-a76", "neoverse-n1", "aarch64-dotprod"])
+def test_target_presets_are_aarch64_llvm_targets(preset):
+    from gwq_tvm.schedules.targets import resolve_target
+
+    t = resolve_target(preset)
+    assert t.kind.name == "llvm" and str(t.attrs["mtriple"]).startswith("aarch64")
+
+
+def test_bad_target_names_the_presets():
+    from gwq_tvm.errors import GwqError
+    from gwq_tvm.schedules.targets import resolve_target
+
+    with pytest.raises(GwqError, match="rpi4"):
+        resolve_target("raspberry-pi-99")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="apt-get install gcc-aarch64-linux-gnu (.ci/run does)")
+def test_cli_cross_compiles_and_exports_an_aarch64_shared_library(tmp_path, capsys):
+    """gwq-tvm compile --target rpi4: the exported .so is an AArch64 ELF shared object (e_type 3, e_machine 183)."""
+    from gwq_tvm.cli import main
+
+    out = tmp_path / "m.so"
+    rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "--target", "rpi4", "--calib-samples", "32", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    header = out.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[16:18], "little") == 3
+    assert int.from_bytes(header[18:20], "little") == 183
+
+
+def test_missing_cross_compiler_is_named(tmp_path, capsys, monkeypatch):
+    import gwq_tvm.schedules.targets as targets
+    from gwq_tvm.cli import main
+
+    monkeypatch.setattr(targets.shutil, "which", lambda exe: None)
+    rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "--target", "cortex-a76", "--calib-samples", "16",
+               "--no-loss-aware", "-o", str(tmp_path / "m.so")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "apt-get install gcc-aarch64-linux-gnu" in err and "Traceback" not in err

@@ -1,0 +1,76 @@
+"""Compilation targets: the host and presets for aarch64 boards, as TVM target dicts, and their export toolchains."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+
+import tvm
+
+from ..errors import GwqError
+
+_AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
+
+#: Named targets accepted everywhere a target is (``--target NAME``).
+PRESETS: dict[str, dict] = {
+    "x86-64": {"kind": "llvm"},
+    "aarch64-neon": {**_AARCH64, "mattr": ["+neon"]},
+    "aarch64-dotprod": {**_AARCH64, "mattr": ["+neon", "+dotprod"]},
+    "rpi4": {**_AARCH64, "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4},  # Raspberry Pi 4 (BCM2711)
+    "rpi5": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    "cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    "neoverse-n1": {**_AARCH64, "mcpu": "neoverse-n1", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+}
+
+#: Cross compilers by target triple prefix.
+CROSS_COMPILERS = {"aarch64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")}
+
+
+def resolve_target(name) -> tvm.target.Target:
+    """``host`` (this CPU), a preset name, a JSON target dict, a dict, or a TVM tag.
+
+    Raises
+    ------
+    GwqError
+        For a name that is none of these (the presets are listed).
+    """
+    from ..runtime import host_target
+
+    if name is None or name in ("host", "llvm"):
+        return host_target()
+    if isinstance(name, tvm.target.Target):
+        return name
+    try:
+        if isinstance(name, dict):
+            return tvm.target.Target(name)
+        if name in PRESETS:
+            return tvm.target.Target(PRESETS[name])
+        return tvm.target.Target(json.loads(name) if name.strip().startswith("{") else name)
+    except Exception as err:
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise GwqError(f"bad target {name!r} ({last}); use 'host', a TVM target JSON, or one of: {', '.join(PRESETS)}") from None
+
+
+def _arch(target: tvm.target.Target) -> str:
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.split("-")[0] if triple else platform.machine()
+
+
+def export_compiler(target: tvm.target.Target):
+    """The ``fcompile`` for ``export_library``: ``None`` for the host, a cross compiler otherwise.
+
+    Raises
+    ------
+    GwqError
+        Naming the missing toolchain (and its Debian package) when it is not installed.
+    """
+    arch = _arch(target)
+    if arch in ("", platform.machine()) or arch not in CROSS_COMPILERS:
+        return None
+    exe, package = CROSS_COMPILERS[arch]
+    if shutil.which(exe) is None:
+        raise GwqError(f"exporting for {arch} needs the cross compiler {exe}, which is not installed: apt-get install {package}")
+    from tvm.support import cc
+
+    return cc.cross_compiler(exe)
