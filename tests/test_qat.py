@@ -169,7 +169,7 @@ def test_bad_checkpoints_are_named(fmnist, tmp_path):
     (tmp_path / "checkpoint.pt").unlink()
     train(QATModel(q.graph, q.plan), x, y, TrainConfig(epochs=1), work_dir=tmp_path)
     with pytest.raises(GwqError, match="other training settings"):
-        train(QATModel(q.graph, q.plan), x, y, TrainConfig(epochs=1, lr=1e-3), work_dir=tmp_path)
+        train(QATModel(q.graph, q.plan), x, y, TrainConfig(epochs=1, lr=TrainConfig.lr / 2), work_dir=tmp_path)
 
 
 @pytest.mark.parametrize(
