@@ -169,3 +169,40 @@ def predict(vm: relax.VirtualMachine, data, input_shape, *, batch: int = 250, sh
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
+
+
+REFERENCE_SAMPLES = 4
+"""Sample inputs stored beside an exported module when its batch size is dynamic."""
+
+
+def write_reference(module_path, qmodel: QuantizedModel, data=None, input_shape=None) -> Path:
+    """Store sample inputs and the numpy reference's outputs beside ``module_path`` (``<stem>.ref.npz``).
+
+    ``gwq-tvm bench`` checks a module against this file wherever it runs (on
+    a board through RPC, or here), so a cross-compiled module can be proven
+    bit-exact without the model at hand.
+
+    Parameters
+    ----------
+    module_path : path
+        The exported ``.so``.
+    qmodel : QuantizedModel
+        Its realized program (the reference interprets ``qmodel.mod``).
+    data : array_like, optional
+        Inputs to take the samples from (e.g. the calibration set); seeded
+        normal noise of the input shape when ``None``.
+    input_shape : tuple, optional
+        The module's input shape (a static batch dimension sets the number of
+        samples; default ``qmodel.plan.input_shape``).
+    """
+    from .reference import run_reference
+    from .remote.bench import write_reference as _write
+
+    shape = tuple(input_shape or qmodel.plan.input_shape or qmodel.fm.input_shape)
+    batch = shape[0] if isinstance(shape[0], int) else REFERENCE_SAMPLES
+    if data is not None and len(data) > 0:
+        x = np.asarray(data, np.float32)
+        x = np.concatenate([x] * -(-batch // len(x)))[:batch]
+    else:
+        x = np.random.default_rng(0).standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
+    return _write(module_path, x, run_reference(qmodel.mod, x))

@@ -34,6 +34,16 @@ def _positive_int(text):
     return v
 
 
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return v
+
+
 def _shape(text):
     try:
         return tuple(None if d in ("N", "?", "-1") else int(d) for d in text.split(","))
@@ -110,8 +120,9 @@ def cmd_compile(args):
     else:
         ex = api.build(q, target)
     out = api.export(ex, args.output, plan, fcompile=fcompile)
+    ref = api.write_reference(out, q, calib, plan.input_shape)
     _print_summary(q)
-    print(f"wrote {out} and {out.with_suffix('.plan.json')} ({time.time() - t0:.1f}s)")
+    print(f"wrote {out}, {out.with_suffix('.plan.json')} and {ref.name} ({time.time() - t0:.1f}s)")
 
 
 def cmd_tune(args):
@@ -125,17 +136,22 @@ def cmd_tune(args):
     target = _target(args.target)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to tune on this machine)")
+    rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+    T.check_tunable(target)
     q.plan.save(work / "model.plan.json")  # the records belong to this plan's program
     t0 = time.time()
     try:
-        T.tune(q.mod, target, work, trials=args.trials, batch=args.batch, show_progress=not args.quiet)
-        T.select_best(q.mod, target, work, num_threads=args.threads)
+        T.tune(q.mod, target, work, trials=args.trials, batch=args.batch, rpc=rpc, show_progress=not args.quiet)
+        T.select_best(q.mod, target, work, num_threads=args.threads, rpc=rpc)
     except KeyboardInterrupt:
         print(f"gwq-tvm: interrupted; every finished record is kept in {work}: run the same command again to resume",
               file=sys.stderr)
         raise SystemExit(130) from None
     print(f"tuned in {time.time() - t0:.0f}s; database in {work}")
-    print(f"compile with: gwq-tvm compile {args.model} --plan {work / 'model.plan.json'} --tuning-db {work} -o model.so")
+    tgt = "" if args.target in (None, "host") else f" --target {args.target}"
+    print(f"compile with: gwq-tvm compile {args.model} --plan {work / 'model.plan.json'} --tuning-db {work}{tgt} -o model.so")
 
 
 def cmd_plan(args):
@@ -163,6 +179,50 @@ def cmd_eval(args):
     print(f"ran {len(x)} samples in {time.time() - t0:.1f}s; output shape {logits.shape}")
     if y is not None:
         print(f"accuracy: {api.accuracy(logits, y) * 100:.2f}%")
+
+
+def cmd_bench(args):
+    from .remote.bench import bench_module
+
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
+    where = f"board '{args.rpc_key}' via tracker {args.rpc_tracker}" if args.rpc_tracker else "this machine"
+    print(f"running {args.module} on {where} ...", file=sys.stderr)
+    result = bench_module(args.module, tracker=args.rpc_tracker, key=args.rpc_key, repeat=args.repeat,
+                          number=args.number, threads=args.threads, timeout=args.timeout)
+    print(result.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}")
+    if result.checked and not result.bit_exact:
+        raise GwqError("the outputs differ from the host reference of the integer program")
+
+
+def cmd_board(args):
+    from .remote import board as B
+
+    if args.action == "start":
+        if args.emulated is None:
+            raise GwqError("gwq-tvm starts emulated boards only (--emulated aarch64); on a real board run "
+                           "'python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY' (see the README)")
+        running = B.start_board(args.emulated, tracker_port=args.tracker_port, key=args.key, timeout=args.timeout,
+                                log=lambda line: print(line, file=sys.stderr))
+        print(f"board '{running.key}' is up: --rpc-tracker {running.tracker_address} --rpc-key {running.key}")
+        print("stop it with: gwq-tvm board stop")
+    elif args.action == "stop":
+        boards = [b for b in B.running_boards(args.emulated or "aarch64")
+                  if (args.key is None or b.key == args.key) and b.tracker[1] == args.tracker_port]
+        for b in boards:
+            B.stop_board(b)
+            print(f"stopped board '{b.key}' (tracker {b.tracker_address})")
+        if not boards:
+            print("no emulated board started by gwq-tvm is running")
+    else:
+        boards = B.running_boards(args.emulated or "aarch64")
+        for b in boards:
+            print(f"board '{b.key}': tracker {b.tracker_address}, server pid {b.server_pid}")
+        if not boards:
+            print("no emulated board started by gwq-tvm is running")
 
 
 def cmd_report(args):
@@ -262,9 +322,33 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_positive_int, default=200, help="measured candidates over all kernels (default 200)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size the kernels are tuned for (default 1)")
     p.add_argument("--threads", type=_positive_int, default=1, help="runtime threads when picking the best records (default 1)")
-    p.add_argument("--target", default="host", help="'host' (default) or a TVM target JSON/tag")
+    p.add_argument("--target", default="host", help="'host' (default), a preset (rpi4, cortex-a76, ...) or a TVM target JSON")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                   help="measure candidates on a board registered at this TVM RPC tracker (cross-compiled for --target)")
+    p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's key at the tracker")
     _add_quant_options(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bench", help="run a compiled .so on a board (RPC tracker) or here: bit-exact check, median/p90 latency")
+    p.add_argument("module", help="a .so written by 'gwq-tvm compile' (its .plan.json and .ref.npz beside it)")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="TVM RPC tracker (default: run on this machine)")
+    p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's key at the tracker")
+    p.add_argument("--repeat", type=_positive_int, default=50, help="timing samples (default 50)")
+    p.add_argument("--number", type=_positive_int, default=1, help="runs averaged per sample (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="runtime threads on the device")
+    p.add_argument("--timeout", type=_positive_float, default=300.0,
+                   help="seconds for the whole remote job; past it the job is killed (default 300)")
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("board", help="start/stop/list an emulated aarch64 board registered with a local RPC tracker")
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument("--emulated", default=None, metavar="ARCH", help="aarch64: qemu-user + aarch64 Python + TVM runtime")
+    p.add_argument("--tracker-port", type=_positive_int, default=9190,
+                   help="tracker port on 127.0.0.1; one is started if none listens (default 9190)")
+    p.add_argument("--key", default=None, help="the board's key (default: the architecture)")
+    p.add_argument("--timeout", type=_positive_float, default=180.0, help="seconds to wait for the board to register")
+    p.set_defaults(func=cmd_board)
 
     p = sub.add_parser("plan", help="calibrate and write a QuantPlan JSON without compiling")
     p.add_argument("model")

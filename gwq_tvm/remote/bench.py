@@ -1,0 +1,268 @@
+"""Run and time an exported module on a board (over TVM's RPC tracker) or on this machine, with a hard deadline.
+
+The module travels with what ``gwq-tvm compile`` writes beside it:
+``<stem>.plan.json`` (its input shape) and ``<stem>.ref.npz`` (sample inputs
+and the outputs the numpy reference of the integer program computes for
+them on the host).  :func:`bench_module` uploads the module, runs the sample
+inputs, compares the outputs with the reference **exactly**, and times
+``repeat`` runs with the VM's ``time_evaluator`` on the board.
+
+Every remote step runs in a child process that is killed at the deadline:
+TVM's RPC client blocks without a timeout when a board stops answering, so
+a hung board must never hang the caller (and nothing is left running).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GwqError
+from .tracker import RemoteError, check_key, parse_address
+
+REFERENCE_SUFFIX = ".ref.npz"
+
+
+def reference_path(module) -> Path:
+    """``model.so`` -> ``model.ref.npz``."""
+    module = Path(module)
+    return module.with_name(module.stem + REFERENCE_SUFFIX)
+
+
+def write_reference(module, inputs: np.ndarray, outputs: np.ndarray) -> Path:
+    """Store sample ``inputs`` and the host reference ``outputs`` beside ``module`` (atomically)."""
+    path = reference_path(module)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, inputs=np.ascontiguousarray(inputs), outputs=np.ascontiguousarray(outputs))
+    tmp.replace(path)
+    return path
+
+
+def read_reference(module) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(inputs, outputs)`` stored beside ``module``, ``None`` when there is none.
+
+    Raises
+    ------
+    GwqError
+        When the file exists but is not a reference written by gwq-tvm.
+    """
+    path = reference_path(module)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return data["inputs"], data["outputs"]
+    except Exception as err:  # noqa: BLE001 - zip/pickle/key errors all mean the same to the user
+        raise GwqError(f"{path} is not a gwq-tvm reference file ({type(err).__name__}); recompile the module") from None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What :func:`bench_module` measured (times in milliseconds)."""
+
+    module: str
+    device: str
+    """``local`` or ``KEY@HOST:PORT``."""
+    input_shape: tuple
+    runs_ms: tuple = field(repr=False)
+    """One sample per repeat: the mean of ``number`` back-to-back runs."""
+    number: int
+    checked: bool
+    """Whether a host reference was there to compare with."""
+    bit_exact: bool | None
+    max_abs_diff: float | None
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.runs_ms))
+
+    @property
+    def p90_ms(self) -> float:
+        return float(np.percentile(self.runs_ms, 90))
+
+    @property
+    def min_ms(self) -> float:
+        return float(np.min(self.runs_ms))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(median_ms=self.median_ms, p90_ms=self.p90_ms, min_ms=self.min_ms, repeat=len(self.runs_ms))
+        return d
+
+    def summary(self) -> str:
+        check = ("bit-exact vs host reference: " + ("yes" if self.bit_exact else f"NO (max |diff| {self.max_abs_diff:g})")
+                 if self.checked else "outputs not checked (no .ref.npz beside the module)")
+        return (f"{self.device}: median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, min {self.min_ms:.3f} ms "
+                f"over {len(self.runs_ms)} runs (input {tuple(self.input_shape)}); {check}")
+
+
+# --- the deadline ---------------------------------------------------------------
+def _child_main(job_path: str, result_path: str) -> None:
+    """Entry of the child process: unpickle ``(fn, args)``, run it, pickle the outcome."""
+    with open(job_path, "rb") as f:
+        fn, args = pickle.load(f)
+    try:
+        outcome = ("ok", fn(*args))
+    except BaseException as err:  # noqa: BLE001 - everything goes back to the parent as one line
+        outcome = ("error", (type(err).__name__, _one_line(err), isinstance(err, GwqError)))
+    with open(result_path, "wb") as f:
+        pickle.dump(outcome, f)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def run_with_deadline(fn, args: tuple, *, timeout: float, what: str):
+    """``fn(*args)`` in a fresh Python process; kill it and raise :class:`RemoteError` after ``timeout`` seconds.
+
+    ``fn`` must be a module-level function (pickled by name) returning
+    something picklable.  The child is a plain ``python -c`` (not
+    ``multiprocessing``), so callers need no ``__main__`` guard; it runs in
+    its own process group, which is killed as a whole at the deadline.  An
+    exception in the child comes back as a :class:`RemoteError` naming its
+    last line.
+    """
+    with tempfile.TemporaryDirectory(prefix="gwq-remote-") as tmp:
+        job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
+        with open(job, "wb") as f:
+            pickle.dump((fn, args), f)
+        code = f"from {__name__} import _child_main; _child_main({str(job)!r}, {str(result)!r})"
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RemoteError(f"{what} did not finish within {timeout:g}s (board hung or too slow? raise --timeout)") from None
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+            proc.stderr.close()
+        if not result.is_file():
+            tail = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RemoteError(f"{what} died without an answer (exit code {proc.returncode}): {tail[0]}")
+        with open(result, "rb") as f:
+            status, value = pickle.load(f)
+    if status == "ok":
+        return value
+    name, message, user_error = value
+    raise RemoteError(f"{what} failed: {message}" if user_error else f"{what} failed: {name}: {message}")
+
+
+# --- the job (runs in the child) --------------------------------------------------
+def _session(tracker, key, timeout, session_timeout):
+    if tracker is None:
+        from tvm import rpc
+
+        return rpc.LocalSession()
+    from .tracker import request_session
+
+    return request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
+
+
+def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, threads, timeout: float) -> dict:
+    import tvm
+    from tvm import relax
+
+    sess = _session(tracker, key, timeout, session_timeout=timeout)
+    sess.upload(module)
+    lib = sess.load_module(Path(module).name)
+    dev = sess.cpu()
+    if threads:
+        sess.get_function("runtime.config_threadpool")(1, int(threads))
+    vm = relax.VirtualMachine(lib, dev)
+    vm.set_input("main", tvm.runtime.tensor(inputs, device=dev))
+    vm.invoke_stateful("main")  # also the warm-up run
+    out = vm.get_outputs("main")
+    outputs = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+    timer = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
+    runs = timer("main").results
+    return {"outputs": outputs, "runs_ms": tuple(1e3 * float(r) for r in runs)}
+
+
+def _input_shape(module: Path) -> tuple | None:
+    plan = module.with_suffix(".plan.json")
+    if not plan.is_file():
+        return None
+    try:
+        shape = json.loads(plan.read_text()).get("input_shape")
+    except ValueError:
+        return None
+    return tuple(shape) if shape else None
+
+
+def bench_module(module, *, tracker: str | None = None, key: str | None = None, repeat: int = 50, number: int = 1,
+                 threads: int | None = None, timeout: float = 300.0, inputs: np.ndarray | None = None) -> BenchResult:
+    """Run ``module`` on a board (``tracker`` + ``key``) or locally, check it against its host reference, time it.
+
+    Parameters
+    ----------
+    module : path
+        A ``.so`` written by ``gwq-tvm compile`` (for the board's target).
+    tracker, key : str, optional
+        ``HOST:PORT`` of a TVM RPC tracker and the board's key; both ``None``
+        runs on this machine (same code path, a local session).
+    repeat, number : int
+        ``repeat`` timing samples, each the mean of ``number`` runs.
+    threads : int, optional
+        Runtime threads on the device (default: the device's own setting).
+    timeout : float
+        Seconds for the whole remote job (getting a board, uploading,
+        running, timing); past it the job is killed and :class:`RemoteError` raised.
+    inputs : numpy.ndarray, optional
+        Inputs to run (unchecked).  Default: the stored reference inputs, or
+        zeros of the plan's input shape when there is no reference.
+
+    Raises
+    ------
+    GwqError
+        Missing module; unreachable tracker, unknown key, no free board or a
+        hung board (:class:`RemoteError`) -- all within ``timeout``.
+    """
+    module = Path(module)
+    if not module.is_file():
+        raise GwqError(f"module not found: {module}")
+    if (tracker is None) != (key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together")
+    if repeat < 1 or number < 1 or timeout <= 0:
+        raise GwqError("repeat and number must be >= 1 and timeout > 0")
+    deadline = time.monotonic() + timeout
+    if tracker is not None:
+        parse_address(tracker)
+        check_key(tracker, key, timeout=min(timeout, 10.0))  # quick, clear errors before any work
+    ref = read_reference(module) if inputs is None else None
+    if inputs is None:
+        if ref is not None:
+            inputs = ref[0]
+        else:
+            shape = _input_shape(module)
+            if shape is None or any(d is None for d in shape[1:]):
+                raise GwqError(f"no {reference_path(module).name} or static input shape beside {module}: pass inputs")
+            inputs = np.zeros((shape[0] or 1,) + tuple(shape[1:]), np.float32)
+    inputs = np.ascontiguousarray(inputs)
+    device = "local" if tracker is None else f"{key}@{tracker}"
+    left = max(1.0, deadline - time.monotonic())
+    res = run_with_deadline(_bench_job, (str(module.resolve()), tracker, key, inputs, repeat, number, threads, left),
+                            timeout=left, what=f"running {module.name} on {device}")
+    outputs = res["outputs"]
+    bit_exact = diff = None
+    if ref is not None:
+        expected = ref[1]
+        bit_exact = bool(outputs.shape == expected.shape and np.array_equal(outputs, expected))
+        diff = float(np.max(np.abs(outputs.astype(np.float64) - expected))) if outputs.shape == expected.shape else float("inf")
+    return BenchResult(str(module), device, tuple(inputs.shape), res["runs_ms"], number, ref is not None, bit_exact, diff)

@@ -1,0 +1,201 @@
+"""Boards over TVM's RPC tracker: bench/tune through a tracker, bit-exact on the board, bounded errors.
+
+Fast tests use a real tracker and a real ``tvm.exec.rpc_server`` of this
+machine's Python (:data:`gwq_tvm.remote.board.HOST`); the slow ones use the
+emulated aarch64 board (qemu-user + aarch64 CPython + the aarch64 TVM wheel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from gwq_tvm.cli import main
+from gwq_tvm.remote import RemoteError, parse_address, request_session, tracker_keys
+from gwq_tvm.remote import board as B
+from gwq_tvm.remote.bench import bench_module, read_reference, reference_path, run_with_deadline
+
+from gwq_tvm.data import bundled_model
+
+BUNDLED_ONNX = bundled_model()
+
+
+@pytest.fixture(scope="module")
+def host_board(tmp_path_factory):
+    """A tracker and an RPC server of this machine's Python on free loopback ports (stopped afterwards)."""
+    root = tmp_path_factory.mktemp("host-board")
+    running = B.start_board(B.HOST, tracker_port=B.free_port(), key="x86", root=root, timeout=120, log=lambda _: None)
+    yield running
+    B.stop_board(running)
+    assert not B._alive(running.server_pid) and not B._alive(running.tracker_pid)
+
+
+@pytest.fixture(scope="module")
+def host_module(tmp_path_factory):
+    """The bundled model compiled for this CPU by the CLI (with its plan and reference beside it)."""
+    out = tmp_path_factory.mktemp("host-module") / "model.so"
+    assert main(["--quiet", "compile", str(BUNDLED_ONNX), "--calib-samples", "128", "-o", str(out)]) == 0
+    return out
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+
+
+# --- addresses and the tracker ---------------------------------------------------
+@pytest.mark.parametrize("text", ["localhost", "host:", ":9190", "h:0", "h:70000", "h:port"])
+def test_bad_tracker_address_is_named(text):
+    with pytest.raises(RemoteError, match="HOST:PORT"):
+        parse_address(text)
+
+
+def test_compile_writes_a_reference_of_the_integer_program(host_module):
+    inputs, outputs = read_reference(host_module)
+    from gwq_tvm import api
+
+    vm = api.load_executable(host_module)
+    got = api.predict(vm, inputs, (None,) + inputs.shape[1:])
+    assert inputs.shape[0] == api.REFERENCE_SAMPLES and np.array_equal(got, outputs)
+
+
+def test_tracker_lists_the_registered_board(host_board):
+    keys = tracker_keys(host_board.tracker_address)
+    assert "x86" in keys and keys["x86"]["free"] >= 1
+
+
+# --- bench through the tracker ------------------------------------------------------
+def test_bench_over_rpc_is_bit_exact_with_median_and_p90(host_board, host_module, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", str(host_module), "--rpc-tracker", host_board.tracker_address, "--rpc-key", "x86",
+               "--repeat", "20", "--json", str(out_json)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "bit-exact vs host reference: yes" in text and "median" in text and "p90" in text
+    result = json.loads(out_json.read_text())
+    assert result["repeat"] == 20 and len(result["runs_ms"]) == 20 and result["bit_exact"] is True
+    assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"]
+    assert result["device"] == f"x86@{host_board.tracker_address}"
+
+
+def test_bench_locally_uses_the_same_check(host_module, capsys):
+    assert main(["bench", str(host_module), "--repeat", "5"]) == 0
+    assert "local: median" in capsys.readouterr().out
+
+
+def test_bench_reports_outputs_that_differ_from_the_reference(host_module, tmp_path, capsys):
+    bad = tmp_path / "model.so"
+    bad.write_bytes(host_module.read_bytes())
+    inputs, outputs = read_reference(host_module)
+    np.savez(reference_path(bad), inputs=inputs, outputs=outputs + 1)
+    assert main(["bench", str(bad), "--repeat", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "bit-exact vs host reference: NO" in captured.out and "differ from the host reference" in captured.err
+
+
+def test_corrupt_reference_file_is_a_clear_error(host_module, tmp_path, capsys):
+    bad = tmp_path / "model.so"
+    bad.write_bytes(host_module.read_bytes())
+    reference_path(bad).write_bytes(b"not an npz")
+    assert main(["bench", str(bad)]) == 2
+    assert "is not a gwq-tvm reference file" in capsys.readouterr().err
+
+
+def test_missing_module_and_half_an_rpc_address(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "none.so")]) == 2
+    assert "module not found" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "none.so"), "--rpc-key", "x86"]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+# --- errors within the timeout, nothing left running -------------------------------
+def test_unreachable_tracker_fails_fast(host_module, capsys):
+    port = B.free_port()  # nothing listens here
+    before = _children()
+    t0 = time.monotonic()
+    assert main(["bench", str(host_module), "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "x86",
+                 "--timeout", "5"]) == 2
+    assert time.monotonic() - t0 <= 5
+    assert f"cannot reach the RPC tracker at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert _children() <= before
+
+
+def test_wrong_key_names_the_registered_keys(host_board, host_module, capsys):
+    t0 = time.monotonic()
+    assert main(["bench", str(host_module), "--rpc-tracker", host_board.tracker_address, "--rpc-key", "rpi9",
+                 "--timeout", "5"]) == 2
+    assert time.monotonic() - t0 <= 5
+    err = capsys.readouterr().err
+    assert "no board with key 'rpi9'" in err and "registered keys: x86" in err
+
+
+def test_hung_board_is_killed_at_the_timeout(host_board, host_module):
+    """A board that stops answering (SIGSTOP) costs the timeout, then a one-line error; the board recovers."""
+    before = _children()
+    os.killpg(host_board.server_pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RemoteError, match="did not finish within"):
+            bench_module(host_module, tracker=host_board.tracker_address, key="x86", repeat=2, timeout=8)
+        took = time.monotonic() - t0
+    finally:
+        os.killpg(host_board.server_pid, signal.SIGCONT)
+    assert took <= 8 + 2, took  # the deadline, plus killing and reaping the job
+    assert _children() <= before  # the killed job left nothing behind
+    result = bench_module(host_module, tracker=host_board.tracker_address, key="x86", repeat=2, timeout=60)
+    assert result.bit_exact
+
+
+def test_job_errors_come_back_as_one_line():
+    with pytest.raises(RemoteError, match="^job failed: bad tracker address 'nope'"):
+        run_with_deadline(parse_address, ("nope",), timeout=60, what="job")  # a user error: its message
+    with pytest.raises(RemoteError, match="^job failed: ValueError: invalid literal"):
+        run_with_deadline(int, ("x",), timeout=60, what="job")  # anything else: its type too
+
+
+def test_session_request_for_an_unknown_key_does_not_wait(host_board):
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="no board with key 'nope'"):
+        request_session(host_board.tracker_address, "nope", timeout=30)
+    assert time.monotonic() - t0 < 5
+
+
+# --- tune through the tracker --------------------------------------------------------
+def test_tune_needs_both_rpc_options(tmp_path, capsys):
+    rc = main(["--quiet", "tune", str(BUNDLED_ONNX), "--work-dir", str(tmp_path / "db"), "--rpc-tracker", "127.0.0.1:1"])
+    assert rc == 2 and "go together" in capsys.readouterr().err
+
+
+def test_tune_over_rpc_with_an_unreachable_tracker_is_a_clear_error(tmp_path, capsys):
+    rc = main(["--quiet", "tune", str(BUNDLED_ONNX), "--work-dir", str(tmp_path / "db"), "--calib-samples", "64",
+               "--rpc-tracker", f"127.0.0.1:{B.free_port()}", "--rpc-key", "x86"])
+    assert rc == 2 and "cannot reach the RPC tracker" in capsys.readouterr().err
+
+
+def test_tuning_a_target_without_a_core_count_is_a_clear_error(tmp_path, capsys):
+    rc = main(["--quiet", "tune", str(BUNDLED_ONNX), "--work-dir", str(tmp_path / "db"), "--calib-samples", "64",
+               "--target", '{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}'])
+    assert rc == 2 and "num-cores" in capsys.readouterr().err
+
+
+# --- board set-up and state ------------------------------------------------------------
+def test_board_start_without_emulated_explains_real_boards(capsys):
+    assert main(["board", "start"]) == 2
+    assert "tvm.exec.rpc_server --tracker" in capsys.readouterr().err
+
+
+def test_unknown_emulated_arch_is_named(tmp_path):
+    with pytest.raises(B.BoardError, match="no emulated board for 'riscv64'"):
+        B.setup_emulated_board("riscv64", root=tmp_path)
+
+
+def test_starting_a_running_board_again_returns_it(host_board, tmp_path):
+    again = B.start_board(B.HOST, tracker_port=host_board.tracker[1], key="x86", root=host_board.state_file.parent.parent,
+                          log=lambda _: None)
+    assert again.server_pid == host_board.server_pid
