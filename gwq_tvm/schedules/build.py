@@ -35,6 +35,14 @@ def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRM
         return tvm.transform.Sequential([PackInt8Layout(), *fuse_passes()])(mod)
 
 
+def kernel_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """The fused TIR kernels :func:`compile_integer` schedules for ``target`` (and tuning extracts tasks from)."""
+    if has_vnni(target):
+        return packed_fused_module(mod, target)
+    with target:
+        return tvm.transform.Sequential(fuse_passes())(mod)
+
+
 def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> relax.VMExecutable:
     """Compile a realized integer program; fast packed VNNI kernels when ``target`` has them.
 
@@ -50,18 +58,21 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     Returns
     -------
     relax.VMExecutable
-        On targets without AVX-512 VNNI (generic x86, aarch64) this is plain
-        ``tvm.compile(mod, target)``.
+        On targets without AVX-512 VNNI (generic x86, aarch64) and without a
+        database this is plain ``tvm.compile(mod, target)``.
     """
-    if not has_vnni(target):
+    vnni = has_vnni(target)
+    if not vnni and database is None:
         return tvm.compile(mod, target)
-    register_vnni_intrinsic()
-    if database is not None:
-        fix_stock_vnni_intrinsic()  # tuned traces tensorize with the stock name
-    fused = packed_fused_module(mod, target)
+    if vnni:
+        register_vnni_intrinsic()
+        if database is not None:
+            fix_stock_vnni_intrinsic()  # tuned traces tensorize with the stock name
+    fused = kernel_module(mod, target)
     with target:
         if database is not None:
             with database:  # the pass reads Database.current()
                 fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
-        fused = ScheduleIntegerKernels()(fused)
+        if vnni:
+            fused = ScheduleIntegerKernels()(fused)
     return tvm.compile(fused, target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))

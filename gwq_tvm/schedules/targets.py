@@ -15,8 +15,8 @@ _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 #: Named targets accepted everywhere a target is (``--target NAME``).
 PRESETS: dict[str, dict] = {
     "x86-64": {"kind": "llvm"},
-    "aarch64-neon": {**_AARCH64, "mattr": ["+neon"]},
-    "aarch64-dotprod": {**_AARCH64, "mattr": ["+neon", "+dotprod"]},
+    "aarch64-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
+    "aarch64-dotprod": {**_AARCH64, "mattr": ["+neon", "+dotprod"], "num-cores": 4},
     "rpi4": {**_AARCH64, "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4},  # Raspberry Pi 4 (BCM2711)
     "rpi5": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
     "cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},

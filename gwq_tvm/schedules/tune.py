@@ -33,7 +33,8 @@ from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from .build import compile_integer, packed_fused_module
+from ..errors import GwqError
+from .build import compile_integer, kernel_module
 from .default import apply_default_schedule
 from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic, register_vnni_intrinsic
 
@@ -60,17 +61,58 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params=None):
     return tvm_build(mod, target=target)
 
 
-def make_builder(*, max_workers: int | None = None, timeout_sec: float = 60.0) -> ms.builder.LocalBuilder:
-    """A ``LocalBuilder`` that uses :func:`build_candidate` (the one place of the builder workaround)."""
+def export_aarch64(mod) -> str:
+    """MetaSchedule ``f_export`` for aarch64 boards: the candidate as a ``.so`` linked by the cross compiler."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="gwq-cand-"), "candidate.so")
+    mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
+    return path
+
+
+def _f_export(target: tvm.target.Target | None):
+    """The builder's export function for ``target``: ``None`` (host compiler) or a cross-compiling one."""
+    from .targets import export_compiler
+
+    if target is None or export_compiler(target) is None:  # also names a missing cross toolchain
+        return None
+    return export_aarch64
+
+
+def make_builder(*, max_workers: int | None = None, timeout_sec: float = 60.0,
+                 target: tvm.target.Target | None = None) -> ms.builder.LocalBuilder:
+    """A ``LocalBuilder`` that uses :func:`build_candidate` (the one place of the builder workaround).
+
+    For a cross target (an aarch64 board) candidates are linked with its cross compiler.
+    """
     return ms.builder.LocalBuilder(max_workers=max_workers or os.cpu_count() or 1, timeout_sec=timeout_sec,
-                                   f_build=build_candidate)
+                                   f_build=build_candidate, f_export=_f_export(target))
 
 
-def make_runner(*, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50) -> ms.runner.LocalRunner:
-    """A ``LocalRunner`` reporting the mean of ``repeat`` timings of ``number`` runs each."""
+def make_runner(*, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50, rpc: tuple[str, str] | None = None,
+                session_timeout_sec: int = 120):
+    """A runner reporting the mean of ``repeat`` timings of ``number`` runs each.
+
+    Parameters
+    ----------
+    rpc : (str, str), optional
+        ``("HOST:PORT", key)`` of a TVM RPC tracker and a board: candidates
+        are measured there (``RPCRunner``).  Default: on this machine.
+    session_timeout_sec : int
+        Per-candidate limit on the board (upload + run).
+    """
     config = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                        enable_cpu_cache_flush=False)
-    return ms.runner.LocalRunner(evaluator_config=config)
+    if rpc is None:
+        return ms.runner.LocalRunner(evaluator_config=config)
+    from ..remote.tracker import check_key, parse_address
+
+    tracker, key = rpc
+    host, port = parse_address(tracker)
+    check_key(tracker, key)  # unreachable tracker / unknown key: a clear error now, not failed trials later
+    rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                     session_timeout_sec=session_timeout_sec)
+    return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=1)
 
 
 # --- the database ----------------------------------------------------------
@@ -142,13 +184,23 @@ def open_database(work_dir) -> ms.database.JSONDatabase:
     work_dir.mkdir(parents=True, exist_ok=True)
     register_vnni_intrinsic()
     records = work_dir / RECORD_FILE
-    if records.exists() and f'"{STOCK_VNNI_INTRIN}"' in records.read_text():
+    text = records.read_text() if records.exists() else ""
+    if f'"{STOCK_VNNI_INTRIN}"' in text:
         fix_stock_vnni_intrinsic()
+    if '"dot_4x4_' in text:  # MetaSchedule's aarch64 (NEON/sdot/udot) intrinsics, registered on import
+        import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
     sanitize_database(work_dir)
     return ms.database.JSONDatabase(str(work_dir / WORKLOAD_FILE), str(work_dir / RECORD_FILE), allow_missing=True)
 
 
 # --- tasks -----------------------------------------------------------------
+def check_tunable(target: tvm.target.Target) -> None:
+    """MetaSchedule needs the device's core count in the target: raise a clear error without it."""
+    if target.attrs.get("num-cores") is None:
+        raise GwqError(f"tuning needs the device's core count in the target ('num-cores'): {target}")
+
+
+
 def specialize_batch(mod: tvm.IRModule, batch: int) -> tvm.IRModule:
     """Bind a symbolic batch dimension of ``main``'s input to ``batch`` (unchanged when static)."""
     dim = mod["main"].params[0].ty.shape.values[0]
@@ -159,7 +211,7 @@ def specialize_batch(mod: tvm.IRModule, batch: int) -> tvm.IRModule:
 
 def extract_tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target, *, batch: int = 1) -> list:
     """MetaSchedule tasks (``ExtractedTask``) of the packed, fused program at batch size ``batch``."""
-    fused = packed_fused_module(specialize_batch(mod, batch), target)
+    fused = kernel_module(specialize_batch(mod, batch), target)
     return ms.relax_integration.extract_tasks(fused, target)
 
 
@@ -253,7 +305,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
          trials_per_task: int | None = None, batch: int = 1, num_trials_per_iter: int = 32,
          max_workers: int | None = None, build_timeout_sec: float = 60.0, min_task_share: float = 0.02,
          population_size: int = 256, genetic_num_iters: int = 2, seed: int | None = None,
-         show_progress: bool = False) -> ms.database.JSONDatabase:
+         rpc: tuple[str, str] | None = None, show_progress: bool = False) -> ms.database.JSONDatabase:
     """Tune the kernels of a realized integer program with MetaSchedule (XGBoost cost model).
 
     Parameters
@@ -283,6 +335,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
     population_size, genetic_num_iters
         Evolutionary search size (TVM's defaults are 512 and 4).
     seed : int, optional
+    rpc : (str, str), optional
+        ``("HOST:PORT", key)``: measure on a board registered at this TVM
+        RPC tracker (candidates are linked with the target's cross compiler).
     show_progress : bool
         A tqdm bar with the best-so-far latency (sum over kernels, weighted by use count).
 
@@ -290,11 +345,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
     -------
     tvm.s_tir.meta_schedule.database.JSONDatabase
     """
+    check_tunable(target)
     work_dir = Path(work_dir)
+    builder = make_builder(max_workers=max_workers, timeout_sec=build_timeout_sec, target=target)
+    runner = make_runner(rpc=rpc)
     database = open_database(work_dir)
     (work_dir / META_FILE).write_text(json.dumps({"batch": batch, "target": str(target)}))
     tasks = extract_tuning_tasks(mod, target, batch=batch)
-    builder, runner = make_builder(max_workers=max_workers, timeout_sec=build_timeout_sec), make_runner()
     _measure_defaults(tasks, target, database, builder, runner)
     per_task = trials_per_task or trials
     done = _records_per_task(tasks, database)
@@ -339,7 +396,8 @@ def _measure_interleaved(candidates, target, builder, runner, rounds: int) -> li
 
 
 def select_best(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, top_k: int = 2, rounds: int = 5,
-                num_threads: int | None = 1, max_workers: int | None = None) -> ms.database.JSONDatabase:
+                num_threads: int | None = 1, max_workers: int | None = None,
+                rpc: tuple[str, str] | None = None) -> ms.database.JSONDatabase:
     """Re-measure each kernel's default schedule against its ``top_k`` tuned records, keep the winner.
 
     A tuning database keeps every record and compiles with the lowest
@@ -347,7 +405,9 @@ def select_best(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, top_k
     one taken with another thread count) wins forever.  This re-measures the
     contenders side by side (``rounds`` interleaved passes, median) with
     ``num_threads`` runtime threads and writes one record per kernel to
-    ``work_dir/best``, which :func:`compile_tuned` prefers.
+    ``work_dir/best``, which :func:`compile_tuned` prefers.  With ``rpc``
+    the contenders are measured on that board (``num_threads`` is then the
+    board's own setting).
 
     Returns
     -------
@@ -356,9 +416,9 @@ def select_best(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, top_k
     """
     work_dir = Path(work_dir)
     database = open_database(work_dir)
-    if num_threads is not None:
+    if num_threads is not None and rpc is None:
         os.environ["TVM_NUM_THREADS"] = str(num_threads)  # inherited by the runner's worker processes
-    builder, runner = make_builder(max_workers=max_workers), make_runner()
+    builder, runner = make_builder(max_workers=max_workers, target=target), make_runner(rpc=rpc)
     best_dir = work_dir / BEST_DIR
     for name in (WORKLOAD_FILE, RECORD_FILE):
         (best_dir / name).unlink(missing_ok=True)
