@@ -28,3 +28,35 @@ def compile_and_run(mod, x):
     vm = relax.VirtualMachine(tvm.compile(mod, host_target()), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
     return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+@pytest.fixture(scope="session")
+def aarch64_board(tmp_path_factory):
+    """The emulated aarch64 board, started through the CLI on a free loopback tracker port; stopped at the end.
+
+    The set-up (qemu-user, Debian's arm64 Python, the aarch64 TVM wheel) is
+    cached in ``~/.cache/gwq-tvm`` (or ``$GWQ_TVM_CACHE``).  A machine without
+    apt/dpkg cannot build it: the tests that need it are skipped there; any
+    other set-up failure fails them.
+    """
+    import shutil
+
+    from gwq_tvm.cli import main
+    from gwq_tvm.remote import board as B
+
+    if not (shutil.which("apt-get") and shutil.which("dpkg")):
+        pytest.skip("the emulated aarch64 board is built from Debian packages (no apt-get/dpkg here)")
+    port, key = B.free_port(), "aarch64-test"
+    assert main(["board", "start", "--emulated", "aarch64", "--tracker-port", str(port), "--key", key]) == 0
+    running = next(b for b in B.running_boards("aarch64") if b.tracker[1] == port and b.key == key)
+    yield running
+    assert main(["board", "stop", "--emulated", "aarch64", "--tracker-port", str(port), "--key", key]) == 0
+    assert not B._alive(running.server_pid)
+
+
+@pytest.fixture(scope="module")
+def aarch64_remote(aarch64_board):
+    """A ``tvm.rpc`` session to the emulated aarch64 board (one per test module)."""
+    from gwq_tvm.remote import request_session
+
+    return request_session(aarch64_board.tracker_address, aarch64_board.key, timeout=120, session_timeout=900)

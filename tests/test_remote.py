@@ -166,6 +166,26 @@ def test_session_request_for_an_unknown_key_does_not_wait(host_board):
     assert time.monotonic() - t0 < 5
 
 
+def test_a_crashing_session_does_not_take_the_board_off_the_tracker(host_board, host_module, tmp_path):
+    """The TVM 0.27 workaround in gwq_tvm.remote.board_server: a module that aborts on load kills its session only."""
+    import subprocess
+
+    src = tmp_path / "boom.c"
+    src.write_text("#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\n")
+    lib = tmp_path / "boom.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    sess = request_session(host_board.tracker_address, "x86", timeout=30, session_timeout=60)
+    sess.upload(str(lib))
+    with pytest.raises(Exception):  # the session's worker died
+        sess.load_module("boom.so")
+    del sess
+    deadline = time.monotonic() + 30
+    while "x86" not in tracker_keys(host_board.tracker_address) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    result = bench_module(host_module, tracker=host_board.tracker_address, key="x86", repeat=2, timeout=60)
+    assert result.bit_exact
+
+
 # --- tune through the tracker --------------------------------------------------------
 def test_tune_needs_both_rpc_options(tmp_path, capsys):
     rc = main(["--quiet", "tune", str(BUNDLED_ONNX), "--work-dir", str(tmp_path / "db"), "--rpc-tracker", "127.0.0.1:1"])
@@ -199,3 +219,32 @@ def test_starting_a_running_board_again_returns_it(host_board, tmp_path):
     again = B.start_board(B.HOST, tracker_port=host_board.tracker[1], key="x86", root=host_board.state_file.parent.parent,
                           log=lambda _: None)
     assert again.server_pid == host_board.server_pid
+
+
+# --- the emulated aarch64 board (slow: qemu) ---------------------------------------------
+@pytest.mark.slow
+def test_bundled_model_on_the_emulated_aarch64_board_is_bit_exact_with_x86(aarch64_board, host_module, tmp_path,
+                                                                           capsys):
+    """Must-show: compiled for aarch64 (+neon,+dotprod), run on the board through the tracker, same integers as x86."""
+    arm = tmp_path / "arm" / "model.so"
+    assert main(["--quiet", "compile", str(BUNDLED_ONNX), "--calib-samples", "128", "--target", "aarch64-dotprod",
+                 "-o", str(arm)]) == 0
+    assert arm.read_bytes()[:4] == b"\x7fELF" and arm.read_bytes()[18] == 183  # e_machine EM_AARCH64
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", str(arm), "--rpc-tracker", aarch64_board.tracker_address, "--rpc-key", aarch64_board.key,
+               "--repeat", "5", "--timeout", "600", "--json", str(out_json)])
+    assert rc == 0, capsys.readouterr()
+    result = json.loads(out_json.read_text())
+    assert result["bit_exact"] is True and result["device"].startswith(aarch64_board.key)
+    # the board matched the host's numpy reference; the x86 build gives the very same integers on those inputs
+    from gwq_tvm import api
+
+    inputs, arm_expected = read_reference(arm)
+    x86 = api.predict(api.load_executable(host_module), inputs, (None,) + inputs.shape[1:])
+    assert np.array_equal(x86, arm_expected)
+
+
+@pytest.mark.slow
+def test_board_status_lists_the_running_board(aarch64_board, capsys):
+    assert main(["board", "status", "--emulated", "aarch64"]) == 0
+    assert f"board '{aarch64_board.key}': tracker {aarch64_board.tracker_address}" in capsys.readouterr().out

@@ -12,16 +12,14 @@ assembles (once, cached) a folder holding
   ``qemu-aarch64-static``.
 
 :func:`start_board` then starts ``tvm.exec.rpc_tracker`` (host Python) and
-``tvm.exec.rpc_server --tracker`` (the emulated Python) on 127.0.0.1 only, in
-their own process groups, and waits until the server is registered: exactly
-what ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY`` does on a
-real board.  :func:`stop_board` ends both.  Emulated timings mean nothing;
-outputs, the flow and the generated code are real.
-
-Why the wrapper: there is no binfmt_misc here, so an aarch64 process cannot
-``exec`` another aarch64 binary.  TVM's RPC server starts its worker with
-``sys.executable -m tvm.exec.popen_worker``; a ``sitecustomize.py`` in
-``site/`` points ``sys.executable`` at the wrapper, which re-enters qemu.
+an RPC server registered with it under the emulated Python, on 127.0.0.1
+only, in their own process groups, and waits until the server is
+registered: what ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key
+KEY`` does on a real board.  The server is TVM's own listen loop, run by
+:mod:`gwq_tvm.remote.board_server` (copied into ``site/``), which keeps a
+crashed session from taking the board off the tracker (a TVM 0.27 bug).
+:func:`stop_board` ends both.  Emulated timings mean nothing; outputs, the
+flow and the generated code are real.
 """
 
 from __future__ import annotations
@@ -55,13 +53,8 @@ RUNTIME_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typin
                     "tornado")
 _NOT_NEEDED_DEBS = ("dpkg", "tar", "install-info", "perl")  # pulled in by maintainer scripts we never run
 
-_SITECUSTOMIZE = '''"""gwq-tvm emulated board: child interpreters re-enter qemu (no binfmt_misc on the host)."""
-import os
-import sys
-
-if os.environ.get("GWQ_BOARD_PYTHON"):
-    sys.executable = os.environ["GWQ_BOARD_PYTHON"]
-'''
+BOARD_SERVER_MODULE = "gwq_board_server"
+"""Name of the copy of :mod:`gwq_tvm.remote.board_server` in the board's ``site/``."""
 
 
 class BoardError(GwqError):
@@ -244,14 +237,17 @@ def setup_emulated_board(arch: str = "aarch64", *, root=None, log=print) -> Emul
         shutil.rmtree(site, ignore_errors=True)
         _check_call([*pip, "install", *common, "--target", str(site), "--no-index", "--find-links", str(wheels),
                      *wanted], "pip install --target")
-        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         _write_stamp(stamp, "\n".join(wanted))
+    server_src = (Path(__file__).with_name("board_server.py")).read_text()
+    server_copy = site / f"{BOARD_SERVER_MODULE}.py"
+    if not server_copy.is_file() or server_copy.read_text() != server_src:
+        server_copy.write_text(server_src)
 
     wrapper = (
         "#!/bin/sh\n"
         f"# gwq-tvm: the emulated {arch} board's python (runs under {qemu})\n"
         f'ROOT="{root}"\n'
-        'export PYTHONPATH="$ROOT/site" GWQ_BOARD_PYTHON="$ROOT/python" PYTHONNOUSERSITE=1\n'
+        'export PYTHONPATH="$ROOT/site" PYTHONNOUSERSITE=1\n'
         f'exec {qemu} -L "$ROOT/rootfs" "$ROOT/rootfs/usr/bin/python{py}" "$@"\n'
     )
     if not board.python.is_file() or board.python.read_text() != wrapper:
@@ -331,11 +327,17 @@ def _kill_group(pid: int | None, grace: float = 5.0) -> None:
             time.sleep(0.1)
 
 
-def _spawn(cmd: list[str], log_path: Path, env=None) -> subprocess.Popen:
+def _spawn(cmd: list[str], log_path: Path) -> int:
+    """Start ``cmd`` as a daemon (own session and process group, output to ``log_path``); return its pid.
+
+    The daemon is a grandchild (``sh`` starts it in the background and
+    exits), so it outlives this process and no ``Popen`` is left to reap.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+    script = 'setsid "$@" >"$LOG" 2>&1 </dev/null & echo $!'
+    out = subprocess.run(["sh", "-c", script, "sh", *cmd], capture_output=True, text=True, check=True,
+                         env={**os.environ, "LOG": str(log_path)})
+    return int(out.stdout.split()[-1])
 
 
 def _state_path(board: EmulatedBoard, port: int, key: str) -> Path:
@@ -383,10 +385,10 @@ def start_board(arch: str = "aarch64", *, tracker_port: int = 9190, key: str | N
     key = key or arch
     if arch == HOST:
         board = EmulatedBoard(HOST, Path(root) if root else cache_root() / "board-host")
-        python = sys.executable
+        server = [sys.executable, "-m", "gwq_tvm.remote.board_server"]
     else:
         board = setup_emulated_board(arch, root=root, log=log)
-        python = str(board.python)
+        server = [str(board.python), "-m", BOARD_SERVER_MODULE]
     host = "127.0.0.1"
     state_file = _state_path(board, tracker_port, key)
     running = _load_state(state_file) if state_file.is_file() else None
@@ -404,12 +406,12 @@ def start_board(arch: str = "aarch64", *, tracker_port: int = 9190, key: str | N
 
     if not port_open(host, tracker_port):
         log(f"starting an RPC tracker on {host}:{tracker_port}")
-        proc = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(tracker_port),
-                       "--port-end", str(tracker_port + 1), "--silent"], board.run_dir / f"tracker-{tracker_port}.log")
-        tracker_pid = proc.pid
+        tracker_pid = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port",
+                              str(tracker_port), "--port-end", str(tracker_port + 1), "--silent"],
+                             board.run_dir / f"tracker-{tracker_port}.log")
         deadline = time.monotonic() + 30
         while not port_open(host, tracker_port):
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if not _alive(tracker_pid) or time.monotonic() > deadline:
                 _kill_group(tracker_pid)
                 raise BoardError(f"the RPC tracker did not start on {host}:{tracker_port}: "
                                  f"{_tail((board.run_dir / f'tracker-{tracker_port}.log').read_text())}")
@@ -419,20 +421,20 @@ def start_board(arch: str = "aarch64", *, tracker_port: int = 9190, key: str | N
     server_log = board.run_dir / f"server-{tracker_port}-{key}.log"
     server_log.unlink(missing_ok=True)
     server_port = free_port(host)
-    proc = _spawn([python, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(server_port),
+    server_pid = _spawn([*server, "--host", host, "--port", str(server_port),
                    "--port-end", str(server_port + 100), "--tracker", f"{host}:{tracker_port}", "--key", key],
                   server_log)
-    state = RunningBoard((host, tracker_port), key, proc.pid, tracker_pid, state_file)
+    state = RunningBoard((host, tracker_port), key, server_pid, tracker_pid, state_file)
     deadline = time.monotonic() + timeout
     while key not in _safe_keys(host, tracker_port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _kill_group(proc.pid)
+        if not _alive(server_pid) or time.monotonic() > deadline:
+            _kill_group(server_pid)
             _kill_group(tracker_pid)
-            why = "exited" if proc.poll() is not None else f"did not register within {timeout:.0f}s"
+            why = "exited" if not _alive(server_pid) else f"did not register within {timeout:.0f}s"
             raise BoardError(f"the emulated board {why}: {_tail(server_log.read_text() if server_log.exists() else '')}")
         time.sleep(1.0)
     board.run_dir.mkdir(parents=True, exist_ok=True)
-    _write_stamp(state_file, json.dumps({"host": host, "port": tracker_port, "key": key, "server_pid": proc.pid,
+    _write_stamp(state_file, json.dumps({"host": host, "port": tracker_port, "key": key, "server_pid": server_pid,
                                          "tracker_pid": tracker_pid, "arch": arch}))
     log(f"board '{key}' registered at tracker {host}:{tracker_port}")
     return state
