@@ -38,6 +38,8 @@ import tvm
 from tvm import relax
 
 import gwq_tvm
+
+import _plot  # benchmarks/_plot.py: the script's own folder is on sys.path
 from gwq_tvm.calibrate.sensitivity import tensor_sensitivity
 from gwq_tvm.config import DEFAULT_SFC_COST, QuantConfig
 from gwq_tvm.data import bundled_model, fashion_mnist
@@ -122,16 +124,11 @@ def table(results, fp32):
 
 
 def plot(results, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    made = _plot.panels(len(results))
+    if made is None:
         return
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], results.items()):
+    fig, axes = made
+    for ax, (name, rows) in zip(axes, results.items()):
         def pts(prefix):
             sel = sorted((r["shift_share"] * 100, r["accuracy"] * 100) for label, r in rows.items() if label.startswith(prefix))
             return [p[0] for p in sel], [p[1] for p in sel]
@@ -141,13 +138,8 @@ def plot(results, path):
         for label, marker in (("per-layer", "*"), ("pot", "x")):
             r = rows[label]
             ax.plot([r["shift_share"] * 100], [r["accuracy"] * 100], marker, markersize=10, label=label)
-        ax.set_title(name)
-        ax.set_xlabel("shift share of SFC elements (%)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        _plot.style_accuracy_axis(ax, name)
+    _plot.save(fig, axes, path)
 
 
 def main():

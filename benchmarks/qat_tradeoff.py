@@ -38,6 +38,8 @@ import tvm
 from tvm import relax
 
 import gwq_tvm
+
+import _plot  # benchmarks/_plot.py: the script's own folder is on sys.path
 from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.plan.program import sfc_sites, sfc_summary
 from gwq_tvm.qat import QATModel, TrainConfig, export_qat, train
@@ -108,29 +110,19 @@ def table(rows, fp32) -> str:
 
 
 def plot(rows, fp32, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
-        return
     settings = sorted({r["setting"] for r in rows}, key=list(SETTINGS).index)
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
-    for ax, s in zip(axes[0], settings):
+    made = _plot.panels(len(settings))
+    if made is None:
+        return
+    fig, axes = made
+    for ax, s in zip(axes, settings):
         sel = sorted((r for r in rows if r["setting"] == s), key=lambda r: r["shift_share"])
         share = [r["shift_share"] * 100 for r in sel]
         ax.plot(share, [r["ptq_accuracy"] * 100 for r in sel], "o--", label="PTQ")
         ax.plot(share, [r["qat_accuracy"] * 100 for r in sel], "o-", label="QAT")
         ax.axhline(fp32 * 100, color="gray", lw=0.8, label="fp32")
-        ax.set_title(s)
-        ax.set_xlabel("shift share of SFC elements (%)")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        _plot.style_accuracy_axis(ax, s)
+    _plot.save(fig, axes, path)
 
 
 def _merge(path: Path, rows: list, key) -> list:
