@@ -173,11 +173,14 @@ def schedule_generic(sch: s_tir.Schedule) -> None:
 
 
 def _lane_loop(sch, spatial):
-    """The innermost spatial loop as vector lanes (split to 16/8/4 lanes when longer), or ``None``."""
+    """The innermost spatial loop as vector lanes (split to 16/8/4 lanes when longer), or ``None``.
+
+    A short loop (2..16, e.g. the 10 classes of a final dense) is vectorized whole.
+    """
     if not spatial:
         return None
     extent = _extent(sch, spatial[-1])
-    if extent in (4, 8, 12, 16):
+    if extent is not None and 2 <= extent <= 16:
         return spatial[-1]
     lanes = next((v for v in (16, 8, 4) if extent is not None and extent > v and extent % v == 0), None)
     if lanes is None:
