@@ -55,10 +55,10 @@ def _is_reduction(sch, block) -> bool:
     return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
 
 
-def _register_tile(width: int, limit: int, fallback: int) -> int:
-    """Largest divisor of the output width up to ``limit`` (up to ``fallback`` when the small ones are below 4)."""
+def _register_tile(width: int, limit: int, minimum: int, fallback: int) -> int:
+    """Largest divisor of the output width up to ``limit`` (up to ``fallback`` when that is below ``minimum``)."""
     best = max(d for d in range(1, limit + 1) if width % d == 0)
-    if best < 4:
+    if best < minimum:
         best = max(d for d in range(1, fallback + 1) if width % d == 0)
     return best
 
@@ -106,7 +106,7 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> N
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_fallback)
+    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
     oci = 2 if spec.channel_pairs and _extent(sch, o) % 2 == 0 and owi <= 14 else 1
     xo, xi = sch.split(x, [None, owi])
     oo, on = sch.split(o, [None, oci])
@@ -135,7 +135,7 @@ def schedule_depthwise_nchwc(sch: s_tir.Schedule) -> None:
     _inline_elementwise(sch, keep={DW_BLOCK, DW_INPUT_BLOCK})
     block = sch.get_sblock(DW_BLOCK)
     b, c, y, x, ci, ry, rx = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x), 8, 16)
+    owi = _register_tile(_extent(sch, x), 8, 4, 16)
     xo, xi = sch.split(x, [None, owi])
     sch.reorder(b, c, y, xo, ry, rx, xi, ci)
     sch.parallel(sch.fuse(b, c, y))

@@ -47,10 +47,12 @@ class KernelSpec:
         Registers the tensor intrinsic for one ``[16 lanes] x [k_block]`` step
         (cheap, idempotent) and returns its name; ``None``: the lanes are
         vectorized instead.
-    tile_limit, tile_fallback : int
+    tile_limit, tile_min, tile_fallback : int
         Output pixels per register tile: the largest divisor of the output
         width up to ``tile_limit``, or up to ``tile_fallback`` when that is
-        below 4 (each pixel holds 16 int32 accumulators per channel block).
+        below ``tile_min`` (each pixel holds 16 int32 accumulators per
+        channel block: 1 zmm register on x86, 4 q registers on aarch64,
+        so an aarch64 tile above 6 spills).
     channel_pairs : bool
         May a tile hold two 16-channel blocks (wide register files)?
     """
@@ -60,6 +62,7 @@ class KernelSpec:
     k_block: int
     intrinsic: Callable[[], str] | None
     tile_limit: int
+    tile_min: int
     tile_fallback: int
     channel_pairs: bool
 
@@ -81,15 +84,16 @@ class KernelSpec:
 
 
 
-X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_fallback=16,
+X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_min=4, tile_fallback=16,
                       channel_pairs=True)
 """x86 with AVX-512 VNNI: 32 zmm registers, ``vpdpbusd`` is uint8 x int8."""
 
-AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_fallback=7,
-                          channel_pairs=False)
+AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
+                          tile_fallback=7, channel_pairs=False)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
 
-AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=4, tile_fallback=7, channel_pairs=False)
+AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=2, tile_fallback=7,
+                          channel_pairs=False)
 """aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
 
 FAMILIES = (X86_VNNI, AARCH64_SDOT, AARCH64_NEON)
