@@ -292,6 +292,46 @@ def test_tuning_tasks_extract_for_aarch64():
         assert SDOT.search(T.build_candidate(sch.mod, target).inspect_source("asm"))
 
 
+@pytest.mark.slow
+def test_metaschedule_design_spaces_tensorize_aarch64_tasks_with_sdot(tmp_path):
+    """MetaSchedule's own aarch64 rules find sdot in the packed conv tasks (what tuning on a board searches)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gwq_tvm.schedules import tune as T
+
+    target = tvm.target.Target({**PRESETS["rpi5"], "num-cores": 1})
+    mod, _ = _conv_module(16, 32, 10, 3, 1, 1, 1, "uint8")
+    tasks = [t for t in T.extract_tuning_tasks(mod, target) if "gwq_conv2d" in t.task_name]
+    contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(tmp_path))
+    for ctx in contexts:
+        assert any("sdot" in str(space.trace) for space in ctx.generate_design_space())
+
+
+@pytest.mark.slow
+def test_compile_with_an_aarch64_tuning_database(tmp_path):
+    """compile_integer applies aarch64 records (here: the default schedules committed as records) and keeps sdot."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gwq_tvm.schedules import tune as T
+
+    target = tvm.target.Target({**PRESETS["rpi5"], "num-cores": 1})
+    mod, _ = _conv_module(16, 32, 10, 3, 1, 1, 1, "uint8")
+    database = T.open_database(tmp_path)
+    for task in T.extract_tuning_tasks(mod, target):
+        tmod = task.dispatched[0]
+        sch = T._default_schedule(tmod, T._spec(target))
+        args = ms.arg_info.ArgInfo.from_prim_func(tmod["main"])
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, database.commit_workload(tmod), [1e-4],
+                                                               target, args))
+    fused = packed_fused_module(mod, target)
+    with target, T.open_database(tmp_path):
+        applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
+    assert all(f.attrs.get("tirx.is_scheduled", False) for _, f in applied.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc))
+    ex = compile_integer(mod, target, database=T.open_database(tmp_path))
+    assert SDOT.search(_asm(ex))
+
+
 # --- on the board ------------------------------------------------------------------
 @pytest.mark.slow
 def test_sdot_intrinsic_exact_on_board(aarch64_remote, tmp_path):
