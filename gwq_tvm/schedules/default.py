@@ -130,12 +130,12 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> N
     sch.unroll(on)
 
 
-def schedule_depthwise_nchwc(sch: s_tir.Schedule) -> None:
-    """Schedule a (fused) ``gwq_dwconv2d_nchwc`` kernel: channel lanes vectorized."""
+def schedule_depthwise_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+    """Schedule a (fused) ``gwq_dwconv2d_nchwc`` kernel: channel lanes vectorized, a register tile of ``spec``'s size."""
     _inline_elementwise(sch, keep={DW_BLOCK, DW_INPUT_BLOCK})
     block = sch.get_sblock(DW_BLOCK)
     b, c, y, x, ci, ry, rx = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x), 8, 4, 16)
+    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
     xo, xi = sch.split(x, [None, owi])
     sch.reorder(b, c, y, xo, ry, rx, xi, ci)
     sch.parallel(sch.fuse(b, c, y))
@@ -191,12 +191,13 @@ def _lane_loop(sch, spatial):
 def apply_default_schedule(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
     """Dispatch ``sch`` (one PrimFunc ``main``) to its kernel's schedule; raises if a primitive fails.
 
-    ``spec`` is the kernel family the module was packed for (it decides how the conv is tensorized).
+    ``spec`` is the kernel family the module was packed for (it decides how the conv is
+    tensorized and the register tiles).
     """
     if _find(sch, CONV_BLOCK) is not None:
         schedule_conv2d_nchwc(sch, spec)
     elif _find(sch, DW_BLOCK) is not None:
-        schedule_depthwise_nchwc(sch)
+        schedule_depthwise_nchwc(sch, spec)
     else:
         schedule_generic(sch)
 
