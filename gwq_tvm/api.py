@@ -131,9 +131,10 @@ def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> re
     database : tvm.s_tir.meta_schedule.Database, optional
         MetaSchedule tuning records (:func:`gwq_tvm.schedules.tune.load_database`).
     fast : bool
-        Use the packed VNNI kernels with default schedules where the target
-        has them (:func:`gwq_tvm.schedules.compile_integer`); ``False`` is
-        plain ``tvm.compile`` (naive loops).
+        Use the packed kernels of the target's family (x86 VNNI, aarch64
+        sdot or NEON) with default schedules where the target has one
+        (:func:`gwq_tvm.schedules.compile_integer`); ``False`` is plain
+        ``tvm.compile`` (naive loops).
     """
     from .schedules.build import compile_integer
 

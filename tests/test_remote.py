@@ -248,3 +248,26 @@ def test_bundled_model_on_the_emulated_aarch64_board_is_bit_exact_with_x86(aarch
 def test_board_status_lists_the_running_board(aarch64_board, capsys):
     assert main(["board", "status", "--emulated", "aarch64"]) == 0
     assert f"board '{aarch64_board.key}': tracker {aarch64_board.tracker_address}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tuning_over_rpc_on_the_emulated_board_picks_sdot_kernels(aarch64_board, tmp_path, capsys):
+    """Must-show: a tiny MetaSchedule run measured on the board writes a database whose best kernels use sdot."""
+    import shutil
+    import subprocess
+
+    work, out = tmp_path / "tune", tmp_path / "tuned" / "model.so"
+    rpc = ["--rpc-tracker", aarch64_board.tracker_address, "--rpc-key", aarch64_board.key]
+    assert main(["--quiet", "tune", str(BUNDLED_ONNX), "--calib-samples", "128", "--target", "aarch64-dotprod",
+                 "--work-dir", str(work), "--trials", "4", *rpc]) == 0, capsys.readouterr().err
+    best = [json.loads(line) for line in (work / "best" / "database_tuning_record.json").read_text().splitlines()]
+    sdot_records = [r for r in best if "sdot" in json.dumps(r)]
+    assert best and sdot_records, "no best record tensorizes with sdot"
+    assert main(["--quiet", "compile", str(BUNDLED_ONNX), "--plan", str(work / "model.plan.json"), "--tuning-db",
+                 str(work), "--target", "aarch64-dotprod", "-o", str(out)]) == 0
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    assert objdump, "binutils-aarch64-linux-gnu (with gcc-aarch64-linux-gnu) is needed to inspect the assembly"
+    asm = subprocess.run([objdump, "-d", str(out)], capture_output=True, text=True, check=True).stdout
+    assert asm.count("\tsdot\t") >= len(sdot_records)
+    assert main(["bench", str(out), *rpc, "--repeat", "3", "--timeout", "600"]) == 0
+    assert "bit-exact vs host reference: yes" in capsys.readouterr().out

@@ -203,7 +203,7 @@ def test_without_vnni_falls_back_to_plain_compile():
 
 
 def test_aarch64_target_compiles_to_an_aarch64_object(tmp_path):
-    """No VNNI on aarch64: compile_integer takes the plain path and emits AArch64 code (ELF e_machine 183)."""
+    """compile_integer for an aarch64 target emits AArch64 code (ELF e_machine 183); its kernels: test_arm_kernels.py."""
     mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
     target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]})
     ex = compile_integer(mod, target)

@@ -1,7 +1,7 @@
 """Relax passes of gwq-tvm (each IRModule -> IRModule, usable in a ``tvm.transform.Sequential``).
 
 * :class:`RealizeIntegerProgram` (``realize.py``): fp32 canonical ``main`` -> integer program of a QuantPlan.
-* :class:`PackInt8Layout` (``pack_layout.py``): integer convs -> packed NCHW[x]c VNNI kernels (before LegalizeOps).
+* :class:`PackInt8Layout` (``pack_layout.py``): integer convs -> packed NCHW[x]c kernels of the target's family (VNNI, sdot, NEON; before LegalizeOps).
 * :class:`VerifyIntegerOnly` (``check.py``): raises if the program holds float ops inside its integer region.
 """
 

@@ -1,12 +1,14 @@
-"""Relax pass: put the integer convs of a realized program in the packed VNNI layout.
+"""Relax pass: put the integer convs of a realized program in a packed, target-shaped layout.
 
 Run it on a realized integer program (after :class:`RealizeIntegerProgram`),
 before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight becomes a ``call_tir`` of a packed kernel
-(:mod:`gwq_tvm.schedules.compute`):
+(:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, aarch64 sdot, aarch64 NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
-  outputs in NCHW16c, weights packed to ``OIHW[cb/4]i16o4i`` here, at compile time;
+  outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
+  time (``k`` = 4 for the dot-product instructions, 1 for NEON lanes);
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
   global-average-pool sum stay in the packed layout, so consecutive convs
@@ -15,9 +17,11 @@ a constant weight becomes a ``call_tir`` of a packed kernel
   packed region (the network input) or leaves it (flatten, dense, outputs,
   any op this pass does not know).
 
-Signed int8 activations (the network input, residual sums without ReLU) take
-the same uint8 x int8 kernel: the kernel reads ``x + 128`` padded with 128
-and the pass subtracts ``128 * sum(w)`` per output channel, which is exact.
+Activations of the other signedness than the family's instruction takes
+(int8 for VNNI's uint8 x int8: the network input, residual sums without
+ReLU; uint8 for sdot's int8 x int8: everything after a ReLU) take the same
+kernel: it reads ``x + offset`` (offset +128 / -128) padded with ``offset``,
+and the pass subtracts ``offset * sum(w)`` per output channel, which is exact.
 
 The rewrite is value-preserving bit for bit: the program computes the same
 integers as before, only stored in another layout.
@@ -34,6 +38,7 @@ from tvm import relax
 from ..graph import _const
 from ..schedules import compute as C
 from ..schedules import layout as L
+from ..schedules.spec import X86_VNNI, KernelSpec
 
 _ELEMENTWISE_UNARY = frozenset({"relax.astype", "relax.clip", "relax.nn.relu"})
 _ELEMENTWISE_BINARY = frozenset(
@@ -67,18 +72,19 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
-def _accumulator_fits_int32(w: np.ndarray) -> bool:
-    """Can the uint8 x int8 kernel accumulate this conv in int32 without any intermediate overflow?
+def _accumulator_fits_int32(w: np.ndarray, spec: KernelSpec) -> bool:
+    """Can the packed kernel accumulate this conv in int32 without any intermediate overflow?
 
-    The kernel sums uint8 x int8 products (up to ``255 * 128`` each; an int8
-    input is read as ``x + 128``).  For ``K = C * KH * KW`` beyond ~65k (never
-    in CNNs) the plain conv is kept rather than rely on wrap-around.
+    The kernel sums products of up to ``spec.max_product()`` each (``255 * 128``
+    for uint8 x int8, an offset input included).  For ``K = C * KH * KW``
+    beyond ~65k (never in CNNs) the plain conv is kept rather than rely on
+    wrap-around.
     """
-    return 255 * 128 * int(np.prod(w.shape[1:])) < 2**31
+    return spec.max_product() * int(np.prod(w.shape[1:])) < 2**31
 
 
-def _conv_kind(call: relax.Call) -> str | None:
-    """``"vnni"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
+def _conv_kind(call: relax.Call, spec: KernelSpec) -> str | None:
+    """``"packed"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
 
     A grouped conv that is not depthwise stays NCHW: e.g. groups=4 with
     8 -> 12 channels has no 4i-inner reduction per group in a 16-channel block.
@@ -92,7 +98,7 @@ def _conv_kind(call: relax.Call) -> str | None:
         return None
     groups, channels = int(a.groups), chw[0]
     if groups == 1:
-        return "vnni" if _accumulator_fits_int32(w) else None
+        return "packed" if _accumulator_fits_int32(w, spec) else None
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
     return None
@@ -101,8 +107,9 @@ def _conv_kind(call: relax.Call) -> str | None:
 class _Packer:
     """Re-emits ``main``'s bindings, keeping each tensor in NCHW, packed, or both (lazily)."""
 
-    def __init__(self, bb: relax.BlockBuilder):
+    def __init__(self, bb: relax.BlockBuilder, spec: KernelSpec):
         self.bb = bb
+        self.spec = spec
         self.plain: dict = {}
         self.packed: dict = {}
 
@@ -153,7 +160,7 @@ class _Packer:
             self.plain[var] = self.bb.emit(self.plain_of(value))
 
     def conv2d(self, call) -> _Packed | None:
-        kind = _conv_kind(call)
+        kind = _conv_kind(call, self.spec)
         if kind is None:
             return None
         data, weight = call.args
@@ -166,11 +173,11 @@ class _Packer:
             wp = relax.const(L.pack_depthwise_weight(w, src.block), "int8")
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
             return _Packed(y, w.shape[0], src.block)
-        shift = _dtype(data) == "int8"
-        wp = relax.const(L.pack_conv_weight(w, src.block), "int8")
-        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, shift=shift, primfunc_name_hint="gwq_conv2d")
-        if shift:
-            comp = L.signed_input_compensation(w).astype(np.int32).reshape(1, -1, 1, 1)
+        offset = self.spec.input_offset(_dtype(data))
+        wp = relax.const(L.pack_conv_weight(w, src.block, self.spec.k_block), "int8")
+        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, primfunc_name_hint="gwq_conv2d")
+        if offset:
+            comp = L.offset_compensation(w, offset).astype(np.int32).reshape(1, -1, 1, 1)
             comp = L.pack_channel_const(comp, w.shape[0], L.OC_BLOCK)
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
         return _Packed(y, w.shape[0], L.OC_BLOCK)
@@ -241,13 +248,13 @@ def _rewritable(func) -> bool:
             and all(isinstance(b, relax.VarBinding) for blk in func.body.blocks for b in blk.bindings))
 
 
-def _pack_function(func: relax.Function) -> tvm.IRModule:
+def _pack_function(func: relax.Function, spec: KernelSpec) -> tvm.IRModule:
     """A module holding the rewritten ``main`` and the packed kernels it calls."""
     bb = relax.BlockBuilder()
     attrs = dict(func.attrs.items()) if func.attrs is not None else None
     with bb.function("main", list(func.params), attrs=attrs):
         with bb.dataflow():
-            packer = _Packer(bb)
+            packer = _Packer(bb, spec)
             for p in func.params:
                 packer.plain[p] = p
             for blk in func.body.blocks:
@@ -260,19 +267,28 @@ def _pack_function(func: relax.Function) -> tvm.IRModule:
 
 @tvm.transform.module_pass(opt_level=0, name="PackInt8Layout")
 class PackInt8Layout:
-    """Rewrite the integer convs of ``main`` into packed VNNI-layout kernels (see the module docstring).
+    """Rewrite the integer convs of ``main`` into packed kernels of one family (see the module docstring).
 
     The new ``main`` has the same signature and computes the same values.
     Functions other than ``main`` are kept, and the added kernels are
     ``call_tir`` PrimFuncs named ``gwq_conv2d*``, ``gwq_dwconv2d*``,
     ``gwq_pack*`` and ``gwq_unpack*``.
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        The kernel family (:func:`gwq_tvm.schedules.spec.kernel_spec` of the
+        target); default x86 VNNI.
     """
+
+    def __init__(self, spec: KernelSpec = X86_VNNI):
+        self.spec = spec
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         func = mod["main"] if any(gv.name_hint == "main" for gv in mod.get_global_vars()) else None
         if not _rewritable(func):
             return mod
-        new_mod = _pack_function(func)
+        new_mod = _pack_function(func, self.spec)
         for gv, f in mod.functions_items():
             if gv.name_hint != "main":
                 new_mod[gv] = f

@@ -1,6 +1,8 @@
-"""Fast integer kernels: packed VNNI layouts, default s_tir schedules, MetaSchedule tuning.
+"""Fast integer kernels: packed layouts, default s_tir schedules, MetaSchedule tuning (x86 VNNI, aarch64 sdot/NEON).
 
+* :mod:`.spec` - the kernel families and :func:`kernel_spec`, the one place a target picks its kernels.
 * :mod:`.vnni` - the TVM 0.27 ``dot_16x4_vnni`` intrinsic fix and VNNI detection.
+* :mod:`.arm` - the aarch64 16x4 ``sdot`` intrinsic, dotprod/NEON detection.
 * :mod:`.layout` - pure numpy: packed layouts and compile-time weight packing.
 * :mod:`.compute` - TE definitions of the packed kernels.
 * :mod:`.default` - the default (untuned) schedules, :class:`ScheduleIntegerKernels`.
@@ -10,11 +12,13 @@
 The Relax layout pass itself is :class:`gwq_tvm.passes.pack_layout.PackInt8Layout`.
 """
 
-from .build import compile_integer, packed_fused_module
+from .build import compile_integer, compile_packed, packed_fused_module
 from .default import ScheduleIntegerKernels, schedule_primfunc
+from .spec import AARCH64_NEON, AARCH64_SDOT, X86_VNNI, KernelSpec, kernel_spec
 from .vnni import STOCK_VNNI_INTRIN, VNNI_INTRIN, fix_stock_vnni_intrinsic, has_vnni, register_vnni_intrinsic
 
 __all__ = [
-    "STOCK_VNNI_INTRIN", "ScheduleIntegerKernels", "VNNI_INTRIN", "compile_integer", "fix_stock_vnni_intrinsic",
-    "has_vnni", "packed_fused_module", "register_vnni_intrinsic", "schedule_primfunc",
+    "AARCH64_NEON", "AARCH64_SDOT", "KernelSpec", "STOCK_VNNI_INTRIN", "ScheduleIntegerKernels", "VNNI_INTRIN",
+    "X86_VNNI", "compile_integer", "compile_packed", "fix_stock_vnni_intrinsic", "has_vnni", "kernel_spec",
+    "packed_fused_module", "register_vnni_intrinsic", "schedule_primfunc",
 ]

@@ -6,7 +6,8 @@ import tvm
 from tvm import relax
 
 from .default import ScheduleIntegerKernels
-from .vnni import fix_stock_vnni_intrinsic, has_vnni, register_vnni_intrinsic
+from .spec import X86_VNNI, KernelSpec, kernel_spec
+from .vnni import fix_stock_vnni_intrinsic
 
 
 def lowering_passes(target: tvm.target.Target) -> list:
@@ -27,24 +28,37 @@ def fuse_passes() -> list:
     ]
 
 
-def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Realized module -> packed layout -> legalized and fused TIR kernels (not yet scheduled)."""
+def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpec | None = None) -> tvm.IRModule:
+    """Realized module -> packed layout -> legalized and fused TIR kernels (not yet scheduled).
+
+    ``spec`` defaults to the target's kernel family (:func:`.spec.kernel_spec`),
+    and to x86 VNNI for a target without one.
+    """
     from ..passes.pack_layout import PackInt8Layout
 
+    spec = spec or kernel_spec(target) or X86_VNNI
     with target:
-        return tvm.transform.Sequential([PackInt8Layout(), *fuse_passes()])(mod)
+        return tvm.transform.Sequential([PackInt8Layout(spec), *fuse_passes()])(mod)
 
 
 def kernel_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The fused TIR kernels :func:`compile_integer` schedules for ``target`` (and tuning extracts tasks from)."""
-    if has_vnni(target):
-        return packed_fused_module(mod, target)
+    """The fused TIR kernels :func:`compile_integer` schedules for ``target`` (and tuning extracts tasks from).
+
+    Packed for the target's kernel family; plain fused kernels for a target of none.
+    """
+    spec = kernel_spec(target)
+    if spec is not None:
+        return packed_fused_module(mod, target, spec)
     with target:
         return tvm.transform.Sequential(fuse_passes())(mod)
 
 
 def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> relax.VMExecutable:
-    """Compile a realized integer program; fast packed VNNI kernels when ``target`` has them.
+    """Compile a realized integer program with the fast packed kernels of ``target``'s family.
+
+    The family (:func:`gwq_tvm.schedules.spec.kernel_spec`) is x86 AVX-512
+    VNNI, aarch64 dotprod (``sdot``) or aarch64 NEON; each packs the convs
+    for its instruction and gets default schedules (or tuning records).
 
     Parameters
     ----------
@@ -58,21 +72,36 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     Returns
     -------
     relax.VMExecutable
-        On targets without AVX-512 VNNI (generic x86, aarch64) and without a
-        database this is plain ``tvm.compile(mod, target)``.
+        On targets of no family (generic x86 without VNNI, non-LLVM) this is
+        plain ``tvm.compile(mod, target)``, or, with a database, the plain
+        fused kernels with its records applied.
     """
-    vnni = has_vnni(target)
-    if not vnni and database is None:
-        return tvm.compile(mod, target)
-    if vnni:
-        register_vnni_intrinsic()
-        if database is not None:
-            fix_stock_vnni_intrinsic()  # tuned traces tensorize with the stock name
-    fused = kernel_module(mod, target)
+    spec = kernel_spec(target)
+    if spec is None:
+        if database is None:
+            return tvm.compile(mod, target)
+        fused = kernel_module(mod, target)
+        with target, database:  # the pass reads Database.current()
+            fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
+        return tvm.compile(fused, target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
+    return compile_packed(mod, target, spec, database=database)
+
+
+def compile_packed(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpec, database=None) -> relax.VMExecutable:
+    """Pack ``mod`` for kernel family ``spec``, apply ``database`` then the default schedules, and compile.
+
+    :func:`compile_integer` calls it with the target's own family; calling it
+    directly with another compatible family (e.g. one with the intrinsic
+    removed, to run an aarch64 layout on x86) is for tests and experiments.
+    """
+    if spec.intrinsic is not None:
+        spec.intrinsic()
+    if database is not None:
+        fix_stock_vnni_intrinsic()  # registers TVM's stock intrinsics (tuned traces use them), VNNI's fixed
+    fused = packed_fused_module(mod, target, spec)
     with target:
         if database is not None:
             with database:  # the pass reads Database.current()
                 fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
-        if vnni:
-            fused = ScheduleIntegerKernels()(fused)
+        fused = ScheduleIntegerKernels(spec)(fused)
     return tvm.compile(fused, target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))

@@ -3,7 +3,7 @@
 Every kernel names its blocks so :mod:`gwq_tvm.schedules.default` can find
 them after ``FuseOps``/``FuseTIR`` merged the SFC epilogue into the kernel:
 
-* ``gwq_conv2d_nchwc`` / ``gwq_conv_input``: the VNNI-shaped conv and its padded (and shifted) input;
+* ``gwq_conv2d_nchwc`` / ``gwq_conv_input``: the packed conv (VNNI / sdot / NEON lanes) and its padded (and offset) input;
 * ``gwq_dwconv2d_nchwc`` / ``gwq_dw_input``: the depthwise conv and its padded input;
 * ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms.
 """
@@ -23,40 +23,44 @@ def _out_size(size, lo, hi, kernel, stride, dilation):
     return (size + lo + hi - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def _padded_input(data, padding, pad_value: int, shift: bool, name: str):
-    """Spatially padded copy of packed ``data``; with ``shift`` int8 ``x`` becomes uint8 ``x + 128``.
+def _padded_input(data, padding, offset: int, name: str):
+    """Spatially padded copy of packed ``data``, read as ``x + offset`` in the other 8-bit type.
 
-    Returns ``data`` itself when there is nothing to do.
+    ``offset`` is 0 (values kept), +128 (int8 ``x`` -> uint8 ``x + 128``) or
+    -128 (uint8 ``x`` -> int8 ``x - 128``); padding holds ``offset``, the
+    image of zero.  Returns ``data`` itself when there is nothing to do.
     """
     pt, pl, pb, pr = (int(p) for p in padding)
-    if not (pt or pl or pb or pr or shift):
+    if not (pt or pl or pb or pr or offset):
         return data
     n, cc, h, w, cb = data.shape
-    out_dtype = "uint8" if shift else data.dtype
+    out_dtype = {0: data.dtype, 128: "uint8", -128: "int8"}[offset]
 
     def value(b, c, y, x, ci):
         v = data[b, c, y - pt, x - pl, ci]
-        if shift:
-            v = (v.astype("int32") + 128).astype("uint8")
+        if offset:
+            v = (v.astype("int32") + offset).astype(out_dtype)
         inside = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
-        return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(pad_value, out_dtype))
+        return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(offset, out_dtype))
 
     return te.compute((n, cc, h + pt + pb, w + pl + pr, cb), value, name=name)
 
 
-def conv2d_nchwc_int8(data, weight, strides, padding, dilation, shift: bool):
-    """uint8 x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/4]i16o4i`` weight.
+def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0):
+    """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight.
 
     Parameters
     ----------
-    data : te.Tensor, (N, C/cb, H, W, cb), uint8 (or int8 with ``shift``)
-    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/4, 16, 4), int8
+    data : te.Tensor, (N, C/cb, H, W, cb), uint8 or int8
+    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/k, 16, k), int8
+        ``k`` = 4 for the dot-product instructions, 1 for lane-wise MACs.
     strides, dilation : (int, int)
     padding : (top, left, bottom, right)
-    shift : bool
-        ``data`` is int8: the kernel reads ``x + 128`` as uint8 and pads with
-        128, so the result is ``conv(x, w) + 128 * sum(w)`` exactly (the
-        caller subtracts the compensation).
+    offset : int
+        0, or +128 / -128 to read int8 / uint8 ``data`` as ``x + offset`` in
+        the other 8-bit type (padded with ``offset``), so the result is
+        ``conv(x, w) + offset * sum(w)`` exactly (the caller subtracts
+        :func:`gwq_tvm.schedules.layout.offset_compensation`).
 
     Returns
     -------
@@ -69,7 +73,7 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, shift: bool):
     pt, pl, pb, pr = (int(p) for p in padding)
     oh = _out_size(int(h), pt, pb, kh, sh, dh)
     ow = _out_size(int(w), pl, pr, kw, sw, dw)
-    src = _padded_input(data, padding, 128 if shift else 0, shift, CONV_INPUT_BLOCK)
+    src = _padded_input(data, padding, offset, CONV_INPUT_BLOCK)
     rc = te.reduce_axis((0, icc), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -92,7 +96,7 @@ def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation):
     pt, pl, pb, pr = (int(p) for p in padding)
     oh = _out_size(int(h), pt, pb, kh, sh, dh)
     ow = _out_size(int(w), pl, pr, kw, sw, dw)
-    src = _padded_input(data, padding, 0, False, DW_INPUT_BLOCK)
+    src = _padded_input(data, padding, 0, DW_INPUT_BLOCK)
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
 

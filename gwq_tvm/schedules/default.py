@@ -7,9 +7,11 @@ scheduled (no ``tirx.is_scheduled`` attribute, e.g. from a tuning database)
 gets one of:
 
 * **conv** (a ``gwq_conv2d_nchwc`` block): register tile of ``ow`` x 16/32
-  output channels, reductions outside the tile, the 16x4 inner product
-  tensorized to ``vpdpbusd``, the fused SFC epilogue computed per tile right
-  after its accumulators, the padded/shifted input as a parallel stage;
+  output channels, reductions outside the tile, the 16-lane inner product
+  tensorized with the kernel family's intrinsic (``vpdpbusd``, ``sdot``) or,
+  without one, its 16 lanes vectorized (NEON multiply-accumulate), the fused
+  SFC epilogue computed per tile right after its accumulators, the
+  padded/offset input as a parallel stage;
 * **depthwise** (``gwq_dwconv2d_nchwc``): 16 channel lanes vectorized, ``ow`` tile unrolled;
 * **generic**: elementwise chains inlined, outer loops parallel, the
   innermost static loop vectorized (reductions keep their lane loop innermost).
@@ -25,7 +27,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from .compute import CONV_BLOCK, CONV_INPUT_BLOCK, DW_BLOCK, DW_INPUT_BLOCK
-from .vnni import register_vnni_intrinsic
+from .spec import X86_VNNI, KernelSpec
 
 _DATA_PAR, _REDUCE = 0, 2
 _ERRORS = (RuntimeError, ValueError, TypeError)
@@ -53,11 +55,11 @@ def _is_reduction(sch, block) -> bool:
     return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
 
 
-def _register_tile(width: int, limit: int = 8) -> int:
-    """Largest divisor of the output width up to ``limit`` (up to 16 when the small ones are tiny)."""
+def _register_tile(width: int, limit: int, minimum: int, fallback: int) -> int:
+    """Largest divisor of the output width up to ``limit`` (up to ``fallback`` when that is below ``minimum``)."""
     best = max(d for d in range(1, limit + 1) if width % d == 0)
-    if best < 4:
-        best = max(d for d in range(1, 17) if width % d == 0)
+    if best < minimum:
+        best = max(d for d in range(1, fallback + 1) if width % d == 0)
     return best
 
 
@@ -98,36 +100,42 @@ def _epilogue_at(sch, anchor_loop) -> None:
             _parallel_stage(sch, block)
 
 
-def schedule_conv2d_nchwc(sch: s_tir.Schedule) -> None:
-    """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel with VNNI tensorization."""
-    intrin = register_vnni_intrinsic()
+def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+    """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel of family ``spec`` (tensorized, or vector lanes)."""
+    intrin = spec.intrinsic() if spec.intrinsic is not None else None
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x))
-    oci = 2 if _extent(sch, o) % 2 == 0 and owi <= 14 else 1
+    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
+    oci = 2 if spec.channel_pairs and _extent(sch, o) % 2 == 0 and owi <= 14 else 1
     xo, xi = sch.split(x, [None, owi])
     oo, on = sch.split(o, [None, oci])
-    sch.reorder(b, oo, y, xo, rc, ry, rx, rb, xi, on, oi, r4)
+    if intrin is not None:  # the intrinsic consumes [16 lanes] x [k]
+        sch.reorder(b, oo, y, xo, rc, ry, rx, rb, xi, on, oi, r4)
+    else:  # k == 1: lanes innermost, one broadcast activation per lane vector
+        sch.reorder(b, oo, y, xo, rc, ry, rx, rb, r4, xi, on, oi)
     outer = sch.fuse(b, oo, y)
     sch.parallel(outer)
     src = _find(sch, CONV_INPUT_BLOCK)
     if src is not None:
         _parallel_stage(sch, src)
     _epilogue_at(sch, xo)
+    if intrin is None:  # before decompose_reduction: vectorize needs the block's init to see a reduction
+        sch.vectorize(oi)
     init = sch.decompose_reduction(block, rc)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(oi, intrin)
+    if intrin is not None:
+        sch.tensorize(oi, intrin)
     sch.unroll(xi)
     sch.unroll(on)
 
 
-def schedule_depthwise_nchwc(sch: s_tir.Schedule) -> None:
-    """Schedule a (fused) ``gwq_dwconv2d_nchwc`` kernel: channel lanes vectorized."""
+def schedule_depthwise_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+    """Schedule a (fused) ``gwq_dwconv2d_nchwc`` kernel: channel lanes vectorized, a register tile of ``spec``'s size."""
     _inline_elementwise(sch, keep={DW_BLOCK, DW_INPUT_BLOCK})
     block = sch.get_sblock(DW_BLOCK)
     b, c, y, x, ci, ry, rx = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x))
+    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
     xo, xi = sch.split(x, [None, owi])
     sch.reorder(b, c, y, xo, ry, rx, xi, ci)
     sch.parallel(sch.fuse(b, c, y))
@@ -165,11 +173,14 @@ def schedule_generic(sch: s_tir.Schedule) -> None:
 
 
 def _lane_loop(sch, spatial):
-    """The innermost spatial loop as vector lanes (split to 16/8/4 lanes when longer), or ``None``."""
+    """The innermost spatial loop as vector lanes (split to 16/8/4 lanes when longer), or ``None``.
+
+    A short loop (2..16, e.g. the 10 classes of a final dense) is vectorized whole.
+    """
     if not spatial:
         return None
     extent = _extent(sch, spatial[-1])
-    if extent in (4, 8, 12, 16):
+    if extent is not None and 2 <= extent <= 16:
         return spatial[-1]
     lanes = next((v for v in (16, 8, 4) if extent is not None and extent > v and extent % v == 0), None)
     if lanes is None:
@@ -177,21 +188,25 @@ def _lane_loop(sch, spatial):
     return sch.split(spatial[-1], [None, lanes])[1]
 
 
-def apply_default_schedule(sch: s_tir.Schedule) -> None:
-    """Dispatch ``sch`` (one PrimFunc ``main``) to its kernel's schedule; raises if a primitive fails."""
+def apply_default_schedule(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+    """Dispatch ``sch`` (one PrimFunc ``main``) to its kernel's schedule; raises if a primitive fails.
+
+    ``spec`` is the kernel family the module was packed for (it decides how the conv is
+    tensorized and the register tiles).
+    """
     if _find(sch, CONV_BLOCK) is not None:
-        schedule_conv2d_nchwc(sch)
+        schedule_conv2d_nchwc(sch, spec)
     elif _find(sch, DW_BLOCK) is not None:
-        schedule_depthwise_nchwc(sch)
+        schedule_depthwise_nchwc(sch, spec)
     else:
         schedule_generic(sch)
 
 
-def schedule_primfunc(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+def schedule_primfunc(func: tirx.PrimFunc, spec: KernelSpec = X86_VNNI) -> tirx.PrimFunc | None:
     """The default schedule of one PrimFunc (``None``, with a warning, when it could not be scheduled)."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
-        apply_default_schedule(sch)
+        apply_default_schedule(sch, spec)
     except _ERRORS as err:
         warnings.warn(f"default schedule failed, kernel left unscheduled: {str(err).splitlines()[-1]}", stacklevel=2)
         return None
@@ -204,14 +219,22 @@ class ScheduleIntegerKernels:
 
     Run after ``FuseTIR`` (and after ``MetaScheduleApplyDatabase`` when a
     tuning database is used: tuned kernels are left alone).
+
+    Parameters
+    ----------
+    spec : KernelSpec
+        The kernel family the module was packed for (default x86 VNNI).
     """
+
+    def __init__(self, spec: KernelSpec = X86_VNNI):
+        self.spec = spec
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
                 continue
-            scheduled = schedule_primfunc(func)
+            scheduled = schedule_primfunc(func, self.spec)
             if scheduled is not None:
                 updates[gv] = scheduled
         if not updates:

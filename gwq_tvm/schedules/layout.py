@@ -1,9 +1,11 @@
 """Pure numpy: the packed NCHW[x]c activation layout and the compile-time weight packing.
 
-Layouts (``cb`` = channel block of the data, 16 output lanes for VNNI)::
+Layouts (``cb`` = channel block of the data, 16 output-channel lanes,
+``k`` = reduction depth of one lane's dot product: 4 for VNNI ``vpdpbusd``
+and aarch64 ``sdot``, 1 for plain NEON multiply-accumulate)::
 
     activation   NCHW  -> (N, ceil(C/cb), H, W, cb)                  channel c at [c // cb, ..., c % cb]
-    conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/4, 16, 4)    "OIHW[cb/4]i16o4i"
+    conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/k, 16, k)    "OIHW[cb/k]i16o[k]i"
     depthwise    C1HW  -> (Cp/cb, KH, KW, cb)
     channel const (1, C, 1, 1) -> (1, Cp/cb, 1, 1, cb)
 
@@ -19,7 +21,7 @@ OC_BLOCK = 16
 """Output channels per VNNI ``vpdpbusd`` (16 int32 lanes)."""
 
 K_BLOCK = 4
-"""Reduction depth of one ``vpdpbusd`` lane (4 uint8 x int8 products)."""
+"""Reduction depth of one ``vpdpbusd`` / ``sdot`` lane (4 8-bit products)."""
 
 
 def channel_block(channels: int) -> int:
@@ -36,20 +38,23 @@ def padded(channels: int, block: int) -> int:
     return block * -(-channels // block)
 
 
-def pack_conv_weight(weight: np.ndarray, in_block: int) -> np.ndarray:
-    """OIHW int8 weight -> ``(Op/16, Cp/cb, KH, KW, cb/4, 16, 4)``, zero-padded.
+def pack_conv_weight(weight: np.ndarray, in_block: int, k_block: int = K_BLOCK) -> np.ndarray:
+    """OIHW int8 weight -> ``(Op/16, Cp/cb, KH, KW, cb/k, 16, k)``, zero-padded.
 
     Parameters
     ----------
     weight : ndarray, shape (O, C, KH, KW), int8
     in_block : int
-        Channel block ``cb`` of the conv's packed input (a multiple of 4).
+        Channel block ``cb`` of the conv's packed input (a multiple of ``k_block``).
+    k_block : int
+        Reduction depth innermost in the packed weight (4 for the dot-product
+        instructions, 1 for lane-wise multiply-accumulate).
     """
     o, c, kh, kw = weight.shape
     op, cp = padded(o, OC_BLOCK), padded(c, in_block)
     w = np.zeros((op, cp, kh, kw), weight.dtype)
     w[:o, :c] = weight
-    w = w.reshape(op // OC_BLOCK, OC_BLOCK, cp // in_block, in_block // K_BLOCK, K_BLOCK, kh, kw)
+    w = w.reshape(op // OC_BLOCK, OC_BLOCK, cp // in_block, in_block // k_block, k_block, kh, kw)
     return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
 
 
@@ -89,14 +94,21 @@ def pack_channel_const(value: np.ndarray, channels: int, block: int) -> np.ndarr
     return np.ascontiguousarray(y.reshape(1, cp // block, 1, 1, block))
 
 
-def signed_input_compensation(weight: np.ndarray) -> np.ndarray:
-    """``128 * sum(w)`` per output channel, int64, shape (O,).
+def offset_compensation(weight: np.ndarray, offset: int) -> np.ndarray:
+    """``offset * sum(w)`` per output channel, int64, shape (O,).
 
-    The exact identity behind the uint8 x int8 path for int8 activations::
+    The exact identity behind feeding a dot-product instruction activations
+    of the other signedness (``offset`` = +128: int8 read as uint8 for VNNI;
+    -128: uint8 read as int8 for ``sdot``)::
 
-        conv(x, w) = conv(x + 128, w) - 128 * sum_{c,kh,kw} w[o, c, kh, kw]
+        conv(x, w) = conv(x + offset, w) - offset * sum_{c,kh,kw} w[o, c, kh, kw]
 
-    which holds at padded positions too when the shifted input is padded
-    with 128 (the image of the int8 zero).
+    which holds at padded positions too when the offset input is padded with
+    ``offset`` (the image of zero).
     """
-    return 128 * weight.astype(np.int64).reshape(weight.shape[0], -1).sum(axis=1)
+    return offset * weight.astype(np.int64).reshape(weight.shape[0], -1).sum(axis=1)
+
+
+def signed_input_compensation(weight: np.ndarray) -> np.ndarray:
+    """``128 * sum(w)`` per output channel: :func:`offset_compensation` of the VNNI path (int8 read as uint8)."""
+    return offset_compensation(weight, 128)

@@ -36,7 +36,8 @@ from tvm.s_tir import meta_schedule as ms
 from ..errors import GwqError
 from .build import compile_integer, kernel_module
 from .default import apply_default_schedule
-from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic, register_vnni_intrinsic
+from .spec import FAMILIES, X86_VNNI, KernelSpec, kernel_spec
+from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -177,12 +178,15 @@ def sanitize_database(work_dir) -> int:
 def open_database(work_dir) -> ms.database.JSONDatabase:
     """The tuning database in ``work_dir`` (created if missing), after :func:`sanitize_database`.
 
-    Registers the intrinsics its traces tensorize with; the stock-name fix
-    (a slow import) only when a record uses the stock name.
+    Registers the intrinsics its traces tensorize with: ours (cheap), TVM's
+    stock ones (a slow import, VNNI fixed) only when a record uses the stock
+    VNNI name.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    register_vnni_intrinsic()
+    for family in FAMILIES:
+        if family.intrinsic is not None:
+            family.intrinsic()
     records = work_dir / RECORD_FILE
     text = records.read_text() if records.exists() else ""
     if f'"{STOCK_VNNI_INTRIN}"' in text:
@@ -200,7 +204,6 @@ def check_tunable(target: tvm.target.Target) -> None:
         raise GwqError(f"tuning needs the device's core count in the target ('num-cores'): {target}")
 
 
-
 def specialize_batch(mod: tvm.IRModule, batch: int) -> tvm.IRModule:
     """Bind a symbolic batch dimension of ``main``'s input to ``batch`` (unchanged when static)."""
     dim = mod["main"].params[0].ty.shape.values[0]
@@ -215,11 +218,16 @@ def extract_tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target, *, batch:
     return ms.relax_integration.extract_tasks(fused, target)
 
 
-def _default_schedule(mod: tvm.IRModule):
+def _spec(target: tvm.target.Target) -> KernelSpec:
+    """The kernel family the tasks of ``target`` are packed for (as :func:`packed_fused_module` picks it)."""
+    return kernel_spec(target) or X86_VNNI
+
+
+def _default_schedule(mod: tvm.IRModule, spec: KernelSpec = X86_VNNI):
     """The default schedule of a one-function task module as a traced ``Schedule`` (``None`` if it fails)."""
     sch = tvm.s_tir.Schedule(mod)
     try:
-        apply_default_schedule(sch)
+        apply_default_schedule(sch, spec)
     except (RuntimeError, ValueError, TypeError):
         return None
     return sch
@@ -235,7 +243,7 @@ def _measure_defaults(tasks, target, database, builder, runner) -> int:
     todo = []
     for task in tasks:
         mod = task.dispatched[0]
-        sch = None if database.has_workload(mod) else _default_schedule(mod)
+        sch = None if database.has_workload(mod) else _default_schedule(mod, _spec(target))
         if sch is not None:
             todo.append((mod, sch))
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in todo]) if todo else []
@@ -427,7 +435,7 @@ def select_best(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, top_k
         tmod = task.dispatched[0]
         args = ms.arg_info.ArgInfo.from_prim_func(tmod["main"])
         contenders = []  # (trace, scheduled module)
-        default = _default_schedule(tmod)
+        default = _default_schedule(tmod, _spec(target))
         if default is not None:
             contenders.append((default.trace, default.mod))
         if database.has_workload(tmod):

@@ -1,0 +1,114 @@
+"""Kernel families: how each kind of target runs the packed int8 conv, chosen in one place.
+
+A :class:`KernelSpec` is everything that differs between targets; the
+layout pass (:class:`gwq_tvm.passes.pack_layout.PackInt8Layout`), the
+compute (:mod:`.compute`) and the default schedules (:mod:`.default`) are
+shared and read it:
+
+============== ============ ======= ===================== ===========================
+family         conv reads   k       inner step            targets
+============== ============ ======= ===================== ===========================
+x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
+aarch64-sdot   int8         4       4 x ``sdot`` (16x4)   aarch64 ``+dotprod`` (A76, N1, rpi5)
+aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72, rpi4)
+============== ============ ======= ===================== ===========================
+
+"conv reads" is the activation type the dot-product instruction takes;
+activations of the other 8-bit type are offset by +-128 inside the kernel
+and compensated exactly (:func:`gwq_tvm.schedules.layout.offset_compensation`).
+``k`` is the reduction depth innermost in the packed weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+
+from .arm import has_dotprod, has_neon, register_sdot_intrinsic
+from .vnni import has_vnni, register_vnni_intrinsic
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How one target family computes and schedules the packed int8 conv.
+
+    Attributes
+    ----------
+    name : str
+    input_dtype : str or None
+        Activation type the conv's inner product takes (``"uint8"``,
+        ``"int8"``), ``None`` when both are taken as they are.
+    k_block : int
+        Reduction depth innermost in the packed weight: 4 for a 16x4
+        dot-product intrinsic, 1 for lane-wise multiply-accumulate.
+    intrinsic : callable or None
+        Registers the tensor intrinsic for one ``[16 lanes] x [k_block]`` step
+        (cheap, idempotent) and returns its name; ``None``: the lanes are
+        vectorized instead.
+    tile_limit, tile_min, tile_fallback : int
+        Output pixels per register tile: the largest divisor of the output
+        width up to ``tile_limit``, or up to ``tile_fallback`` when that is
+        below ``tile_min`` (each pixel holds 16 int32 accumulators per
+        channel block: 1 zmm register on x86, 4 q registers on aarch64,
+        so an aarch64 tile above 6 spills).
+    channel_pairs : bool
+        May a tile hold two 16-channel blocks (wide register files)?
+    """
+
+    name: str
+    input_dtype: str | None
+    k_block: int
+    intrinsic: Callable[[], str] | None
+    tile_limit: int
+    tile_min: int
+    tile_fallback: int
+    channel_pairs: bool
+
+    def __post_init__(self):
+        if self.input_dtype not in (None, "int8", "uint8"):
+            raise ValueError(f"input_dtype must be int8, uint8 or None, not {self.input_dtype!r}")
+        if self.k_block not in (1, 4):
+            raise ValueError(f"k_block must be 1 or 4, not {self.k_block}")
+
+    def input_offset(self, dtype: str) -> int:
+        """What the conv adds to activations of ``dtype``: 0, +128 (int8 -> uint8) or -128 (uint8 -> int8)."""
+        if self.input_dtype is None or dtype == self.input_dtype:
+            return 0
+        return 128 if self.input_dtype == "uint8" else -128
+
+    def max_product(self) -> int:
+        """Largest ``|activation x weight|`` the inner product sees (for the int32 overflow bound)."""
+        return {"uint8": 255 * 128, "int8": 128 * 128, None: 255 * 128}[self.input_dtype]
+
+
+
+X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_min=4, tile_fallback=16,
+                      channel_pairs=True)
+"""x86 with AVX-512 VNNI: 32 zmm registers, ``vpdpbusd`` is uint8 x int8."""
+
+AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
+                          tile_fallback=7, channel_pairs=False)
+"""aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
+
+AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=2, tile_fallback=7,
+                          channel_pairs=False)
+"""aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
+
+FAMILIES = (X86_VNNI, AARCH64_SDOT, AARCH64_NEON)
+
+
+def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
+    """The kernel family for ``target``, ``None`` when it has none (plain ``tvm.compile`` then).
+
+    The one place where targets are told apart: x86 with AVX-512 VNNI,
+    aarch64 with dotprod, aarch64 with NEON only.
+    """
+    if has_vnni(target):
+        return X86_VNNI
+    if has_dotprod(target):
+        return AARCH64_SDOT
+    if has_neon(target):
+        return AARCH64_NEON
+    return None
