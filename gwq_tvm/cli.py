@@ -208,7 +208,8 @@ def cmd_board(args):
         running = B.start_board(args.emulated, tracker_port=args.tracker_port, key=args.key, timeout=args.timeout,
                                 log=lambda line: print(line, file=sys.stderr))
         print(f"board '{running.key}' is up: --rpc-tracker {running.tracker_address} --rpc-key {running.key}")
-        print("stop it with: gwq-tvm board stop")
+        port = "" if args.tracker_port == 9190 else f" --tracker-port {args.tracker_port}"
+        print(f"stop it with: gwq-tvm board stop{port}" + (f" --key {args.key}" if args.key else ""))
     elif args.action == "stop":
         boards = [b for b in B.running_boards(args.emulated or "aarch64")
                   if (args.key is None or b.key == args.key) and b.tracker[1] == args.tracker_port]
