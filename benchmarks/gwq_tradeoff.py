@@ -185,6 +185,7 @@ def main():
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="refine every plan on the calibration images for this many steps (needs torch)")
     ap.add_argument("--no-tolerance", action="store_true", help="skip the 'gwq tol=' rows")
+    ap.add_argument("--rows", default=None, help="only these rows (comma-separated labels), merged into an earlier run's table")
     ap.add_argument("--tag", default=None, help="suffix of the output files (default '' or '_refined')")
     args = ap.parse_args()
     tag = args.tag if args.tag is not None else ("_refined" if args.refine_steps else "")
@@ -217,6 +218,8 @@ def main():
         if not args.no_loss_aware:
             sens = tensor_sensitivity(fm, graph, stats, base.replace(mode="gwq"), calib[:512])
         for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens, tolerance=not args.no_tolerance):
+            if args.rows and label not in args.rows.split(","):
+                continue
             r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine)
             rows[label] = r
             print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
@@ -234,7 +237,8 @@ def main():
         prev = json.loads(stem.with_suffix(".json").read_text())
         same = all(prev["meta"].get(k) == meta[k] for k in ("test_images", "ends_at_8_bits", "sfc_cost", "loss_aware", "refine_steps"))
         if same:
-            merged = {**prev["results"], **results}
+            merged = {k: {**prev["results"].get(k, {}), **rows} for k, rows in results.items()}  # row by row (--rows)
+            merged = {**prev["results"], **merged}
             results = {k: merged[k] for k in SETTINGS if k in merged}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     unrefined = None
