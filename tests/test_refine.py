@@ -93,3 +93,13 @@ def test_refinement_without_torch_names_the_extra(refined, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     with pytest.raises(ConfigError, match=r"pip install 'gwq-tvm\[torch\]'"):
         gwq_tvm.api.refine(plain.graph, plain.plan, calib, 5)
+
+
+def test_per_layer_refinement_moves_free_weight_scales_and_lowers_the_loss(refined):
+    """Per-layer plans keep free weight scales; they are refined too (a step relative to their size), not left behind."""
+    calib, plain, _ = refined
+    per_layer = gwq_tvm.build_plan(plain.graph, plain.stats, W4A2_K2.replace(mode="per-layer", groups=None), plain.plan.input_shape)
+    out = refine_plan(plain.graph, per_layer, calib, STEPS)
+    assert calibration_loss(plain.graph, out, calib) < calibration_loss(plain.graph, per_layer, calib)
+    moved = [n for n, layer in out.layers.items() if layer.weight_scales != per_layer.layers[n].weight_scales]
+    assert moved and all(np.all(np.asarray(out.layers[n].weight_scales) > 0) for n in moved)
