@@ -17,10 +17,19 @@ the first and last weight layers (stem conv, classifier) stay at 8 bits
 in the stem (9 weights per filter) alone cost about 18 pt at W4A8.
 Latency is the median per-image time at batch 1 (untuned default schedules).
 
+With ``--refine-steps N`` every row's plan (all rows alike) is refined on the
+1024 calibration images before it is compiled: ``N`` Adam steps on the group
+mantissas, tensor exponents and weight-scale exponents against the float
+model's softmax, weights frozen, groups unchanged
+(:func:`gwq_tvm.qat.refine.refine_plan`).  The refined tables go to their own
+files (tag ``_refined`` by default) and show the unrefined accuracy of the same
+row (from ``gwq_tradeoff.json``) beside the refined one.
+
 Usage::
 
     python benchmarks/gwq_tradeoff.py                 # all 10k test images (about 45 min on 2 cores)
     python benchmarks/gwq_tradeoff.py --limit 2000    # quicker look
+    python benchmarks/gwq_tradeoff.py --refine-steps 100 --no-tolerance --settings W4A2
 
 Writes ``benchmarks/results/gwq_tradeoff.{json,md,png}``.
 """
@@ -59,12 +68,12 @@ def end_layers(graph, abits):
     return {"input": (8, 8), weighted[0]: (8, abits), weighted[-1]: (8, abits)}
 
 
-def rows_for(base, graph, stats, sfc_cost, sens):
+def rows_for(base, graph, stats, sfc_cost, sens, tolerance=True):
     rows = [("per-layer", base), ("pot", base.replace(mode="pot"))]
     for k in (1, 2, 3, 4):
         rows.append((f"gwq K={k}", base.replace(mode="gwq", groups=k, sfc_cost=sfc_cost)))
     _, one = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=1), sensitivity=sens)
-    for f in TOL_FRACTIONS:
+    for f in TOL_FRACTIONS if tolerance else ():
         rows.append((f"gwq tol={f:g}", base.replace(mode="gwq", tolerance=f * one.added_error)))
     for k in (2, 3, 4):
         rows.append((f"error-only K={k}", base.replace(mode="gwq", groups=k, sfc_cost=0.0)))
@@ -78,19 +87,36 @@ def latency_ms(ex, shape):
     return float(np.median(res.results) * 1e3)
 
 
-def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache):
+def plan_key(plan):
+    return hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
+
+
+def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine=None):
+    """Measure one row; ``refine`` = (calibration images, steps) refines the plan first."""
     sens = sens if cfg.mode.value == "gwq" else None
     plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape, sens)
-    key = hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
+    key = plan_key(plan)  # refinement is deterministic: equal plans refine to equal plans
+    extra = {}
+    if key in cache:
+        plan, extra = cache[key]["plan"], cache[key]["extra"]
+    elif refine is not None:
+        from gwq_tvm.qat.refine import calibration_loss, refine_plan
+
+        images, steps = refine
+        t = time.time()
+        before = calibration_loss(graph, plan, images)
+        plan = refine_plan(graph, plan, images, steps)
+        extra = {"calib_kl_before": before, "calib_kl_after": calibration_loss(graph, plan, images),
+                 "refine_seconds": time.time() - t}
     s = sfc_summary(sfc_sites(graph, plan))
     row = {"groups": len(plan.groups), "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
-           "multiply_sites": s["multiply_sites"], "shift_sites": s["shift_sites"], "shift_share": s["shift_share"]}
+           "multiply_sites": s["multiply_sites"], "shift_sites": s["shift_sites"], "shift_share": s["shift_share"], **extra}
     if cfg.mode.value == "gwq":
         _, grouping = gwq_grouping(graph, stats, cfg, sensitivity=sens)
         row["added_error"] = grouping.added_error
-        row["mantissas"] = [round(m, 4) for m in grouping.mantissas]
+        row["mantissas"] = [round(plan.groups[f"g{g}"], 4) for g in range(len(grouping.mantissas))]
     if key in cache:
-        hit = dict(cache[key])
+        hit = cache[key]
         return {**row, "accuracy": hit["accuracy"], "latency_ms": hit["latency_ms"], "same_plan_as": hit["row"]}
     mod = gwq_tvm.RealizeIntegerProgram(plan)(fm.mod)
     assert gwq_tvm.check_integer_only(mod).ok
@@ -98,21 +124,28 @@ def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     logits = gwq_tvm.predict(vm, test_x, fm.input_shape)
     measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "latency_ms": latency_ms(ex, fm.input_shape)}
-    cache[key] = {**measured, "row": label}
+    cache[key] = {**measured, "row": label, "plan": plan, "extra": extra}
     return {**row, **measured}
 
 
-def table(results, fp32):
+def table(results, fp32, unrefined=None):
+    """Markdown tables; with ``unrefined`` (results of an unrefined run) two more columns compare against it."""
     lines = [f"fp32 accuracy: {fp32 * 100:.2f}%", ""]
     for name, rows in results.items():
         ref = rows["per-layer"]["accuracy"]
-        lines += [f"### {name}", "", "| plan | groups | accuracy | vs per-layer (pt) | multiply elements | shift elements | shift share | latency (ms) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        old = (unrefined or {}).get(name)
+        head = "| plan | groups | accuracy | vs per-layer (pt) | multiply elements | shift elements | shift share | latency (ms) |"
+        if old is not None:
+            head += " unrefined accuracy | calib KL unrefined -> refined |"
+        lines += [f"### {name}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for label, r in rows.items():
-            lines.append(
-                f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {(r['accuracy'] - ref) * 100:+.2f} | "
-                f"{r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |"
-            )
+            line = (f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {(r['accuracy'] - ref) * 100:+.2f} | "
+                    f"{r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |")
+            if old is not None:
+                before = f"{old[label]['accuracy'] * 100:.2f}%" if label in old else "-"
+                kl = f"{r['calib_kl_before']:.3f} -> {r['calib_kl_after']:.3f}" if "calib_kl_after" in r else "-"
+                line += f" {before} | {kl} |"
+            lines.append(line)
         if name in TARGETS:
             share, pts = TARGETS[name]
             ok = [label for label, r in rows.items() if label.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
@@ -149,8 +182,18 @@ def main():
     ap.add_argument("--all-layers", action="store_true", help="quantize input, stem and classifier to the low bits too")
     ap.add_argument("--sfc-cost", type=float, default=DEFAULT_SFC_COST)
     ap.add_argument("--no-loss-aware", action="store_true", help="GWQ error curves without output-sensitivity weights")
-    ap.add_argument("--tag", default="", help="suffix of the output files")
+    ap.add_argument("--refine-steps", type=int, default=0,
+                    help="refine every plan on the calibration images for this many steps (needs torch)")
+    ap.add_argument("--no-tolerance", action="store_true", help="skip the 'gwq tol=' rows")
+    ap.add_argument("--rows", default=None, help="only these rows (comma-separated labels), merged into an earlier run's table")
+    ap.add_argument("--tag", default=None, help="suffix of the output files (default '' or '_refined')")
     args = ap.parse_args()
+    tag = args.tag if args.tag is not None else ("_refined" if args.refine_steps else "")
+    refine = None
+    if args.refine_steps:
+        import torch
+
+        torch.set_num_threads(1)
 
     t0 = time.time()
     calib, _ = fashion_mnist("calib")
@@ -162,6 +205,8 @@ def main():
     stats = gwq_tvm.calibrate(fm, calib[:512])
     fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
     fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
+    if args.refine_steps:
+        refine = (calib, args.refine_steps)
 
     results = {}
     for name in args.settings.split(","):
@@ -172,19 +217,36 @@ def main():
         sens = None
         if not args.no_loss_aware:
             sens = tensor_sensitivity(fm, graph, stats, base.replace(mode="gwq"), calib[:512])
-        for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens):
-            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache)
+        for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens, tolerance=not args.no_tolerance):
+            if args.rows and label not in args.rows.split(","):
+                continue
+            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine)
             rows[label] = r
             print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
-                  f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  ({time.time() - t0:.0f}s)", flush=True)
+                  f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  "
+                  + (f"KL {r['calib_kl_before']:.3f}->{r['calib_kl_after']:.3f}  " if "calib_kl_after" in r else "")
+                  + f"({time.time() - t0:.0f}s)", flush=True)
         results[name] = rows
 
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = OUT / f"gwq_tradeoff{args.tag}"
+    stem = OUT / f"gwq_tradeoff{tag}"
     meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost, "loss_aware": not args.no_loss_aware,
+            "refine_steps": args.refine_steps, "refine_images": len(calib) if args.refine_steps else 0,
             "fp32_accuracy": fp32, "target": str(host_target()), "seconds": time.time() - t0}
+    if stem.with_suffix(".json").is_file():  # keep the other settings of an earlier run with the same protocol
+        prev = json.loads(stem.with_suffix(".json").read_text())
+        same = all(prev["meta"].get(k) == meta[k] for k in ("test_images", "ends_at_8_bits", "sfc_cost", "loss_aware", "refine_steps"))
+        if same:
+            merged = {k: {**prev["results"].get(k, {}), **rows} for k, rows in results.items()}  # row by row (--rows)
+            merged = {**prev["results"], **merged}
+            results = {k: merged[k] for k in SETTINGS if k in merged}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    md = table(results, fp32)
+    unrefined = None
+    if args.refine_steps and (OUT / "gwq_tradeoff.json").is_file():
+        old = json.loads((OUT / "gwq_tradeoff.json").read_text())
+        if old["meta"]["test_images"] == len(test_x):
+            unrefined = old["results"]
+    md = table(results, fp32, unrefined)
     stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {len(test_x)} test images\n\n{md}\n")
     plot(results, stem.with_suffix(".png"))
     print(md)

@@ -18,7 +18,7 @@ from tvm import relax
 from .calibrate import calibrate, check_batch
 from .calibrate.sensitivity import tensor_sensitivity
 from .config import QuantConfig, ScaleMode
-from .errors import IntegerOnlyError, PlanError, UnsupportedOpError
+from .errors import ConfigError, IntegerOnlyError, PlanError, UnsupportedOpError
 from .frontend import FloatModel, load_model
 from .graph import Graph, extract_graph
 from .passes.check import IntegerOnlyReport, check_integer_only
@@ -112,6 +112,8 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         if config.mode is ScaleMode.GWQ and config.loss_aware:
             sensitivity = tensor_sensitivity(fm, graph, stats, config, check_batch(calib_data, fm.input_shape))
         plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
+        if config.refine_steps:
+            plan = refine(graph, plan, check_batch(calib_data, fm.input_shape), config.refine_steps)
     elif plan.fingerprint != graph.fingerprint:
         raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
     mod = RealizeIntegerProgram(plan)(fm.mod)
@@ -119,6 +121,24 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     if not report.ok and not floats:
         raise IntegerOnlyError(f"realized program is not integer-only: {report}")
     return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
+
+
+def refine(graph: Graph, plan: QuantPlan, images: np.ndarray, steps: int) -> QuantPlan:
+    """``plan`` with its scales refined on calibration ``images`` (:func:`gwq_tvm.qat.refine.refine_plan`).
+
+    Raises
+    ------
+    ConfigError
+        If torch (the ``torch`` extra) is not installed.
+    UnsupportedOpError
+        If the graph keeps ops in float (the torch simulator cannot run them).
+    """
+    try:
+        from .qat.refine import refine_plan
+    except ImportError as err:
+        raise ConfigError(f"refine_steps={steps} needs torch ({err}): pip install 'gwq-tvm[torch]', "
+                          "or plan without refinement (refine_steps=0)") from None
+    return refine_plan(graph, plan, images, steps)
 
 
 def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> relax.VMExecutable:

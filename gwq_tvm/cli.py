@@ -58,7 +58,7 @@ def _config(args):
         weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
         weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
         tolerance=args.tolerance, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
-        loss_aware=not args.no_loss_aware, end_bits=args.end_bits,
+        loss_aware=not args.no_loss_aware, end_bits=args.end_bits, refine_steps=args.refine_steps,
     )
 
 
@@ -296,6 +296,8 @@ def _add_quant_options(p):
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
     p.add_argument("--calib-samples", type=_positive_int, default=512, help="calibration samples used (default 512)")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="refine the plan's scales on the calibration samples for N steps, weights frozen (needs torch; default 0)")
 
 
 def make_parser() -> argparse.ArgumentParser:

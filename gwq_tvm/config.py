@@ -52,6 +52,8 @@ MIN_BITS, MAX_BITS = 2, 8
 #: GWQ defaults (chosen on the trade-off benchmark, benchmarks/gwq_tradeoff.py)
 DEFAULT_GROUPS = 4
 DEFAULT_SFC_COST = 0.05
+#: upper bound of ``refine_steps`` (a typo guard: a few hundred steps are plenty)
+MAX_REFINE_STEPS = 100_000
 
 
 def _enum(enum_cls, value, name):
@@ -114,6 +116,12 @@ class QuantConfig:
         dequantize/quantize boundaries, instead of raising.
     calib_batch_size : int
         Batch size used while running the float model for calibration.
+    refine_steps : int
+        After planning, refine the plan's continuous scale choices (group
+        mantissas, tensor exponents, power-of-two weight-scale exponents) for
+        this many Adam steps on the calibration images, against the float
+        model's outputs, weights frozen and groups unchanged (post-training; see
+        :mod:`gwq_tvm.qat.refine`; needs the ``torch`` extra).  ``0``: no refinement.
     """
 
     weight_bits: int = 8
@@ -131,6 +139,7 @@ class QuantConfig:
     add_precision_bits: int = 8
     allow_float_fallback: bool = True
     calib_batch_size: int = 64
+    refine_steps: int = 0
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -161,6 +170,8 @@ class QuantConfig:
             raise ConfigError(f"add_precision_bits must be an integer from 0 to 12; got {self.add_precision_bits!r}")
         if isinstance(self.calib_batch_size, bool) or not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:
             raise ConfigError(f"calib_batch_size must be a positive integer; got {self.calib_batch_size!r}")
+        if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or not 0 <= self.refine_steps <= MAX_REFINE_STEPS:
+            raise ConfigError(f"refine_steps must be an integer from 0 to {MAX_REFINE_STEPS}; got {self.refine_steps!r}")
         overrides = {}
         for name, pair in dict(self.bits).items():
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
