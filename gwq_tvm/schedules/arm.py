@@ -30,24 +30,10 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
+from .intrin import dot_16x4_desc
+
 SDOT_INTRIN = "gwq_dot_16x4_sdot"
 """Our name for the 16-lane, 4-deep int8 x int8 -> int32 ``sdot`` intrinsic."""
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x4_i8_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -74,7 +60,7 @@ def _dot_16x4_sdot_impl(
 @functools.lru_cache(maxsize=None)
 def register_sdot_intrinsic() -> str:
     """Register :data:`SDOT_INTRIN` (idempotent, cheap) and return its name."""
-    tvm.s_tir.TensorIntrin.register(SDOT_INTRIN, _dot_16x4_i8_desc, _dot_16x4_sdot_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(SDOT_INTRIN, dot_16x4_desc("int8"), _dot_16x4_sdot_impl, override=True)
     return SDOT_INTRIN
 
 

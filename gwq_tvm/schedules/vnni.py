@@ -29,27 +29,13 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
+from .intrin import dot_16x4_desc
+
 VNNI_INTRIN = "gwq_dot_16x4_vnni"
 """Our name for the fixed 16-lane, 4-deep uint8 x int8 -> int32 intrinsic (default schedules use it)."""
 
 STOCK_VNNI_INTRIN = "dot_16x4_vnni"
 """TVM's name, used by MetaSchedule's x86 rules and by the traces in a tuning database."""
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -80,7 +66,7 @@ def register_vnni_intrinsic() -> str:
     Cheap: it does not import ``tvm.s_tir.tensor_intrin``, whose import parses
     ~500 TVMScript functions (about 17 s here).
     """
-    tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl, override=True)
     return VNNI_INTRIN
 
 
@@ -97,7 +83,7 @@ def fix_stock_vnni_intrinsic() -> str:
     import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the broken stock version)
 
     register_vnni_intrinsic()
-    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl, override=True)
     return STOCK_VNNI_INTRIN
 
 
