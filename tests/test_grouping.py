@@ -93,6 +93,23 @@ def test_tolerance_mode():
     assert loose.multiply_share <= exact.multiply_share
 
 
+def test_tolerance_mode_is_never_beaten_by_a_fixed_k_grouping_within_the_budget():
+    """Tolerance mode promises the fewest multiplies within the error budget: no ``groups=K``
+    grouping of its sweep that fits the budget may have fewer (a search over ``sfc_cost`` at
+    the largest K alone misses the answers with fewer groups)."""
+    rng = np.random.default_rng(7)  # the sfc_cost-only search left up to 22 pt of shifts on the table here
+    names = [f"t{i}" for i in range(8)]
+    curves = {n: _curve(f) for n, f in zip(names, np.exp2(rng.uniform(-2, 2, len(names))))}
+    edges = [SfcEdge(b, "out", a, b, int(rng.integers(10, 1000))) for a, b in zip(names, names[1:])]
+    edges += [SfcEdge(names[i + 3], "add", names[i], names[i + 3], int(rng.integers(10, 1000))) for i in (0, 2, 4)]
+    for k in (2, 3):
+        for lam in (0.0, 1e-3, 1e-2):
+            fixed = G.group_tensors(curves, edges, groups=k, sfc_cost=lam)
+            tol = G.group_tensors(curves, edges, tolerance=fixed.added_error)
+            assert tol.added_error <= fixed.added_error + 1e-12
+            assert tol.multiply_share <= fixed.multiply_share + 1e-12, (k, lam)
+
+
 def test_deterministic_and_bad_k():
     names = [f"t{i}" for i in range(4)]
     curves = {n: _curve(f) for n, f in zip(names, (1, 1.2, 1.5, 1.8))}

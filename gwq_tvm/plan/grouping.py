@@ -26,9 +26,9 @@ We work with the *phase* ``log2(mu_g)`` in ``[0, 1)``, on a grid of
    while ``J`` drops.  Everything is deterministic (ties go to the lower index).
 
 ``sfc_cost = 0`` is clustering by error alone (the baseline the benchmark
-compares against); ``tolerance`` mode binary-searches ``sfc_cost`` (at most
-:data:`TOLERANCE_MAX_GROUPS` groups) for the plan with the fewest multiply
-elements whose total added error is within the tolerance.
+compares against); ``tolerance`` mode sweeps ``sfc_cost`` and the number of
+groups (at most :data:`TOLERANCE_MAX_GROUPS`) for the plan with the fewest
+multiply elements whose total added error is within the tolerance.
 """
 
 from __future__ import annotations
@@ -298,11 +298,17 @@ def _canonical(assign: np.ndarray, phases: list[int]):
     return np.asarray(order, dtype=np.int64), new_phases
 
 
-def _solve(prob: _Problem, k_max: int, lam: float):
+def _solve(prob: _Problem, k_max: int, lam: float) -> list:
+    """Greedy group addition for weight ``lam``: every state it passes through, the last one the answer.
+
+    State ``i`` is what the search returns with ``k_max`` set to its number of
+    groups, so tolerance mode gets the answers for every ``k <= k_max`` from one run.
+    """
     n = len(prob.names)
     assign = np.zeros(n, dtype=np.int64)
     phases = [int(np.argmin(prob.D.sum(axis=0)))]
     energy = prob.energy(assign, phases, lam)
+    states = [_canonical(assign, phases)]
     while len(phases) < k_max:
         best = None
         for cand in prob.candidates:
@@ -314,7 +320,8 @@ def _solve(prob: _Problem, k_max: int, lam: float):
         if best is None or best[2] >= energy - _EPS:
             break
         assign, phases, energy = best
-    return _canonical(assign, phases)
+        states.append(_canonical(assign, phases))
+    return states
 
 
 def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = None, tolerance: float | None = None,
@@ -354,30 +361,17 @@ def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = No
         k = 4 if groups is None else groups
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
             raise PlanError(f"groups must be from 1 to the number of quantized tensors ({len(names)}); got {k!r}")
-        return result(_solve(prob, k, sfc_cost), sfc_cost)
-    # Larger sfc_cost gives fewer multiplies and more error: binary-search the sweep for the
-    # largest feasible cost, keeping the best feasible grouping seen (sfc_cost 0 is the fallback).
+        return result(_solve(prob, k, sfc_cost)[-1], sfc_cost)
+    # Every (sfc_cost, number of groups) pair of the sweep is a candidate: the added error is
+    # not monotone in either alone (a smaller cost with fewer groups can beat a larger cost
+    # with more), so the whole sweep is searched; each solve is cheap next to calibration.
     k_max = min(len(names), TOLERANCE_MAX_GROUPS)
-    sweep = TOLERANCE_SWEEP + (0.0,)
-    seen = {}
-
-    def solve(i):
-        if i not in seen:
-            seen[i] = result(_solve(prob, k_max, sweep[i]), sweep[i])
-        return seen[i]
-
-    lo, hi = 0, len(sweep) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if solve(mid).added_error <= tolerance + _EPS:
-            hi = mid
-        else:
-            lo = mid + 1
-    feasible = [g for g in (solve(lo), *seen.values()) if g.added_error <= tolerance + _EPS]
+    seen = [result(state, lam) for lam in TOLERANCE_SWEEP + (0.0,) for state in _solve(prob, k_max, lam)]
+    feasible = [g for g in seen if g.added_error <= tolerance + _EPS]
     if not feasible:
         raise PlanError(f"no grouping with at most {k_max} groups adds error <= {tolerance:g} "
-                        f"(the least found: {min(g.added_error for g in seen.values()):.4g}); use --groups or a larger tolerance")
-    return min(feasible, key=lambda g: (g.multiply_share, g.added_error))
+                        f"(the least found: {min(g.added_error for g in seen):.4g}); use --groups or a larger tolerance")
+    return min(feasible, key=lambda g: (g.multiply_share, g.added_error, len(g.phases)))
 
 
 def similarity(curves: dict) -> np.ndarray:
