@@ -111,7 +111,10 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         sensitivity = None
         if config.mode is ScaleMode.GWQ and config.loss_aware:
             sensitivity = tensor_sensitivity(fm, graph, stats, config, check_batch(calib_data, fm.input_shape))
-        plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
+        if config.mode is ScaleMode.GWQ and config.min_shift_share is not None:
+            plan = select(graph, stats, config, check_batch(calib_data, fm.input_shape), fm.input_shape, sensitivity)
+        else:
+            plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
         if config.refine_steps:
             plan = refine(graph, plan, check_batch(calib_data, fm.input_shape), config.refine_steps)
     elif plan.fingerprint != graph.fingerprint:
@@ -121,6 +124,23 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     if not report.ok and not floats:
         raise IntegerOnlyError(f"realized program is not integer-only: {report}")
     return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
+
+
+def select(graph: Graph, stats: dict, config: QuantConfig, images: np.ndarray, input_shape=None,
+           sensitivity: dict | None = None) -> QuantPlan:
+    """The GWQ plan ``config.min_shift_share`` asks for (:func:`gwq_tvm.qat.select.select_plan`).
+
+    Raises
+    ------
+    ConfigError
+        If torch is not installed.
+    """
+    try:
+        from .qat.select import select_plan
+    except ImportError as err:
+        raise ConfigError(f"min_shift_share needs torch ({err}): pip install 'gwq-tvm[torch]', "
+                          "or choose the grouping with groups or tolerance") from None
+    return select_plan(graph, stats, config, images, input_shape, sensitivity)[0]
 
 
 def refine(graph: Graph, plan: QuantPlan, images: np.ndarray, steps: int) -> QuantPlan:

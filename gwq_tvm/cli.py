@@ -57,7 +57,7 @@ def _config(args):
     return QuantConfig(
         weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
         weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
-        tolerance=args.tolerance, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
+        tolerance=args.tolerance, min_shift_share=args.min_shift_share, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
         loss_aware=not args.no_loss_aware, end_bits=args.end_bits, refine_steps=args.refine_steps,
     )
 
@@ -286,6 +286,9 @@ def _add_quant_options(p):
     p.add_argument("--groups", type=int, default=None, help="gwq: at most K groups (shared mantissas; default 4)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="gwq: fewest multiplies within this added error (noise/signal power summed over tensors)")
+    p.add_argument("--min-shift-share", type=float, default=None,
+                   help="gwq: the grouping closest to the float model on the calibration samples (its integer "
+                        "program's softmax KL) with at least this fraction of SFC elements as shifts, e.g. 0.75 (needs torch)")
     p.add_argument("--sfc-cost", type=float, default=None,
                    help="gwq: weight of the multiply share against the added error (default 0.05; 0 = error only)")
     p.add_argument("--no-loss-aware", action="store_true",

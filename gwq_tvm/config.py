@@ -94,6 +94,13 @@ class QuantConfig:
         GWQ: the fewest multiply-SFC elements whose added quantization error stays
         within ``tolerance`` (summed added noise-to-signal power over the tensors,
         e.g. ``0.01``; see :mod:`gwq_tvm.plan.grouping`).
+    min_shift_share : float, optional
+        GWQ: among the groupings the ``tolerance`` search visits (every
+        ``sfc_cost`` of its sweep, every number of groups up to 8), the one whose
+        integer program is closest to the float model on the calibration images
+        (softmax KL, exact integer simulation) while at least this fraction of
+        SFC elements are shifts, in ``[0, 1]``.  Exclusive with ``groups`` and
+        ``tolerance``; needs the ``torch`` extra (see :mod:`gwq_tvm.qat.select`).
     sfc_cost : float
         GWQ: weight of the multiply cost against the added error (the added error
         worth turning every SFC element from a multiply into a shift); ``0`` groups
@@ -132,6 +139,7 @@ class QuantConfig:
     mode: ScaleMode = ScaleMode.PER_LAYER
     groups: int | None = None
     tolerance: float | None = None
+    min_shift_share: float | None = None
     sfc_cost: float = DEFAULT_SFC_COST
     loss_aware: bool = True
     bits: Mapping[str, tuple] = field(default_factory=dict)
@@ -158,10 +166,16 @@ class QuantConfig:
             raise ConfigError(f"sfc_cost must be a finite number >= 0; got {self.sfc_cost!r}")
         if not isinstance(self.loss_aware, bool):
             raise ConfigError(f"loss_aware must be true or false; got {self.loss_aware!r}")
-        if self.groups is not None and self.tolerance is not None:
-            raise ConfigError("give GWQ either groups or tolerance, not both")
-        if self.mode is not ScaleMode.GWQ and (self.groups is not None or self.tolerance is not None):
-            raise ConfigError(f"groups/tolerance apply to mode 'gwq' only (mode is {self.mode.value!r})")
+        if self.min_shift_share is not None and (
+            isinstance(self.min_shift_share, bool) or not isinstance(self.min_shift_share, (int, float))
+            or not 0 <= self.min_shift_share <= 1
+        ):
+            raise ConfigError(f"min_shift_share must be a number from 0 to 1; got {self.min_shift_share!r}")
+        chosen = [k for k in ("groups", "tolerance", "min_shift_share") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"give GWQ one of groups, tolerance or min_shift_share; got {' and '.join(chosen)}")
+        if self.mode is not ScaleMode.GWQ and chosen:
+            raise ConfigError(f"{chosen[0]} applies to mode 'gwq' only (mode is {self.mode.value!r})")
         if not isinstance(self.percentile, (int, float)) or not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile!r}")
         if self.end_bits is not None:

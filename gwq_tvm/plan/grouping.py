@@ -362,16 +362,38 @@ def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = No
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
             raise PlanError(f"groups must be from 1 to the number of quantized tensors ({len(names)}); got {k!r}")
         return result(_solve(prob, k, sfc_cost)[-1], sfc_cost)
-    # Every (sfc_cost, number of groups) pair of the sweep is a candidate: the added error is
-    # not monotone in either alone (a smaller cost with fewer groups can beat a larger cost
-    # with more), so the whole sweep is searched; each solve is cheap next to calibration.
-    k_max = min(len(names), TOLERANCE_MAX_GROUPS)
-    seen = [result(state, lam) for lam in TOLERANCE_SWEEP + (0.0,) for state in _solve(prob, k_max, lam)]
+    seen = sweep_groupings(curves, edges)
     feasible = [g for g in seen if g.added_error <= tolerance + _EPS]
     if not feasible:
-        raise PlanError(f"no grouping with at most {k_max} groups adds error <= {tolerance:g} "
+        raise PlanError(f"no grouping with at most {TOLERANCE_MAX_GROUPS} groups adds error <= {tolerance:g} "
                         f"(the least found: {min(g.added_error for g in seen):.4g}); use --groups or a larger tolerance")
     return min(feasible, key=lambda g: (g.multiply_share, g.added_error, len(g.phases)))
+
+
+def sweep_groupings(curves: dict, edges: list[SfcEdge]) -> list[Grouping]:
+    """Every distinct grouping of the ``sfc_cost`` sweep, for every number of groups up to the cap.
+
+    The candidates of tolerance mode (and of the loss-based choice in
+    :mod:`gwq_tvm.qat.select`): the added error is monotone neither in
+    ``sfc_cost`` nor in the number of groups alone (a smaller cost with fewer
+    groups can beat a larger cost with more), so all pairs are kept.  Ordered
+    by the sweep (largest ``sfc_cost`` first, fewer groups first); a grouping
+    reached twice keeps its first ``sfc_cost``.
+    """
+    names = list(curves)
+    if not names:
+        raise PlanError("no quantized tensors to group")
+    prob = _Problem(names, curves, edges)
+    k_max = min(len(names), TOLERANCE_MAX_GROUPS)
+    out, keys = [], set()
+    for lam in TOLERANCE_SWEEP + (0.0,):
+        for assign, phases in _solve(prob, k_max, lam):
+            key = (tuple(int(a) for a in assign), tuple(phases))
+            if key not in keys:
+                keys.add(key)
+                added, mult = prob.split(assign, phases)
+                out.append(Grouping(tuple(names), key[1], key[0], added, mult, lam))
+    return out
 
 
 def similarity(curves: dict) -> np.ndarray:

@@ -89,6 +89,9 @@ def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict |
     -------
     (dict of str to ErrorCurve, Grouping)
     """
+    if config.min_shift_share is not None:
+        raise PlanError("min_shift_share picks the grouping by the calibration loss of each candidate's integer "
+                        "program: plan through gwq_tvm.quantize (or gwq_tvm.qat.select.select_plan)")
     curves = error_curves(graph, stats, config, choices, sensitivity)
     groups = config.groups
     if groups is not None and groups > len(curves):
@@ -109,7 +112,7 @@ def layer_quant(node: Node, config: QuantConfig) -> LayerQuant:
 
 
 def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None,
-               sensitivity: dict | None = None) -> QuantPlan:
+               sensitivity: dict | None = None, grouping: Grouping | None = None) -> QuantPlan:
     """Choose every tensor's scale and every layer's weight scales.
 
     Parameters
@@ -124,6 +127,9 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
     sensitivity : dict of str to float, optional
         GWQ only: per-tensor output sensitivities weighting the error curves
         (:func:`gwq_tvm.calibrate.sensitivity.tensor_sensitivity`).
+    grouping : Grouping, optional
+        GWQ only: use this grouping of the graph's tensors instead of
+        :func:`gwq_grouping` (e.g. one of :func:`gwq_tvm.plan.grouping.sweep_groupings`).
 
     Returns
     -------
@@ -139,8 +145,15 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
     choices = tensor_choices(graph, stats, config)
     groups: dict[str, float] = {}
     tensors: dict[str, TensorQuant] = {}
+    if grouping is not None and config.mode is not ScaleMode.GWQ:
+        raise PlanError(f"a grouping applies to mode 'gwq' only (mode is {config.mode.value!r})")
     if config.mode is ScaleMode.GWQ:
-        curves, grouping = gwq_grouping(graph, stats, config, choices, sensitivity)
+        if grouping is None:
+            curves, grouping = gwq_grouping(graph, stats, config, choices, sensitivity)
+        else:
+            curves = error_curves(graph, stats, config, choices, sensitivity)
+            if grouping.tensors != tuple(curves):
+                raise PlanError("the grouping was made for other tensors than this graph's quantized tensors")
         for g, mantissa in enumerate(grouping.mantissas):
             groups[f"g{g}"] = mantissa
         for name, ch in choices.items():

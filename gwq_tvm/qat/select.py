@@ -1,0 +1,101 @@
+"""Choose a GWQ grouping by its integer program's loss on the calibration images (torch).
+
+The grouping search (:mod:`gwq_tvm.plan.grouping`) ranks groupings by a proxy:
+the summed, sensitivity-weighted noise each tensor gains from sharing a
+mantissa.  At low activation bits the proxy mis-ranks groupings whose added
+errors are close, so with ``QuantConfig.min_shift_share`` the choice among the
+search's own candidates (:func:`~gwq_tvm.plan.grouping.sweep_groupings`) is
+made by the quantity the proxy stands for: the KL divergence between the float
+model's softmax and the exact integer simulation's
+(:func:`~gwq_tvm.qat.refine.calibration_loss`), on the unlabelled calibration
+images, among the candidates with at least that share of shift SFC elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PlanError
+from ..graph import Graph
+from ..plan.grouping import Grouping, sweep_groupings
+from ..plan.planner import apply_end_bits, build_plan, error_curves
+from ..plan.program import sfc_edges
+from ..plan.quantplan import QuantPlan
+from .refine import _teacher, calibration_loss
+
+#: share comparisons allow this much rounding
+_SHARE_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grouping :func:`select_plan` scored.
+
+    Attributes
+    ----------
+    grouping : Grouping
+    shift_share : float
+        Fraction of SFC elements that are shifts.
+    loss : float
+        Calibration KL of the grouping's (unrefined) integer program.
+    """
+
+    grouping: Grouping
+    shift_share: float
+    loss: float
+
+
+def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_shape=None,
+                sensitivity: dict | None = None) -> tuple[QuantPlan, list[Candidate]]:
+    """The plan of least calibration loss among the groupings with enough shift elements.
+
+    Parameters
+    ----------
+    graph : Graph
+    stats : dict of str to TensorStats
+    config : QuantConfig
+        Mode ``gwq`` with ``min_shift_share`` set.
+    images : numpy.ndarray
+        Calibration inputs (float32, the model's input layout).
+    input_shape : tuple, optional
+        Recorded in the plan.
+    sensitivity : dict of str to float, optional
+        Output sensitivities weighting the error curves (as in :func:`build_plan`).
+
+    Returns
+    -------
+    (QuantPlan, list of Candidate)
+        The chosen plan (its config keeps ``min_shift_share``) and every scored
+        candidate, best first.  Ties in loss go to the higher shift share.
+
+    Raises
+    ------
+    PlanError
+        If no grouping reaches ``min_shift_share`` or ``images`` is empty.
+    """
+    if config.min_shift_share is None:
+        raise PlanError("select_plan needs QuantConfig.min_shift_share")
+    if len(images) == 0:
+        raise PlanError("select_plan needs calibration images")
+    config = apply_end_bits(graph, config)
+    curves = error_curves(graph, stats, config, sensitivity=sensitivity)
+    groupings = sweep_groupings(curves, sfc_edges(graph))
+    share = {id(g): 1.0 - g.multiply_share for g in groupings}
+    chosen = [g for g in groupings if share[id(g)] >= config.min_shift_share - _SHARE_EPS]
+    if not chosen:
+        best = max(share.values())
+        raise PlanError(f"no grouping reaches a shift share of {config.min_shift_share:.1%}: the highest is {best:.1%} "
+                        "(SFCs with a fixed factor that is not a power of two, like an average pool's, are always multiplies)")
+    # the planner itself refuses min_shift_share (it cannot score plans); plan each grouping without it
+    plan_config = config.replace(min_shift_share=None)
+    teacher = _teacher(graph, images)
+    scored = []
+    for g in chosen:
+        plan = build_plan(graph, stats, plan_config, input_shape, sensitivity, grouping=g)
+        scored.append((Candidate(g, share[id(g)], calibration_loss(graph, plan, images, teacher)), plan))
+    scored.sort(key=lambda c: (c[0].loss, -c[0].shift_share))
+    best_plan = scored[0][1]
+    return QuantPlan(best_plan.fingerprint, config, best_plan.groups, best_plan.tensors, best_plan.layers,
+                     best_plan.input_shape), [c for c, _ in scored]
