@@ -30,6 +30,22 @@ def compile_and_run(mod, x):
     return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
+def tensorized_dot_16x4(intrin: str, a_dtype: str, target):
+    """A standalone ``C[16] += A[4] . B[16, 4]`` (``A`` of ``a_dtype``) tensorized with ``intrin``, built for ``target``."""
+    import tvm
+    from tvm import s_tir, te
+
+    a = te.placeholder((4,), a_dtype, name="a")
+    b = te.placeholder((16, 4), "int8", name="b")
+    k = te.reduce_axis((0, 4), "k")
+    c = te.compute((16,), lambda i: te.sum(a[k].astype("int32") * b[i, k].astype("int32"), axis=k), name="c")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+    block = sch.get_sblock("c")
+    sch.decompose_reduction(block, sch.get_loops(block)[0])
+    sch.tensorize(sch.get_loops(block)[0], intrin)
+    return tvm.compile(sch.mod, target)
+
+
 @pytest.fixture(scope="session")
 def aarch64_board(tmp_path_factory):
     """The emulated aarch64 board, started through the CLI on a free loopback tracker port; stopped at the end.

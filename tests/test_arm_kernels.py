@@ -26,6 +26,7 @@ from gwq_tvm.schedules.default import ScheduleIntegerKernels
 from gwq_tvm.schedules.spec import AARCH64_NEON, AARCH64_SDOT, X86_VNNI, kernel_spec
 from gwq_tvm.schedules.targets import PRESETS, export_compiler, resolve_target
 
+from conftest import tensorized_dot_16x4
 from test_schedules import SHAPES, _asm, _conv_module
 
 needs_cross_gcc = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
@@ -141,18 +142,7 @@ def test_input_offsets_of_the_families():
 # --- the intrinsic ---------------------------------------------------------------
 def _sdot_kernel():
     """A standalone C[16] += A[4] . B[16, 4] tensorized with our sdot intrinsic, built for aarch64-dotprod."""
-    from tvm import s_tir, te
-
-    name = AARCH64_SDOT.intrinsic()
-    a = te.placeholder((4,), "int8", name="a")
-    b = te.placeholder((16, 4), "int8", name="b")
-    k = te.reduce_axis((0, 4), "k")
-    c = te.compute((16,), lambda i: te.sum(a[k].astype("int32") * b[i, k].astype("int32"), axis=k), name="c")
-    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
-    block = sch.get_sblock("c")
-    sch.decompose_reduction(block, sch.get_loops(block)[0])
-    sch.tensorize(sch.get_loops(block)[0], name)
-    return tvm.compile(sch.mod, resolve_target(DOTPROD))
+    return tensorized_dot_16x4(AARCH64_SDOT.intrinsic(), "int8", resolve_target(DOTPROD))
 
 
 def test_sdot_intrinsic_builds_with_four_sdots():

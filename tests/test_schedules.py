@@ -21,6 +21,8 @@ from gwq_tvm.schedules import layout as L
 from gwq_tvm.schedules.build import compile_integer
 from gwq_tvm.schedules.vnni import VNNI_INTRIN, has_vnni, register_vnni_intrinsic
 
+from conftest import tensorized_dot_16x4
+
 VNNI = has_vnni(host_target())
 needs_vnni = pytest.mark.skipif(not VNNI, reason="host CPU has no AVX-512 VNNI")
 
@@ -76,18 +78,7 @@ def _conv_module(c, o, hw, k, stride, padding, groups, dtype, dilation=1, seed=0
 
 def test_vnni_intrinsic_builds_and_is_exact():
     """The re-registered intrinsic tensorizes, builds with LLVM 22, emits vpdpbusd and computes u8 x s8 exactly."""
-    from tvm import s_tir, te
-
-    name = register_vnni_intrinsic()
-    a = te.placeholder((4,), "uint8", name="a")
-    b = te.placeholder((16, 4), "int8", name="b")
-    k = te.reduce_axis((0, 4), "k")
-    c = te.compute((16,), lambda i: te.sum(a[k].astype("int32") * b[i, k].astype("int32"), axis=k), name="c")
-    sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
-    block = sch.get_sblock("c")
-    sch.decompose_reduction(block, sch.get_loops(block)[0])
-    sch.tensorize(sch.get_loops(block)[0], name)
-    lib = tvm.compile(sch.mod, tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"}))
+    lib = tensorized_dot_16x4(register_vnni_intrinsic(), "uint8", tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"}))
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
     if VNNI:
         av = np.array([255, 0, 128, 7], "uint8")
