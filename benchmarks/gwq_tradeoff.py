@@ -8,6 +8,12 @@ TVM and run on the Fashion-MNIST test images.  Rows:
 * ``pot``: naive power-of-two (calibrated scale rounded up to ``2**k``, weights too).
 * ``gwq K=k``: GWQ, at most ``k`` groups, joint objective (``sfc_cost`` default).
 * ``gwq tol=f``: GWQ tolerance mode, ``f`` times the added error of one group.
+* ``gwq tol=err K=k``: GWQ tolerance mode at the added error of ``error-only K=k``
+  (the same error budget: the row shows how many multiplies GWQ saves for it).
+* ``gwq share>=err K=k``: GWQ ``min_shift_share`` at the shift share of
+  ``error-only K=k``: of the groupings the search visits with at least that
+  share, the one of least calibration loss (softmax KL on the 1024 unlabelled
+  calibration images; :mod:`gwq_tvm.qat.select`).
 * ``error-only K=k``: the same grouping with ``sfc_cost = 0`` (clustering by error alone,
   on the same sensitivity-weighted curves, so the rows differ only in the graph term).
 
@@ -31,7 +37,11 @@ Usage::
     python benchmarks/gwq_tradeoff.py --limit 2000    # quicker look
     python benchmarks/gwq_tradeoff.py --refine-steps 100 --no-tolerance --settings W4A2
 
-Writes ``benchmarks/results/gwq_tradeoff.{json,md,png}``.
+Writes ``benchmarks/results/gwq_tradeoff.{json,md,png}`` and, bit-packed, every
+row's per-image correctness (``gwq_tradeoff_correct.npz``): under each table a
+line says whether GWQ dominates error-only (for every error-only point a GWQ
+point with as high a shift share and accuracy), with the paired standard error
+of each shortfall where both rows' images were kept.
 """
 
 from __future__ import annotations
@@ -77,7 +87,20 @@ def rows_for(base, graph, stats, sfc_cost, sens, tolerance=True):
         rows.append((f"gwq tol={f:g}", base.replace(mode="gwq", tolerance=f * one.added_error)))
     for k in (2, 3, 4):
         rows.append((f"error-only K={k}", base.replace(mode="gwq", groups=k, sfc_cost=0.0)))
+    for k in (2, 3, 4) if tolerance else ():
+        _, err = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=k, sfc_cost=0.0), sensitivity=sens)
+        rows.append((f"gwq tol=err K={k}", base.replace(mode="gwq", tolerance=err.added_error)))
+        rows.append((f"gwq share>=err K={k}", base.replace(mode="gwq", min_shift_share=1.0 - err.multiply_share)))
     return rows
+
+
+def load_correct(stem, n) -> dict:
+    """The per-image correctness an earlier run saved beside ``stem`` (``{"W4A4|label": bool array}``)."""
+    path = Path(f"{stem}_correct.npz")
+    if not path.is_file():
+        return {}
+    with np.load(path) as f:
+        return {k: np.unpackbits(f[k])[:n].astype(bool) for k in f.files}
 
 
 def latency_ms(ex, shape):
@@ -91,10 +114,20 @@ def plan_key(plan):
     return hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
 
 
-def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine=None):
-    """Measure one row; ``refine`` = (calibration images, steps) refines the plan first."""
+def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, refine=None):
+    """Measure one row; ``refine`` = (calibration images, steps) refines the plan first.
+
+    ``min_shift_share`` rows pick their grouping by the calibration loss on ``calib``.
+    """
     sens = sens if cfg.mode.value == "gwq" else None
-    plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape, sens)
+    chosen = None
+    if cfg.min_shift_share is not None:
+        from gwq_tvm.qat.select import select_plan
+
+        plan, candidates = select_plan(graph, stats, cfg, calib, fm.input_shape, sens)
+        chosen = candidates[0].grouping
+    else:
+        plan = gwq_tvm.build_plan(graph, stats, cfg, fm.input_shape, sens)
     key = plan_key(plan)  # refinement is deterministic: equal plans refine to equal plans
     extra = {}
     if key in cache:
@@ -112,23 +145,25 @@ def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine=N
     row = {"groups": len(plan.groups), "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
            "multiply_sites": s["multiply_sites"], "shift_sites": s["shift_sites"], "shift_share": s["shift_share"], **extra}
     if cfg.mode.value == "gwq":
-        _, grouping = gwq_grouping(graph, stats, cfg, sensitivity=sens)
+        grouping = chosen or gwq_grouping(graph, stats, cfg, sensitivity=sens)[1]
         row["added_error"] = grouping.added_error
         row["mantissas"] = [round(plan.groups[f"g{g}"], 4) for g in range(len(grouping.mantissas))]
     if key in cache:
         hit = cache[key]
-        return {**row, "accuracy": hit["accuracy"], "latency_ms": hit["latency_ms"], "same_plan_as": hit["row"]}
+        return {**row, "accuracy": hit["accuracy"], "latency_ms": hit["latency_ms"], "correct": hit["correct"],
+                "same_plan_as": hit["row"]}
     mod = gwq_tvm.RealizeIntegerProgram(plan)(fm.mod)
     assert gwq_tvm.check_integer_only(mod).ok
     ex = gwq_tvm.build(mod)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     logits = gwq_tvm.predict(vm, test_x, fm.input_shape)
-    measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "latency_ms": latency_ms(ex, fm.input_shape)}
+    measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "latency_ms": latency_ms(ex, fm.input_shape),
+                "correct": np.argmax(logits, axis=1) == test_y}
     cache[key] = {**measured, "row": label, "plan": plan, "extra": extra}
     return {**row, **measured}
 
 
-def table(results, fp32, unrefined=None):
+def table(results, fp32, unrefined=None, correct=None):
     """Markdown tables; with ``unrefined`` (results of an unrefined run) two more columns compare against it."""
     lines = [f"fp32 accuracy: {fp32 * 100:.2f}%", ""]
     for name, rows in results.items():
@@ -146,6 +181,7 @@ def table(results, fp32, unrefined=None):
                 kl = f"{r['calib_kl_before']:.3f} -> {r['calib_kl_after']:.3f}" if "calib_kl_after" in r else "-"
                 line += f" {before} | {kl} |"
             lines.append(line)
+        lines += ["", dominance(rows, (correct or {}).get(name))]
         if name in TARGETS:
             share, pts = TARGETS[name]
             ok = [label for label, r in rows.items() if label.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
@@ -154,6 +190,43 @@ def table(results, fp32, unrefined=None):
         else:
             lines.append("")
     return "\n".join(lines)
+
+
+def paired_se(a, b) -> float | None:
+    """Standard error (pt) of the accuracy difference of two rows measured on the same images, or None."""
+    if a is None or b is None or len(a) != len(b):
+        return None
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d)) * 100)
+
+
+def dominance(rows, correct=None) -> str:
+    """Whether every error-only point has a GWQ point at an equal or higher shift share and accuracy.
+
+    ``correct`` maps row labels to per-image correctness; with it each shortfall
+    states the paired standard error of the gap (the rows share the test images).
+    """
+    correct = correct or {}
+    gwq = [(label, r) for label, r in rows.items() if label.startswith("gwq")]
+    beaten = []
+    for label, r in rows.items():
+        if not label.startswith("error-only"):
+            continue
+        cover = [(g_label, g) for g_label, g in gwq if g["shift_share"] >= r["shift_share"] - 1e-9]
+        best = max(cover, key=lambda c: c[1]["accuracy"], default=None)
+        if best is None or best[1]["accuracy"] < r["accuracy"]:
+            text = f"{label} ({r['accuracy'] * 100:.2f}% at {r['shift_share'] * 100:.1f}% shift; best GWQ at that share or more: "
+            if best is None:
+                text += "none)"
+            else:
+                se = paired_se(correct.get(label), correct.get(best[0]))
+                text += (f"{best[0]}, {best[1]['accuracy'] * 100:.2f}%"
+                         + (f", gap {(r['accuracy'] - best[1]['accuracy']) * 100:.2f} pt, paired SE {se:.2f} pt" if se is not None else "")
+                         + ")")
+            beaten.append(text)
+    if not beaten:
+        return "GWQ dominates error-only: **yes** (every error-only point has a GWQ point with as many shifts and as high an accuracy)"
+    return "GWQ dominates error-only: **no**, not at " + "; ".join(beaten)
 
 
 def plot(results, path):
@@ -220,7 +293,7 @@ def main():
         for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens, tolerance=not args.no_tolerance):
             if args.rows and label not in args.rows.split(","):
                 continue
-            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, refine)
+            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, refine)
             rows[label] = r
             print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
                   f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  "
@@ -230,23 +303,35 @@ def main():
 
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"gwq_tradeoff{tag}"
+    # per-image correctness (for the paired standard errors) goes to its own file, bit-packed
+    correct = {f"{k}|{label}": r.pop("correct") for k, rows in results.items() for label, r in rows.items()}
     meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost, "loss_aware": not args.no_loss_aware,
             "refine_steps": args.refine_steps, "refine_images": len(calib) if args.refine_steps else 0,
             "fp32_accuracy": fp32, "target": str(host_target()), "seconds": time.time() - t0}
     if stem.with_suffix(".json").is_file():  # keep the other settings of an earlier run with the same protocol
         prev = json.loads(stem.with_suffix(".json").read_text())
-        same = all(prev["meta"].get(k) == meta[k] for k in ("test_images", "ends_at_8_bits", "sfc_cost", "loss_aware", "refine_steps"))
+        protocol = {"test_images": None, "ends_at_8_bits": None, "sfc_cost": None, "loss_aware": None, "refine_steps": 0}
+        same = all(prev["meta"].get(k, default) == meta[k] for k, default in protocol.items())
+        if args.rows and not same:
+            raise SystemExit(f"--rows merges into {stem.with_suffix('.json')}, whose protocol differs "
+                             f"({ {k: prev['meta'].get(k, d) for k, d in protocol.items()} }); not overwriting it")
         if same:
             merged = {k: {**prev["results"].get(k, {}), **rows} for k, rows in results.items()}  # row by row (--rows)
             merged = {**prev["results"], **merged}
             results = {k: merged[k] for k in SETTINGS if k in merged}
+            correct = {**load_correct(stem, len(test_x)), **correct}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    np.savez_compressed(f"{stem}_correct.npz", **{k: np.packbits(v) for k, v in correct.items()})
+    by_setting = {}
+    for key, v in correct.items():
+        setting, label = key.split("|", 1)
+        by_setting.setdefault(setting, {})[label] = v
     unrefined = None
     if args.refine_steps and (OUT / "gwq_tradeoff.json").is_file():
         old = json.loads((OUT / "gwq_tradeoff.json").read_text())
         if old["meta"]["test_images"] == len(test_x):
             unrefined = old["results"]
-    md = table(results, fp32, unrefined)
+    md = table(results, fp32, unrefined, by_setting)
     stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {len(test_x)} test images\n\n{md}\n")
     plot(results, stem.with_suffix(".png"))
     print(md)
