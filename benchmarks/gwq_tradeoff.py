@@ -239,8 +239,19 @@ def plot(results, path):
             sel = sorted((r["shift_share"] * 100, r["accuracy"] * 100) for label, r in rows.items() if label.startswith(prefix))
             return [p[0] for p in sel], [p[1] for p in sel]
 
-        ax.plot(*pts("gwq"), "o-", label="GWQ (joint)")
-        ax.plot(*pts("error-only"), "s--", label="error-only")
+        def envelope(xs, ys):
+            """Best accuracy at this shift share or more: the curve 'dominates' compares."""
+            best, out = -1.0, []
+            for x, y in sorted(zip(xs, ys), reverse=True):
+                best = max(best, y)
+                out.append((x, best))
+            out.append((0.0, best))  # defined for every share below the family's largest
+            return [p[0] for p in out], [p[1] for p in out]
+
+        for prefix, marker, style, family in (("gwq", "o", "-", "GWQ (joint)"), ("error-only", "s", "--", "error-only")):
+            xs, ys = pts(prefix)
+            line, = ax.plot(xs, ys, marker, linestyle="none", alpha=0.6)
+            ax.step(*envelope(xs, ys), where="post", linestyle=style, color=line.get_color(), label=f"{family}, best at >= share")
         for label, marker in (("per-layer", "*"), ("pot", "x")):
             r = rows[label]
             ax.plot([r["shift_share"] * 100], [r["accuracy"] * 100], marker, markersize=10, label=label)
