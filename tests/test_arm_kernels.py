@@ -175,12 +175,13 @@ def test_depthwise_is_vectorized(preset, c, stride, dtype):
     assert NEON_MAC.search(_asm(_compile(mod, preset)))
 
 
-@pytest.mark.parametrize("preset", [DOTPROD, NEON])
 @pytest.mark.parametrize("m", [24, 10])
-def test_dense_is_vectorized(preset, m):
-    """Dense (24 outputs: 8-lane split; 10 outputs: one short vector) multiply-accumulates in NEON lanes."""
+def test_dense_uses_the_family_instruction(m):
+    """Dense runs as the packed 1x1 conv: sdot on a dotprod target, NEON multiply-accumulates on Cortex-A72."""
     mod, _ = _dense_module("uint8", m=m)
-    assert NEON_MAC.search(_asm(_compile(mod, preset)))
+    assert SDOT.search(_asm(_compile(mod, DOTPROD)))
+    asm = _asm(_compile(mod, NEON))
+    assert NEON_MAC.search(asm) and "sdot" not in asm
 
 
 @pytest.mark.parametrize("preset", [DOTPROD, NEON])

@@ -168,21 +168,30 @@ def test_pack_pass_structure():
 
 
 @needs_vnni
-@pytest.mark.parametrize("dtype", ["uint8", "int8"])
-def test_dense_bit_exact(dtype):
+@pytest.mark.parametrize("dtype, batch, k, n", [("uint8", 3, 17, 24), ("int8", 3, 17, 24), ("uint8", 1, 64, 10),
+                                               ("int8", 2, 3, 5), ("uint8", 1, 512, 1000)])
+def test_dense_is_a_tensorized_packed_kernel_and_bit_exact(dtype, batch, k, n):
+    """A dense by a constant runs as the packed 1x1 conv (vpdpbusd), odd K/N included; the result is unpacked at once."""
     rng = np.random.default_rng(2)
-    w = rng.integers(-128, 128, (17, 24)).astype("int8")
-    x = relax.Var("x", relax.TensorType((3, 17), dtype))
+    w = rng.integers(-128, 128, (k, n)).astype("int8")
+    x = relax.Var("x", relax.TensorType((batch, k), dtype))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
-            out = bb.emit_output(bb.emit(relax.op.add(y, relax.const(np.arange(24, dtype="int32")))))
+            out = bb.emit_output(bb.emit(relax.op.add(y, relax.const(np.arange(n, dtype="int32")))))
         bb.emit_func_output(out)
     mod = bb.get()
+    packed = PackInt8Layout()(mod)
+    names = _call_tir_names(packed)
+    assert sum(n.startswith("gwq_conv2d") for n in names) == 1
+    assert not any(b.value.op.name == "relax.matmul" for blk in packed["main"].body.blocks for b in blk.bindings
+                   if isinstance(b.value, relax.Call))
     info = np.iinfo(dtype)
-    data = rng.integers(info.min, info.max + 1, (3, 17)).astype(dtype)
-    np.testing.assert_array_equal(_run(_compile_strict(mod), data), run_reference(mod, data))
+    data = rng.integers(info.min, info.max + 1, (batch, k)).astype(dtype)
+    ex = _compile_strict(mod)
+    assert "vpdpbusd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))
 
 
 def test_without_vnni_falls_back_to_plain_compile():

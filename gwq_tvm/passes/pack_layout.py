@@ -2,7 +2,8 @@
 
 Run it on a realized integer program (after :class:`RealizeIntegerProgram`),
 before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
-a constant weight becomes a ``call_tir`` of a packed kernel
+a constant weight, and every such dense (``matmul`` by a constant, as the
+1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
 (:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, aarch64 sdot, aarch64 NEON):
 
@@ -14,8 +15,8 @@ a constant weight becomes a ``call_tir`` of a packed kernel
   global-average-pool sum stay in the packed layout, so consecutive convs
   never leave it;
 * layout transforms appear only at the edges: where a tensor enters the
-  packed region (the network input) or leaves it (flatten, dense, outputs,
-  any op this pass does not know).
+  packed region (the network input) or leaves it (flatten, a dense's own
+  output, outputs, any op this pass does not know).
 
 Activations of the other signedness than the family's instruction takes
 (int8 for VNNI's uint8 x int8: the network input, residual sums without
@@ -153,9 +154,11 @@ class _Packer:
         handler = None
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             handler = _HANDLERS.get(value.op.name)
-        packed = handler(self, value) if handler else None
-        if packed is not None:
-            self.packed[var] = packed
+        out = handler(self, value) if handler else None
+        if isinstance(out, _Packed):
+            self.packed[var] = out
+        elif out is not None:  # a handler that rewrote the op but keeps its result in the original layout
+            self.plain[var] = out
         else:
             self.plain[var] = self.bb.emit(self.plain_of(value))
 
@@ -181,6 +184,32 @@ class _Packer:
             comp = L.pack_channel_const(comp, w.shape[0], L.OC_BLOCK)
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
         return _Packed(y, w.shape[0], L.OC_BLOCK)
+
+    def matmul(self, call) -> relax.Expr | None:
+        """An int8 dense ``x[B, K] @ w[K, N]`` (constant ``w``) as the packed 1x1 conv of ``x[B, K, 1, 1]``.
+
+        The same kernel and instruction as every conv; the result is unpacked
+        back to ``[B, N]`` at once (the dense's epilogue and the network output
+        follow in the plain layout).
+        """
+        data, weight = call.args
+        w = _const(weight)
+        ty = data.ty
+        if (w is None or w.dtype != np.int8 or w.ndim != 2 or not isinstance(ty, relax.TensorType) or ty.ndim != 2
+                or ty.shape is None or not isinstance(ty.shape.values[1], tvm.tirx.IntImm) or _dtype(data) not in _INT8
+                or str(call.attrs.out_dtype) != "int32"):
+            return None
+        w4 = np.ascontiguousarray(w.T).reshape(w.shape[1], w.shape[0], 1, 1)  # OIHW
+        if not _accumulator_fits_int32(w4, self.spec):
+            return None
+        x4 = self.bb.emit(relax.op.expand_dims(self.plain_of(data), axis=[2, 3]))
+        self.plain[x4] = x4
+        conv = relax.op.nn.conv2d(x4, relax.const(w4, "int8"), out_dtype="int32")
+        y = self.conv2d(conv)
+        if y is None:
+            return None
+        plain = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
+        return self.bb.emit(relax.op.squeeze(plain, axis=[2, 3]))
 
     def unary(self, call) -> _Packed | None:
         src = call.args[0]
@@ -234,6 +263,7 @@ class _Packer:
 
 _HANDLERS = {
     "relax.nn.conv2d": _Packer.conv2d,
+    "relax.matmul": _Packer.matmul,
     "relax.nn.max_pool2d": _Packer.max_pool2d,
     "relax.sum": _Packer.sum,
     **{name: _Packer.unary for name in _ELEMENTWISE_UNARY},
