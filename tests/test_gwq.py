@@ -141,7 +141,7 @@ def test_cli_bad_k(k, match, capsys):
 
 def test_cli_groups_without_gwq_mode(capsys):
     assert main(["--quiet", "plan", str(BUNDLED_MODEL), "-o", "p.json", "--groups", "2"]) == 2
-    assert "apply to mode 'gwq' only" in capsys.readouterr().err
+    assert "groups applies to mode 'gwq' only" in capsys.readouterr().err
 
 
 def test_cli_compile_gwq_and_report(tmp_path, capsys):
