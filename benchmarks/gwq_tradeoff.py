@@ -90,7 +90,7 @@ def rows_for(base, graph, stats, sfc_cost, sens, tolerance=True):
     for k in (2, 3, 4) if tolerance else ():
         _, err = gwq_grouping(graph, stats, base.replace(mode="gwq", groups=k, sfc_cost=0.0), sensitivity=sens)
         rows.append((f"gwq tol=err K={k}", base.replace(mode="gwq", tolerance=err.added_error)))
-        rows.append((f"gwq share>=err K={k}", base.replace(mode="gwq", min_shift_share=1.0 - err.multiply_share)))
+        rows.append((f"gwq share>=err K={k}", base.replace(mode="gwq", min_shift_share=err.shift_share)))
     return rows
 
 

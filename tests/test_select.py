@@ -45,7 +45,7 @@ def test_every_grouping_that_reaches_the_share_is_a_candidate(chosen):
     _, q, candidates = chosen
     config = gwq_tvm.plan.planner.apply_end_bits(q.graph, W4A3)
     sweep = sweep_groupings(error_curves(q.graph, q.stats, config), sfc_edges(q.graph))
-    expect = {(g.assignment, g.phases) for g in sweep if 1 - g.multiply_share >= SHARE - 1e-9}
+    expect = {(g.assignment, g.phases) for g in sweep if g.shift_share >= SHARE - 1e-9}
     assert {(c.grouping.assignment, c.grouping.phases) for c in candidates} == expect
     assert len(expect) < len(sweep)  # the floor excluded some
 

@@ -149,6 +149,11 @@ class Grouping:
     sfc_cost: float
 
     @property
+    def shift_share(self) -> float:
+        """Fraction of SFC elements that are shifts."""
+        return 1.0 - self.multiply_share
+
+    @property
     def mantissas(self) -> tuple:
         return tuple(2.0 ** (p / PHASES) for p in self.phases)
 

@@ -13,6 +13,7 @@ images, among the candidates with at least that share of shift SFC elements.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,10 +83,9 @@ def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_sha
     config = apply_end_bits(graph, config)
     curves = error_curves(graph, stats, config, sensitivity=sensitivity)
     groupings = sweep_groupings(curves, sfc_edges(graph))
-    share = {id(g): 1.0 - g.multiply_share for g in groupings}
-    chosen = [g for g in groupings if share[id(g)] >= config.min_shift_share - _SHARE_EPS]
+    chosen = [g for g in groupings if g.shift_share >= config.min_shift_share - _SHARE_EPS]
     if not chosen:
-        best = max(share.values())
+        best = max(g.shift_share for g in groupings)
         raise PlanError(f"no grouping reaches a shift share of {config.min_shift_share:.1%}: the highest is {best:.1%} "
                         "(SFCs with a fixed factor that is not a power of two, like an average pool's, are always multiplies)")
     # the planner itself refuses min_shift_share (it cannot score plans); plan each grouping without it
@@ -94,8 +94,6 @@ def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_sha
     scored = []
     for g in chosen:
         plan = build_plan(graph, stats, plan_config, input_shape, sensitivity, grouping=g)
-        scored.append((Candidate(g, share[id(g)], calibration_loss(graph, plan, images, teacher)), plan))
+        scored.append((Candidate(g, g.shift_share, calibration_loss(graph, plan, images, teacher)), plan))
     scored.sort(key=lambda c: (c[0].loss, -c[0].shift_share))
-    best_plan = scored[0][1]
-    return QuantPlan(best_plan.fingerprint, config, best_plan.groups, best_plan.tensors, best_plan.layers,
-                     best_plan.input_shape), [c for c, _ in scored]
+    return dataclasses.replace(scored[0][1], config=config), [c for c, _ in scored]
