@@ -135,10 +135,10 @@ def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, r
     elif refine is not None:
         from gwq_tvm.qat.refine import calibration_loss, refine_plan
 
-        images, steps = refine
+        images, steps, seed = refine
         t = time.time()
         before = calibration_loss(graph, plan, images)
-        plan = refine_plan(graph, plan, images, steps)
+        plan = refine_plan(graph, plan, images, steps, seed=seed)
         extra = {"calib_kl_before": before, "calib_kl_after": calibration_loss(graph, plan, images),
                  "refine_seconds": time.time() - t}
     s = sfc_summary(sfc_sites(graph, plan))
@@ -200,12 +200,14 @@ def paired_se(a, b) -> float | None:
     return float(d.std(ddof=1) / np.sqrt(len(d)) * 100)
 
 
-def dominance(rows, correct=None) -> str:
+def dominance(rows, correct=None, se=None) -> str:
     """Whether every error-only point has a GWQ point at an equal or higher shift share and accuracy.
 
     ``correct`` maps row labels to per-image correctness; with it each shortfall
-    states the paired standard error of the gap (the rows share the test images).
+    states the standard error of the gap, by ``se`` (default :func:`paired_se`:
+    the rows share the test images).
     """
+    se_of, se_name = (se, "SE over images and draws") if se else (paired_se, "paired SE")
     correct = correct or {}
     gwq = [(label, r) for label, r in rows.items() if label.startswith("gwq")]
     beaten = []
@@ -219,14 +221,111 @@ def dominance(rows, correct=None) -> str:
             if best is None:
                 text += "none)"
             else:
-                se = paired_se(correct.get(label), correct.get(best[0]))
+                gap_se = se_of(correct.get(label), correct.get(best[0]))
                 text += (f"{best[0]}, {best[1]['accuracy'] * 100:.2f}%"
-                         + (f", gap {(r['accuracy'] - best[1]['accuracy']) * 100:.2f} pt, paired SE {se:.2f} pt" if se is not None else "")
+                         + (f", gap {(r['accuracy'] - best[1]['accuracy']) * 100:.2f} pt, {se_name} {gap_se:.2f} pt" if gap_se is not None else "")
                          + ")")
             beaten.append(text)
     if not beaten:
         return "GWQ dominates error-only: **yes** (every error-only point has a GWQ point with as many shifts and as high an accuracy)"
     return "GWQ dominates error-only: **no**, not at " + "; ".join(beaten)
+
+
+def refine_images(calib, draw):
+    """The unlabelled images refinement draw ``draw`` refines on.
+
+    Draw 0 is the bundled 1024 calibration images; draw ``d > 0`` is 1024
+    training images picked with seed ``d`` from the 60k training set (Debian's
+    ``dataset-fashion-mnist``).  Different draws measure how much a refined
+    plan's test accuracy depends on which images (and batch order) refinement
+    happened to see.
+    """
+    if draw == 0:
+        return calib
+    train, _ = fashion_mnist("train")
+    return train[np.sort(np.random.default_rng(draw).choice(len(train), len(calib), replace=False))]
+
+
+def draw_se(a, b) -> float | None:
+    """Standard error (pt) of the mean accuracy gap ``a - b`` over refinement draws.
+
+    ``a`` and ``b`` are per-draw, per-image correctness (``draws x images``).
+    Two sources add: the test images (the paired SE of the draw-averaged
+    per-image difference) and the refinement draws (the spread of the per-draw
+    gaps over ``sqrt(draws)``; the draws share the test images, so this term
+    holds only the refinement's own variation).
+    """
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    d = a.astype(np.float64) - b.astype(np.float64)
+    images = d.mean(0).std(ddof=1) / np.sqrt(d.shape[1])
+    draws = d.mean(1).std(ddof=1) / np.sqrt(d.shape[0]) if d.shape[0] > 1 else 0.0
+    return float(np.hypot(images, draws) * 100)
+
+
+def aggregate():
+    """Average the refined runs of every draw into ``gwq_tradeoff_refined_mean.{json,md,png}``.
+
+    Only settings and rows present in every draw (with equal protocols apart
+    from the draw) are averaged; each row's accuracy is the mean over draws,
+    with the per-draw accuracies beside it, and the dominance line uses the
+    mean with :func:`draw_se`.
+    """
+    files = sorted(OUT.glob("gwq_tradeoff_refined_d*.json"), key=lambda f: int(f.stem.rsplit("_d", 1)[1]))
+    runs = [OUT / "gwq_tradeoff_refined.json", *files]
+    runs = [(f, json.loads(f.read_text())) for f in runs if f.is_file()]
+    if len(runs) < 2:
+        raise SystemExit("--aggregate needs gwq_tradeoff_refined.json and at least one gwq_tradeoff_refined_d<d>.json")
+    keys = ("test_images", "ends_at_8_bits", "sfc_cost", "loss_aware", "refine_steps", "refine_images")
+    first = runs[0][1]["meta"]
+    for f, run in runs[1:]:
+        if any(run["meta"].get(k) != first.get(k) for k in keys):
+            raise SystemExit(f"{f.name} has another protocol than {runs[0][0].name}: " + ", ".join(
+                f"{k} {run['meta'].get(k)} vs {first.get(k)}" for k in keys if run["meta"].get(k) != first.get(k)))
+    n = first["test_images"]
+    draws = [run["meta"].get("refine_draw", 0) for _, run in runs]
+    correct = [load_correct(f.with_suffix(""), n) for f, _ in runs]
+    results, by_setting = {}, {}
+    for name in SETTINGS:
+        if not all(name in run["results"] for _, run in runs):
+            continue
+        labels = [lb for lb in runs[0][1]["results"][name] if all(lb in run["results"][name] for _, run in runs)]
+        rows = {}
+        for label in labels:
+            per = [run["results"][name][label] for _, run in runs]
+            rows[label] = {**per[0], "accuracy": float(np.mean([r["accuracy"] for r in per])),
+                           "accuracy_draws": [r["accuracy"] for r in per],
+                           "calib_kl_after_draws": [r.get("calib_kl_after") for r in per]}
+            stacked = [c.get(f"{name}|{label}") for c in correct]
+            if all(c is not None for c in stacked):
+                by_setting.setdefault(name, {})[label] = np.stack(stacked)
+        results[name] = rows
+    stem = OUT / "gwq_tradeoff_refined_mean"
+    meta = {**first, "refine_draws": draws, "seconds": None}
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    lines = [f"# GWQ trade-off, refined, mean over refinement draws {draws}, bundled model, {n} test images", "",
+             "Each accuracy is the mean over the draws (per-draw accuracies in brackets): draw 0 refines on the "
+             "bundled calibration images, draw d > 0 on 1024 other training images (seed d).  Gaps carry the "
+             "standard error of test images and draws together.", ""]
+    for name, rows in results.items():
+        ref = rows["per-layer"]["accuracy"] if "per-layer" in rows else None
+        lines += [f"### {name}", "", "| plan | groups | mean accuracy | vs per-layer (pt) | per draw | shift share |",
+                  "|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            vs = f"{(r['accuracy'] - ref) * 100:+.2f}" if ref is not None else "-"
+            each = " / ".join(f"{a * 100:.2f}" for a in r["accuracy_draws"])
+            lines.append(f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {vs} | {each} | {r['shift_share'] * 100:.1f}% |")
+        lines += ["", dominance(rows, by_setting.get(name), se=draw_se)]
+        if name in TARGETS and ref is not None:
+            share, pts = TARGETS[name]
+            ok = [lb for lb, r in rows.items() if lb.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
+            lines += ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): "
+                      + (f"met by {', '.join(ok)}" if ok else "**not met**")]
+        lines.append("")
+    md = "\n".join(lines)
+    stem.with_suffix(".md").write_text(md + "\n")
+    plot(results, stem.with_suffix(".png"))
+    print(md)
 
 
 def plot(results, path):
@@ -268,11 +367,21 @@ def main():
     ap.add_argument("--no-loss-aware", action="store_true", help="GWQ error curves without output-sensitivity weights")
     ap.add_argument("--refine-steps", type=int, default=0,
                     help="refine every plan on the calibration images for this many steps (needs torch)")
+    ap.add_argument("--refine-draw", type=int, default=0,
+                    help="0: refine on the bundled calibration images (batch order seed 0); d > 0: on 1024 other "
+                         "training images drawn with seed d (batch order seed d), results tagged '_refined_d<d>'")
+    ap.add_argument("--aggregate", action="store_true",
+                    help="only average the refined runs of every draw into gwq_tradeoff_refined_mean.{json,md,png}")
     ap.add_argument("--no-tolerance", action="store_true", help="skip the 'gwq tol=' rows")
     ap.add_argument("--rows", default=None, help="only these rows (comma-separated labels), merged into an earlier run's table")
     ap.add_argument("--tag", default=None, help="suffix of the output files (default '' or '_refined')")
     args = ap.parse_args()
-    tag = args.tag if args.tag is not None else ("_refined" if args.refine_steps else "")
+    if args.aggregate:
+        return aggregate()
+    if args.refine_draw and not args.refine_steps:
+        raise SystemExit("--refine-draw needs --refine-steps")
+    tag = args.tag if args.tag is not None else (
+        "" if not args.refine_steps else "_refined" + (f"_d{args.refine_draw}" if args.refine_draw else ""))
     refine = None
     if args.refine_steps:
         import torch
@@ -290,7 +399,7 @@ def main():
     fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
     fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
     if args.refine_steps:
-        refine = (calib, args.refine_steps)
+        refine = (refine_images(calib, args.refine_draw), args.refine_steps, args.refine_draw)
 
     results = {}
     for name in args.settings.split(","):
@@ -317,11 +426,13 @@ def main():
     # per-image correctness (for the paired standard errors) goes to its own file, bit-packed
     correct = {f"{k}|{label}": r.pop("correct") for k, rows in results.items() for label, r in rows.items()}
     meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost, "loss_aware": not args.no_loss_aware,
-            "refine_steps": args.refine_steps, "refine_images": len(calib) if args.refine_steps else 0,
+            "refine_steps": args.refine_steps, "refine_images": len(refine[0]) if refine else 0,
+            "refine_draw": args.refine_draw,
             "fp32_accuracy": fp32, "target": str(host_target()), "seconds": time.time() - t0}
     if stem.with_suffix(".json").is_file():  # keep the other settings of an earlier run with the same protocol
         prev = json.loads(stem.with_suffix(".json").read_text())
-        protocol = {"test_images": None, "ends_at_8_bits": None, "sfc_cost": None, "loss_aware": None, "refine_steps": 0}
+        protocol = {"test_images": None, "ends_at_8_bits": None, "sfc_cost": None, "loss_aware": None, "refine_steps": 0,
+                    "refine_draw": 0}
         same = all(prev["meta"].get(k, default) == meta[k] for k, default in protocol.items())
         if args.rows and not same:
             raise SystemExit(f"--rows merges into {stem.with_suffix('.json')}, whose protocol differs "
