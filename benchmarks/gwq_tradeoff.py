@@ -266,14 +266,14 @@ def draw_se(a, b) -> float | None:
 def aggregate():
     """Average the refined runs of every draw into ``gwq_tradeoff_refined_mean.{json,md,png}``.
 
-    Only settings and rows present in every draw (with equal protocols apart
-    from the draw) are averaged; each row's accuracy is the mean over draws,
-    with the per-draw accuracies beside it, and the dominance line uses the
-    mean with :func:`draw_se`.
+    Every setting is averaged over the draws that measured it (at least two,
+    with equal protocols apart from the draw), and over the rows all of those
+    draws have; each row's accuracy is the mean over draws, with the per-draw
+    accuracies beside it, and the dominance line uses the mean with
+    :func:`draw_se`.
     """
     files = sorted(OUT.glob("gwq_tradeoff_refined_d*.json"), key=lambda f: int(f.stem.rsplit("_d", 1)[1]))
-    runs = [OUT / "gwq_tradeoff_refined.json", *files]
-    runs = [(f, json.loads(f.read_text())) for f in runs if f.is_file()]
+    runs = [(f, json.loads(f.read_text())) for f in (OUT / "gwq_tradeoff_refined.json", *files) if f.is_file()]
     if len(runs) < 2:
         raise SystemExit("--aggregate needs gwq_tradeoff_refined.json and at least one gwq_tradeoff_refined_d<d>.json")
     keys = ("test_images", "ends_at_8_bits", "sfc_cost", "loss_aware", "refine_steps", "refine_images")
@@ -283,34 +283,37 @@ def aggregate():
             raise SystemExit(f"{f.name} has another protocol than {runs[0][0].name}: " + ", ".join(
                 f"{k} {run['meta'].get(k)} vs {first.get(k)}" for k in keys if run["meta"].get(k) != first.get(k)))
     n = first["test_images"]
-    draws = [run["meta"].get("refine_draw", 0) for _, run in runs]
     correct = [load_correct(f.with_suffix(""), n) for f, _ in runs]
-    results, by_setting = {}, {}
+    results, by_setting, draws_of = {}, {}, {}
     for name in SETTINGS:
-        if not all(name in run["results"] for _, run in runs):
+        have = [i for i, (_, run) in enumerate(runs) if name in run["results"]]
+        if len(have) < 2:
             continue
-        labels = [lb for lb in runs[0][1]["results"][name] if all(lb in run["results"][name] for _, run in runs)]
+        draws_of[name] = [runs[i][1]["meta"].get("refine_draw", 0) for i in have]
+        tables = [runs[i][1]["results"][name] for i in have]
         rows = {}
-        for label in labels:
-            per = [run["results"][name][label] for _, run in runs]
+        for label in [lb for lb in tables[0] if all(lb in t for t in tables)]:
+            per = [t[label] for t in tables]
             rows[label] = {**per[0], "accuracy": float(np.mean([r["accuracy"] for r in per])),
                            "accuracy_draws": [r["accuracy"] for r in per],
                            "calib_kl_after_draws": [r.get("calib_kl_after") for r in per]}
-            stacked = [c.get(f"{name}|{label}") for c in correct]
+            stacked = [correct[i].get(f"{name}|{label}") for i in have]
             if all(c is not None for c in stacked):
                 by_setting.setdefault(name, {})[label] = np.stack(stacked)
         results[name] = rows
     stem = OUT / "gwq_tradeoff_refined_mean"
-    meta = {**first, "refine_draws": draws, "seconds": None}
+    meta = {**first, "refine_draws": draws_of, "seconds": None}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    lines = [f"# GWQ trade-off, refined, mean over refinement draws {draws}, bundled model, {n} test images", "",
-             "Each accuracy is the mean over the draws (per-draw accuracies in brackets): draw 0 refines on the "
-             "bundled calibration images, draw d > 0 on 1024 other training images (seed d).  Gaps carry the "
-             "standard error of test images and draws together.", ""]
+    lines = [f"# GWQ trade-off, refined ({first['refine_steps']} steps), mean over refinement draws, bundled model, "
+             f"{n} test images", "",
+             "Each accuracy is the mean over the setting's draws (the per-draw accuracies beside it): draw 0 refines "
+             "on the bundled calibration images, draw d > 0 on 1024 other training images (seed d, also the batch "
+             "order's seed).  Calibration, grouping and selection are the same in every draw; only refinement "
+             "differs.  Shortfalls carry the standard error of the test images and the draws together.", ""]
     for name, rows in results.items():
         ref = rows["per-layer"]["accuracy"] if "per-layer" in rows else None
-        lines += [f"### {name}", "", "| plan | groups | mean accuracy | vs per-layer (pt) | per draw | shift share |",
-                  "|---|---|---|---|---|---|"]
+        lines += [f"### {name} (draws {', '.join(map(str, draws_of[name]))})", "",
+                  "| plan | groups | mean accuracy | vs per-layer (pt) | per draw | shift share |", "|---|---|---|---|---|---|"]
         for label, r in rows.items():
             vs = f"{(r['accuracy'] - ref) * 100:+.2f}" if ref is not None else "-"
             each = " / ".join(f"{a * 100:.2f}" for a in r["accuracy_draws"])
