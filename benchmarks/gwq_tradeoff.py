@@ -182,14 +182,17 @@ def table(results, fp32, unrefined=None, correct=None):
                 line += f" {before} | {kl} |"
             lines.append(line)
         lines += ["", dominance(rows, (correct or {}).get(name))]
-        if name in TARGETS:
-            share, pts = TARGETS[name]
-            ok = [label for label, r in rows.items() if label.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
-            lines += ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): "
-                      + (f"met by {', '.join(ok)}" if ok else "**not met**"), ""]
-        else:
-            lines.append("")
+        lines += target_lines(name, rows, ref) + [""]
     return "\n".join(lines)
+
+
+def target_lines(name, rows, ref) -> list[str]:
+    """The issue's target line for setting ``name`` (none without a target or a per-layer accuracy ``ref``)."""
+    if name not in TARGETS or ref is None:
+        return []
+    share, pts = TARGETS[name]
+    ok = [label for label, r in rows.items() if label.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
+    return ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): " + (f"met by {', '.join(ok)}" if ok else "**not met**")]
 
 
 def paired_se(a, b) -> float | None:
@@ -242,7 +245,10 @@ def refine_images(calib, draw):
     """
     if draw == 0:
         return calib
-    train, _ = fashion_mnist("train")
+    try:
+        train, _ = fashion_mnist("train")
+    except gwq_tvm.GwqError as e:
+        raise SystemExit(f"--refine-draw {draw}: {e}") from None
     return train[np.sort(np.random.default_rng(draw).choice(len(train), len(calib), replace=False))]
 
 
@@ -319,12 +325,7 @@ def aggregate():
             each = " / ".join(f"{a * 100:.2f}" for a in r["accuracy_draws"])
             lines.append(f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {vs} | {each} | {r['shift_share'] * 100:.1f}% |")
         lines += ["", dominance(rows, by_setting.get(name), se=draw_se)]
-        if name in TARGETS and ref is not None:
-            share, pts = TARGETS[name]
-            ok = [lb for lb, r in rows.items() if lb.startswith("gwq") and r["shift_share"] >= share and (ref - r["accuracy"]) * 100 <= pts]
-            lines += ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): "
-                      + (f"met by {', '.join(ok)}" if ok else "**not met**")]
-        lines.append("")
+        lines += target_lines(name, rows, ref) + [""]
     md = "\n".join(lines)
     stem.with_suffix(".md").write_text(md + "\n")
     plot(results, stem.with_suffix(".png"))
@@ -381,6 +382,8 @@ def main():
     args = ap.parse_args()
     if args.aggregate:
         return aggregate()
+    if args.refine_draw < 0:
+        raise SystemExit(f"--refine-draw must be 0 or more, got {args.refine_draw}")
     if args.refine_draw and not args.refine_steps:
         raise SystemExit("--refine-draw needs --refine-steps")
     tag = args.tag if args.tag is not None else (
@@ -393,6 +396,8 @@ def main():
 
     t0 = time.time()
     calib, _ = fashion_mnist("calib")
+    if args.refine_steps:  # first, so a missing training set fails before the setup
+        refine = (refine_images(calib, args.refine_draw), args.refine_steps, args.refine_draw)
     test_x, test_y = fashion_mnist("test")
     if args.limit:
         test_x, test_y = test_x[: args.limit], test_y[: args.limit]
@@ -401,8 +406,6 @@ def main():
     stats = gwq_tvm.calibrate(fm, calib[:512])
     fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
     fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
-    if args.refine_steps:
-        refine = (refine_images(calib, args.refine_draw), args.refine_steps, args.refine_draw)
 
     results = {}
     for name in args.settings.split(","):
