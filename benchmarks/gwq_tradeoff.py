@@ -42,6 +42,15 @@ row's per-image correctness (``gwq_tradeoff_correct.npz``): under each table a
 line says whether GWQ dominates error-only (for every error-only point a GWQ
 point with as high a shift share and accuracy), with the paired standard error
 of each shortfall where both rows' images were kept.
+
+Beside accuracy every row has its **test KL**: the mean KL divergence of the
+integer program's softmax from the fp32 model's on the same test images
+(per-image values in ``gwq_tradeoff_kl.npz``).  Where plans sit within a few
+tenths of a point of each other, top-1 accuracy on 10k images cannot order
+them (its paired standard error is 0.1-0.2 pt), while this continuous
+fidelity measure can; a second dominance line compares the curves on it
+(lower is better).  It is reported beside the issue's accuracy criterion,
+never in its place.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +80,59 @@ OUT = Path(__file__).resolve().parent / "results"
 SETTINGS = {"W8A8": (8, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W4A2": (4, 2)}
 TARGETS = {"W8A8": (0.90, 0.5), "W4A4": (0.90, 1.0), "W4A2": (0.75, 2.0)}  # shift share >=, within pt of per-layer
 TOL_FRACTIONS = (0.5, 0.25, 0.1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-row quantity the dominance verdict can compare curves on.
+
+    Attributes
+    ----------
+    key : str
+        The row's field (its per-image values are what the standard errors use).
+    higher_is_better : bool
+    name : str
+        How the verdict names it.
+    scale : float
+        Factor from the field's unit to the unit values and gaps are quoted in.
+    digits : int
+        Decimals quoted.
+    suffix, gap_suffix : str
+        Unit after a value and after a gap.
+    """
+
+    key: str
+    higher_is_better: bool
+    name: str
+    scale: float
+    digits: int
+    suffix: str
+    gap_suffix: str
+
+    def at_least_as_good(self, a, b) -> bool:
+        return a >= b if self.higher_is_better else a <= b
+
+    def show(self, value) -> str:
+        return f"{value * self.scale:.{self.digits}f}{self.suffix}"
+
+    def show_gap(self, gap) -> str:
+        """``gap`` is already in the quoted unit (a difference times ``scale``, or a standard error)."""
+        return f"{gap:.{self.digits}f}{self.gap_suffix}"
+
+
+ACCURACY = Metric("accuracy", True, "accuracy", 100.0, 2, "%", " pt")
+TEST_KL = Metric("test_kl", False, "test KL", 1.0, 4, "", "")
+
+
+def kl_per_image(reference, logits) -> np.ndarray:
+    """``KL(softmax(reference) || softmax(logits))`` of every row (float64, nats)."""
+    def log_softmax(z):
+        z = np.asarray(z, dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    ref = log_softmax(reference)
+    return (np.exp(ref) * (ref - log_softmax(logits))).sum(axis=1)
 
 
 def end_layers(graph, abits):
@@ -103,6 +166,15 @@ def load_correct(stem, n) -> dict:
         return {k: np.unpackbits(f[k])[:n].astype(bool) for k in f.files}
 
 
+def load_kl(stem) -> dict:
+    """The per-image test KL an earlier run saved beside ``stem`` (``{"W4A4|label": float array}``)."""
+    path = Path(f"{stem}_kl.npz")
+    if not path.is_file():
+        return {}
+    with np.load(path) as f:
+        return {k: f[k].astype(np.float64) for k in f.files}
+
+
 def latency_ms(ex, shape):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = tvm.runtime.tensor(np.zeros((1,) + tuple(shape[1:]), dtype="float32"))
@@ -114,8 +186,10 @@ def plan_key(plan):
     return hashlib.sha1(json.dumps({k: v for k, v in plan.to_dict().items() if k != "config"}, sort_keys=True).encode()).hexdigest()
 
 
-def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, refine=None):
+def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, fp_logits, cache, calib, refine=None):
     """Measure one row; ``refine`` = (calibration images, steps) refines the plan first.
+
+    ``fp_logits`` are the fp32 model's logits on ``test_x`` (the test KL's reference).
 
     ``min_shift_share`` rows pick their grouping by the calibration loss on ``calib``.
     """
@@ -150,40 +224,48 @@ def evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, r
         row["mantissas"] = [round(plan.groups[f"g{g}"], 4) for g in range(len(grouping.mantissas))]
     if key in cache:
         hit = cache[key]
-        return {**row, "accuracy": hit["accuracy"], "latency_ms": hit["latency_ms"], "correct": hit["correct"],
-                "same_plan_as": hit["row"]}
+        return {**row, **{k: hit[k] for k in ("accuracy", "test_kl", "latency_ms", "correct", "kl")}, "same_plan_as": hit["row"]}
     mod = gwq_tvm.RealizeIntegerProgram(plan)(fm.mod)
     assert gwq_tvm.check_integer_only(mod).ok
     ex = gwq_tvm.build(mod)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     logits = gwq_tvm.predict(vm, test_x, fm.input_shape)
-    measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "latency_ms": latency_ms(ex, fm.input_shape),
-                "correct": np.argmax(logits, axis=1) == test_y}
+    kl = kl_per_image(fp_logits, logits)
+    measured = {"accuracy": gwq_tvm.accuracy(logits, test_y), "test_kl": float(kl.mean()),
+                "latency_ms": latency_ms(ex, fm.input_shape), "correct": np.argmax(logits, axis=1) == test_y, "kl": kl}
     cache[key] = {**measured, "row": label, "plan": plan, "extra": extra}
     return {**row, **measured}
 
 
-def table(results, fp32, unrefined=None, correct=None):
-    """Markdown tables; with ``unrefined`` (results of an unrefined run) two more columns compare against it."""
+def table(results, fp32, unrefined=None, correct=None, kl=None):
+    """Markdown tables; with ``unrefined`` (results of an unrefined run) two more columns compare against it.
+
+    ``correct`` and ``kl`` map a setting to its rows' per-image correctness and
+    test KL (for the standard errors of the dominance lines).
+    """
     lines = [f"fp32 accuracy: {fp32 * 100:.2f}%", ""]
     for name, rows in results.items():
         ref = rows["per-layer"]["accuracy"]
         old = (unrefined or {}).get(name)
-        head = "| plan | groups | accuracy | vs per-layer (pt) | multiply elements | shift elements | shift share | latency (ms) |"
+        head = "| plan | groups | accuracy | vs per-layer (pt) | test KL | multiply elements | shift elements | shift share | latency (ms) |"
         if old is not None:
             head += " unrefined accuracy | calib KL unrefined -> refined |"
         lines += [f"### {name}", "", head, "|" + "---|" * (head.count("|") - 1)]
         for label, r in rows.items():
             line = (f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {(r['accuracy'] - ref) * 100:+.2f} | "
-                    f"{r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |")
+                    f"{_kl_cell(r)} | {r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |")
             if old is not None:
                 before = f"{old[label]['accuracy'] * 100:.2f}%" if label in old else "-"
                 kl = f"{r['calib_kl_before']:.3f} -> {r['calib_kl_after']:.3f}" if "calib_kl_after" in r else "-"
                 line += f" {before} | {kl} |"
             lines.append(line)
-        lines += ["", dominance(rows, (correct or {}).get(name))]
+        lines += ["", dominance(rows, (correct or {}).get(name)), "", dominance(rows, (kl or {}).get(name), metric=TEST_KL)]
         lines += target_lines(name, rows, ref) + [""]
     return "\n".join(lines)
+
+
+def _kl_cell(row) -> str:
+    return f"{row['test_kl']:.4f}" if row.get("test_kl") is not None else "-"
 
 
 def target_lines(name, rows, ref) -> list[str]:
@@ -195,43 +277,65 @@ def target_lines(name, rows, ref) -> list[str]:
     return ["", f"Target (shift share >= {share:.0%} within {pts} pt of per-layer): " + (f"met by {', '.join(ok)}" if ok else "**not met**")]
 
 
-def paired_se(a, b) -> float | None:
-    """Standard error (pt) of the accuracy difference of two rows measured on the same images, or None."""
+def paired_se(a, b, scale=100.0) -> float | None:
+    """Standard error of the mean difference of two rows' per-image values on the same images, or None.
+
+    ``scale`` converts it to the unit quoted (100: correctness to points).
+    """
     if a is None or b is None or len(a) != len(b):
         return None
     d = a.astype(np.float64) - b.astype(np.float64)
-    return float(d.std(ddof=1) / np.sqrt(len(d)) * 100)
+    return float(d.std(ddof=1) / np.sqrt(len(d)) * scale)
 
 
-def dominance(rows, correct=None, se=None) -> str:
-    """Whether every error-only point has a GWQ point at an equal or higher shift share and accuracy.
+def dominance(rows, per_image=None, se=None, metric=ACCURACY) -> str:
+    """Whether every error-only point has a GWQ point at an equal or higher shift share and as good a ``metric``.
 
-    ``correct`` maps row labels to per-image correctness; with it each shortfall
-    states the standard error of the gap, by ``se`` (default :func:`paired_se`:
-    the rows share the test images).
+    ``per_image`` maps row labels to the metric's per-image values (correctness
+    for accuracy); with it each shortfall states the standard error of the
+    gap, by ``se`` (default :func:`paired_se`: the rows share the test
+    images).  Rows without the metric (older runs) make the verdict "not
+    measured" rather than a guess.
     """
     se_of, se_name = (se, "SE over images and draws") if se else (paired_se, "paired SE")
-    correct = correct or {}
+    head = "GWQ dominates error-only" + ("" if metric is ACCURACY else f" on {metric.name}")
+    missing = [label for label, r in rows.items() if label.startswith(("gwq", "error-only")) and r.get(metric.key) is None]
+    if missing:
+        return f"{head}: not measured ({', '.join(missing)} without {metric.name})"
+    per_image = per_image or {}
     gwq = [(label, r) for label, r in rows.items() if label.startswith("gwq")]
+    sign = 1 if metric.higher_is_better else -1
     beaten = []
     for label, r in rows.items():
         if not label.startswith("error-only"):
             continue
         cover = [(g_label, g) for g_label, g in gwq if g["shift_share"] >= r["shift_share"] - 1e-9]
-        best = max(cover, key=lambda c: c[1]["accuracy"], default=None)
-        if best is None or best[1]["accuracy"] < r["accuracy"]:
-            text = f"{label} ({r['accuracy'] * 100:.2f}% at {r['shift_share'] * 100:.1f}% shift; best GWQ at that share or more: "
+        best = max(cover, key=lambda c: sign * c[1][metric.key], default=None)
+        if best is None or not metric.at_least_as_good(best[1][metric.key], r[metric.key]):
+            text = (f"{label} ({metric.name} {metric.show(r[metric.key])} at {r['shift_share'] * 100:.1f}% shift; "
+                    "best GWQ at that share or more: ")
             if best is None:
                 text += "none)"
             else:
-                gap_se = se_of(correct.get(label), correct.get(best[0]))
-                text += (f"{best[0]}, {best[1]['accuracy'] * 100:.2f}%"
-                         + (f", gap {(r['accuracy'] - best[1]['accuracy']) * 100:.2f} pt, {se_name} {gap_se:.2f} pt" if gap_se is not None else "")
+                gap_se = se_of(per_image.get(label), per_image.get(best[0]), scale=metric.scale)
+                gap = abs(r[metric.key] - best[1][metric.key]) * metric.scale
+                text += (f"{best[0]}, {metric.show(best[1][metric.key])}"
+                         + (f", gap {metric.show_gap(gap)}, {se_name} {metric.show_gap(gap_se)}" if gap_se is not None else "")
                          + ")")
             beaten.append(text)
     if not beaten:
-        return "GWQ dominates error-only: **yes** (every error-only point has a GWQ point with as many shifts and as high an accuracy)"
-    return "GWQ dominates error-only: **no**, not at " + "; ".join(beaten)
+        return (f"{head}: **yes** (every error-only point has a GWQ point with as many shifts and as "
+                + ("high an accuracy)" if metric.higher_is_better else f"low a {metric.name})"))
+    return f"{head}: **no**, not at " + "; ".join(beaten)
+
+
+def by_setting(per_image: dict) -> dict:
+    """``{"W4A4|label": values}`` as ``{"W4A4": {"label": values}}``."""
+    out = {}
+    for key, v in per_image.items():
+        setting, label = key.split("|", 1)
+        out.setdefault(setting, {})[label] = v
+    return out
 
 
 def refine_images(calib, draw):
@@ -252,7 +356,7 @@ def refine_images(calib, draw):
     return train[np.sort(np.random.default_rng(draw).choice(len(train), len(calib), replace=False))]
 
 
-def draw_se(a, b) -> float | None:
+def draw_se(a, b, scale=100.0) -> float | None:
     """Standard error (pt) of the mean accuracy gap ``a - b`` over refinement draws.
 
     ``a`` and ``b`` are per-draw, per-image correctness (``draws x images``).
@@ -266,7 +370,7 @@ def draw_se(a, b) -> float | None:
     d = a.astype(np.float64) - b.astype(np.float64)
     images = d.mean(0).std(ddof=1) / np.sqrt(d.shape[1])
     draws = d.mean(1).std(ddof=1) / np.sqrt(d.shape[0]) if d.shape[0] > 1 else 0.0
-    return float(np.hypot(images, draws) * 100)
+    return float(np.hypot(images, draws) * scale)
 
 
 def aggregate():
@@ -276,7 +380,8 @@ def aggregate():
     with equal protocols apart from the draw), and over the rows all of those
     draws have; each row's accuracy is the mean over draws, with the per-draw
     accuracies beside it, and the dominance line uses the mean with
-    :func:`draw_se`.
+    :func:`draw_se`.  The test KL is averaged over the draws whose runs
+    measured it (runs before it existed did not), which the table names.
     """
     files = sorted(OUT.glob("gwq_tradeoff_refined_d*.json"), key=lambda f: int(f.stem.rsplit("_d", 1)[1]))
     runs = [(f, json.loads(f.read_text())) for f in (OUT / "gwq_tradeoff_refined.json", *files) if f.is_file()]
@@ -290,41 +395,55 @@ def aggregate():
                 f"{k} {run['meta'].get(k)} vs {first.get(k)}" for k in keys if run["meta"].get(k) != first.get(k)))
     n = first["test_images"]
     correct = [load_correct(f.with_suffix(""), n) for f, _ in runs]
-    results, by_setting, draws_of = {}, {}, {}
+    kls = [load_kl(f.with_suffix("")) for f, _ in runs]
+    results, stacked_correct, stacked_kl, draws_of, kl_draws_of = {}, {}, {}, {}, {}
     for name in SETTINGS:
         have = [i for i, (_, run) in enumerate(runs) if name in run["results"]]
         if len(have) < 2:
             continue
         draws_of[name] = [runs[i][1]["meta"].get("refine_draw", 0) for i in have]
         tables = [runs[i][1]["results"][name] for i in have]
+        labels = [lb for lb in tables[0] if all(lb in t for t in tables)]
+        with_kl = [j for j, t in enumerate(tables) if all(t[lb].get("test_kl") is not None for lb in labels)]
+        kl_draws_of[name] = [draws_of[name][j] for j in with_kl]
         rows = {}
-        for label in [lb for lb in tables[0] if all(lb in t for t in tables)]:
+        for label in labels:
             per = [t[label] for t in tables]
             rows[label] = {**per[0], "accuracy": float(np.mean([r["accuracy"] for r in per])),
                            "accuracy_draws": [r["accuracy"] for r in per],
+                           "test_kl": float(np.mean([per[j]["test_kl"] for j in with_kl])) if with_kl else None,
                            "calib_kl_after_draws": [r.get("calib_kl_after") for r in per]}
             stacked = [correct[i].get(f"{name}|{label}") for i in have]
             if all(c is not None for c in stacked):
-                by_setting.setdefault(name, {})[label] = np.stack(stacked)
+                stacked_correct.setdefault(name, {})[label] = np.stack(stacked)
+            stacked = [kls[have[j]].get(f"{name}|{label}") for j in with_kl]
+            if with_kl and all(k is not None for k in stacked):
+                stacked_kl.setdefault(name, {})[label] = np.stack(stacked)
         results[name] = rows
     stem = OUT / "gwq_tradeoff_refined_mean"
-    meta = {**first, "refine_draws": draws_of, "seconds": None}
+    meta = {**first, "refine_draws": draws_of, "test_kl_draws": kl_draws_of, "seconds": None}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     lines = [f"# GWQ trade-off, refined ({first['refine_steps']} steps), mean over refinement draws, bundled model, "
              f"{n} test images", "",
              "Each accuracy is the mean over the setting's draws (the per-draw accuracies beside it): draw 0 refines "
              "on the bundled calibration images, draw d > 0 on 1024 other training images (seed d, also the batch "
              "order's seed).  Calibration, grouping and selection are the same in every draw; only refinement "
-             "differs.  Shortfalls carry the standard error of the test images and the draws together.", ""]
+             "differs.  Shortfalls carry the standard error of the test images and the draws together.  The test "
+             "KL (the integer program's softmax against the fp32 model's, lower is better) is the mean over the "
+             "draws the heading names.", ""]
     for name, rows in results.items():
         ref = rows["per-layer"]["accuracy"] if "per-layer" in rows else None
-        lines += [f"### {name} (draws {', '.join(map(str, draws_of[name]))})", "",
-                  "| plan | groups | mean accuracy | vs per-layer (pt) | per draw | shift share |", "|---|---|---|---|---|---|"]
+        kl_draws = ", ".join(map(str, kl_draws_of[name])) or "none"
+        lines += [f"### {name} (draws {', '.join(map(str, draws_of[name]))}; test KL: draws {kl_draws})", "",
+                  "| plan | groups | mean accuracy | vs per-layer (pt) | per draw | test KL | shift share |",
+                  "|---|---|---|---|---|---|---|"]
         for label, r in rows.items():
             vs = f"{(r['accuracy'] - ref) * 100:+.2f}" if ref is not None else "-"
             each = " / ".join(f"{a * 100:.2f}" for a in r["accuracy_draws"])
-            lines.append(f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {vs} | {each} | {r['shift_share'] * 100:.1f}% |")
-        lines += ["", dominance(rows, by_setting.get(name), se=draw_se)]
+            lines.append(f"| {label} | {r['groups']} | {r['accuracy'] * 100:.2f}% | {vs} | {each} | {_kl_cell(r)} | "
+                         f"{r['shift_share'] * 100:.1f}% |")
+        lines += ["", dominance(rows, stacked_correct.get(name), se=draw_se), "",
+                  dominance(rows, stacked_kl.get(name), se=draw_se, metric=TEST_KL)]
         lines += target_lines(name, rows, ref) + [""]
     md = "\n".join(lines)
     stem.with_suffix(".md").write_text(md + "\n")
@@ -356,6 +475,8 @@ def plot(results, path):
             line, = ax.plot(xs, ys, marker, linestyle="none", alpha=0.6)
             ax.step(*envelope(xs, ys), where="post", linestyle=style, color=line.get_color(), label=f"{family}, best at >= share")
         for label, marker in (("per-layer", "*"), ("pot", "x")):
+            if label not in rows:  # a --rows run without it
+                continue
             r = rows[label]
             ax.plot([r["shift_share"] * 100], [r["accuracy"] * 100], marker, markersize=10, label=label)
         _plot.style_accuracy_axis(ax, name)
@@ -405,7 +526,8 @@ def main():
     graph = gwq_tvm.extract_graph(fm.mod)
     stats = gwq_tvm.calibrate(fm, calib[:512])
     fp_vm = relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
-    fp32 = gwq_tvm.accuracy(gwq_tvm.predict(fp_vm, test_x, fm.input_shape), test_y)
+    fp_logits = gwq_tvm.predict(fp_vm, test_x, fm.input_shape)
+    fp32 = gwq_tvm.accuracy(fp_logits, test_y)
 
     results = {}
     for name in args.settings.split(","):
@@ -419,9 +541,9 @@ def main():
         for label, cfg in rows_for(base, graph, stats, args.sfc_cost, sens, tolerance=not args.no_tolerance):
             if args.rows and label not in args.rows.split(","):
                 continue
-            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, cache, calib, refine)
+            r = evaluate(label, fm, graph, stats, sens, cfg, test_x, test_y, fp_logits, cache, calib, refine)
             rows[label] = r
-            print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  shift {r['shift_share'] * 100:5.1f}%  "
+            print(f"{name} {label:18s} acc {r['accuracy'] * 100:6.2f}%  test KL {r['test_kl']:.4f}  shift {r['shift_share'] * 100:5.1f}%  "
                   f"groups {r['groups']}  lat {r['latency_ms']:.3f} ms  "
                   + (f"KL {r['calib_kl_before']:.3f}->{r['calib_kl_after']:.3f}  " if "calib_kl_after" in r else "")
                   + f"({time.time() - t0:.0f}s)", flush=True)
@@ -431,6 +553,7 @@ def main():
     stem = OUT / f"gwq_tradeoff{tag}"
     # per-image correctness (for the paired standard errors) goes to its own file, bit-packed
     correct = {f"{k}|{label}": r.pop("correct") for k, rows in results.items() for label, r in rows.items()}
+    kl = {f"{k}|{label}": r.pop("kl") for k, rows in results.items() for label, r in rows.items()}
     meta = {"test_images": len(test_x), "calibration_images": 512, "ends_at_8_bits": not args.all_layers, "sfc_cost": args.sfc_cost, "loss_aware": not args.no_loss_aware,
             "refine_steps": args.refine_steps, "refine_images": len(refine[0]) if refine else 0,
             "refine_draw": args.refine_draw,
@@ -448,18 +571,16 @@ def main():
             merged = {**prev["results"], **merged}
             results = {k: merged[k] for k in SETTINGS if k in merged}
             correct = {**load_correct(stem, len(test_x)), **correct}
+            kl = {**load_kl(stem), **kl}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     np.savez_compressed(f"{stem}_correct.npz", **{k: np.packbits(v) for k, v in correct.items()})
-    by_setting = {}
-    for key, v in correct.items():
-        setting, label = key.split("|", 1)
-        by_setting.setdefault(setting, {})[label] = v
+    np.savez_compressed(f"{stem}_kl.npz", **{k: v.astype(np.float32) for k, v in kl.items()})
     unrefined = None
     if args.refine_steps and (OUT / "gwq_tradeoff.json").is_file():
         old = json.loads((OUT / "gwq_tradeoff.json").read_text())
         if old["meta"]["test_images"] == len(test_x):
             unrefined = old["results"]
-    md = table(results, fp32, unrefined, by_setting)
+    md = table(results, fp32, unrefined, by_setting(correct), by_setting(kl))
     stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {len(test_x)} test images\n\n{md}\n")
     plot(results, stem.with_suffix(".png"))
     print(md)

@@ -57,3 +57,37 @@ def test_dominance_reports_the_draw_se_when_given_one():
     verdict = gwq_tradeoff.dominance(rows, correct, se=gwq_tradeoff.draw_se)
     assert "SE over images and draws" in verdict
     assert "paired SE" in gwq_tradeoff.dominance(rows, {k: v[0] for k, v in correct.items()})
+
+
+def test_kl_per_image_is_the_softmax_kl_divergence():
+    rng = np.random.default_rng(4)
+    ref, q = rng.normal(size=(50, 10)) * 3, rng.normal(size=(50, 10)) * 3
+    p = np.exp(ref) / np.exp(ref).sum(1, keepdims=True)
+    r = np.exp(q) / np.exp(q).sum(1, keepdims=True)
+    kl = gwq_tradeoff.kl_per_image(ref, q)
+    assert kl == pytest.approx((p * np.log(p / r)).sum(1))
+    assert np.all(kl >= 0)
+    assert gwq_tradeoff.kl_per_image(ref, ref + 5.0) == pytest.approx(np.zeros(50), abs=1e-12)  # shift-invariant
+    # large logits (as an integer program's dequantized output can have) stay finite
+    assert np.isfinite(gwq_tradeoff.kl_per_image(ref * 1e3, q * 1e3)).all()
+
+
+def test_dominance_on_test_kl_wants_a_lower_value():
+    kl = gwq_tradeoff.TEST_KL
+    rows = {"error-only K=2": {"accuracy": 0.9, "test_kl": 0.030, "shift_share": 0.5},
+            "gwq K=2": {"accuracy": 0.9, "test_kl": 0.020, "shift_share": 0.6}}
+    assert "**yes**" in gwq_tradeoff.dominance(rows, metric=kl)
+    rows["gwq K=2"]["test_kl"] = 0.035  # worse fidelity at a higher share: not dominated any more
+    verdict = gwq_tradeoff.dominance(rows, metric=kl)
+    assert verdict.startswith("GWQ dominates error-only on test KL: **no**")
+    assert "gwq K=2, 0.0350" in verdict
+    # the paired SE of a KL gap is in KL units, not points
+    rng = np.random.default_rng(5)
+    per_image = {"error-only K=2": rng.random(400) * 0.06, "gwq K=2": rng.random(400) * 0.07}
+    d = per_image["error-only K=2"] - per_image["gwq K=2"]
+    assert f"paired SE {d.std(ddof=1) / np.sqrt(400):.4f}" in gwq_tradeoff.dominance(rows, per_image, metric=kl)
+
+
+def test_dominance_says_not_measured_for_rows_without_the_metric():
+    rows = {"error-only K=2": {"accuracy": 0.9, "shift_share": 0.5}, "gwq K=2": {"accuracy": 0.9, "test_kl": 0.02, "shift_share": 0.6}}
+    assert "not measured (error-only K=2 without test KL)" in gwq_tradeoff.dominance(rows, metric=gwq_tradeoff.TEST_KL)
