@@ -37,15 +37,17 @@ class Candidate:
     Attributes
     ----------
     grouping : Grouping
-    shift_share : float
-        Fraction of SFC elements that are shifts.
     loss : float
         Calibration KL of the grouping's (unrefined) integer program.
     """
 
     grouping: Grouping
-    shift_share: float
     loss: float
+
+    @property
+    def shift_share(self) -> float:
+        """Fraction of SFC elements that are shifts (the grouping's)."""
+        return self.grouping.shift_share
 
 
 def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_shape=None,
@@ -94,6 +96,6 @@ def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_sha
     scored = []
     for g in chosen:
         plan = build_plan(graph, stats, plan_config, input_shape, sensitivity, grouping=g)
-        scored.append((Candidate(g, g.shift_share, calibration_loss(graph, plan, images, teacher)), plan))
+        scored.append((Candidate(g, calibration_loss(graph, plan, images, teacher)), plan))
     scored.sort(key=lambda c: (c[0].loss, -c[0].shift_share))
     return dataclasses.replace(scored[0][1], config=config), [c for c, _ in scored]
