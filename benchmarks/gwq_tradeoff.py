@@ -95,8 +95,8 @@ class Metric:
         How the verdict names it.
     scale : float
         Factor from the field's unit to the unit values and gaps are quoted in.
-    digits : int
-        Decimals quoted.
+    spec : str
+        Format spec of a value and of a gap, after ``scale``.
     suffix, gap_suffix : str
         Unit after a value and after a gap.
     """
@@ -105,7 +105,7 @@ class Metric:
     higher_is_better: bool
     name: str
     scale: float
-    digits: int
+    spec: str
     suffix: str
     gap_suffix: str
 
@@ -113,15 +113,15 @@ class Metric:
         return a >= b if self.higher_is_better else a <= b
 
     def show(self, value) -> str:
-        return f"{value * self.scale:.{self.digits}f}{self.suffix}"
+        return f"{value * self.scale:{self.spec}}{self.suffix}"
 
     def show_gap(self, gap) -> str:
         """``gap`` is already in the quoted unit (a difference times ``scale``, or a standard error)."""
-        return f"{gap:.{self.digits}f}{self.gap_suffix}"
+        return f"{gap:{self.spec}}{self.gap_suffix}"
 
 
-ACCURACY = Metric("accuracy", True, "accuracy", 100.0, 2, "%", " pt")
-TEST_KL = Metric("test_kl", False, "test KL", 1.0, 4, "", "")
+ACCURACY = Metric("accuracy", True, "accuracy", 100.0, ".2f", "%", " pt")
+TEST_KL = Metric("test_kl", False, "test KL", 1.0, ".3g", "", "")  # three significant digits: W8A8's are about 5e-4
 
 
 def kl_per_image(reference, logits) -> np.ndarray:
@@ -256,8 +256,8 @@ def table(results, fp32, unrefined=None, correct=None, kl=None):
                     f"{_kl_cell(r)} | {r['multiply_elements']} | {r['shift_elements']} | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.3f} |")
             if old is not None:
                 before = f"{old[label]['accuracy'] * 100:.2f}%" if label in old else "-"
-                kl = f"{r['calib_kl_before']:.3f} -> {r['calib_kl_after']:.3f}" if "calib_kl_after" in r else "-"
-                line += f" {before} | {kl} |"
+                calib_kl = f"{r['calib_kl_before']:.3f} -> {r['calib_kl_after']:.3f}" if "calib_kl_after" in r else "-"
+                line += f" {before} | {calib_kl} |"
             lines.append(line)
         lines += ["", dominance(rows, (correct or {}).get(name)), "", dominance(rows, (kl or {}).get(name), metric=TEST_KL)]
         lines += target_lines(name, rows, ref) + [""]
@@ -265,7 +265,7 @@ def table(results, fp32, unrefined=None, correct=None, kl=None):
 
 
 def _kl_cell(row) -> str:
-    return f"{row['test_kl']:.4f}" if row.get("test_kl") is not None else "-"
+    return TEST_KL.show(row["test_kl"]) if row.get("test_kl") is not None else "-"
 
 
 def target_lines(name, rows, ref) -> list[str]:
@@ -495,6 +495,8 @@ def main():
     ap.add_argument("--refine-draw", type=int, default=0,
                     help="0: refine on the bundled calibration images (batch order seed 0); d > 0: on 1024 other "
                          "training images drawn with seed d (batch order seed d), results tagged '_refined_d<d>'")
+    ap.add_argument("--report", action="store_true",
+                    help="only rewrite the table and plot of the run the other options name, from its saved results")
     ap.add_argument("--aggregate", action="store_true",
                     help="only average the refined runs of every draw into gwq_tradeoff_refined_mean.{json,md,png}")
     ap.add_argument("--no-tolerance", action="store_true", help="skip the 'gwq tol=' rows")
@@ -509,6 +511,11 @@ def main():
         raise SystemExit("--refine-draw needs --refine-steps")
     tag = args.tag if args.tag is not None else (
         "" if not args.refine_steps else "_refined" + (f"_d{args.refine_draw}" if args.refine_draw else ""))
+    if args.report:
+        stem = OUT / f"gwq_tradeoff{tag}"
+        if not stem.with_suffix(".json").is_file():
+            raise SystemExit(f"--report: no results at {stem.with_suffix('.json')}")
+        return report(stem)
     refine = None
     if args.refine_steps:
         import torch
@@ -575,13 +582,21 @@ def main():
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     np.savez_compressed(f"{stem}_correct.npz", **{k: np.packbits(v) for k, v in correct.items()})
     np.savez_compressed(f"{stem}_kl.npz", **{k: v.astype(np.float32) for k, v in kl.items()})
+    report(stem)
+
+
+def report(stem):
+    """Write ``stem``'s table (``.md``) and plot (``.png``) from its saved results and per-image files."""
+    run = json.loads(stem.with_suffix(".json").read_text())
+    meta, results = run["meta"], run["results"]
+    n = meta["test_images"]
     unrefined = None
-    if args.refine_steps and (OUT / "gwq_tradeoff.json").is_file():
+    if meta["refine_steps"] and (OUT / "gwq_tradeoff.json").is_file():
         old = json.loads((OUT / "gwq_tradeoff.json").read_text())
-        if old["meta"]["test_images"] == len(test_x):
+        if old["meta"]["test_images"] == n:
             unrefined = old["results"]
-    md = table(results, fp32, unrefined, by_setting(correct), by_setting(kl))
-    stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {len(test_x)} test images\n\n{md}\n")
+    md = table(results, meta["fp32_accuracy"], unrefined, by_setting(load_correct(stem, n)), by_setting(load_kl(stem)))
+    stem.with_suffix(".md").write_text(f"# GWQ trade-off, bundled model, {n} test images\n\n{md}\n")
     plot(results, stem.with_suffix(".png"))
     print(md)
 
