@@ -80,12 +80,12 @@ def test_dominance_on_test_kl_wants_a_lower_value():
     rows["gwq K=2"]["test_kl"] = 0.035  # worse fidelity at a higher share: not dominated any more
     verdict = gwq_tradeoff.dominance(rows, metric=kl)
     assert verdict.startswith("GWQ dominates error-only on test KL: **no**")
-    assert "gwq K=2, 0.035)" in verdict
+    assert "gwq K=2, 0.0350)" in verdict
     # the paired SE of a KL gap is in KL units, not points
     rng = np.random.default_rng(5)
     per_image = {"error-only K=2": rng.random(400) * 0.06, "gwq K=2": rng.random(400) * 0.07}
     d = per_image["error-only K=2"] - per_image["gwq K=2"]
-    assert f"paired SE {d.std(ddof=1) / np.sqrt(400):.3g}" in gwq_tradeoff.dominance(rows, per_image, metric=kl)
+    assert f"paired SE {d.std(ddof=1) / np.sqrt(400):#.3g}" in gwq_tradeoff.dominance(rows, per_image, metric=kl)
 
 
 def test_dominance_says_not_measured_for_rows_without_the_metric():
