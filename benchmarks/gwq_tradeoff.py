@@ -292,10 +292,11 @@ def dominance(rows, per_image=None, se=None, metric=ACCURACY) -> str:
     """Whether every error-only point has a GWQ point at an equal or higher shift share and as good a ``metric``.
 
     ``per_image`` maps row labels to the metric's per-image values (correctness
-    for accuracy); with it each shortfall states the standard error of the
-    gap, by ``se`` (default :func:`paired_se`: the rows share the test
-    images).  Rows without the metric (older runs) make the verdict "not
-    measured" rather than a guess.
+    for accuracy); with it each gap states its standard error, by ``se``
+    (default :func:`paired_se`: the rows share the test images).  A "no" names
+    every error-only point GWQ does not reach; a "yes" names the closest one
+    (GWQ's smallest lead), so a win by a hair reads as one.  Rows without the
+    metric (older runs) make the verdict "not measured" rather than a guess.
     """
     se_of, se_name = (se, "SE over images and draws") if se else (paired_se, "paired SE")
     head = "GWQ dominates error-only" + ("" if metric is ACCURACY else f" on {metric.name}")
@@ -305,28 +306,27 @@ def dominance(rows, per_image=None, se=None, metric=ACCURACY) -> str:
     per_image = per_image or {}
     gwq = [(label, r) for label, r in rows.items() if label.startswith("gwq")]
     sign = 1 if metric.higher_is_better else -1
-    beaten = []
+    beaten, leads = [], []
     for label, r in rows.items():
         if not label.startswith("error-only"):
             continue
+        point = f"{label} ({metric.name} {metric.show(r[metric.key])} at {r['shift_share'] * 100:.1f}% shift; best GWQ at that share or more: "
         cover = [(g_label, g) for g_label, g in gwq if g["shift_share"] >= r["shift_share"] - 1e-9]
         best = max(cover, key=lambda c: sign * c[1][metric.key], default=None)
-        if best is None or not metric.at_least_as_good(best[1][metric.key], r[metric.key]):
-            text = (f"{label} ({metric.name} {metric.show(r[metric.key])} at {r['shift_share'] * 100:.1f}% shift; "
-                    "best GWQ at that share or more: ")
-            if best is None:
-                text += "none)"
-            else:
-                gap_se = se_of(per_image.get(label), per_image.get(best[0]), scale=metric.scale)
-                gap = abs(r[metric.key] - best[1][metric.key]) * metric.scale
-                text += (f"{best[0]}, {metric.show(best[1][metric.key])}"
-                         + (f", gap {metric.show_gap(gap)}, {se_name} {metric.show_gap(gap_se)}" if gap_se is not None else "")
-                         + ")")
-            beaten.append(text)
+        if best is None:
+            beaten.append((None, point + "none)"))
+            continue
+        lead = sign * (best[1][metric.key] - r[metric.key])
+        gap_se = se_of(per_image.get(label), per_image.get(best[0]), scale=metric.scale)
+        text = (point + f"{best[0]}, {metric.show(best[1][metric.key])}, {'lead' if lead >= 0 else 'gap'} "
+                f"{metric.show_gap(abs(lead) * metric.scale)}" + (f", {se_name} {metric.show_gap(gap_se)}" if gap_se is not None else "")
+                + (", the same plan" if label == best[1].get("same_plan_as") or best[0] == r.get("same_plan_as") else "") + ")")
+        (leads if lead >= 0 else beaten).append((lead, text))
     if not beaten:
-        return (f"{head}: **yes** (every error-only point has a GWQ point with as many shifts and as "
-                + ("high an accuracy)" if metric.higher_is_better else f"low a {metric.name})"))
-    return f"{head}: **no**, not at " + "; ".join(beaten)
+        closest = min(leads, key=lambda c: c[0], default=(None, "no error-only point"))[1]
+        return (f"{head}: **yes**, every error-only point has a GWQ point with as many shifts and as "
+                + ("high an accuracy" if metric.higher_is_better else f"low a {metric.name}") + f"; closest: {closest}")
+    return f"{head}: **no**, not at " + "; ".join(text for _, text in beaten)
 
 
 def by_setting(per_image: dict) -> dict:

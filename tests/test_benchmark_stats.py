@@ -22,6 +22,9 @@ def test_dominance_needs_a_gwq_point_at_an_equal_or_higher_share():
     assert "gwq K=2, 89.00%" in verdict
     rows["gwq K=3"] = _row(0.90, 0.5)  # a tie in both counts as dominating
     assert "**yes**" in gwq_tradeoff.dominance(rows)
+    assert "closest: error-only K=2" in gwq_tradeoff.dominance(rows) and "lead 0.00 pt" in gwq_tradeoff.dominance(rows)
+    del rows["gwq K=2"], rows["gwq K=3"]
+    assert "error-only K=2 (accuracy 90.00% at 50.0% shift; best GWQ at that share or more: none)" in gwq_tradeoff.dominance(rows)
 
 
 def test_paired_se_is_that_of_the_per_image_difference():
@@ -76,11 +79,13 @@ def test_dominance_on_test_kl_wants_a_lower_value():
     kl = gwq_tradeoff.TEST_KL
     rows = {"error-only K=2": {"accuracy": 0.9, "test_kl": 0.030, "shift_share": 0.5},
             "gwq K=2": {"accuracy": 0.9, "test_kl": 0.020, "shift_share": 0.6}}
-    assert "**yes**" in gwq_tradeoff.dominance(rows, metric=kl)
+    verdict = gwq_tradeoff.dominance(rows, metric=kl)
+    assert "**yes**" in verdict and verdict.endswith("closest: error-only K=2 (test KL 0.0300 at 50.0% shift; "
+                                                      "best GWQ at that share or more: gwq K=2, 0.0200, lead 0.0100)")
     rows["gwq K=2"]["test_kl"] = 0.035  # worse fidelity at a higher share: not dominated any more
     verdict = gwq_tradeoff.dominance(rows, metric=kl)
     assert verdict.startswith("GWQ dominates error-only on test KL: **no**")
-    assert "gwq K=2, 0.0350)" in verdict
+    assert "gwq K=2, 0.0350, gap 0.00500)" in verdict
     # the paired SE of a KL gap is in KL units, not points
     rng = np.random.default_rng(5)
     per_image = {"error-only K=2": rng.random(400) * 0.06, "gwq K=2": rng.random(400) * 0.07}
@@ -91,3 +96,9 @@ def test_dominance_on_test_kl_wants_a_lower_value():
 def test_dominance_says_not_measured_for_rows_without_the_metric():
     rows = {"error-only K=2": {"accuracy": 0.9, "shift_share": 0.5}, "gwq K=2": {"accuracy": 0.9, "test_kl": 0.02, "shift_share": 0.6}}
     assert "not measured (error-only K=2 without test KL)" in gwq_tradeoff.dominance(rows, metric=gwq_tradeoff.TEST_KL)
+
+
+def test_dominance_says_when_the_closest_gwq_point_is_the_error_only_plan_itself():
+    # the min-shift-share search may pick the error-only grouping (its sweep includes sfc_cost=0): a tie, said so
+    rows = {"error-only K=4": _row(0.92, 0.14), "gwq share>=err K=4": {**_row(0.92, 0.14), "same_plan_as": "error-only K=4"}}
+    assert gwq_tradeoff.dominance(rows).endswith("lead 0.00 pt, the same plan)")
