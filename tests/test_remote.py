@@ -50,6 +50,26 @@ def _children() -> set[int]:
 
 
 # --- addresses and the tracker ---------------------------------------------------
+def test_upload_leaves_no_file_open(tmp_path):
+    """TVM 0.27's RPCSession.upload(path) leaks its file handle; gwq_tvm.remote.bench.upload must not."""
+    import gc
+    import warnings
+
+    from tvm import rpc
+
+    from gwq_tvm.remote.bench import upload
+
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 4)
+    sess = rpc.LocalSession()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        upload(sess, blob)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert bytes(sess.download("blob.bin")) == blob.read_bytes()
+
+
 @pytest.mark.parametrize("text", ["localhost", "host:", ":9190", "h:0", "h:70000", "h:port"])
 def test_bad_tracker_address_is_named(text):
     with pytest.raises(RemoteError, match="HOST:PORT"):

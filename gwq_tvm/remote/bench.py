@@ -175,12 +175,24 @@ def _session(tracker, key, timeout, session_timeout):
     return request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
 
 
+def upload(sess, path) -> None:
+    """Copy the file at ``path`` into the session's working directory, under its own name.
+
+    Works around TVM 0.27's ``RPCSession.upload(path)``, which reads the file
+    with an ``open()`` it never closes (a ``ResourceWarning: unclosed file`` on
+    every upload): the bytes are read and closed here and handed over as a
+    ``bytearray``, the form that takes no file handle.
+    """
+    path = Path(path)
+    sess.upload(bytearray(path.read_bytes()), path.name)
+
+
 def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, threads, timeout: float) -> dict:
     import tvm
     from tvm import relax
 
     sess = _session(tracker, key, timeout, session_timeout=timeout)
-    sess.upload(module)
+    upload(sess, module)
     lib = sess.load_module(Path(module).name)
     dev = sess.cpu()
     if threads:
