@@ -49,7 +49,7 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
 
 
-# --- addresses and the tracker ---------------------------------------------------
+# --- uploads ----------------------------------------------------------------------
 def test_upload_leaves_no_file_open(tmp_path):
     """TVM 0.27's RPCSession.upload(path) leaks its file handle; gwq_tvm.remote.bench.upload must not."""
     import gc
@@ -64,12 +64,13 @@ def test_upload_leaves_no_file_open(tmp_path):
     sess = rpc.LocalSession()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        upload(sess, blob)
+        name = upload(sess, blob)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert bytes(sess.download("blob.bin")) == blob.read_bytes()
+    assert name == "blob.bin" and bytes(sess.download(name)) == blob.read_bytes()
 
 
+# --- addresses and the tracker ---------------------------------------------------
 @pytest.mark.parametrize("text", ["localhost", "host:", ":9190", "h:0", "h:70000", "h:port"])
 def test_bad_tracker_address_is_named(text):
     with pytest.raises(RemoteError, match="HOST:PORT"):

@@ -175,8 +175,8 @@ def _session(tracker, key, timeout, session_timeout):
     return request_session(tracker, key, timeout=timeout, session_timeout=session_timeout)
 
 
-def upload(sess, path) -> None:
-    """Copy the file at ``path`` into the session's working directory, under its own name.
+def upload(sess, path) -> str:
+    """Copy the file at ``path`` into the session's working directory, under its own name; return that name.
 
     Works around TVM 0.27's ``RPCSession.upload(path)``, which reads the file
     with an ``open()`` it never closes (a ``ResourceWarning: unclosed file`` on
@@ -185,6 +185,7 @@ def upload(sess, path) -> None:
     """
     path = Path(path)
     sess.upload(bytearray(path.read_bytes()), path.name)
+    return path.name
 
 
 def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, threads, timeout: float) -> dict:
@@ -192,8 +193,7 @@ def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, thre
     from tvm import relax
 
     sess = _session(tracker, key, timeout, session_timeout=timeout)
-    upload(sess, module)
-    lib = sess.load_module(Path(module).name)
+    lib = sess.load_module(upload(sess, module))
     dev = sess.cpu()
     if threads:
         sess.get_function("runtime.config_threadpool")(1, int(threads))
