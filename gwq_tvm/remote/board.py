@@ -344,6 +344,14 @@ def _state_path(board: EmulatedBoard, port: int, key: str) -> Path:
     return board.run_dir / f"board-{port}-{key}.json"
 
 
+def _tracker_log(run_dir: Path, port: int) -> Path:
+    return run_dir / f"tracker-{port}.log"
+
+
+def _server_log(run_dir: Path, port: int, key: str) -> Path:
+    return run_dir / f"server-{port}-{key}.log"
+
+
 def _load_state(path: Path) -> RunningBoard | None:
     try:
         s = json.loads(path.read_text())
@@ -408,17 +416,17 @@ def start_board(arch: str = "aarch64", *, tracker_port: int = 9190, key: str | N
         log(f"starting an RPC tracker on {host}:{tracker_port}")
         tracker_pid = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port",
                               str(tracker_port), "--port-end", str(tracker_port + 1), "--silent"],
-                             board.run_dir / f"tracker-{tracker_port}.log")
+                             _tracker_log(board.run_dir, tracker_port))
         deadline = time.monotonic() + 30
         while not port_open(host, tracker_port):
             if not _alive(tracker_pid) or time.monotonic() > deadline:
                 _kill_group(tracker_pid)
                 raise BoardError(f"the RPC tracker did not start on {host}:{tracker_port}: "
-                                 f"{_tail((board.run_dir / f'tracker-{tracker_port}.log').read_text())}")
+                                 f"{_tail(_tracker_log(board.run_dir, tracker_port).read_text())}")
             time.sleep(0.2)
 
     log(f"starting the {arch} RPC server (key '{key}')" + ("" if arch == HOST else " under qemu"))
-    server_log = board.run_dir / f"server-{tracker_port}-{key}.log"
+    server_log = _server_log(board.run_dir, tracker_port, key)
     server_log.unlink(missing_ok=True)
     server_port = free_port(host)
     server_pid = _spawn([*server, "--host", host, "--port", str(server_port),
@@ -472,9 +480,13 @@ def _other_servers(board: RunningBoard) -> list[str]:
 def stop_board(board: RunningBoard) -> None:
     """Stop the server, and the tracker if :func:`start_board` started it and no other board is registered there.
 
-    Removes the state file.
+    Removes the state file and the logs of the processes it stopped (tests start
+    boards on fresh ports, so kept logs would pile up, one pair per port).
     """
+    run_dir, port = board.state_file.parent, board.tracker[1]
     _kill_group(board.server_pid)
+    _server_log(run_dir, port, board.key).unlink(missing_ok=True)
     if board.tracker_pid and not _other_servers(board):
         _kill_group(board.tracker_pid)
+        _tracker_log(run_dir, port).unlink(missing_ok=True)
     board.state_file.unlink(missing_ok=True)
