@@ -20,6 +20,7 @@ from tvm import relax
 
 import gwq_tvm
 from gwq_tvm.reference import run_reference
+from gwq_tvm.remote.bench import upload
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules.build import compile_integer, compile_packed, packed_fused_module
 from gwq_tvm.schedules.default import ScheduleIntegerKernels
@@ -60,8 +61,7 @@ def _run_remote(remote, ex, x, preset, path):
     """
     path = path.with_name(f"{path.stem}_{uuid.uuid4().hex[:8]}.so")
     ex.export_library(str(path), fcompile=export_compiler(resolve_target(preset)))
-    remote.upload(str(path))
-    vm = relax.VirtualMachine(remote.load_module(path.name), remote.cpu())
+    vm = relax.VirtualMachine(remote.load_module(upload(remote, path)), remote.cpu())
     vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x), device=remote.cpu()))
     vm.invoke_stateful("main")
     out = vm.get_outputs("main")
@@ -325,8 +325,7 @@ def test_sdot_intrinsic_exact_on_board(aarch64_remote, tmp_path):
     lib = _sdot_kernel()
     path = tmp_path / "sdot.so"
     lib.export_library(str(path), fcompile=export_compiler(resolve_target(DOTPROD)))
-    aarch64_remote.upload(str(path))
-    fn = aarch64_remote.load_module(path.name)
+    fn = aarch64_remote.load_module(upload(aarch64_remote, path))
     dev = aarch64_remote.cpu()
     av = np.array([-128, 127, -128, 7], "int8")
     bv = np.random.default_rng(0).integers(-128, 128, (16, 4)).astype("int8")

@@ -18,7 +18,7 @@ import pytest
 from gwq_tvm.cli import main
 from gwq_tvm.remote import RemoteError, parse_address, request_session, tracker_keys
 from gwq_tvm.remote import board as B
-from gwq_tvm.remote.bench import bench_module, read_reference, reference_path, run_with_deadline
+from gwq_tvm.remote.bench import bench_module, read_reference, reference_path, run_with_deadline, upload
 
 from gwq_tvm.data import bundled_model
 
@@ -60,8 +60,6 @@ def test_upload_leaves_no_file_open(tmp_path):
     import warnings
 
     from tvm import rpc
-
-    from gwq_tvm.remote.bench import upload
 
     blob = tmp_path / "blob.bin"
     blob.write_bytes(bytes(range(256)) * 4)
@@ -200,9 +198,8 @@ def test_a_crashing_session_does_not_take_the_board_off_the_tracker(host_board, 
     lib = tmp_path / "boom.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     sess = request_session(host_board.tracker_address, "x86", timeout=30, session_timeout=60)
-    sess.upload(str(lib))
     with pytest.raises(Exception):  # the session's worker died
-        sess.load_module("boom.so")
+        sess.load_module(upload(sess, lib))
     del sess
     deadline = time.monotonic() + 30
     while "x86" not in tracker_keys(host_board.tracker_address) and time.monotonic() < deadline:
