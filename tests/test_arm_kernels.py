@@ -273,8 +273,6 @@ def test_metaschedule_design_spaces_tensorize_aarch64_tasks_with_sdot(tmp_path):
     candidate builds (TVM's vectorizer rejects some), so two seeded searches'
     design spaces must hold at least one that does.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     from gwq_tvm.schedules import tune as T
 
     target = tvm.target.Target({**PRESETS["rpi5"], "num-cores": 1})
@@ -282,7 +280,7 @@ def test_metaschedule_design_spaces_tensorize_aarch64_tasks_with_sdot(tmp_path):
     (task,) = [t for t in T.extract_tuning_tasks(mod, target) if t.task_name.startswith("fused_gwq_conv2d")]
     built = []
     for seed in (1, 2):
-        (ctx,), _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(tmp_path), seed=seed)
+        (ctx,), _ = T.tune_contexts([task], tmp_path, seed=seed)
         for space in ctx.generate_design_space():
             assert "dot_4x4_i8i8s32_sdot" in str(space.trace)
             if all(postproc.apply(space) for postproc in ctx.space_generator.postprocs):  # RewriteTensorize

@@ -1,6 +1,7 @@
 """MetaSchedule tuning: the builder workaround, the resumable/sanitized database, tune -> compile."""
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -99,6 +100,27 @@ def test_corrupt_records_are_skipped_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         T.open_database(tmp_path)  # clean now: no warning
+
+
+@pytest.mark.slow
+def test_tune_contexts_keep_handlers_metaschedule_did_not_create(tmp_path):
+    """TVM 0.27's create_loggers crashes on a handler on its logger that it did not name (pytest >= 9.2 attaches
+    its capture handlers there; users may attach theirs): T.tune_contexts must not, and leaves the handlers on."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed, named = logging.NullHandler(), logging.NullHandler()
+    named.set_name("someone.elses")
+    logger.addHandler(unnamed)
+    logger.addHandler(named)
+    try:
+        mod, _ = _small_module()
+        tasks = T.extract_tuning_tasks(mod, _target())
+        for run in range(2):  # the second call also meets the handlers the first one configured
+            contexts, _ = T.tune_contexts(tasks[:1], tmp_path / str(run), seed=0)
+            assert len(contexts) == 1
+            assert unnamed in logger.handlers and named in logger.handlers
+    finally:
+        logger.removeHandler(unnamed)
+        logger.removeHandler(named)
 
 
 @pytest.mark.slow

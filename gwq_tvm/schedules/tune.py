@@ -22,7 +22,9 @@ The flow::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -114,6 +116,44 @@ def make_runner(*, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50, rp
     rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                      session_timeout_sec=session_timeout_sec)
     return ms.runner.RPCRunner(rpc_config=rpc_config, evaluator_config=config, max_workers=1)
+
+
+# --- MetaSchedule's loggers (TVM 0.27 bug workaround) ------------------------
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+_MS_OWN_HANDLERS = (_MS_LOGGER + ".console", _MS_LOGGER + ".file")
+
+
+@contextlib.contextmanager
+def _foreign_log_handlers_detached():
+    """Take the handlers MetaSchedule did not create off its logger for the duration, then put them back.
+
+    TVM 0.27's ``meta_schedule.logging.create_loggers`` (run by every
+    ``extracted_tasks_to_tune_contexts``) re-lists the handlers already on the
+    ``tvm.s_tir.meta_schedule`` logger *by name* in a ``logging.config.dictConfig``:
+    an unnamed handler crashes it deep inside (``AttributeError: 'NoneType' object
+    has no attribute 'format'``) and a named one it did not define is a
+    ``ValueError``.  Such handlers are a user's own, or pytest's: pytest >= 9.2
+    attaches its log-capture handlers to non-propagating loggers like this one,
+    so the second tune in a test session failed.
+    """
+    logger = logging.getLogger(_MS_LOGGER)
+    foreign = [h for h in logger.handlers if h.get_name() not in _MS_OWN_HANDLERS]
+    for h in foreign:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in foreign:
+            logger.addHandler(h)  # a no-op for one already there
+
+
+def tune_contexts(tasks, work_dir, **kwargs):
+    """``ms.relax_integration.extracted_tasks_to_tune_contexts`` with the logger workaround above.
+
+    Returns TVM's ``(contexts, weights)``; ``kwargs`` go to it unchanged.
+    """
+    with _foreign_log_handlers_detached():
+        return ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), **kwargs)
 
 
 # --- the database ----------------------------------------------------------
@@ -369,8 +409,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
         return database
     strategy = ms.search_strategy.EvolutionarySearch(population_size=population_size,
                                                      genetic_num_iters=genetic_num_iters)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [tasks[i] for i in chosen], str(work_dir), strategy=strategy, seed=seed)
+    contexts, weights = tune_contexts([tasks[i] for i in chosen], work_dir, strategy=strategy, seed=seed)
     fix_stock_vnni_intrinsic()  # after TuneContext imported tvm.s_tir.tensor_intrin
     callbacks = ms.measure_callback.MeasureCallback.create("default")
     if show_progress:  # best-so-far starts from the measured defaults (or an earlier run's records)
