@@ -198,8 +198,9 @@ def test_a_crashing_session_does_not_take_the_board_off_the_tracker(host_board, 
     lib = tmp_path / "boom.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
     sess = request_session(host_board.tracker_address, "x86", timeout=30, session_timeout=60)
+    name = upload(sess, lib)  # outside the raises block: only the load may fail
     with pytest.raises(Exception):  # the session's worker died
-        sess.load_module(upload(sess, lib))
+        sess.load_module(name)
     del sess
     deadline = time.monotonic() + 30
     while "x86" not in tracker_keys(host_board.tracker_address) and time.monotonic() < deadline:
