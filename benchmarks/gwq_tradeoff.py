@@ -69,7 +69,7 @@ from tvm import relax
 import gwq_tvm
 
 import _plot  # benchmarks/_plot.py: the script's own folder is on sys.path
-from gwq_tvm.calibrate.sensitivity import tensor_sensitivity
+from gwq_tvm.calibration.sensitivity import tensor_sensitivity
 from gwq_tvm.config import DEFAULT_SFC_COST, QuantConfig
 from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.plan.planner import gwq_grouping

@@ -319,7 +319,7 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
 def model_gmacs(name: str) -> float:
     """Conv + dense multiply-accumulates of one inference (batch 1), in GMAC."""
     import gwq_tvm
-    from gwq_tvm.graph import extract_graph
+    from gwq_tvm.extract import extract_graph
 
     g = extract_graph(gwq_tvm.load_model(str(_paths(name)["onnx"])).mod)
     macs = 0

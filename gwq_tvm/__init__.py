@@ -6,25 +6,51 @@ Public API::
     q = gwq_tvm.quantize("model.onnx", calib_images, gwq_tvm.QuantConfig(act_bits=8))
     ex = gwq_tvm.build(q)                      # tvm.compile of the integer program
     gwq_tvm.export(ex, "model.so", q.plan)     # .so + model.plan.json
+
+The names below are imported on first use (PEP 562), so that the pure-numpy
+parts (``gwq_tvm.graph``, ``gwq_tvm.stats``, ``gwq_tvm.plan``,
+``gwq_tvm.kinds``) import without TVM, which imports torch when it is
+installed.
 """
 
-from . import data
-from .api import QuantizedModel, accuracy, build, export, load_executable, predict, quantize
-from .calibrate import calibrate
-from .config import Calibration, QuantConfig, ScaleMode, WeightGranularity
-from .errors import GwqError
-from .frontend import FloatModel, canonicalize, from_onnx, from_torch, load_model
-from .graph import extract_graph
-from .passes import RealizeIntegerProgram, VerifyIntegerOnly, check_integer_only
-from .plan.planner import build_plan
-from .plan.quantplan import QuantPlan
-from .reference import run_reference
+import importlib
 
-__version__ = "0.1.0"
+from .version import __version__
 
-__all__ = [
-    "Calibration", "FloatModel", "GwqError", "QuantConfig", "QuantPlan", "QuantizedModel", "RealizeIntegerProgram",
-    "ScaleMode", "VerifyIntegerOnly", "WeightGranularity", "accuracy", "build", "build_plan", "calibrate",
-    "canonicalize", "check_integer_only", "export", "extract_graph", "from_onnx", "from_torch", "load_executable",
-    "load_model", "predict", "quantize", "run_reference",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "QuantizedModel": "api", "accuracy": "api", "build": "api", "export": "api", "load_executable": "api",
+    "predict": "api", "quantize": "api",
+    "calibrate": "calibration",
+    "Calibration": "config", "QuantConfig": "config", "ScaleMode": "config", "WeightGranularity": "config",
+    "GwqError": "errors",
+    "FloatModel": "frontend", "canonicalize": "frontend", "from_onnx": "frontend", "from_torch": "frontend",
+    "load_model": "frontend",
+    "extract_graph": "extract",
+    "RealizeIntegerProgram": "passes", "VerifyIntegerOnly": "passes", "check_integer_only": "passes",
+    "build_plan": "plan.planner",
+    "QuantPlan": "plan.quantplan",
+    "run_reference": "reference",
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    else:  # a submodule: gwq_tvm.data, gwq_tvm.api, ...
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS) + ["__version__"]

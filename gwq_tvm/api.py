@@ -7,6 +7,7 @@ Each stage is usable alone (``load_model`` -> ``calibrate`` -> ``build_plan`` ->
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +16,17 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .calibrate import calibrate, check_batch
-from .calibrate.sensitivity import tensor_sensitivity
+from .calibration import calibrate, check_batch
+from .calibration.sensitivity import tensor_sensitivity
 from .config import QuantConfig, ScaleMode
-from .errors import ConfigError, IntegerOnlyError, PlanError, UnsupportedOpError
+from .errors import IntegerOnlyError, PlanError, UnsupportedOpError
 from .frontend import FloatModel, load_model
-from .graph import Graph, extract_graph
+from .extract import extract_graph
+from .graph import Graph
 from .passes.check import IntegerOnlyReport, check_integer_only
 from .passes.realize import RealizeIntegerProgram
-from .plan.planner import apply_end_bits, build_plan
+from .plan import strategies
+from .plan.planner import apply_end_bits
 from .plan.program import sfc_sites, sfc_summary
 from .plan.quantplan import QuantPlan
 from .runtime import host_target, run_batched
@@ -108,15 +111,14 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         if calib_data is None:
             raise PlanError("quantize needs calibration data or a QuantPlan")
         stats = calibrate(fm, calib_data, config, show_progress=show_progress)
-        sensitivity = None
+        images = check_batch(calib_data, fm.input_shape)
         if config.mode is ScaleMode.GWQ and config.loss_aware:
-            sensitivity = tensor_sensitivity(fm, graph, stats, config, check_batch(calib_data, fm.input_shape))
-        if config.mode is ScaleMode.GWQ and config.min_shift_share is not None:
-            plan = select(graph, stats, config, check_batch(calib_data, fm.input_shape), fm.input_shape, sensitivity)
-        else:
-            plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
+            sensitivity = tensor_sensitivity(fm, graph, stats, config, images)
+        ctx = strategies.PlanContext(graph, stats, config, images, fm.input_shape, sensitivity)
+        search = "select" if config.mode is ScaleMode.GWQ and config.min_shift_share is not None else "grouping"
+        plan = strategies.run(search, ctx)
         if config.refine_steps:
-            plan = refine(graph, plan, check_batch(calib_data, fm.input_shape), config.refine_steps)
+            plan = strategies.run("refine", dataclasses.replace(ctx, plan=plan))
     elif plan.fingerprint != graph.fingerprint:
         raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
     mod = RealizeIntegerProgram(plan)(fm.mod)
@@ -124,41 +126,6 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     if not report.ok and not floats:
         raise IntegerOnlyError(f"realized program is not integer-only: {report}")
     return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
-
-
-def select(graph: Graph, stats: dict, config: QuantConfig, images: np.ndarray, input_shape=None,
-           sensitivity: dict | None = None) -> QuantPlan:
-    """The GWQ plan ``config.min_shift_share`` asks for (:func:`gwq_tvm.qat.select.select_plan`).
-
-    Raises
-    ------
-    ConfigError
-        If torch is not installed.
-    """
-    try:
-        from .qat.select import select_plan
-    except ImportError as err:
-        raise ConfigError(f"min_shift_share needs torch ({err}): pip install 'gwq-tvm[torch]', "
-                          "or choose the grouping with groups or tolerance") from None
-    return select_plan(graph, stats, config, images, input_shape, sensitivity)[0]
-
-
-def refine(graph: Graph, plan: QuantPlan, images: np.ndarray, steps: int) -> QuantPlan:
-    """``plan`` with its scales refined on calibration ``images`` (:func:`gwq_tvm.qat.refine.refine_plan`).
-
-    Raises
-    ------
-    ConfigError
-        If torch (the ``torch`` extra) is not installed.
-    UnsupportedOpError
-        If the graph keeps ops in float (the torch simulator cannot run them).
-    """
-    try:
-        from .qat.refine import refine_plan
-    except ImportError as err:
-        raise ConfigError(f"refine_steps={steps} needs torch ({err}): pip install 'gwq-tvm[torch]', "
-                          "or plan without refinement (refine_steps=0)") from None
-    return refine_plan(graph, plan, images, steps)
 
 
 def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> relax.VMExecutable:
@@ -239,7 +206,7 @@ def write_reference(module_path, qmodel: QuantizedModel, data=None, input_shape=
     from .reference import run_reference
     from .remote.bench import write_reference as _write
 
-    shape = tuple(input_shape or qmodel.plan.input_shape or qmodel.fm.input_shape)
+    shape = tuple(input_shape or qmodel.plan.input_shape or qmodel.float_model.input_shape)
     batch = shape[0] if isinstance(shape[0], int) else REFERENCE_SAMPLES
     if data is not None and len(data) > 0:
         x = np.asarray(data, np.float32)

@@ -108,7 +108,7 @@ class QuantConfig:
     loss_aware : bool
         GWQ: weight each tensor's error curve by its measured output sensitivity
         (a fake-quant run on 256 calibration samples per tensor; see
-        :mod:`gwq_tvm.calibrate.sensitivity`).  Off: every tensor's noise counts alike.
+        :mod:`gwq_tvm.calibration.sensitivity`).  Off: every tensor's noise counts alike.
     bits : mapping of str to (int, int)
         Per-layer overrides ``{node_name: (weight_bits, act_bits)}``; ``act_bits``
         applies to the node's output tensor.

@@ -15,7 +15,12 @@ import tvm
 from tvm import relax
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .graph import _const
+
+
+def _const(expr) -> np.ndarray | None:
+    """The value of a Relax constant (read here, not through the extractor: the reference shares no code
+    with what it checks)."""
+    return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
 
 
 def _int_info(dtype):
@@ -23,11 +28,11 @@ def _int_info(dtype):
 
 
 def _checked(value: np.ndarray, dtype: str, what: str) -> np.ndarray:
-    """Cast exact (int64/float64) results to ``dtype``, raising on integer overflow."""
+    """Cast exact results (int64, float64 or Python integers) to ``dtype``, raising on integer overflow."""
     info = _int_info(dtype)
-    if info is not None and value.size and (value.min() < info.min or value.max() > info.max):
+    if info is not None and np.size(value) and (int(np.min(value)) < info.min or int(np.max(value)) > info.max):
         raise OverflowError(f"{what}: result leaves {dtype} range")
-    return value.astype(dtype)
+    return np.asarray(value).astype(dtype)
 
 
 def _conv2d(x, w, attrs):
@@ -114,11 +119,32 @@ class Interpreter:
         return fn(args, expr.attrs, out_dtype, name)
 
 
+#: |x| below which an int64 result computed in float64 cannot have wrapped (float64 error << 2**62 margin)
+_SAFE_INT64 = float(1 << 62)
+
+
+def _exact_int(np_fn, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    """``np_fn(a, b)`` on integers without wrap-around: int64 where a float64 estimate shows it fits,
+    else exactly in Python integers (so that the dtype check sees the true value)."""
+    a, b = np.asarray(a), np.asarray(b)
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np_fn is np.left_shift:
+            est = af * np.exp2(bf)
+        elif np_fn is np.right_shift:
+            est = af
+        else:
+            est = np_fn(af, bf)
+    if est.size == 0 or np.all(np.abs(est) < _SAFE_INT64):
+        return np_fn(a.astype(np.int64), b.astype(np.int64))
+    return np_fn(a.astype(object), b.astype(object))
+
+
 def _binary(np_fn):
     def run(args, attrs, dtype, name):
         a, b = args
         if _int_info(dtype) is not None:
-            return _checked(np_fn(a.astype(np.int64), b.astype(np.int64)), dtype, name)
+            return _checked(_exact_int(np_fn, a, b, name), dtype, name)
         return np_fn(a, b).astype(dtype)
 
     return run

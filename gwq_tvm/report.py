@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate.observers import quantization_error, signal_power
+from .stats import quantization_error, signal_power
 from .plan import scales as S
 from .plan.grouping import PHASES, similarity
 from .plan.planner import error_curves, tensor_choices
@@ -42,8 +42,9 @@ def sfc_report(qmodel) -> dict:
     quantized from a given plan (no calibration run).
     """
     graph, plan, stats = qmodel.graph, qmodel.plan, qmodel.stats
+    config = plan.config  # the search settings, from the plan's provenance (None for a plan that records none)
     sites = sfc_sites(graph, plan)
-    curves = error_curves(graph, stats, plan.config, sensitivity=qmodel.sensitivity) if stats is not None else None
+    curves = error_curves(graph, stats, config, sensitivity=qmodel.sensitivity) if stats is not None and config else None
     tensors = {}
     for name in graph.tensors():
         tq = plan.tensors[name]
@@ -63,8 +64,8 @@ def sfc_report(qmodel) -> dict:
                      "added_error": None if curves is None else float(sum(errs))}
     pairs = sorted({(tensors[s.src]["group"], tensors[s.dst]["group"]) for s in sites if s.kind == "multiply"})
     return {
-        "mode": plan.config.mode.value,
-        "config": plan.config.to_dict(),
+        "mode": config.mode.value if config else None,
+        "config": config.to_dict() if config else None,
         "error_measure": "added noise / signal power" + (", weighted by output sensitivity" if qmodel.sensitivity else "") + ", summed over tensors",
         "summary": {**sfc_summary(sites), "groups": len(plan.groups),
                     "added_error": None if curves is None else float(sum(v["added_error"] or 0.0 for v in tensors.values()))},
@@ -207,7 +208,7 @@ def write_html(report: dict, qmodel, path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>gwq-tvm SFC report</title>",
         "<style>body{font-family:sans-serif;margin:20px;max-width:1100px} table{border-collapse:collapse;font-size:12px}"
         " td,th{border:1px solid #ddd;padding:3px 6px;text-align:left} h2{margin-top:28px}</style></head><body>",
-        f"<h1>SFC report ({html.escape(report['mode'])})</h1>",
+        f"<h1>SFC report ({html.escape(report['mode'] or 'plan given')})</h1>",
         f"<p>Per inference: <b>{s['multiply_sites']}</b> multiply SFC sites / <b>{s['shift_sites']}</b> shift sites; "
         f"<b>{s['multiply_elements']}</b> multiply elements, <b>{s['shift_elements']}</b> shift elements "
         f"(shift share <b>{s['shift_share'] * 100:.1f}%</b>); {s['groups']} groups"
@@ -215,10 +216,9 @@ def write_html(report: dict, qmodel, path) -> Path:
         "<h2>Groups</h2><table><tr><th>group</th><th>mantissa</th><th>tensors</th><th>added error</th><th>members (exponent)</th></tr>",
         rows, "</table>",
     ]
-    stats = qmodel.stats
-    if stats is not None:
-        curves = error_curves(qmodel.graph, stats, qmodel.plan.config, tensor_choices(qmodel.graph, stats, qmodel.plan.config),
-                              qmodel.sensitivity)
+    stats, config = qmodel.stats, qmodel.plan.config
+    if stats is not None and config is not None:
+        curves = error_curves(qmodel.graph, stats, config, tensor_choices(qmodel.graph, stats, config), qmodel.sensitivity)
         parts += [
             "<h2>Error curves</h2><p>Each tensor's added quantization noise when its scale mantissa is forced to x "
             "(best exponent for x), coloured by group.</p>", _curves(report, curves, colours),

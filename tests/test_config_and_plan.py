@@ -48,8 +48,16 @@ def test_plan_round_trip_and_diff(bundled_int8, tmp_path):
         (lambda d: d.update(format="other"), "not a gwq-tvm QuantPlan"),
         (lambda d: d["groups"].update({next(iter(d["groups"])): 2.5}), "mantissa"),
         (lambda d: d["tensors"][next(iter(d["tensors"]))].update(bits=12), "bits"),
-        (lambda d: d["tensors"][next(iter(d["tensors"]))].pop("exponent"), "malformed"),
-        (lambda d: d["config"].update(act_bits=0), "config"),
+        (lambda d: d["tensors"][next(iter(d["tensors"]))].pop("exponent"), r"tensors\.input\.exponent: missing"),
+        (lambda d: d["tensors"]["input"].update(exponent="7"), r"tensors\.input\.exponent: expected an integer"),
+        (lambda d: d["tensors"]["input"].update(exponent=5000), r"tensors\.input\.exponent must be within"),
+        (lambda d: d["arithmetic"].update(add_precision_bits=40), "add_precision_bits"),
+        (lambda d: d["layers"]["conv2d_0"].update(granularity="block"), r"layers\.conv2d_0\.block"),
+        (lambda d: d["layers"]["conv2d_0"].update(codebook="lut"), r"layers\.conv2d_0\.codebook"),
+        (lambda d: d["layers"]["conv2d_0"].update(storage="int4"), r"layers\.conv2d_0\.storage: int4 holds at most 4 bits"),
+        (lambda d: d["layers"]["conv2d_0"].update(scales=[1e-40]), r"layers\.conv2d_0\.scales must be positive"),
+        (lambda d: d["layers"]["conv2d_0"].update(permutation=[0, 0]), r"layers\.conv2d_0\.permutation"),
+        (lambda d: d.update(input_shape=[1, "x"]), "input_shape"),
     ],
 )
 def test_malformed_plans_are_rejected(bundled_int8, mutate, message):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gwq_tvm
-from gwq_tvm.calibrate import calibrate, check_batch
+from gwq_tvm.calibration import calibrate, check_batch
 from gwq_tvm.errors import CalibrationDataError, ModelError
 
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gwq_tvm.calibrate.observers import TensorStats, quantization_error
+from gwq_tvm.stats import TensorStats, quantization_error
 from gwq_tvm.errors import PlanError
 from gwq_tvm.plan import grouping as G
 from gwq_tvm.plan.program import SfcEdge

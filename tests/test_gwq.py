@@ -173,7 +173,7 @@ def test_fake_quant_simulator_tracks_the_integer_program(bits, mode, fmnist):
     agreement (power-of-two SFCs put exact ties on every 2**k-th accumulator
     value and float32 lands on either side).
     """
-    from gwq_tvm.calibrate.sensitivity import FakeQuantSimulator
+    from gwq_tvm.calibration.sensitivity import FakeQuantSimulator
     from gwq_tvm.plan.program import needs_integer_output
     from gwq_tvm.plan.scales import qrange
 

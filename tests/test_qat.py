@@ -121,7 +121,7 @@ def test_training_moves_a_bad_exponent_back_and_tunes_the_mantissas(fmnist):
     tensors = dict(q.plan.tensors)
     t = tensors[victim]
     tensors[victim] = TensorQuant(t.bits, t.signed, t.group, t.exponent + 3)
-    bad = QuantPlan(q.plan.fingerprint, q.plan.config, q.plan.groups, tensors, q.plan.layers, q.plan.input_shape)
+    bad = q.plan.replace(tensors=tensors)
     m = QATModel(q.graph, bad)
     acc_bad = gwq_tvm.qat.evaluate(m, test_x[:1000], test_y[:1000])
     train(m, calib[:512], fmnist_labels(512), TrainConfig(epochs=4, batch_size=64, scale_lr=0.1))

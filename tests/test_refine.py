@@ -10,6 +10,7 @@ from gwq_tvm import QuantConfig
 from gwq_tvm.cli import main
 from gwq_tvm.data import bundled_model
 from gwq_tvm.errors import ConfigError
+from gwq_tvm.plan import strategies
 from gwq_tvm.plan.program import sfc_sites
 from gwq_tvm.plan.quantplan import QuantPlan
 from gwq_tvm.reference import run_reference
@@ -91,8 +92,9 @@ def test_refinement_without_torch_names_the_extra(refined, monkeypatch):
     for name in [m for m in sys.modules if m.startswith("gwq_tvm.qat")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setattr(strategies, "_REGISTRY", {})  # as in a fresh process
     with pytest.raises(ConfigError, match=r"pip install 'gwq-tvm\[torch\]'"):
-        gwq_tvm.api.refine(plain.graph, plain.plan, calib, 5)
+        gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:64], W4A2_K2.replace(refine_steps=5))
 
 
 def test_per_layer_refinement_moves_free_weight_scales_and_lowers_the_loss(refined):

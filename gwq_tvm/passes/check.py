@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
-from ..graph import _vars_in
+from ..ir import vars_in
 
 
 def _is_float(var) -> bool:
@@ -77,15 +77,15 @@ def float_ops_in_integer_region(func: relax.Function) -> list[str]:
     bindings = _bindings(func)
     int_before = {p: _is_int(p) for p in func.params}
     for b in bindings:
-        deps = _vars_in(b.value)
+        deps = vars_in(b.value)
         int_before[b.var] = _is_int(b.var) or any(int_before.get(v, False) for v in deps)
     int_after = {}
     for b in reversed(bindings):
-        for v in _vars_in(b.value):
+        for v in vars_in(b.value):
             int_after[v] = int_after.get(v, False) or _is_int(b.var) or int_after.get(b.var, False)
     bad = []
     for b in bindings:
-        if _is_float(b.var) and int_after.get(b.var, False) and any(int_before.get(v, False) for v in _vars_in(b.value)):
+        if _is_float(b.var) and int_after.get(b.var, False) and any(int_before.get(v, False) for v in vars_in(b.value)):
             bad.append(f"{b.var.name} = {_op_name(b.value)}")
     return bad
 
@@ -111,7 +111,7 @@ def float_kernels(mod: tvm.IRModule) -> list[str]:
         value = b.value
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_tir"):
             continue
-        gv, args = value.args[0], _vars_in(value.args[1])
+        gv, args = value.args[0], vars_in(value.args[1])
         if not _is_int(b.var) or not all(_is_int(a) for a in args):
             continue
         if _primfunc_has_float(lowered[gv]):

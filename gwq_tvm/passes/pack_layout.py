@@ -36,7 +36,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..graph import _const
+from ..ir import const_value as _const
 from ..schedules import compute as C
 from ..schedules import layout as L
 from ..schedules.spec import X86_VNNI, KernelSpec

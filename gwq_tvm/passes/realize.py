@@ -7,8 +7,11 @@ integers (int8/uint8 activations, int8 weights, int32 accumulators, SFCs as
 shifts or Q31 multiplies) and dequantizes only the outputs.  Ops the graph
 marks ``float`` stay float behind explicit dequantize/quantize boundaries.
 
-All integer constants come from :mod:`gwq_tvm.plan.program`; this module only
-emits ops.
+This module is the Relax backend of the node kinds: :class:`Emitter` owns the
+representation changes every kind shares (quantize, SFC, clip, accumulator
+finish) and each kind's :meth:`~gwq_tvm.kinds.base.Kind.realize` emits its
+own ops.  All integer constants come from the kinds' recipes
+(:mod:`gwq_tvm.plan.program`); nothing here decides arithmetic.
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ from tvm import relax
 from tvm.relax import op as R
 
 from ..errors import PlanError
-from ..graph import Graph, Node, extract_graph, float_call
+from ..extract import extract_graph
+from ..graph import Graph, Node, kind_of
 from ..plan import program as P
 from ..plan.quantplan import QuantPlan
 from ..plan.scales import qrange
 from ..plan.sfc import SFC
 
 
-def _const(value, dtype: str):
+def const(value, dtype: str):
+    """A Relax constant of ``value`` as ``dtype``."""
     return relax.const(np.asarray(value, dtype=dtype), dtype)
 
 
-def _channel_const(values: np.ndarray, ndim: int, dtype: str):
+def channel_const(values: np.ndarray, ndim: int, dtype: str):
     """A per-channel constant broadcastable along axis 1 (a scalar when all channels agree).
 
     GWQ relies on the scalar case: with power-of-two weight scales, a
@@ -41,14 +46,14 @@ def _channel_const(values: np.ndarray, ndim: int, dtype: str):
     """
     values = np.asarray(values)
     if values.size == 1 or np.all(values == values.reshape(-1)[0]):
-        return _const(values.reshape(-1)[:1].reshape(()), dtype)
+        return const(values.reshape(-1)[:1].reshape(()), dtype)
     shape = [1] * ndim
     shape[1] = values.size
-    return _const(values.reshape(shape), dtype)
+    return const(values.reshape(shape), dtype)
 
 
 @dataclass
-class _Value:
+class Value:
     """How a node's output is available: integers, float, or an int32 accumulator."""
 
     int_expr: relax.Expr | None = None
@@ -57,18 +62,28 @@ class _Value:
     acc: P.Accumulator | None = None
 
 
-class _Emitter:
-    """Emits the integer program node by node into a BlockBuilder."""
+class Emitter:
+    """Emits the integer program node by node into a BlockBuilder (the kinds' Relax backend)."""
 
-    def __init__(self, bb: relax.BlockBuilder, graph: Graph, plan: QuantPlan):
-        self.bb, self.graph, self.plan = bb, graph, plan
-        self.values: dict[str, _Value] = {}
+    const = staticmethod(const)
+    channel_const = staticmethod(channel_const)
+
+    def __init__(self, bb: relax.BlockBuilder, graph: Graph, plan: QuantPlan, param):
+        self.bb, self.graph, self.plan, self.param = bb, graph, plan, param
+        self.values: dict[str, Value] = {}
 
     def emit(self, expr):
         return self.bb.emit(expr)
 
+    def set_int(self, node: Node, expr) -> None:
+        self.values[node.name] = Value(int_expr=expr)
+
+    def set_float(self, node: Node, expr) -> None:
+        self.values[node.name] = Value(float_expr=expr)
+
     # --- representation changes --------------------------------------
     def as_int(self, name: str):
+        """``name``'s output as integers (requantizing an accumulator or quantizing a float value once)."""
         v = self.values[name]
         if v.int_expr is None:
             node = self.graph.nodes[name]
@@ -79,16 +94,17 @@ class _Emitter:
         return v.int_expr
 
     def as_float(self, name: str):
+        """``name``'s output dequantized: ``acc * s_acc`` (then the fused activation) or ``q * s``."""
         v = self.values[name]
         if v.float_expr is None:
             node = self.graph.nodes[name]
             if v.acc_expr is not None:
                 ndim = len(node.shape)
-                x = self.emit(R.multiply(R.astype(v.acc_expr, "float32"), _channel_const(v.acc.scale, ndim, "float32")))
+                x = self.emit(R.multiply(R.astype(v.acc_expr, "float32"), channel_const(v.acc.scale, ndim, "float32")))
                 if node.act is not None:
                     x = self.emit(R.clip(x, relax.prim_value(node.act[0]), relax.prim_value(min(node.act[1], 3.0e38))))
             else:
-                scale = _const(self.plan.scale(name), "float32")
+                scale = const(self.plan.scale(name), "float32")
                 x = self.emit(R.multiply(R.astype(v.int_expr, "float32"), scale))
             v.float_expr = x
         return v.float_expr
@@ -97,7 +113,7 @@ class _Emitter:
         """``clip(floor(x / s + 1/2), qmin, qmax)`` into the tensor's container (a float boundary)."""
         tq = self.plan.tensors[name]
         qmin, qmax = qrange(tq.bits, tq.signed)
-        y = R.floor(R.add(R.divide(x, _const(self.plan.scale(name), "float32")), _const(0.5, "float32")))
+        y = R.floor(R.add(R.divide(x, const(self.plan.scale(name), "float32")), const(0.5, "float32")))
         y = R.clip(y, relax.prim_value(qmin), relax.prim_value(qmax))
         return self.emit(R.astype(y, P.container(tq)))
 
@@ -107,13 +123,13 @@ class _Emitter:
         if sfc.kind == "identity":
             return x
         if sfc.kind == "multiply":
-            x = self.emit(R.multiply(x, _channel_const(sfc.multiplier, ndim, work_dtype)))
+            x = self.emit(R.multiply(x, channel_const(sfc.multiplier, ndim, work_dtype)))
         elif np.any(sfc.left > 0):
-            x = self.emit(R.left_shift(x, _channel_const(sfc.left, ndim, work_dtype)))
+            x = self.emit(R.left_shift(x, channel_const(sfc.left, ndim, work_dtype)))
         if np.any(sfc.right > 0):
             rounding = (np.int64(1) << sfc.right.astype(np.int64)) >> 1
-            x = self.emit(R.add(x, _channel_const(rounding, ndim, work_dtype)))
-            x = self.emit(R.right_shift(x, _channel_const(sfc.right, ndim, work_dtype)))
+            x = self.emit(R.add(x, channel_const(rounding, ndim, work_dtype)))
+            x = self.emit(R.right_shift(x, channel_const(sfc.right, ndim, work_dtype)))
         return x
 
     def clip_cast(self, x, qmin: int, qmax: int, dtype: str):
@@ -124,100 +140,11 @@ class _Emitter:
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 
-    # --- node handlers -------------------------------------------------
-    def node_input(self, node: Node, param):
-        self.values[node.name] = _Value(float_expr=param)
-
-    def node_conv2d(self, node: Node):
-        acc = P.accumulator(node, self.graph, self.plan)
-        a = node.attrs
-        y = self.emit(
-            R.nn.conv2d(
-                self.as_int(node.inputs[0]), _const(acc.weight, "int8"), strides=a["strides"], padding=a["padding"],
-                dilation=a["dilation"], groups=a["groups"], out_dtype="int32",
-            )
-        )
-        self._finish_acc(node, y, acc)
-
-    def node_dense(self, node: Node):
-        acc = P.accumulator(node, self.graph, self.plan)
-        weight_t = np.ascontiguousarray(acc.weight.T)
-        y = self.emit(R.matmul(self.as_int(node.inputs[0]), _const(weight_t, "int8"), out_dtype="int32"))
-        self._finish_acc(node, y, acc)
-
-    def node_global_avgpool(self, node: Node):
-        acc = P.accumulator(node, self.graph, self.plan)
-        x = self.emit(R.astype(self.as_int(node.inputs[0]), "int32"))
-        y = self.emit(R.sum(x, axis=[2, 3], keepdims=node.attrs["keepdims"]))
-        self._finish_acc(node, y, acc)
-
-    def node_avgpool(self, node: Node):
-        acc = P.accumulator(node, self.graph, self.plan)
-        channels = node.shape[1]
-        kh, kw = node.attrs["pool_size"]
-        ones = np.ones((channels, 1, kh, kw), dtype="int8")
-        y = self.emit(
-            R.nn.conv2d(
-                self.as_int(node.inputs[0]), _const(ones, "int8"), strides=node.attrs["strides"],
-                padding=node.attrs["padding"], groups=channels, out_dtype="int32",
-            )
-        )
-        self._finish_acc(node, y, acc)
-
-    def _finish_acc(self, node: Node, y, acc: P.Accumulator):
+    def finish_acc(self, node: Node, y, acc: P.Accumulator) -> None:
+        """Record ``y`` (int32) as ``node``'s accumulator, with the recipe's bias added."""
         if acc.bias is not None:
-            y = self.emit(R.add(y, _channel_const(acc.bias, len(node.shape), "int32")))
-        self.values[node.name] = _Value(acc_expr=y, acc=acc)
-
-    def node_add(self, node: Node):
-        p = self.plan.config.add_precision_bits
-        ndim = len(node.shape)
-        terms = []
-        for src, sfc in zip(node.inputs, P.add_inputs(node, self.plan)):
-            work = "int64" if sfc.kind == "multiply" else "int32"
-            t = self.apply_sfc(self.as_int(src), sfc, ndim, work)
-            terms.append(self.emit(R.astype(t, "int32")) if work != "int32" else t)
-        y = self.emit(R.add(terms[0], terms[1]))
-        if p > 0:
-            y = self.emit(R.right_shift(R.add(y, _const(1 << (p - 1), "int32")), _const(p, "int32")))
-        qmin, qmax = P.out_range(node, self.plan)
-        self.values[node.name] = _Value(int_expr=self.clip_cast(y, qmin, qmax, P.container(self.plan.tensors[node.name])))
-
-    def node_concat(self, node: Node):
-        qmin, qmax = P.out_range(node, self.plan)
-        dtype = P.container(self.plan.tensors[node.name])
-        parts = []
-        for src, sfc in zip(node.inputs, P.concat_inputs(node, self.plan)):
-            x = self.as_int(src)
-            if sfc.kind == "identity" and self.plan.tensors[src] == self.plan.tensors[node.name]:
-                parts.append(x)
-                continue
-            work = "int64" if sfc.kind == "multiply" else "int32"
-            parts.append(self.clip_cast(self.apply_sfc(x, sfc, len(node.shape), work), qmin, qmax, dtype))
-        self.values[node.name] = _Value(int_expr=self.emit(R.concat(parts, axis=node.attrs["axis"])))
-
-    def node_maxpool(self, node: Node):
-        a = node.attrs
-        y = R.nn.max_pool2d(
-            self.as_int(node.inputs[0]), pool_size=a["pool_size"], strides=a["strides"], padding=a["padding"],
-            dilation=a["dilation"], ceil_mode=a["ceil_mode"],
-        )
-        self.values[node.name] = _Value(int_expr=self.emit(y))
-
-    def node_reshape(self, node: Node):
-        y = R.reshape(self.as_int(node.inputs[0]), node.var.ty.shape)
-        self.values[node.name] = _Value(int_expr=self.emit(y))
-
-    def node_relu(self, node: Node):
-        x = self.as_int(node.inputs[0])
-        qmin, qmax = P.out_range(node, self.plan)
-        y = R.clip(x, relax.prim_value(qmin), relax.prim_value(qmax))
-        self.values[node.name] = _Value(int_expr=self.emit(y))
-
-    def node_float(self, node: Node):
-        """Re-emit an unsupported op on dequantized inputs (a float region)."""
-        new = float_call(self.graph, node, self.as_float)
-        self.values[node.name] = _Value(float_expr=self.emit(new))
+            y = self.emit(R.add(y, channel_const(acc.bias, len(node.shape), "int32")))
+        self.values[node.name] = Value(acc_expr=y, acc=acc)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RealizeIntegerProgram")
@@ -244,6 +171,9 @@ class RealizeIntegerProgram:
             raise PlanError(
                 f"the QuantPlan was made for graph {self.plan.fingerprint}, this model is {graph.fingerprint}"
             )
+        missing = [n for n in graph.nodes if n not in self.plan.tensors]
+        if missing:
+            raise PlanError(f"the QuantPlan has no entry for tensors {', '.join(missing[:5])}")
         func = mod["main"]
         old = func.params[0]
         bb = relax.BlockBuilder()
@@ -251,12 +181,9 @@ class RealizeIntegerProgram:
         attrs = dict(func.attrs.items()) if func.attrs is not None else None
         with bb.function("main", [param], attrs=attrs):
             with bb.dataflow():
-                em = _Emitter(bb, graph, self.plan)
+                em = Emitter(bb, graph, self.plan, param)
                 for node in graph.nodes.values():
-                    if node.kind == "input":
-                        em.node_input(node, param)
-                    else:
-                        getattr(em, f"node_{node.kind}")(node)
+                    kind_of(node).realize(em, node)
                 outs = [em.as_float(n) for n in graph.outputs]
                 result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             bb.emit_func_output(result)

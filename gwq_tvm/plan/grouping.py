@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..calibrate.observers import TensorStats, quantization_error, signal_power
+from ..stats import TensorStats, quantization_error, signal_power
 from ..errors import PlanError
 from .program import SfcEdge
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..calibrate.observers import TensorStats, choose_clip
+from ..stats import TensorStats, choose_clip
 from ..config import Calibration, QuantConfig, ScaleMode, WeightGranularity
 from ..errors import PlanError
-from ..graph import PASSTHROUGH, Graph, Node
+from ..graph import Graph, Node, kind_of
 from . import scales as S
+from . import strategies
 from .grouping import ErrorCurve, Grouping, error_curve, group_tensors
 from .program import needs_integer_output, sfc_edges
-from .quantplan import LayerQuant, QuantPlan, TensorQuant
+from .quantplan import Arithmetic, QuantPlan, TensorQuant, WeightQuant
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def apply_end_bits(graph: Graph, config: QuantConfig) -> QuantConfig:
     """
     if config.end_bits is None:
         return config
-    weighted = [n for n, node in graph.nodes.items() if node.weight is not None]
+    weighted = graph.layers()
     ends = {graph.input: (config.weight_bits, config.end_bits)}
     for n in weighted[:1] + weighted[-1:]:
         ends[n] = (config.end_bits, config.act_bits)
@@ -69,7 +70,7 @@ def error_curves(graph: Graph, stats: dict, config: QuantConfig, choices: dict |
 
     A curve's weight is 0 for a tensor the program never materializes, else its
     ``sensitivity`` (1 without one; see
-    :func:`gwq_tvm.calibrate.sensitivity.tensor_sensitivity`).
+    :func:`gwq_tvm.calibration.sensitivity.tensor_sensitivity`).
     """
     choices = choices or tensor_choices(graph, stats, config)
     search = config.calibration is Calibration.MSE
@@ -100,15 +101,22 @@ def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict |
     return curves, grouping
 
 
-def layer_quant(node: Node, config: QuantConfig) -> LayerQuant:
-    """Weight bits, granularity and weight scales of a conv/dense node under ``config.mode``."""
-    wbits = config.weight_bits_for(node.name)
+def layer_quant(node: Node, config: QuantConfig) -> WeightQuant:
+    """Weight bits, granularity and weight scales of a layer under ``config.mode``.
+
+    A kind with fixed ``weight_bits`` (the per-channel affine) takes them unless
+    ``config.bits`` names the layer.
+    """
+    fixed = getattr(kind_of(node), "weight_bits", None)
+    wbits = fixed if fixed is not None and node.name not in config.bits else config.weight_bits_for(node.name)
     per_channel = config.weight_granularity is WeightGranularity.PER_CHANNEL
     if config.mode is ScaleMode.PER_LAYER:
         ws = S.weight_scales(node.weight, wbits, per_channel)
     else:  # pot and gwq: every weight scale a power of two
         ws = S.pot_weight_scales(node.weight, wbits, per_channel)
-    return LayerQuant(wbits, config.weight_granularity.value, tuple(float(s) for s in ws))
+    if not per_channel:
+        return WeightQuant(wbits, (float(ws[0]),), granularity="tensor")
+    return WeightQuant(wbits, tuple(float(s) for s in ws), granularity="channel")
 
 
 def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None,
@@ -126,7 +134,7 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         Recorded in the plan for checking run-time data.
     sensitivity : dict of str to float, optional
         GWQ only: per-tensor output sensitivities weighting the error curves
-        (:func:`gwq_tvm.calibrate.sensitivity.tensor_sensitivity`).
+        (:func:`gwq_tvm.calibration.sensitivity.tensor_sensitivity`).
     grouping : Grouping, optional
         GWQ only: use this grouping of the graph's tensors instead of
         :func:`gwq_grouping` (e.g. one of :func:`gwq_tvm.plan.grouping.sweep_groupings`).
@@ -168,11 +176,25 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
             mantissa, exponent = S.split_scale(ch.scale)
             groups[name] = mantissa
             tensors[name] = TensorQuant(ch.bits, ch.signed, name, exponent)
-    layers: dict[str, LayerQuant] = {}
+    layers: dict[str, WeightQuant] = {}
     for name, node in graph.nodes.items():
-        if node.kind in PASSTHROUGH:
+        if kind_of(node).passthrough:
             tensors[name] = tensors[graph.tensor_of(name)]
         elif node.weight is not None:
             layers[name] = layer_quant(node, config)
     tensors = {name: tensors[name] for name in graph.nodes}  # graph order
-    return QuantPlan(graph.fingerprint, config, groups, tensors, layers, input_shape)
+    return QuantPlan(graph.fingerprint, groups, tensors, layers, input_shape=input_shape,
+                     arithmetic=Arithmetic(config.add_precision_bits), provenance=provenance(config))
+
+
+@strategies.register("grouping")
+def _grouping_strategy(ctx: strategies.PlanContext) -> QuantPlan:
+    """The ``grouping`` strategy: :func:`build_plan`."""
+    return build_plan(ctx.graph, ctx.stats, ctx.config, ctx.input_shape, ctx.sensitivity)
+
+
+def provenance(config: QuantConfig, **extra) -> dict:
+    """How a plan was made: the search settings and the tool (recorded, never read by the compiler)."""
+    from ..version import __version__
+
+    return {"config": config.to_dict(), "tool": f"gwq-tvm {__version__}", **extra}

@@ -1,14 +1,17 @@
-"""The integer constants of each node, derived from a graph and a plan (pure numpy).
+"""The integer arithmetic shared by the node kinds' recipes (pure numpy).
 
-This is where the integer program's arithmetic is decided; the realize pass
-only turns these constants into Relax ops, and the SFC report counts them.
+This is where the integer program's arithmetic is decided, once; each kind
+(:mod:`gwq_tvm.kinds`) builds its recipe from these pieces, and the backends
+only turn recipes into ops.
 
 * conv / dense: ``acc = conv(q_in, q_w) + q_b`` (int32), ``acc`` has scale
-  ``s_in * s_w,c``; then an SFC by ``M_c = s_in * s_w,c / s_out`` and a clip.
+  ``s_in * s_w,c`` (:func:`layer_accumulator`); then an SFC by
+  ``M_c = s_in * s_w,c / s_out`` and a clip (:func:`requant`).
 * global / window average pool: ``acc = sum(q_in)`` over the window (int32),
-  scale ``s_in / window``; then an SFC.
+  scale ``s_in / window`` (:func:`pool_accumulator`); then an SFC.
 * add: each input ``i`` becomes ``t_i = SFC(q_i, 2**P * s_i / s_out)`` (int32,
-  ``P = add_precision_bits``), then ``q = clip((t_a + t_b + 2**(P-1)) >> P)``.
+  ``P = plan.arithmetic.add_precision_bits``), then
+  ``q = clip((t_a + t_b + 2**(P-1)) >> P)`` (:func:`add_inputs`).
 * concat: each input ``SFC(q_i, s_i / s_out)``, clipped, then concatenated.
 """
 
@@ -16,18 +19,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import PlanError
-from ..graph import Graph, Node
 from . import scales as S
 from .quantplan import QuantPlan, TensorQuant
 from .sfc import SFC, make_sfc
 
+if TYPE_CHECKING:
+    from ..graph import Graph, Node
+
 INT32_MAX = (1 << 31) - 1
-#: node kinds that produce an int32 accumulator which an SFC turns into an activation
-ACC_KINDS = frozenset({"conv2d", "dense", "global_avgpool", "avgpool"})
+
+
+def _kind(node: "Node"):
+    from ..graph import kind_of
+
+    return kind_of(node)
 
 
 def container(tq: TensorQuant) -> str:
@@ -35,7 +45,7 @@ def container(tq: TensorQuant) -> str:
     return "int8" if tq.signed else "uint8"
 
 
-def out_range(node: Node, plan: QuantPlan) -> tuple[int, int]:
+def out_range(node: "Node", plan: QuantPlan) -> tuple[int, int]:
     """Integer clip range of ``node``'s output: the dtype range narrowed by a fused ReLU/ReLU6."""
     tq = plan.tensors[node.name]
     qmin, qmax = S.qrange(tq.bits, tq.signed)
@@ -48,6 +58,7 @@ def out_range(node: Node, plan: QuantPlan) -> tuple[int, int]:
 
 
 def magnitude(tq: TensorQuant) -> int:
+    """Largest ``|q|`` of the tensor's integers."""
     qmin, qmax = S.qrange(tq.bits, tq.signed)
     return max(abs(qmin), abs(qmax))
 
@@ -68,30 +79,46 @@ class Accumulator:
     window: int = 1
 
 
-def accumulator(node: Node, graph: Graph, plan: QuantPlan) -> Accumulator:
-    """Quantized weights and bias of ``node`` and the scale of its accumulator."""
+def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
+    """The per-output-channel weight scales of layer ``node`` under ``plan``."""
+    try:
+        return plan.layers[node.name].channel_scales(node.weight.shape[0])
+    except PlanError as err:
+        raise PlanError(f"layers.{node.name}: {err}") from None
+
+
+def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
+    """Quantized weights and bias of a conv/dense ``node`` and the scale of its accumulator.
+
+    ``q_w = clip(rint(w / s_w,c))``, ``q_b = rint(b / (s_in * s_w,c))``; the
+    bound is ``max_c sum|q_w,c| * max|q_in| + max|q_b|``, which must fit int32.
+    """
     src = node.inputs[0]
     s_in, in_mag = plan.scale(src), magnitude(plan.tensors[src])
-    if node.kind in ("conv2d", "dense"):
-        layer = plan.layers[node.name]
-        ws = np.asarray(layer.weight_scales, dtype=np.float64)
-        if ws.size != node.weight.shape[0]:
-            raise PlanError(f"{node.name}: plan has {ws.size} weight scales for {node.weight.shape[0]} channels")
-        wq = S.quantize_weight(node.weight, ws, layer.weight_bits)
-        acc_scale = s_in * ws
-        bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
-        per_channel = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1) * in_mag
-        bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
-        if bound > INT32_MAX:
-            raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
-        return Accumulator(acc_scale, bound, wq, bq)
-    if node.kind == "global_avgpool":
-        window = graph.nodes[src].shape[2] * graph.nodes[src].shape[3]
-    elif node.kind == "avgpool":
-        window = int(np.prod(node.attrs["pool_size"]))
-    else:
+    layer = plan.layers[node.name]
+    ws = weight_scales(node, plan)
+    wq = S.quantize_weight(node.weight, ws, layer.bits)
+    acc_scale = s_in * ws
+    bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
+    per_channel = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1) * in_mag
+    bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
+    if bound > INT32_MAX:
+        raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
+    return Accumulator(acc_scale, bound, wq, bq)
+
+
+def pool_accumulator(node: "Node", plan: QuantPlan, window: int) -> Accumulator:
+    """The accumulator of a pool summing ``window`` inputs: scale ``s_in / window``."""
+    src = node.inputs[0]
+    return Accumulator(np.array([plan.scale(src) / window]), window * magnitude(plan.tensors[src]), window=window)
+
+
+def accumulator(node: "Node", graph: "Graph", plan: QuantPlan) -> Accumulator:
+    """The accumulator recipe of an accumulating ``node`` (conv, dense, pools)."""
+    kind = _kind(node)
+    if not kind.accumulates:
         raise PlanError(f"{node.name}: {node.kind} has no accumulator")
-    return Accumulator(np.array([s_in / window]), window * in_mag, window=window)
+    return kind.accumulator(graph, node, plan)
 
 
 @dataclass(frozen=True)
@@ -115,16 +142,16 @@ def _work_dtype(sfc: SFC, bound: int) -> str:
     return "int32" if worst <= INT32_MAX else "int64"
 
 
-def requant(node: Node, acc: Accumulator, plan: QuantPlan) -> Requant:
-    """The SFC from ``node``'s accumulator to its planned output tensor."""
+def requant(node: "Node", acc: Accumulator, plan: QuantPlan) -> Requant:
+    """The SFC from ``node``'s accumulator to its planned output tensor: ``M_c = acc.scale_c / s_out``."""
     sfc = make_sfc(acc.scale / plan.scale(node.name))
     qmin, qmax = out_range(node, plan)
     return Requant(sfc, qmin, qmax, container(plan.tensors[node.name]), _work_dtype(sfc, acc.bound))
 
 
-def add_inputs(node: Node, plan: QuantPlan) -> list[SFC]:
+def add_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
     """The SFCs that bring each add input to ``2**P`` units of the output scale."""
-    p = plan.config.add_precision_bits
+    p = plan.arithmetic.add_precision_bits
     s_out = plan.scale(node.name)
     out = []
     for src in node.inputs:
@@ -135,14 +162,24 @@ def add_inputs(node: Node, plan: QuantPlan) -> list[SFC]:
     return out
 
 
-def concat_inputs(node: Node, plan: QuantPlan) -> list[SFC]:
+def concat_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
+    """The SFC of each concat input into the output scale: ``s_i / s_out``."""
     s_out = plan.scale(node.name)
     return [make_sfc(plan.scale(src) / s_out) for src in node.inputs]
 
 
-def needs_integer_output(graph: Graph, name: str) -> bool:
+def needs_integer_output(graph: "Graph", name: str) -> bool:
     """Does any non-float node consume ``name``'s output as integers?"""
     return any(c.kind != "float" for c in graph.consumers(name))
+
+
+def materialized(graph: "Graph", name: str) -> bool:
+    """Does the program hold ``name``'s output as quantized integers?
+
+    Every tensor does but an accumulating node's output that only float ops
+    (or the program output) read: that stays an int32 accumulator.
+    """
+    return not _kind(graph.nodes[name]).accumulates or needs_integer_output(graph, name)
 
 
 @dataclass(frozen=True)
@@ -163,27 +200,9 @@ class SfcEdge:
     factor: float = 1.0
 
 
-def sfc_edges(graph: Graph) -> list[SfcEdge]:
-    """Every scale conversion the realized program performs, in graph order.
-
-    conv/dense/pool outputs (only when consumed as integers), each residual-add
-    input and each concat input.
-    """
-    edges = []
-    for name, node in graph.nodes.items():
-        if node.kind in ACC_KINDS and needs_integer_output(graph, name):
-            src = graph.tensor_of(node.inputs[0])
-            factor = 1.0
-            if node.kind == "global_avgpool":
-                factor = 1.0 / (graph.nodes[node.inputs[0]].shape[2] * graph.nodes[node.inputs[0]].shape[3])
-            elif node.kind == "avgpool":
-                factor = 1.0 / int(np.prod(node.attrs["pool_size"]))
-            edges.append(SfcEdge(name, "out", src, name, node.elements, factor))
-        elif node.kind in ("add", "concat"):
-            for src in node.inputs:
-                n_el = node.elements if node.kind == "add" else graph.nodes[src].elements
-                edges.append(SfcEdge(name, src, graph.tensor_of(src), name, n_el))
-    return edges
+def sfc_edges(graph: "Graph") -> list[SfcEdge]:
+    """Every scale conversion the realized program performs, in graph order (each kind's :meth:`sfc_edges`)."""
+    return [e for node in graph.nodes.values() for e in _kind(node).sfc_edges(graph, node)]
 
 
 @dataclass(frozen=True)
@@ -199,19 +218,15 @@ class SfcSite:
     dst: str = ""
 
 
-def sfc_sites(graph: Graph, plan: QuantPlan) -> list[SfcSite]:
+def sfc_sites(graph: "Graph", plan: QuantPlan) -> list[SfcSite]:
     """Every SFC the realized program performs with its kind (identity conversions are not listed)."""
-    add_sfcs = {}
+    sfcs: dict[str, dict] = {}
     sites = []
     for e in sfc_edges(graph):
         node = graph.nodes[e.node]
-        if e.port == "out":
-            sfc = requant(node, accumulator(node, graph, plan), plan).sfc
-        else:
-            if e.node not in add_sfcs:
-                sfcs = add_inputs(node, plan) if node.kind == "add" else concat_inputs(node, plan)
-                add_sfcs[e.node] = dict(zip(node.inputs, sfcs))
-            sfc = add_sfcs[e.node][e.port]
+        if e.node not in sfcs:
+            sfcs[e.node] = _kind(node).sfcs(graph, node, plan)
+        sfc = sfcs[e.node][e.port]
         if sfc.kind != "identity":
             sites.append(SfcSite(e.node, e.port, sfc.kind, e.elements, sfc.channels, e.src, e.dst))
     return sites

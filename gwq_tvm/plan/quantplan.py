@@ -1,17 +1,34 @@
 """The QuantPlan: the versioned JSON contract between the algorithms and the compiler.
 
-Every quantized tensor (a node output) has ``bits``, ``signed`` and a scale
-``groups[group] * 2**exponent``; every layer with weights has its weight bits,
-granularity and per-channel weight scales.  A plan names the graph it was made
-for by fingerprint; :class:`~gwq_tvm.passes.realize.RealizeIntegerProgram`
-refuses a plan made for another graph.
+A plan says everything that defines the integer program and nothing about how
+it was chosen:
+
+* every quantized activation tensor (a node output): :class:`TensorQuant`,
+  ``bits``, ``signed`` and a static scale ``groups[group] * 2**exponent``
+  (or, with ``dynamic``, a per-sample step produced by a named node);
+* every layer with weights: :class:`WeightQuant`, a value object of bits,
+  granularity (``tensor``, ``channel`` or ``block`` ``n_out x n_in``, with an
+  optional output-channel permutation), codebook (``uniform``, ``pot``,
+  ``post``), storage (``int8`` or ``int4`` packed two per byte) and the scales
+  shaped by the granularity;
+* :class:`Arithmetic`: the program-wide integer settings (the residual-add
+  precision);
+* ``provenance``: how the plan was made (the :class:`~gwq_tvm.config.QuantConfig`
+  of the search, the tool).  The compiler never reads it.
+
+A plan names the graph it was made for by fingerprint;
+:class:`~gwq_tvm.passes.realize.RealizeIntegerProgram` refuses a plan made
+for another graph.  Version 1 files (the embedded ``config``, per-channel
+``weight_scales``) load through :func:`upgrade_v1`.
 
 Example (abridged)::
 
-    {"format": "gwq-tvm/quantplan", "version": 1, "fingerprint": "08202588c12adf59",
-     "config": {...}, "groups": {"conv2d_0": 1.3826},
+    {"format": "gwq-tvm/quantplan", "version": 2, "fingerprint": "08202588c12adf59",
+     "arithmetic": {"add_precision_bits": 8}, "groups": {"conv2d_0": 1.3826},
      "tensors": {"conv2d_0": {"bits": 8, "signed": false, "group": "conv2d_0", "exponent": -7}},
-     "layers": {"conv2d_0": {"weight_bits": 8, "granularity": "per-channel", "weight_scales": [0.0031, ...]}}}
+     "layers": {"conv2d_0": {"bits": 8, "granularity": "channel", "scales": [0.0031, ...],
+                             "codebook": "uniform", "storage": "int8"}},
+     "input_shape": [null, 1, 28, 28], "provenance": {"config": {...}, "tool": "gwq-tvm 0.1.0"}}
 """
 
 from __future__ import annotations
@@ -24,30 +41,121 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from ..config import QuantConfig
+import numpy as np
+
 from ..errors import ConfigError, PlanError
 
 FORMAT = "gwq-tvm/quantplan"
-VERSION = 1
+VERSION = 2
+#: versions :meth:`QuantPlan.from_dict` reads
+READS = (1, 2)
+
+GRANULARITIES = ("tensor", "channel", "block")
+CODEBOOKS = ("uniform", "pot", "post")
+STORAGES = ("int8", "int4")
+#: largest |exponent| of a tensor scale (2**±64 keeps every SFC ratio representable in float64 and Q31)
+MAX_EXPONENT = 64
 
 
 @dataclass(frozen=True)
 class TensorQuant:
-    """Quantization of one activation tensor: ``r = groups[group] * 2**exponent * q``."""
+    """Quantization of one activation tensor: ``r = groups[group] * 2**exponent * q``.
+
+    ``dynamic`` names the node that produces a per-sample multiplier of this
+    step (ASQ); ``None`` for a static scale.
+    """
 
     bits: int
     signed: bool
     group: str
     exponent: int
+    dynamic: str | None = None
 
 
 @dataclass(frozen=True)
-class LayerQuant:
-    """Weight quantization of one conv/dense layer (scales on the output channels)."""
+class WeightQuant:
+    """Weight quantization of one conv/dense layer, a value.
 
-    weight_bits: int
-    granularity: str
-    weight_scales: tuple
+    Attributes
+    ----------
+    bits : int
+    scales : tuple of float
+        Row-major scales of the granularity's shape: one (``tensor``), one per
+        output channel (``channel``), or ``block[0] x block[1]`` (``block``:
+        output-channel blocks x input blocks of the weight viewed as
+        ``(C_out, C_in*kh*kw)``).
+    granularity : str
+    block : tuple of int, optional
+        ``(n_out, n_in)`` for ``block``.
+    codebook : str
+        The weight levels: ``uniform`` integers, ``pot`` (powers of two) or ``post`` (powers of sqrt 2).
+    storage : str
+        ``int8``, or ``int4`` packed two per byte.
+    permutation : tuple of int, optional
+        Output-channel order applied before blocking (``None``: identity).
+    """
+
+    bits: int
+    scales: tuple
+    granularity: str = "channel"
+    block: tuple | None = None
+    codebook: str = "uniform"
+    storage: str = "int8"
+    permutation: tuple | None = None
+
+    # v1 names, kept for readers of the plan
+    @property
+    def weight_bits(self) -> int:
+        return self.bits
+
+    @property
+    def weight_scales(self) -> tuple:
+        return self.scales
+
+    def channel_scales(self, channels: int) -> np.ndarray:
+        """One scale per output channel, float64 (``tensor`` broadcast; ``channel`` as stored).
+
+        Raises
+        ------
+        PlanError
+            If the scales do not fit ``channels`` or the granularity has no
+            per-channel form (blocks with input splits).
+        """
+        s = np.asarray(self.scales, dtype=np.float64)
+        if self.granularity == "tensor":
+            return np.full(channels, s[0])
+        if self.granularity == "channel":
+            if s.size != channels:
+                raise PlanError(f"{s.size} weight scales for {channels} output channels")
+            return s
+        n_out, n_in = self.block
+        if n_in != 1 or channels % n_out:
+            raise PlanError(f"block {n_out}x{n_in} weight scales have no per-channel form for {channels} channels")
+        return np.repeat(s, channels // n_out)
+
+    def to_dict(self) -> dict:
+        out = {"bits": self.bits, "granularity": self.granularity, "scales": list(self.scales),
+               "codebook": self.codebook, "storage": self.storage}
+        if self.block is not None:
+            out["block"] = list(self.block)
+        if self.permutation is not None:
+            out["permutation"] = list(self.permutation)
+        return out
+
+
+#: the version 1 name
+LayerQuant = WeightQuant
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """Program-wide integer settings the compiler reads.
+
+    ``add_precision_bits``: a residual add rescales its inputs to ``2**P``
+    units of its output scale (``P`` extra fractional bits) before adding.
+    """
+
+    add_precision_bits: int = 8
 
 
 @dataclass(frozen=True)
@@ -55,15 +163,17 @@ class QuantPlan:
     """A complete, immutable quantization plan (see module docstring)."""
 
     fingerprint: str
-    config: QuantConfig
     groups: Mapping[str, float]
     tensors: Mapping[str, TensorQuant]
-    layers: Mapping[str, LayerQuant] = field(default_factory=dict)
+    layers: Mapping[str, WeightQuant] = field(default_factory=dict)
     #: the model input's shape (``None`` for a dynamic dimension), for checking run-time data
     input_shape: tuple | None = None
+    arithmetic: Arithmetic = Arithmetic()
+    #: how the plan was made (search settings, tool); never read by the compiler
+    provenance: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
-        for k in ("groups", "tensors", "layers"):
+        for k in ("groups", "tensors", "layers", "provenance"):
             object.__setattr__(self, k, MappingProxyType(dict(getattr(self, k))))
         _validate(self)
 
@@ -72,17 +182,32 @@ class QuantPlan:
         t = self.tensors[tensor]
         return math.ldexp(self.groups[t.group], t.exponent)
 
+    @property
+    def config(self):
+        """The :class:`~gwq_tvm.config.QuantConfig` the plan was searched with (provenance; ``None`` if unknown)."""
+        from ..config import QuantConfig
+
+        cfg = self.provenance.get("config")
+        return QuantConfig.from_dict(cfg) if cfg is not None else None
+
+    def replace(self, **changes) -> "QuantPlan":
+        """A copy with ``changes`` applied (validated again)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
     # --- serialisation -------------------------------------------------
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
             "version": VERSION,
             "fingerprint": self.fingerprint,
-            "config": self.config.to_dict(),
+            "arithmetic": {"add_precision_bits": self.arithmetic.add_precision_bits},
             "groups": dict(self.groups),
-            "tensors": {k: vars(v) for k, v in self.tensors.items()},
-            "layers": {k: {**vars(v), "weight_scales": list(v.weight_scales)} for k, v in self.layers.items()},
+            "tensors": {k: _tensor_dict(v) for k, v in self.tensors.items()},
+            "layers": {k: v.to_dict() for k, v in self.layers.items()},
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+            "provenance": _plain(self.provenance),
         }
 
     def save(self, path) -> None:
@@ -94,26 +219,15 @@ class QuantPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantPlan":
+        """Read a plan dict of any version in :data:`READS` (schema-checked; errors name the JSON path)."""
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
             raise PlanError(f"not a gwq-tvm QuantPlan (expected format {FORMAT!r})")
-        if d.get("version") != VERSION:
-            raise PlanError(f"QuantPlan version {d.get('version')!r} is not supported (this gwq-tvm reads {VERSION})")
-        try:
-            return cls(
-                fingerprint=str(d["fingerprint"]),
-                config=QuantConfig.from_dict(d["config"]),
-                groups={str(k): float(v) for k, v in d["groups"].items()},
-                tensors={k: TensorQuant(int(v["bits"]), bool(v["signed"]), str(v["group"]), int(v["exponent"])) for k, v in d["tensors"].items()},
-                layers={
-                    k: LayerQuant(int(v["weight_bits"]), str(v["granularity"]), tuple(float(s) for s in v["weight_scales"]))
-                    for k, v in d.get("layers", {}).items()
-                },
-                input_shape=tuple(d["input_shape"]) if d.get("input_shape") is not None else None,
-            )
-        except ConfigError as err:
-            raise PlanError(f"QuantPlan config: {err}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise PlanError(f"malformed QuantPlan: {type(err).__name__}: {err}") from None
+        version = d.get("version")
+        if version not in READS:
+            raise PlanError(f"QuantPlan version {version!r} is not supported (this gwq-tvm reads {', '.join(map(str, READS))})")
+        if version == 1:
+            d = upgrade_v1(d)
+        return _read_v2(d)
 
     @classmethod
     def load(cls, path) -> "QuantPlan":
@@ -126,12 +240,12 @@ class QuantPlan:
         return cls.from_dict(data)
 
     def diff(self, other: "QuantPlan") -> list[str]:
-        """Human-readable differences, one line each (empty when equal)."""
+        """Human-readable differences, one line each (empty when equal; provenance ignored)."""
         out = []
         if self.fingerprint != other.fingerprint:
             out.append(f"fingerprint: {self.fingerprint} -> {other.fingerprint}")
         a, b = self.to_dict(), other.to_dict()
-        for section in ("config", "groups", "tensors", "layers"):
+        for section in ("arithmetic", "groups", "tensors", "layers"):
             for key in sorted(set(a[section]) | set(b[section])):
                 va, vb = a[section].get(key), b[section].get(key)
                 if va != vb:
@@ -139,24 +253,161 @@ class QuantPlan:
         return out
 
 
+def _tensor_dict(t: TensorQuant) -> dict:
+    out = {"bits": t.bits, "signed": t.signed, "group": t.group, "exponent": t.exponent}
+    if t.dynamic is not None:
+        out["dynamic"] = t.dynamic
+    return out
+
+
+def _plain(value):
+    """A JSON-ready copy of nested mappings/sequences (mapping proxies and tuples included)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _short(v) -> str:
     s = json.dumps(v)
     return s if len(s) < 120 else s[:117] + "..."
 
 
+# --- reading: schema checks that name the JSON path --------------------------------
+def _get(d: Mapping, key: str, kind, path: str, default=...):
+    if key not in d:
+        if default is ...:
+            raise PlanError(f"{path}.{key}: missing")
+        return default
+    v = d[key]
+    ok = isinstance(v, kind) and not (kind in (int, (int, float)) and isinstance(v, bool))
+    if not ok:
+        names = {int: "an integer", bool: "true/false", str: "a string", Mapping: "an object", list: "a list",
+                 (int, float): "a number"}
+        raise PlanError(f"{path}.{key}: expected {names.get(kind, kind)}, got {json.dumps(v)[:40]}")
+    return v
+
+
+def _ints(v, path: str) -> tuple:
+    if not isinstance(v, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise PlanError(f"{path}: expected a list of integers")
+    return tuple(v)
+
+
+def _read_v2(d: Mapping) -> QuantPlan:
+    arith = _get(d, "arithmetic", Mapping, "plan", {})
+    groups = _get(d, "groups", Mapping, "plan")
+    tensors, layers = {}, {}
+    for name, t in _get(d, "tensors", Mapping, "plan").items():
+        p = f"tensors.{name}"
+        if not isinstance(t, Mapping):
+            raise PlanError(f"{p}: expected an object")
+        dyn = _get(t, "dynamic", str, p, None)
+        tensors[name] = TensorQuant(_get(t, "bits", int, p), _get(t, "signed", bool, p), _get(t, "group", str, p),
+                                    _get(t, "exponent", int, p), dyn)
+    for name, w in _get(d, "layers", Mapping, "plan", {}).items():
+        p = f"layers.{name}"
+        if not isinstance(w, Mapping):
+            raise PlanError(f"{p}: expected an object")
+        scales = _get(w, "scales", list, p)
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales):
+            raise PlanError(f"{p}.scales: expected a list of numbers")
+        block = _get(w, "block", list, p, None)
+        perm = _get(w, "permutation", list, p, None)
+        layers[name] = WeightQuant(
+            _get(w, "bits", int, p), tuple(float(s) for s in scales), _get(w, "granularity", str, p, "channel"),
+            _ints(block, f"{p}.block") if block is not None else None, _get(w, "codebook", str, p, "uniform"),
+            _get(w, "storage", str, p, "int8"), _ints(perm, f"{p}.permutation") if perm is not None else None,
+        )
+    shape = d.get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
+                                                                      for s in shape)):
+        raise PlanError("input_shape: expected a list of positive integers or null")
+    for g, m in groups.items():
+        if not isinstance(m, (int, float)) or isinstance(m, bool):
+            raise PlanError(f"groups.{g}: expected a number")
+    return QuantPlan(
+        fingerprint=_get(d, "fingerprint", str, "plan"),
+        groups={str(k): float(v) for k, v in groups.items()},
+        tensors=tensors,
+        layers=layers,
+        input_shape=tuple(shape) if shape is not None else None,
+        arithmetic=Arithmetic(_get(arith, "add_precision_bits", int, "arithmetic", 8)),
+        provenance=_get(d, "provenance", Mapping, "plan", {}),
+    )
+
+
+def upgrade_v1(d: Mapping) -> dict:
+    """A version 1 plan dict as version 2: the embedded config becomes provenance (its
+    ``add_precision_bits`` the plan's arithmetic), per-channel weight scales that are all
+    equal under ``per-tensor`` granularity become one scale."""
+    config = d.get("config")
+    if not isinstance(config, Mapping):
+        raise PlanError("plan.config: missing (a version 1 plan embeds its QuantConfig)")
+    try:
+        from ..config import QuantConfig
+
+        add_bits = QuantConfig.from_dict(config).add_precision_bits
+    except ConfigError as err:
+        raise PlanError(f"plan.config: {err}") from None
+    layers = {}
+    for name, v in (d.get("layers") or {}).items():
+        if not isinstance(v, Mapping):
+            raise PlanError(f"layers.{name}: expected an object")
+        scales = v.get("weight_scales")
+        gran = {"per-channel": "channel", "per-tensor": "tensor"}.get(v.get("granularity"))
+        if gran is None:
+            raise PlanError(f"layers.{name}.granularity: expected 'per-channel' or 'per-tensor', got {v.get('granularity')!r}")
+        if gran == "tensor" and isinstance(scales, list) and scales and all(s == scales[0] for s in scales):
+            scales = scales[:1]
+        layers[name] = {"bits": v.get("weight_bits"), "granularity": gran, "scales": scales}
+    return {
+        "format": FORMAT, "version": VERSION, "fingerprint": d.get("fingerprint"),
+        "arithmetic": {"add_precision_bits": add_bits}, "groups": d.get("groups"), "tensors": d.get("tensors"),
+        "layers": layers, "input_shape": d.get("input_shape"), "provenance": {"config": dict(config), "upgraded_from": 1},
+    }
+
+
 def _validate(plan: QuantPlan) -> None:
-    for name, t in plan.tensors.items():
-        if not 2 <= t.bits <= 8:
-            raise PlanError(f"tensor {name}: bits must be 2-8; got {t.bits}")
-        if t.group not in plan.groups:
-            raise PlanError(f"tensor {name}: unknown group {t.group!r}")
+    """Value checks of a plan on its own (against a graph: :func:`gwq_tvm.plan.validate.check_plan`)."""
+    a = plan.arithmetic
+    if isinstance(a.add_precision_bits, bool) or not isinstance(a.add_precision_bits, int) or not 0 <= a.add_precision_bits <= 12:
+        raise PlanError(f"arithmetic.add_precision_bits must be an integer from 0 to 12; got {a.add_precision_bits!r}")
     for g, m in plan.groups.items():
         if not (1.0 <= m < 2.0):
-            raise PlanError(f"group {g}: mantissa must be in [1, 2); got {m}")
-    for name, layer in plan.layers.items():
-        if not 2 <= layer.weight_bits <= 8:
-            raise PlanError(f"layer {name}: weight_bits must be 2-8; got {layer.weight_bits}")
-        if layer.granularity not in ("per-channel", "per-tensor"):
-            raise PlanError(f"layer {name}: unknown granularity {layer.granularity!r}")
-        if not layer.weight_scales or not all(s > 0 and math.isfinite(s) for s in layer.weight_scales):
-            raise PlanError(f"layer {name}: weight scales must be positive and finite")
+            raise PlanError(f"groups.{g}: mantissa must be in [1, 2); got {m}")
+    for name, t in plan.tensors.items():
+        if not 2 <= t.bits <= 8:
+            raise PlanError(f"tensors.{name}.bits must be 2-8; got {t.bits}")
+        if t.group not in plan.groups:
+            raise PlanError(f"tensors.{name}.group: unknown group {t.group!r}")
+        if not -MAX_EXPONENT <= t.exponent <= MAX_EXPONENT:
+            raise PlanError(f"tensors.{name}.exponent must be within ±{MAX_EXPONENT}; got {t.exponent}")
+        if t.dynamic is not None and t.dynamic not in plan.tensors:
+            raise PlanError(f"tensors.{name}.dynamic: unknown node {t.dynamic!r}")
+    for name, w in plan.layers.items():
+        p = f"layers.{name}"
+        if not 2 <= w.bits <= 8:
+            raise PlanError(f"{p}.bits must be 2-8; got {w.bits}")
+        if w.granularity not in GRANULARITIES:
+            raise PlanError(f"{p}.granularity: expected one of {', '.join(GRANULARITIES)}; got {w.granularity!r}")
+        if w.codebook not in CODEBOOKS:
+            raise PlanError(f"{p}.codebook: expected one of {', '.join(CODEBOOKS)}; got {w.codebook!r}")
+        if w.storage not in STORAGES:
+            raise PlanError(f"{p}.storage: expected one of {', '.join(STORAGES)}; got {w.storage!r}")
+        if w.storage == "int4" and w.bits > 4:
+            raise PlanError(f"{p}.storage: int4 holds at most 4 bits; bits is {w.bits}")
+        if not w.scales or not all(math.isfinite(s) and 1e-30 < s < 1e30 for s in w.scales):
+            raise PlanError(f"{p}.scales must be positive and finite")
+        expected = {"tensor": 1, "channel": None}.get(w.granularity)
+        if w.granularity == "block":
+            if w.block is None or len(w.block) != 2 or min(w.block) < 1:
+                raise PlanError(f"{p}.block: expected [n_out, n_in] of positive integers")
+            expected = w.block[0] * w.block[1]
+        elif w.block is not None:
+            raise PlanError(f"{p}.block applies to granularity 'block' only")
+        if expected is not None and len(w.scales) != expected:
+            raise PlanError(f"{p}.scales: {len(w.scales)} values for granularity {w.granularity} (expected {expected})")
+        if w.permutation is not None and sorted(w.permutation) != list(range(len(w.permutation))):
+            raise PlanError(f"{p}.permutation is not a permutation of 0..{len(w.permutation) - 1}")

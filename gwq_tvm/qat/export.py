@@ -18,80 +18,49 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import PlanError
-from ..graph import Graph, Node, extract_graph
+from ..extract import extract_graph
+from ..graph import Graph, Node, kind_of
 from ..plan.quantplan import QuantPlan
 
 #: ONNX opset of exported models
 OPSET = 17
 
 
-class _Writer:
+class Writer:
+    """Collects the ONNX nodes and initializers of a graph (the kinds' ONNX backend)."""
+
     def __init__(self, graph: Graph, weights: dict, biases: dict):
         self.graph, self.weights, self.biases = graph, weights, biases
         self.nodes, self.inits = [], []
 
     def const(self, name: str, value: np.ndarray) -> str:
+        """Add an initializer; returns its name."""
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def act(self, node: Node, out: str) -> str:
-        """Append the fused activation of ``node`` to ``out``; returns the activation's output."""
-        if node.act is None:
-            return out
-        return self._relu(f"{node.name}_act", out, *node.act)
+    def node(self, op_type: str, inputs: list, output: str, **attrs) -> str:
+        """Append one ONNX node writing ``output``."""
+        self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        return output
 
-    def _relu(self, name: str, src: str, lo: float, hi: float) -> str:
+    def relu(self, name: str, src: str, lo: float, hi: float) -> str:
+        """A Relu (``lo = 0, hi = inf``) or a Clip of ``src`` written as ``name``."""
         if lo == 0.0 and math.isinf(hi):
-            self.nodes.append(helper.make_node("Relu", [src], [name]))
-        else:
-            lo_c = self.const(f"{name}_min", np.array(lo if math.isfinite(lo) else -3.0e38, np.float32))
-            hi_c = self.const(f"{name}_max", np.array(hi if math.isfinite(hi) else 3.0e38, np.float32))
-            self.nodes.append(helper.make_node("Clip", [src, lo_c, hi_c], [name]))
-        return name
+            return self.node("Relu", [src], name)
+        lo_c = self.const(f"{name}_min", np.array(lo if math.isfinite(lo) else -3.0e38, np.float32))
+        hi_c = self.const(f"{name}_max", np.array(hi if math.isfinite(hi) else 3.0e38, np.float32))
+        return self.node("Clip", [src, lo_c, hi_c], name)
 
     def emit(self, node: Node) -> str:
-        """Emit ``node``; returns the ONNX name of its output."""
-        n, a = node.name, node.attrs
-        ins = list(node.inputs)
+        """Emit ``node`` and its fused activation; returns the ONNX name of its output (the node's name)."""
+        n = node.name
         raw = f"{n}_raw" if node.act is not None else n
-        if node.kind == "conv2d":
-            args = ins + [self.const(f"{n}_w", self.weights[n])] + ([self.const(f"{n}_b", self.biases[n])] if n in self.biases else [])
-            self.nodes.append(helper.make_node("Conv", args, [raw], strides=list(a["strides"]), pads=list(a["padding"]),
-                                               dilations=list(a["dilation"]), group=int(a["groups"]),
-                                               kernel_shape=list(self.weights[n].shape[2:])))
-        elif node.kind == "dense":
-            args = ins + [self.const(f"{n}_w", self.weights[n])] + ([self.const(f"{n}_b", self.biases[n])] if n in self.biases else [])
-            self.nodes.append(helper.make_node("Gemm", args, [raw], transB=1))
-        elif node.kind == "add":
-            self.nodes.append(helper.make_node("Add", ins, [raw]))
-        elif node.kind == "concat":
-            self.nodes.append(helper.make_node("Concat", ins, [raw], axis=int(a["axis"])))
-        elif node.kind == "global_avgpool":
-            if a["keepdims"]:
-                self.nodes.append(helper.make_node("GlobalAveragePool", ins, [raw]))
-            else:
-                self.nodes.append(helper.make_node("ReduceMean", ins, [raw], axes=[2, 3], keepdims=0))  # axes: attribute until opset 18
-        elif node.kind == "avgpool":
-            self.nodes.append(helper.make_node("AveragePool", ins, [raw], kernel_shape=list(a["pool_size"]), strides=list(a["strides"]),
-                                               pads=list(a["padding"]), count_include_pad=1))
-        elif node.kind == "maxpool":
-            self.nodes.append(helper.make_node("MaxPool", ins, [raw], kernel_shape=list(a["pool_size"]), strides=list(a["strides"]),
-                                               pads=list(a["padding"]), dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"])))
-        elif node.kind == "reshape":
-            src_shape = self.graph.nodes[ins[0]].shape
-            if len(node.shape) == 2 and node.shape[1] == int(np.prod(src_shape[1:])):
-                self.nodes.append(helper.make_node("Flatten", ins, [raw], axis=1))
-            else:
-                shape = self.const(f"{n}_shape", np.array([0] + list(node.shape[1:]), np.int64))
-                self.nodes.append(helper.make_node("Reshape", ins + [shape], [raw]))
-        elif node.kind == "relu":
-            lo, hi = node.act if node.act is not None else (0.0, math.inf)
-            return self._relu(n, ins[0], lo, hi)
-        else:
-            raise PlanError(f"cannot export node {n} of kind {node.kind!r} to ONNX")
-        out = self.act(node, raw)
+        final = kind_of(node).to_onnx(self, node, raw)
+        if final is not None:
+            return final
+        out = self.relu(f"{n}_act", raw, *node.act) if node.act is not None else raw
         if out != n:
-            self.nodes.append(helper.make_node("Identity", [out], [n]))
+            self.node("Identity", [out], n)
         return n
 
 
@@ -106,7 +75,7 @@ def graph_to_onnx(graph: Graph, weights: dict, biases: dict, input_shape) -> onn
     input_shape : tuple
         The model input shape; ``None``/negative entries become a dynamic ``batch`` dimension.
     """
-    w = _Writer(graph, weights, biases)
+    w = Writer(graph, weights, biases)
     for node in graph.nodes.values():
         if node.kind != "input":
             w.emit(node)
@@ -135,7 +104,7 @@ def restamp(plan: QuantPlan, graph: Graph, new_graph: Graph) -> QuantPlan:
     if old != new:
         diff = next(f"{a} != {b}" for a, b in zip(old + [None] * len(new), new + [None] * len(old)) if a != b)
         raise PlanError(f"the exported ONNX does not re-import to the trained graph: {diff}")
-    return QuantPlan(new_graph.fingerprint, plan.config, plan.groups, plan.tensors, plan.layers, plan.input_shape)
+    return plan.replace(fingerprint=new_graph.fingerprint)
 
 
 def export_qat(model, path) -> tuple[Path, Path]:

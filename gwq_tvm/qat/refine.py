@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..graph import Graph
+from ..plan import strategies
 from ..plan.quantplan import QuantPlan
 from .model import QATModel, float_forward
 
@@ -60,11 +61,12 @@ def calibration_loss(graph: Graph, plan: QuantPlan, images: np.ndarray, teacher:
         The float model's logits on ``images`` (computed when omitted).
     """
     model = QATModel(graph, plan).eval()
-    return _full_loss(model, images, _teacher(graph, images) if teacher is None else teacher, batch)
+    return _full_loss(model, images, teacher_logits(graph, images) if teacher is None else teacher, batch)
 
 
 @torch.no_grad()
-def _teacher(graph: Graph, images: np.ndarray, batch: int = 512) -> np.ndarray:
+def teacher_logits(graph: Graph, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """The float model's logits on ``images`` (torch, the graph's own weights): the refinement target."""
     return np.concatenate([float_forward(graph, torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
 
 
@@ -123,7 +125,7 @@ def refine_plan(graph: Graph, plan: QuantPlan, images, steps: int, *, lr: float 
     if steps <= 0:
         return plan
     images = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-    teacher = _teacher(graph, images)
+    teacher = teacher_logits(graph, images)
     model = QATModel(graph, plan)
     for p in list(model.weight.values()) + list(model.bias.values()):
         p.requires_grad_(False)
@@ -154,3 +156,9 @@ def refine_plan(graph: Graph, plan: QuantPlan, images, steps: int, *, lr: float 
             if full < best_loss:
                 best_loss, best_plan = full, candidate
     return best_plan
+
+
+@strategies.register("refine")
+def _refine_strategy(ctx: strategies.PlanContext) -> QuantPlan:
+    """The ``refine`` strategy: :func:`refine_plan` of ``ctx.plan`` for ``ctx.config.refine_steps`` steps."""
+    return refine_plan(ctx.graph, ctx.plan, ctx.images, ctx.config.refine_steps)

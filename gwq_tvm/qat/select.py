@@ -13,7 +13,6 @@ images, among the candidates with at least that share of shift SFC elements.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +20,11 @@ import numpy as np
 from ..errors import PlanError
 from ..graph import Graph
 from ..plan.grouping import Grouping, sweep_groupings
-from ..plan.planner import apply_end_bits, build_plan, error_curves
+from ..plan import strategies
+from ..plan.planner import apply_end_bits, build_plan, error_curves, provenance
 from ..plan.program import sfc_edges
 from ..plan.quantplan import QuantPlan
-from .refine import _teacher, calibration_loss
+from .refine import calibration_loss, teacher_logits
 
 #: share comparisons allow this much rounding
 _SHARE_EPS = 1e-9
@@ -92,10 +92,16 @@ def select_plan(graph: Graph, stats: dict, config, images: np.ndarray, input_sha
                         "(SFCs with a fixed factor that is not a power of two, like an average pool's, are always multiplies)")
     # the planner itself refuses min_shift_share (it cannot score plans); plan each grouping without it
     plan_config = config.replace(min_shift_share=None)
-    teacher = _teacher(graph, images)
+    teacher = teacher_logits(graph, images)
     scored = []
     for g in chosen:
         plan = build_plan(graph, stats, plan_config, input_shape, sensitivity, grouping=g)
         scored.append((Candidate(g, calibration_loss(graph, plan, images, teacher)), plan))
     scored.sort(key=lambda c: (c[0].loss, -c[0].shift_share))
-    return dataclasses.replace(scored[0][1], config=config), [c for c, _ in scored]
+    return scored[0][1].replace(provenance=provenance(config, strategy="select")), [c for c, _ in scored]
+
+
+@strategies.register("select")
+def _select_strategy(ctx: strategies.PlanContext) -> QuantPlan:
+    """The ``select`` strategy: :func:`select_plan`'s chosen plan."""
+    return select_plan(ctx.graph, ctx.stats, ctx.config, ctx.images, ctx.input_shape, ctx.sensitivity)[0]

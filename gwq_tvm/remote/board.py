@@ -417,7 +417,7 @@ def start_board(arch: str = "aarch64", *, tracker_port: int = 9190, key: str | N
         tracker_pid = _spawn([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port",
                               str(tracker_port), "--port-end", str(tracker_port + 1), "--silent"],
                              _tracker_log(board.run_dir, tracker_port))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # importing TVM takes 20 s on a loaded 2-core machine
         while not port_open(host, tracker_port):
             if not _alive(tracker_pid) or time.monotonic() > deadline:
                 _kill_group(tracker_pid)

@@ -18,7 +18,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from ..graph import Graph, Node, float_call
+from ..graph import Graph, Node, kind_of
 from ..plan import scales as S
 from ..runtime import host_target, run_batched
 
@@ -35,18 +35,31 @@ def _const(value, dtype=DTYPE):
     return relax.const(np.asarray(value, dtype=dtype), dtype)
 
 
-class _FloatEmitter:
-    """Emits the graph in float with fake-quantizers on the quantized tensors."""
+class Emitter:
+    """Emits the graph in float with fake-quantizers on the quantized tensors (the kinds' simulation backend).
 
-    def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict):
-        self.bb, self.graph = bb, graph
+    Each kind's :meth:`~gwq_tvm.kinds.base.Kind.simulate` emits its float op
+    on ``values`` of its inputs and hands the result to :meth:`finish`, which
+    applies the fused activation and the fake-quantizer of the node's tensor.
+    """
+
+    dtype = DTYPE
+
+    def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict, param):
+        self.bb, self.graph, self.param = bb, graph, param
         self.bits, self.weight_scales, self.weight_bits, self.scale_vars = bits, weight_scales, weight_bits, scale_vars
         self.values: dict[str, relax.Expr] = {}
+
+    @staticmethod
+    def const(value, dtype=DTYPE):
+        """A Relax constant in the simulator's dtype."""
+        return _const(value, dtype)
 
     def emit(self, expr):
         return self.bb.emit(expr)
 
     def finish(self, node: Node, y):
+        """Record ``y`` as ``node``'s value after its fused activation and fake-quantizer."""
         if node.act is not None:
             y = self.emit(R.clip(y, relax.prim_value(node.act[0]), relax.prim_value(min(node.act[1], 3.0e38))))
         if node.name in self.scale_vars:
@@ -57,6 +70,7 @@ class _FloatEmitter:
         self.values[node.name] = y
 
     def weight(self, node: Node) -> np.ndarray:
+        """The layer's weights fake-quantized at their planned scales: ``s_w,c * clip(rint(w / s_w,c))``."""
         ws = self.weight_scales[node.name]
         wq = S.quantize_weight(node.weight, ws, self.weight_bits[node.name]).astype(np.float64)
         return wq * ws.reshape((-1,) + (1,) * (node.weight.ndim - 1))
@@ -73,50 +87,6 @@ class _FloatEmitter:
             unit = self.emit(R.multiply(self.scale_vars[src], _const(self.weight_scales[node.name].reshape(shape))))
             b = self.emit(R.multiply(R.round(R.divide(b, unit)), unit))
         return self.emit(R.add(y, b))
-
-    def node_input(self, node, param):
-        self.finish(node, param)
-
-    def node_conv2d(self, node):
-        a = node.attrs
-        y = self.emit(R.nn.conv2d(self.values[node.inputs[0]], _const(self.weight(node)), strides=a["strides"],
-                                  padding=a["padding"], dilation=a["dilation"], groups=a["groups"]))
-        self.finish(node, self.bias(node, y, 4))
-
-    def node_dense(self, node):
-        y = self.emit(R.matmul(self.values[node.inputs[0]], _const(np.ascontiguousarray(self.weight(node).T))))
-        self.finish(node, self.bias(node, y, 2))
-
-    def node_global_avgpool(self, node):
-        self.finish(node, self.emit(R.mean(self.values[node.inputs[0]], axis=[2, 3], keepdims=node.attrs["keepdims"])))
-
-    def node_avgpool(self, node):
-        c = node.shape[1]
-        kh, kw = node.attrs["pool_size"]
-        ones = np.full((c, 1, kh, kw), 1.0 / (kh * kw))
-        y = R.nn.conv2d(self.values[node.inputs[0]], _const(ones), strides=node.attrs["strides"], padding=node.attrs["padding"], groups=c)
-        self.finish(node, self.emit(y))
-
-    def node_add(self, node):
-        self.finish(node, self.emit(R.add(self.values[node.inputs[0]], self.values[node.inputs[1]])))
-
-    def node_concat(self, node):
-        self.finish(node, self.emit(R.concat([self.values[n] for n in node.inputs], axis=node.attrs["axis"])))
-
-    def node_maxpool(self, node):
-        a = node.attrs
-        self.values[node.name] = self.emit(R.nn.max_pool2d(self.values[node.inputs[0]], pool_size=a["pool_size"], strides=a["strides"],
-                                                           padding=a["padding"], dilation=a["dilation"], ceil_mode=a["ceil_mode"]))
-
-    def node_reshape(self, node):
-        self.values[node.name] = self.emit(R.reshape(self.values[node.inputs[0]], node.var.ty.shape))
-
-    def node_relu(self, node):
-        lo, hi = node.act if node.act is not None else (0.0, float("inf"))
-        self.values[node.name] = self.emit(R.clip(self.values[node.inputs[0]], relax.prim_value(lo), relax.prim_value(min(hi, 3.0e38))))
-
-    def node_float(self, node):
-        self.finish(node, self.emit(float_call(self.graph, node, self.values.__getitem__)))
 
 
 class FakeQuantSimulator:
@@ -140,13 +110,10 @@ class FakeQuantSimulator:
         svars = {n: relax.Var(f"s_{n}", relax.TensorType([], DTYPE)) for n in self.names}
         with bb.function("main", [x, *svars.values()]):
             with bb.dataflow():
-                em = _FloatEmitter(bb, graph, tensors, {k: np.asarray(v[1]) for k, v in layers.items()},
-                                   {k: v[0] for k, v in layers.items()}, svars)
+                em = Emitter(bb, graph, tensors, {k: np.asarray(v[1]) for k, v in layers.items()},
+                             {k: v[0] for k, v in layers.items()}, svars, x)
                 for node in graph.nodes.values():
-                    if node.kind == "input":
-                        em.node_input(node, bb.emit(R.astype(x, DTYPE)))
-                    else:
-                        getattr(em, f"node_{node.kind}")(node)
+                    kind_of(node).simulate(em, node)
                 outs = [em.values[n] for n in graph.outputs]
                 out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             bb.emit_func_output(out)
@@ -209,7 +176,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     for n, node in graph.nodes.items():
         if node.weight is not None:
             lq = layer_quant(node, config)
-            layers[n] = (lq.weight_bits, lq.weight_scales)
+            layers[n] = (lq.bits, lq.channel_scales(node.weight.shape[0]))
     x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers)
     ref_vm = relax.VirtualMachine(tvm.compile(model.mod, host_target()), tvm.cpu())

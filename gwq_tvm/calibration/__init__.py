@@ -14,9 +14,10 @@ from tvm import relax
 from ..config import QuantConfig
 from ..errors import CalibrationDataError
 from ..frontend import FloatModel
-from ..graph import Graph, extract_graph
+from ..extract import extract_graph
+from ..graph import Graph
 from ..runtime import host_target, progress
-from .observers import TensorStats, choose_clip
+from ..stats import TensorStats, choose_clip
 
 __all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "with_node_outputs"]
 

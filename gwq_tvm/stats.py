@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Calibration
-from ..plan.scales import qrange
+from .config import Calibration
+from .plan.scales import qrange
 
 HIST_BINS = 2048
 SAMPLES_PER_BATCH = 1 << 16
