@@ -37,7 +37,7 @@ Usage::
     python benchmarks/gwq_tradeoff.py --limit 2000    # quicker look
     python benchmarks/gwq_tradeoff.py --refine-steps 100 --no-tolerance --settings W4A2
 
-Writes ``benchmarks/results/gwq_tradeoff.{json,md,png}`` and, bit-packed, every
+Writes ``benchmarks/results/gwq_tradeoff/gwq_tradeoff.{json,md,png}`` and, bit-packed, every
 row's per-image correctness (``gwq_tradeoff_correct.npz``): under each table a
 line says whether GWQ dominates error-only (for every error-only point a GWQ
 point with as high a shift share and accuracy), with the paired standard error
@@ -76,7 +76,7 @@ from gwq_tvm.plan.planner import gwq_grouping
 from gwq_tvm.plan.program import sfc_sites, sfc_summary
 from gwq_tvm.runtime import host_target
 
-OUT = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "gwq_tradeoff"
 SETTINGS = {"W8A8": (8, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W4A2": (4, 2)}
 TARGETS = {"W8A8": (0.90, 0.5), "W4A4": (0.90, 1.0), "W4A2": (0.75, 2.0)}  # shift share >=, within pt of per-layer
 TOL_FRACTIONS = (0.5, 0.25, 0.1)

@@ -16,7 +16,7 @@ activations x s8 weights, ``quantize_static``), PyTorch eager fp32 and FX
 graph-mode int8 (x86 backend).
 
 Each thread count runs in a fresh subprocess (TVM's thread pool size is fixed
-at start-up).  Writes ``benchmarks/results/kernels_bench.{json,md,png}`` with
+at start-up).  Writes ``benchmarks/results/kernels_bench/kernels_bench.{json,md,png}`` with
 ratios to ORT int8 and the achieved GMAC/s next to the measured single-core
 ``vpdpbusd`` peak.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "results"
+OUT = HERE / "results" / "kernels_bench"
 CACHE = HERE / ".cache"
 sys.path.insert(0, str(HERE))
 

@@ -15,7 +15,7 @@ first and last layers' weights at 8 bits).  Shift share is the share of SFC
 elements per inference done by a shift (the 1/49 global average pool stays a
 multiply of 64 elements unless it gets its own group).
 
-Results are appended row by row to ``benchmarks/results/qat_tradeoff.json``; a
+Results are appended row by row to ``benchmarks/results/qat_tradeoff/qat_tradeoff.json``; a
 rerun skips finished rows (and training itself resumes from its checkpoints).
 
 Usage::
@@ -45,7 +45,7 @@ from gwq_tvm.plan.program import sfc_sites, sfc_summary
 from gwq_tvm.qat import QATModel, TrainConfig, export_qat, train
 from gwq_tvm.runtime import host_target
 
-OUT = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "qat_tradeoff"
 WORK = Path(__file__).resolve().parent / "work" / "qat"
 SETTINGS = {"W8A8": (8, 8), "W4A4": (4, 4), "W4A2": (4, 2)}
 #: issue 4 targets: (setting, predicate on the row, points within fp32)

@@ -5,7 +5,7 @@ model W8A8 three ways and measures them *interleaved* (A, B, C, A, B, C, ...)
 so that machine drift hits all alike, at batch 1 and batch 64, and reports
 medians and ratios.  Untuned default schedules (tuning is issue 5).
 
-Writes ``benchmarks/results/sfc_latency.{json,md}``.
+Writes ``benchmarks/results/sfc_latency/sfc_latency.{json,md}``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from gwq_tvm.config import QuantConfig
 from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.runtime import host_target
 
-OUT = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "sfc_latency"
 ROUNDS = 15
 
 
@@ -58,7 +58,8 @@ def main():
         mult = str(s["multiply_elements"]) if s else "-"
         share = f"{s['shift_share'] * 100:.1f}%" if s else "-"
         lines.append(f"| {n} | {mult} | {share} | {b1:.3f} | {r1:.2f}x | {b64:.2f} | {r64:.2f}x |")
-    text = (f"Bundled model W8A8, untuned default schedules, {ROUNDS} interleaved rounds (each >= 50 ms), "
+    text = ("# SFC latency: multiply (per-layer) vs shift (GWQ) programs\n\n"
+            f"Bundled model W8A8, untuned default schedules, {ROUNDS} interleaved rounds (each >= 50 ms), "
             f"target `{host_target()}`\n\n" + "\n".join(lines) + "\n")
     (OUT / "sfc_latency.md").write_text(text)
     print(text)
