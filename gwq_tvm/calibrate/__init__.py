@@ -16,6 +16,7 @@ from ..errors import CalibrationDataError
 from ..frontend import FloatModel
 from ..graph import Graph, extract_graph
 from ..runtime import host_target, progress
+from ..schedules.float import compile_float
 from .observers import TensorStats, choose_clip
 
 __all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "with_node_outputs"]
@@ -90,7 +91,7 @@ def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, s
     """
     data = check_batch(data, model.input_shape)
     graph = extract_graph(model.mod)
-    ex = tvm.compile(with_node_outputs(model.mod, graph), host_target())
+    ex = compile_float(with_node_outputs(model.mod, graph), host_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     names = list(graph.nodes)
     stats = {n: TensorStats() for n in names}

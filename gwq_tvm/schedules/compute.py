@@ -5,7 +5,8 @@ them after ``FuseOps``/``FuseTIR`` merged the SFC epilogue into the kernel:
 
 * ``gwq_conv2d_nchwc`` / ``gwq_conv_input``: the packed conv (VNNI / sdot / NEON lanes) and its padded (and offset) input;
 * ``gwq_dwconv2d_nchwc`` / ``gwq_dw_input``: the depthwise conv and its padded input;
-* ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms.
+* ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms;
+* ``gwq_fconv2d`` / ``gwq_fconv_input``: the float conv of :mod:`gwq_tvm.schedules.float` and its padded input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ CONV_BLOCK = "gwq_conv2d_nchwc"
 CONV_INPUT_BLOCK = "gwq_conv_input"
 DW_BLOCK = "gwq_dwconv2d_nchwc"
 DW_INPUT_BLOCK = "gwq_dw_input"
+FLOAT_CONV_BLOCK = "gwq_fconv2d"
+FLOAT_CONV_INPUT_BLOCK = "gwq_fconv_input"
 
 
 def _out_size(size, lo, hi, kernel, stride, dilation):
@@ -85,6 +88,49 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
         return te.sum(a.astype("int32") * weight[o, rc, ry, rx, rb, oi, r4].astype("int32"), axis=[rc, ry, rx, rb, r4])
 
     return te.compute((n, occ, oh, ow, ocb), acc, name=CONV_BLOCK)
+
+
+def conv2d_float_packed_weight(data, weight, strides, padding, dilation):
+    """Float conv of NCHW ``data`` with a lane-packed weight, into NCHW[L]c accumulators.
+
+    ``out[n, o, y, x, l] = sum_{c, ky, kx} pad(data)[n, c, y*sh + ky*dh, x*sw + kx*dw] * weight[o, c, ky, kx, l]``,
+    summed in the order ``c``, ``ky``, ``kx`` (as TOPI's ``conv2d_nchw``), so
+    each output sees the same sequence of float operations as the plain conv.
+
+    Parameters
+    ----------
+    data : te.Tensor, (N, C, H, W), float32 or float64
+    weight : te.Tensor, (O/L, C, KH, KW, L), same dtype (:func:`.layout.pack_float_conv_weight`)
+    strides, dilation : (int, int)
+    padding : (top, left, bottom, right)
+
+    Returns
+    -------
+    te.Tensor, (N, O/L, OH, OW, L), the dtype of ``data``
+        Unpack with :func:`unpack_nchwc`.
+    """
+    n, _, h, w = data.shape
+    occ, c, kh, kw, lanes = (int(v) for v in weight.shape)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    pt, pl, pb, pr = (int(p) for p in padding)
+    oh = _out_size(int(h), pt, pb, kh, sh, dh)
+    ow = _out_size(int(w), pl, pr, kw, sw, dw)
+    src = data
+    if pt or pl or pb or pr:
+        def value(b, ci, y, x):
+            inside = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+            return tvm.tirx.if_then_else(inside, data[b, ci, y - pt, x - pl], tvm.tirx.const(0, data.dtype))
+
+        src = te.compute((n, c, h + pt + pb, w + pl + pr), value, name=FLOAT_CONV_INPUT_BLOCK)
+    rc = te.reduce_axis((0, c), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+
+    def acc(b, o, y, x, li):
+        return te.sum(src[b, rc, y * sh + ry * dh, x * sw + rx * dw] * weight[o, rc, ry, rx, li], axis=[rc, ry, rx])
+
+    return te.compute((n, occ, oh, ow, lanes), acc, name=FLOAT_CONV_BLOCK)
 
 
 def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation):
