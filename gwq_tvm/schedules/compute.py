@@ -26,37 +26,42 @@ def _out_size(size, lo, hi, kernel, stride, dilation):
     return (size + lo + hi - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def _padded_input(data, padding, offset: int, name: str):
-    """Spatially padded copy of packed ``data``, read as ``x + offset`` in the other 8-bit type.
+def _padded_input(data, padding, offset: int, name: str, widen: str | None = None):
+    """Spatially padded copy of packed ``data``, read as ``x + offset`` in the other 8-bit type, or widened.
 
     ``offset`` is 0 (values kept), +128 (int8 ``x`` -> uint8 ``x + 128``) or
     -128 (uint8 ``x`` -> int8 ``x - 128``); padding holds ``offset``, the
-    image of zero.  Returns ``data`` itself when there is nothing to do.
+    image of zero.  ``widen`` (e.g. ``"int16"``, with ``offset`` 0) stores
+    the values exactly in that wider type.  Returns ``data`` itself when
+    there is nothing to do.
     """
     pt, pl, pb, pr = (int(p) for p in padding)
-    if not (pt or pl or pb or pr or offset):
+    if not (pt or pl or pb or pr or offset or widen):
         return data
     n, cc, h, w, cb = data.shape
-    out_dtype = {0: data.dtype, 128: "uint8", -128: "int8"}[offset]
+    out_dtype = widen or {0: data.dtype, 128: "uint8", -128: "int8"}[offset]
 
     def value(b, c, y, x, ci):
         v = data[b, c, y - pt, x - pl, ci]
         if offset:
             v = (v.astype("int32") + offset).astype(out_dtype)
+        elif widen:
+            v = v.astype(out_dtype)
         inside = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
         return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(offset, out_dtype))
 
     return te.compute((n, cc, h + pt + pb, w + pl + pr, cb), value, name=name)
 
 
-def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0):
+def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0, widen: str | None = None):
     """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight.
 
     Parameters
     ----------
     data : te.Tensor, (N, C/cb, H, W, cb), uint8 or int8
-    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/k, 16, k), int8
-        ``k`` = 4 for the dot-product instructions, 1 for lane-wise MACs.
+    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/k, 16, k), int8 (or ``widen``)
+        ``k`` = 4 for the dot-product instructions, 2 for AVX2's int16
+        pairs, 1 for lane-wise MACs.
     strides, dilation : (int, int)
     padding : (top, left, bottom, right)
     offset : int
@@ -64,6 +69,10 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
         the other 8-bit type (padded with ``offset``), so the result is
         ``conv(x, w) + offset * sum(w)`` exactly (the caller subtracts
         :func:`gwq_tvm.schedules.layout.offset_compensation`).
+    widen : str, optional
+        Store the padded input in this wider type (``"int16"``: the AVX2
+        family multiplies int16 operands); the input stage is then always
+        materialized.
 
     Returns
     -------
@@ -76,7 +85,7 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
     pt, pl, pb, pr = (int(p) for p in padding)
     oh = _out_size(int(h), pt, pb, kh, sh, dh)
     ow = _out_size(int(w), pl, pr, kw, sw, dw)
-    src = _padded_input(data, padding, offset, CONV_INPUT_BLOCK)
+    src = _padded_input(data, padding, offset, CONV_INPUT_BLOCK, widen)
     rc = te.reduce_axis((0, icc), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
