@@ -15,7 +15,7 @@ from .config import Calibration, QuantConfig, ScaleMode, WeightGranularity
 from .errors import GwqError
 from .frontend import FloatModel, canonicalize, from_onnx, from_torch, load_model
 from .graph import extract_graph
-from .passes import RealizeIntegerProgram, VerifyIntegerOnly, check_integer_only
+from .passes import PackInt8Layout, RealizeIntegerProgram, VerifyIntegerOnly, check_integer_only
 from .plan.planner import build_plan
 from .plan.quantplan import QuantPlan
 from .reference import run_reference
@@ -23,7 +23,7 @@ from .reference import run_reference
 __version__ = "0.1.0"
 
 __all__ = [
-    "Calibration", "FloatModel", "GwqError", "QuantConfig", "QuantPlan", "QuantizedModel", "RealizeIntegerProgram",
+    "Calibration", "FloatModel", "GwqError", "PackInt8Layout", "QuantConfig", "QuantPlan", "QuantizedModel", "RealizeIntegerProgram",
     "ScaleMode", "VerifyIntegerOnly", "WeightGranularity", "accuracy", "build", "build_plan", "calibrate",
     "canonicalize", "check_integer_only", "export", "extract_graph", "from_onnx", "from_torch", "load_executable",
     "load_model", "predict", "quantize", "run_reference",

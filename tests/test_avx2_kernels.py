@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 import gwq_tvm
-from gwq_tvm.passes.pack_layout import PackInt8Layout
+from gwq_tvm.schedules.pack_layout import PackInt8Layout
 from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules.avx2 import AVX2_INTRIN, has_avx2, register_avx2_intrinsic
@@ -20,6 +20,7 @@ from gwq_tvm.schedules.spec import X86_AVX2, X86_VNNI, kernel_spec
 from gwq_tvm.schedules.targets import resolve_target
 
 from conftest import tensorized_dot_16x4
+from test_arm_kernels import _dense_module
 from test_schedules import SHAPES, _asm, _conv_module, _run
 
 AVX2 = has_avx2(host_target())
@@ -103,18 +104,8 @@ def test_avx2_extreme_values_bit_exact(dtype):
 @needs_avx2
 @pytest.mark.parametrize("dtype, batch, k, n", [("uint8", 3, 17, 24), ("int8", 2, 3, 5), ("uint8", 1, 512, 1000)])
 def test_avx2_dense_bit_exact(dtype, batch, k, n):
-    rng = np.random.default_rng(2)
-    w = rng.integers(-128, 128, (k, n)).astype("int8")
-    x = relax.Var("x", relax.TensorType((batch, k), dtype))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
-            out = bb.emit_output(bb.emit(relax.op.add(y, relax.const(np.arange(n, dtype="int32")))))
-        bb.emit_func_output(out)
-    mod = bb.get()
-    info = np.iinfo(dtype)
-    data = rng.integers(info.min, info.max + 1, (batch, k)).astype(dtype)
+    """A dense by a constant runs as the packed 1x1 conv on vpmaddwd (odd K/N included)."""
+    mod, data = _dense_module(dtype, n=batch, k=k, m=n)
     ex = _compile_avx2(mod)
     assert "vpmaddwd" in _asm(ex)
     np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))

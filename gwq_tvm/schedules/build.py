@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from .default import ScheduleIntegerKernels
+from .pack_layout import PackInt8Layout
 from .spec import X86_VNNI, KernelSpec, kernel_spec
 from .vnni import fix_stock_vnni_intrinsic
 
@@ -34,8 +35,6 @@ def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target, spec: Kern
     ``spec`` defaults to the target's kernel family (:func:`.spec.kernel_spec`),
     and to x86 VNNI for a target without one.
     """
-    from ..passes.pack_layout import PackInt8Layout
-
     spec = spec or kernel_spec(target) or X86_VNNI
     with target:
         return tvm.transform.Sequential([PackInt8Layout(spec), *fuse_passes()])(mod)

@@ -1,7 +1,7 @@
 """Kernel families: how each kind of target runs the packed int8 conv, chosen in one place.
 
 A :class:`KernelSpec` is everything that differs between targets; the
-layout pass (:class:`gwq_tvm.passes.pack_layout.PackInt8Layout`), the
+layout pass (:class:`gwq_tvm.schedules.pack_layout.PackInt8Layout`), the
 compute (:mod:`.compute`) and the default schedules (:mod:`.default`) are
 shared and read it:
 

@@ -38,9 +38,9 @@ import tvm
 from tvm import relax
 
 from ..graph import _const
-from ..schedules import compute as C
-from ..schedules import layout as L
-from ..schedules.spec import X86_VNNI, KernelSpec
+from . import compute as C
+from . import layout as L
+from .spec import X86_VNNI, KernelSpec
 
 _ELEMENTWISE_UNARY = frozenset({"relax.astype", "relax.clip", "relax.nn.relu"})
 _ELEMENTWISE_BINARY = frozenset(
