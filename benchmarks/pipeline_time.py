@@ -107,7 +107,8 @@ def one_run(model: str, mode: str, calib: int) -> dict:
 def _in_subprocess(model: str, mode: str, calib: int) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import pipeline_time as p; "
             f"print('RESULT' + json.dumps(p.one_run({model!r}, {mode!r}, {calib})))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=os.environ.copy())
+    # -P: no current directory on sys.path, so the child imports the gwq_tvm the parent did (PYTHONPATH, install)
+    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True, env=os.environ.copy())
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])
 
@@ -134,7 +135,7 @@ def main(argv=None):
             print(model, mode, {k: round(v, 2) for k, v in med.items()}, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "pipeline_time" + (f"_{args.tag}" if args.tag else "")
-    meta = {"gwq_tvm": str(Path(gwq_tvm.__file__).parent), "calib_images": args.calib, "repeats": args.repeats,
+    meta = {"gwq_tvm": str(Path(gwq_tvm.__file__).parent),  # the children's too (they run with -P) "calib_images": args.calib, "repeats": args.repeats,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg_start": os.getloadavg()}
     (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": raw}, indent=2) + "\n")
     head = "| model | mode | " + " | ".join(STAGES) + " | total | target |"
