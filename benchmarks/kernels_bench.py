@@ -333,32 +333,46 @@ def model_gmacs(name: str) -> float:
 
 def vnni_peak_gmacs() -> float:
     """Measured single-core ``vpdpbusd`` throughput (GMAC/s): 24 independent accumulators, data in registers."""
+    from gwq_tvm.schedules.vnni import register_vnni_intrinsic
+
+    return intrinsic_peak_gmacs(register_vnni_intrinsic(), "uint8", "int8", 4)
+
+
+def intrinsic_peak_gmacs(name: str, a_dtype: str, b_dtype: str, k: int, target=None, rows: int = 12,
+                         blocks: int = 2, slots: int = 1) -> float:
+    """Measured single-core throughput (GMAC/s) of a ``C[16] += A[k] . B[16, k]`` tensor intrinsic.
+
+    ``rows`` x ``blocks`` tiles of 16 int32 accumulators (as many as the
+    register file holds: 24 zmm for VNNI, 6 x 2 ymm for AVX2), the operands in
+    L1, the reduction of 4096 steps outermost: the instruction's issue rate, not memory.
+    ``slots`` > 1 cycles the operands through that many L1 copies, for an
+    intrinsic whose product does not take the accumulator (``vpmaddwd`` +
+    ``vpaddd``: LLVM would hoist a loop-invariant product out of the loop).
+    """
     import tvm
     from tvm import s_tir, te
 
     from gwq_tvm.runtime import host_target
-    from gwq_tvm.schedules.vnni import register_vnni_intrinsic
 
-    name = register_vnni_intrinsic()
-    k_iters, rows = 4096, 12
-    a = te.placeholder((rows, 4), "uint8", name="a")
-    b = te.placeholder((2, 16, 4), "int8", name="b")
-    k, r = te.reduce_axis((0, k_iters), "k"), te.reduce_axis((0, 4), "r")
-    c = te.compute((rows, 2, 16), lambda i, o, j: te.sum(a[i, r].astype("int32") * b[o, j, r].astype("int32"),
-                                                          axis=[k, r]), name="c")
+    k_iters = 4096
+    a = te.placeholder((slots, rows, k), a_dtype, name="a")
+    b = te.placeholder((slots, blocks, 16, k), b_dtype, name="b")
+    kk, r = te.reduce_axis((0, k_iters), "k"), te.reduce_axis((0, k), "r")
+    c = te.compute((rows, blocks, 16), lambda i, o, j: te.sum(
+        a[kk % slots, i, r].astype("int32") * b[kk % slots, o, j, r].astype("int32"), axis=[kk, r]), name="c")
     sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
     blk = sch.get_sblock("c")
-    i, o, j, kk, rr = sch.get_loops(blk)
-    sch.reorder(kk, i, o, j, rr)
-    sch.decompose_reduction(blk, kk)
+    i, o, j, kl, rr = sch.get_loops(blk)
+    sch.reorder(kl, i, o, j, rr)
+    sch.decompose_reduction(blk, kl)
     sch.tensorize(j, name)
     sch.unroll(i)
     sch.unroll(o)
-    lib = tvm.compile(sch.mod, host_target()).jit()
-    args = [tvm.runtime.tensor(np.ones((rows, 4), "uint8")), tvm.runtime.tensor(np.ones((2, 16, 4), "int8")),
-            tvm.runtime.tensor(np.zeros((rows, 2, 16), "int32"))]
+    lib = tvm.compile(sch.mod, target or host_target()).jit()
+    args = [tvm.runtime.tensor(np.ones((slots, rows, k), a_dtype)), tvm.runtime.tensor(np.ones((slots, blocks, 16, k), b_dtype)),
+            tvm.runtime.tensor(np.zeros((rows, blocks, 16), "int32"))]
     secs = lib.time_evaluator(lib.entry_name, tvm.cpu(), number=50, repeat=5)(*args).median
-    return k_iters * rows * 2 * 64 / secs / 1e9
+    return k_iters * rows * blocks * 16 * k / secs / 1e9
 
 
 def write_report(results: dict, meta: dict) -> None:

@@ -15,6 +15,7 @@ from .config import QuantConfig
 from .data import bundled_model, fashion_mnist
 from .reference import run_reference
 from .runtime import host_target
+from .schedules.float import compile_float
 
 
 def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, quiet: bool = False) -> dict:
@@ -34,7 +35,7 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
 
     vm_int = api.load_executable(so)
     logits_int = api.predict(vm_int, test_x, q.float_model.input_shape, show_progress=not quiet)
-    vm_fp = relax.VirtualMachine(tvm.compile(q.float_model.mod, host_target()), tvm.cpu())
+    vm_fp = relax.VirtualMachine(compile_float(q.float_model.mod, host_target()), tvm.cpu())
     logits_fp = api.predict(vm_fp, test_x, q.float_model.input_shape, show_progress=not quiet)
     acc_fp, acc_int = api.accuracy(logits_fp, test_y), api.accuracy(logits_int, test_y)
     ref = run_reference(q.mod, test_x[:32])

@@ -30,15 +30,15 @@ def compile_and_run(mod, x):
     return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
-def tensorized_dot_16x4(intrin: str, a_dtype: str, target):
-    """A standalone ``C[16] += A[4] . B[16, 4]`` (``A`` of ``a_dtype``) tensorized with ``intrin``, built for ``target``."""
+def tensorized_dot_16x4(intrin: str, a_dtype: str, target, b_dtype: str = "int8", k: int = 4):
+    """A standalone ``C[16] += A[k] . B[16, k]`` (``A`` of ``a_dtype``, ``B`` of ``b_dtype``) tensorized with ``intrin``, built for ``target``."""
     import tvm
     from tvm import s_tir, te
 
-    a = te.placeholder((4,), a_dtype, name="a")
-    b = te.placeholder((16, 4), "int8", name="b")
-    k = te.reduce_axis((0, 4), "k")
-    c = te.compute((16,), lambda i: te.sum(a[k].astype("int32") * b[i, k].astype("int32"), axis=k), name="c")
+    a = te.placeholder((k,), a_dtype, name="a")
+    b = te.placeholder((16, k), b_dtype, name="b")
+    r = te.reduce_axis((0, k), "k")
+    c = te.compute((16,), lambda i: te.sum(a[r].astype("int32") * b[i, r].astype("int32"), axis=r), name="c")
     sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
     block = sch.get_sblock("c")
     sch.decompose_reduction(block, sch.get_loops(block)[0])

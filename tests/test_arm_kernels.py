@@ -225,7 +225,7 @@ def test_aarch64_layouts_bit_exact_on_host(family, c, o, hw, k, stride, padding,
 def test_arm_packed_program_is_integer_only(bundled_int8, family):
     """Packing for an aarch64 family keeps the program integer-only (the -128 offset and its correction included)."""
     from gwq_tvm.passes.check import check_integer_only
-    from gwq_tvm.passes.pack_layout import PackInt8Layout
+    from gwq_tvm.schedules.pack_layout import PackInt8Layout
 
     report = check_integer_only(PackInt8Layout(family)(bundled_int8.mod))
     assert report.ok, str(report)

@@ -14,7 +14,7 @@ from tvm import relax
 
 import gwq_tvm
 from gwq_tvm.passes.check import check_integer_only
-from gwq_tvm.passes.pack_layout import PackInt8Layout
+from gwq_tvm.schedules.pack_layout import PackInt8Layout
 from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules import layout as L
@@ -274,3 +274,20 @@ def test_missing_cross_compiler_is_named(tmp_path, capsys, monkeypatch):
                "--no-loss-aware", "-o", str(tmp_path / "m.so")])
     err = capsys.readouterr().err
     assert rc == 2 and "apt-get install gcc-aarch64-linux-gnu" in err and "Traceback" not in err
+
+
+def test_layout_pass_lives_beside_the_schedules_without_an_import_cycle():
+    """PackInt8Layout is defined in gwq_tvm.schedules (re-exported by gwq_tvm and gwq_tvm.passes); schedules never import passes."""
+    import ast
+    from pathlib import Path
+
+    import gwq_tvm.passes
+    import gwq_tvm.schedules
+
+    assert gwq_tvm.PackInt8Layout is gwq_tvm.passes.PackInt8Layout is gwq_tvm.schedules.PackInt8Layout is PackInt8Layout
+    assert PackInt8Layout.__module__ == "gwq_tvm.schedules.pack_layout"
+    for path in Path(gwq_tvm.schedules.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert not target.startswith("..passes") and not target.startswith("gwq_tvm.passes"), (path.name, target)

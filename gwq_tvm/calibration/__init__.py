@@ -17,6 +17,7 @@ from ..frontend import FloatModel
 from ..extract import extract_graph
 from ..graph import Graph
 from ..runtime import host_target, progress
+from ..schedules.float import compile_float
 from ..stats import TensorStats, choose_clip
 
 __all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "with_node_outputs"]
@@ -91,7 +92,7 @@ def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, s
     """
     data = check_batch(data, model.input_shape)
     graph = extract_graph(model.mod)
-    ex = tvm.compile(with_node_outputs(model.mod, graph), host_target())
+    ex = compile_float(with_node_outputs(model.mod, graph), host_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     names = list(graph.nodes)
     stats = {n: TensorStats() for n in names}

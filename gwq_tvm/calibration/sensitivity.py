@@ -21,6 +21,7 @@ from tvm.relax import op as R
 from ..graph import Graph, Node, kind_of
 from ..plan import scales as S
 from ..runtime import host_target, run_batched
+from ..schedules.float import compile_float
 
 
 #: The simulator computes in float64.  Power-of-two SFCs put exact round-half-up ties on every
@@ -117,7 +118,7 @@ class FakeQuantSimulator:
                 outs = [em.values[n] for n in graph.outputs]
                 out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
             bb.emit_func_output(out)
-        self.vm = relax.VirtualMachine(tvm.compile(bb.get(), host_target()), tvm.cpu())
+        self.vm = relax.VirtualMachine(compile_float(bb.get(), host_target()), tvm.cpu())
         self.fixed_batch = model.input_shape[0]
 
     def run(self, x: np.ndarray, scales: dict) -> np.ndarray:
@@ -179,7 +180,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
             layers[n] = (lq.bits, lq.channel_scales(node.weight.shape[0]))
     x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers)
-    ref_vm = relax.VirtualMachine(tvm.compile(model.mod, host_target()), tvm.cpu())
+    ref_vm = relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())
     ref = run_batched(ref_vm, x, len(x), fixed_batch=model.input_shape[0])
     best = {n: curves[n].scale(curves[n].best_phase) for n in names}
     kl0 = kl_divergence(ref, sim.run(x, best))

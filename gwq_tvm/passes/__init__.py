@@ -1,7 +1,7 @@
 """Relax passes of gwq-tvm (each IRModule -> IRModule, usable in a ``tvm.transform.Sequential``).
 
 * :class:`RealizeIntegerProgram` (``realize.py``): fp32 canonical ``main`` -> integer program of a QuantPlan.
-* :class:`PackInt8Layout` (``pack_layout.py``): integer convs -> packed NCHW[x]c kernels of the target's family (VNNI, sdot, NEON; before LegalizeOps).
+* :class:`PackInt8Layout` (``gwq_tvm/schedules/pack_layout.py``, beside the kernels it serves; re-exported here): integer convs -> packed NCHW[x]c kernels of the target's family (VNNI, AVX2, sdot, NEON; before LegalizeOps).
 * :class:`VerifyIntegerOnly` (``check.py``): raises if the program holds float ops inside its integer region.
 """
 
@@ -9,7 +9,7 @@ import tvm
 
 from ..errors import IntegerOnlyError
 from .check import IntegerOnlyReport, check_integer_only
-from .pack_layout import PackInt8Layout
+from ..schedules.pack_layout import PackInt8Layout
 from .realize import RealizeIntegerProgram
 
 

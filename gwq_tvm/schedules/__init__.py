@@ -1,24 +1,27 @@
-"""Fast integer kernels: packed layouts, default s_tir schedules, MetaSchedule tuning (x86 VNNI, aarch64 sdot/NEON).
+"""Fast kernels: packed int8 layouts, default s_tir schedules, MetaSchedule tuning (x86 VNNI/AVX2, aarch64 sdot/NEON), scheduled float.
 
 * :mod:`.spec` - the kernel families and :func:`kernel_spec`, the one place a target picks its kernels.
 * :mod:`.vnni` - the TVM 0.27 ``dot_16x4_vnni`` intrinsic fix and VNNI detection.
+* :mod:`.avx2` - the x86 16x2 ``vpmaddwd`` intrinsic (int16-widened operands, exact), AVX2 detection.
 * :mod:`.arm` - the aarch64 16x4 ``sdot`` intrinsic, dotprod/NEON detection.
 * :mod:`.layout` - pure numpy: packed layouts and compile-time weight packing.
 * :mod:`.compute` - TE definitions of the packed kernels.
 * :mod:`.default` - the default (untuned) schedules, :class:`ScheduleIntegerKernels`.
 * :mod:`.build` - :func:`compile_integer`, what :func:`gwq_tvm.build` calls.
+* :mod:`.float` - :func:`compile_float`, the scheduled float32/float64 build of gwq-tvm's own analyses.
 * :mod:`.tune` - MetaSchedule tuning and its database (import it explicitly; it loads MetaSchedule).
-
-The Relax layout pass itself is :class:`gwq_tvm.passes.pack_layout.PackInt8Layout`.
+* :mod:`.pack_layout` - :class:`PackInt8Layout`, the Relax pass that puts a realized program's convs in the packed layout
+  (re-exported as ``gwq_tvm.passes.PackInt8Layout`` and ``gwq_tvm.PackInt8Layout``).
 """
 
 from .build import compile_integer, compile_packed, packed_fused_module
 from .default import ScheduleIntegerKernels, schedule_primfunc
+from .pack_layout import PackInt8Layout
 from .spec import AARCH64_NEON, AARCH64_SDOT, X86_VNNI, KernelSpec, kernel_spec
 from .vnni import STOCK_VNNI_INTRIN, VNNI_INTRIN, fix_stock_vnni_intrinsic, has_vnni, register_vnni_intrinsic
 
 __all__ = [
-    "AARCH64_NEON", "AARCH64_SDOT", "KernelSpec", "STOCK_VNNI_INTRIN", "ScheduleIntegerKernels", "VNNI_INTRIN",
+    "AARCH64_NEON", "AARCH64_SDOT", "KernelSpec", "PackInt8Layout", "STOCK_VNNI_INTRIN", "ScheduleIntegerKernels", "VNNI_INTRIN",
     "X86_VNNI", "compile_integer", "compile_packed", "fix_stock_vnni_intrinsic", "has_vnni", "kernel_spec",
     "packed_fused_module", "register_vnni_intrinsic", "schedule_primfunc",
 ]

@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from .default import ScheduleIntegerKernels
+from .pack_layout import PackInt8Layout
 from .spec import X86_VNNI, KernelSpec, kernel_spec
 from .vnni import fix_stock_vnni_intrinsic
 
@@ -34,8 +35,6 @@ def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target, spec: Kern
     ``spec`` defaults to the target's kernel family (:func:`.spec.kernel_spec`),
     and to x86 VNNI for a target without one.
     """
-    from ..passes.pack_layout import PackInt8Layout
-
     spec = spec or kernel_spec(target) or X86_VNNI
     with target:
         return tvm.transform.Sequential([PackInt8Layout(spec), *fuse_passes()])(mod)
@@ -57,7 +56,7 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     """Compile a realized integer program with the fast packed kernels of ``target``'s family.
 
     The family (:func:`gwq_tvm.schedules.spec.kernel_spec`) is x86 AVX-512
-    VNNI, aarch64 dotprod (``sdot``) or aarch64 NEON; each packs the convs
+    VNNI, x86 AVX2 (``vpmaddwd``), aarch64 dotprod (``sdot``) or aarch64 NEON; each packs the convs
     for its instruction and gets default schedules (or tuning records).
 
     Parameters

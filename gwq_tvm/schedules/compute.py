@@ -5,7 +5,8 @@ them after ``FuseOps``/``FuseTIR`` merged the SFC epilogue into the kernel:
 
 * ``gwq_conv2d_nchwc`` / ``gwq_conv_input``: the packed conv (VNNI / sdot / NEON lanes) and its padded (and offset) input;
 * ``gwq_dwconv2d_nchwc`` / ``gwq_dw_input``: the depthwise conv and its padded input;
-* ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms.
+* ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms;
+* ``gwq_fconv2d`` / ``gwq_fconv_input``: the float conv of :mod:`gwq_tvm.schedules.float` and its padded input.
 """
 
 from __future__ import annotations
@@ -17,43 +18,50 @@ CONV_BLOCK = "gwq_conv2d_nchwc"
 CONV_INPUT_BLOCK = "gwq_conv_input"
 DW_BLOCK = "gwq_dwconv2d_nchwc"
 DW_INPUT_BLOCK = "gwq_dw_input"
+FLOAT_CONV_BLOCK = "gwq_fconv2d"
+FLOAT_CONV_INPUT_BLOCK = "gwq_fconv_input"
 
 
 def _out_size(size, lo, hi, kernel, stride, dilation):
     return (size + lo + hi - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def _padded_input(data, padding, offset: int, name: str):
-    """Spatially padded copy of packed ``data``, read as ``x + offset`` in the other 8-bit type.
+def _padded_input(data, padding, offset: int, name: str, widen: str | None = None):
+    """Spatially padded copy of packed ``data``, read as ``x + offset`` in the other 8-bit type, or widened.
 
     ``offset`` is 0 (values kept), +128 (int8 ``x`` -> uint8 ``x + 128``) or
     -128 (uint8 ``x`` -> int8 ``x - 128``); padding holds ``offset``, the
-    image of zero.  Returns ``data`` itself when there is nothing to do.
+    image of zero.  ``widen`` (e.g. ``"int16"``, with ``offset`` 0) stores
+    the values exactly in that wider type.  Returns ``data`` itself when
+    there is nothing to do.
     """
     pt, pl, pb, pr = (int(p) for p in padding)
-    if not (pt or pl or pb or pr or offset):
+    if not (pt or pl or pb or pr or offset or widen):
         return data
     n, cc, h, w, cb = data.shape
-    out_dtype = {0: data.dtype, 128: "uint8", -128: "int8"}[offset]
+    out_dtype = widen or {0: data.dtype, 128: "uint8", -128: "int8"}[offset]
 
     def value(b, c, y, x, ci):
         v = data[b, c, y - pt, x - pl, ci]
         if offset:
             v = (v.astype("int32") + offset).astype(out_dtype)
+        elif widen:
+            v = v.astype(out_dtype)
         inside = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
         return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(offset, out_dtype))
 
     return te.compute((n, cc, h + pt + pb, w + pl + pr, cb), value, name=name)
 
 
-def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0):
+def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0, widen: str | None = None):
     """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight.
 
     Parameters
     ----------
     data : te.Tensor, (N, C/cb, H, W, cb), uint8 or int8
-    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/k, 16, k), int8
-        ``k`` = 4 for the dot-product instructions, 1 for lane-wise MACs.
+    weight : te.Tensor, (O/16, C/cb, KH, KW, cb/k, 16, k), int8 (or ``widen``)
+        ``k`` = 4 for the dot-product instructions, 2 for AVX2's int16
+        pairs, 1 for lane-wise MACs.
     strides, dilation : (int, int)
     padding : (top, left, bottom, right)
     offset : int
@@ -61,6 +69,10 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
         the other 8-bit type (padded with ``offset``), so the result is
         ``conv(x, w) + offset * sum(w)`` exactly (the caller subtracts
         :func:`gwq_tvm.schedules.layout.offset_compensation`).
+    widen : str, optional
+        Store the padded input in this wider type (``"int16"``: the AVX2
+        family multiplies int16 operands); the input stage is then always
+        materialized.
 
     Returns
     -------
@@ -73,7 +85,7 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
     pt, pl, pb, pr = (int(p) for p in padding)
     oh = _out_size(int(h), pt, pb, kh, sh, dh)
     ow = _out_size(int(w), pl, pr, kw, sw, dw)
-    src = _padded_input(data, padding, offset, CONV_INPUT_BLOCK)
+    src = _padded_input(data, padding, offset, CONV_INPUT_BLOCK, widen)
     rc = te.reduce_axis((0, icc), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -85,6 +97,49 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0)
         return te.sum(a.astype("int32") * weight[o, rc, ry, rx, rb, oi, r4].astype("int32"), axis=[rc, ry, rx, rb, r4])
 
     return te.compute((n, occ, oh, ow, ocb), acc, name=CONV_BLOCK)
+
+
+def conv2d_float_packed_weight(data, weight, strides, padding, dilation):
+    """Float conv of NCHW ``data`` with a lane-packed weight, into NCHW[L]c accumulators.
+
+    ``out[n, o, y, x, l] = sum_{c, ky, kx} pad(data)[n, c, y*sh + ky*dh, x*sw + kx*dw] * weight[o, c, ky, kx, l]``,
+    summed in the order ``c``, ``ky``, ``kx`` (as TOPI's ``conv2d_nchw``), so
+    each output sees the same sequence of float operations as the plain conv.
+
+    Parameters
+    ----------
+    data : te.Tensor, (N, C, H, W), float32 or float64
+    weight : te.Tensor, (O/L, C, KH, KW, L), same dtype (:func:`.layout.pack_float_conv_weight`)
+    strides, dilation : (int, int)
+    padding : (top, left, bottom, right)
+
+    Returns
+    -------
+    te.Tensor, (N, O/L, OH, OW, L), the dtype of ``data``
+        Unpack with :func:`unpack_nchwc`.
+    """
+    n, _, h, w = data.shape
+    occ, c, kh, kw, lanes = (int(v) for v in weight.shape)
+    sh, sw = (int(s) for s in strides)
+    dh, dw = (int(d) for d in dilation)
+    pt, pl, pb, pr = (int(p) for p in padding)
+    oh = _out_size(int(h), pt, pb, kh, sh, dh)
+    ow = _out_size(int(w), pl, pr, kw, sw, dw)
+    src = data
+    if pt or pl or pb or pr:
+        def value(b, ci, y, x):
+            inside = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+            return tvm.tirx.if_then_else(inside, data[b, ci, y - pt, x - pl], tvm.tirx.const(0, data.dtype))
+
+        src = te.compute((n, c, h + pt + pb, w + pl + pr), value, name=FLOAT_CONV_INPUT_BLOCK)
+    rc = te.reduce_axis((0, c), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+
+    def acc(b, o, y, x, li):
+        return te.sum(src[b, rc, y * sh + ry * dh, x * sw + rx * dw] * weight[o, rc, ry, rx, li], axis=[rc, ry, rx])
+
+    return te.compute((n, occ, oh, ow, lanes), acc, name=FLOAT_CONV_BLOCK)
 
 
 def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation):

@@ -1,13 +1,16 @@
-"""What the 16-lane, 4-deep dot-product intrinsics compute (shared by x86 VNNI and aarch64 sdot).
+"""What the 16-lane dot-product intrinsics compute (shared by x86 VNNI, x86 AVX2 and aarch64 sdot).
 
-Both instructions are described by the same block, differing only in the
-activation dtype::
+All the instructions are described by the same block, differing only in the
+operand dtypes and the reduction depth ``k``::
 
-    C[i] += sum_k int32(A[k]) * int32(B[i, k])     i < 16, k < 4,
-    A: a_dtype[4], B: int8[16, 4], C: int32[16]
+    C[i] += sum_k int32(A[k]) * int32(B[i, k])     i < 16, k < K,
+    A: a_dtype[K], B: b_dtype[16, K], C: int32[16]
 
-so one packed weight layout ([16o][4i]) serves both.  The implementations
-(the instructions) live in :mod:`.vnni` and :mod:`.arm`.
+* VNNI ``vpdpbusd`` and aarch64 ``sdot``: ``K = 4``, 8-bit operands, so one
+  packed weight layout (``[16o][4i]``) serves both;
+* AVX2 ``vpmaddwd``: ``K = 2``, int16 operands (8-bit values widened).
+
+The implementations (the instructions) live in :mod:`.vnni`, :mod:`.avx2` and :mod:`.arm`.
 """
 
 from __future__ import annotations
@@ -18,22 +21,27 @@ from tvm.script import tirx as T
 
 
 @functools.lru_cache(maxsize=None)
-def dot_16x4_desc(a_dtype: str):
-    """The TensorIntrin description of ``C[16] += A[4] . B[16, 4]`` with ``A`` of ``a_dtype`` (uint8 or int8)."""
+def dot_16xk_desc(a_dtype: str, b_dtype: str = "int8", k: int = 4):
+    """The TensorIntrin description of ``C[16] += A[k] . B[16, k]`` with ``A`` of ``a_dtype``, ``B`` of ``b_dtype``."""
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), a_dtype, offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        A: T.Buffer((k,), a_dtype, offset_factor=1),
+        B: T.Buffer((16, k), b_dtype, offset_factor=1),
         C: T.Buffer((16,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.reads(C[0:16], A[0:k], B[0:16, 0:k])
             T.writes(C[0:16])
             for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+                for r in T.serial(0, k):
                     with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
+                        vi, vk = T.axis.remap("SR", [i, r])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     return desc
+
+
+def dot_16x4_desc(a_dtype: str):
+    """The TensorIntrin description of ``C[16] += A[4] . B[16, 4]`` with ``A`` of ``a_dtype`` (uint8 or int8), ``B`` int8."""
+    return dot_16xk_desc(a_dtype, "int8", 4)

@@ -8,6 +8,7 @@ and aarch64 ``sdot``, 1 for plain NEON multiply-accumulate)::
     conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/k, 16, k)    "OIHW[cb/k]i16o[k]i"
     depthwise    C1HW  -> (Cp/cb, KH, KW, cb)
     channel const (1, C, 1, 1) -> (1, Cp/cb, 1, 1, cb)
+    float conv weight OIHW -> (ceil(O/L), C, KH, KW, L)             L float lanes (two vector registers)
 
 Padded channels hold zeros (in weights, biases and shift amounts), so they
 contribute nothing to real channels; their own values are never read back.
@@ -56,6 +57,15 @@ def pack_conv_weight(weight: np.ndarray, in_block: int, k_block: int = K_BLOCK) 
     w[:o, :c] = weight
     w = w.reshape(op // OC_BLOCK, OC_BLOCK, cp // in_block, in_block // k_block, k_block, kh, kw)
     return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_float_conv_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """OIHW float weight -> ``(Op/L, C, KH, KW, L)``, output channels zero-padded to a multiple of ``lanes``."""
+    o, c, kh, kw = weight.shape
+    op = padded(o, lanes)
+    w = np.zeros((op, c, kh, kw), weight.dtype)
+    w[:o] = weight
+    return np.ascontiguousarray(w.reshape(op // lanes, lanes, c, kh, kw).transpose(0, 2, 3, 4, 1))
 
 
 def pack_depthwise_weight(weight: np.ndarray, block: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Kernel families: how each kind of target runs the packed int8 conv, chosen in one place.
 
 A :class:`KernelSpec` is everything that differs between targets; the
-layout pass (:class:`gwq_tvm.passes.pack_layout.PackInt8Layout`), the
+layout pass (:class:`gwq_tvm.schedules.pack_layout.PackInt8Layout`), the
 compute (:mod:`.compute`) and the default schedules (:mod:`.default`) are
 shared and read it:
 
@@ -9,6 +9,7 @@ shared and read it:
 family         conv reads   k       inner step            targets
 ============== ============ ======= ===================== ===========================
 x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
+x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no AVX-512 VNNI
 aarch64-sdot   int8         4       4 x ``sdot`` (16x4)   aarch64 ``+dotprod`` (A76, N1, rpi5)
 aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72, rpi4)
 ============== ============ ======= ===================== ===========================
@@ -16,7 +17,10 @@ aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72
 "conv reads" is the activation type the dot-product instruction takes;
 activations of the other 8-bit type are offset by +-128 inside the kernel
 and compensated exactly (:func:`gwq_tvm.schedules.layout.offset_compensation`).
-``k`` is the reduction depth innermost in the packed weight.
+The AVX2 family widens both operands to int16 instead (weights at compile
+time, activations in the conv's padded-input stage; see :mod:`.avx2`), which
+is exact for int8 and uint8 alike.  ``k`` is the reduction depth innermost
+in the packed weight.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Callable
 import tvm
 
 from .arm import has_dotprod, has_neon, register_sdot_intrinsic
+from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
+from .avx2 import has_avx2, register_avx2_intrinsic
 from .vnni import has_vnni, register_vnni_intrinsic
 
 
@@ -42,7 +48,8 @@ class KernelSpec:
         ``"int8"``), ``None`` when both are taken as they are.
     k_block : int
         Reduction depth innermost in the packed weight: 4 for a 16x4
-        dot-product intrinsic, 1 for lane-wise multiply-accumulate.
+        dot-product intrinsic, 2 for AVX2's int16 pairs, 1 for lane-wise
+        multiply-accumulate.
     intrinsic : callable or None
         Registers the tensor intrinsic for one ``[16 lanes] x [k_block]`` step
         (cheap, idempotent) and returns its name; ``None``: the lanes are
@@ -55,6 +62,9 @@ class KernelSpec:
         so an aarch64 tile above 6 spills).
     channel_pairs : bool
         May a tile hold two 16-channel blocks (wide register files)?
+    operand_dtype : str or None
+        Type both conv operands are widened to before the inner product
+        (``"int16"`` for AVX2 ``vpmaddwd``); ``None``: the 8-bit values as they are.
     """
 
     name: str
@@ -65,12 +75,20 @@ class KernelSpec:
     tile_min: int
     tile_fallback: int
     channel_pairs: bool
+    operand_dtype: str | None = None
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
             raise ValueError(f"input_dtype must be int8, uint8 or None, not {self.input_dtype!r}")
-        if self.k_block not in (1, 4):
-            raise ValueError(f"k_block must be 1 or 4, not {self.k_block}")
+        if self.k_block not in (1, 2, 4):
+            raise ValueError(f"k_block must be 1, 2 or 4, not {self.k_block}")
+        if self.operand_dtype not in (None, "int16"):
+            raise ValueError(f"operand_dtype must be int16 or None, not {self.operand_dtype!r}")
+
+    @property
+    def weight_dtype(self) -> str:
+        """Type of the packed conv weight: int8, or the widened operand type."""
+        return self.operand_dtype or "int8"
 
     def input_offset(self, dtype: str) -> int:
         """What the conv adds to activations of ``dtype``: 0, +128 (int8 -> uint8) or -128 (uint8 -> int8)."""
@@ -88,6 +106,10 @@ X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limi
                       channel_pairs=True)
 """x86 with AVX-512 VNNI: 32 zmm registers, ``vpdpbusd`` is uint8 x int8."""
 
+X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6, tile_min=4, tile_fallback=7,
+                      channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE)
+"""x86 with AVX2 only: 16 ymm registers (2 per pixel's 16 accumulators), ``vpmaddwd`` on int16-widened operands."""
+
 AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
                           tile_fallback=7, channel_pairs=False)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
@@ -96,17 +118,19 @@ AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=
                           channel_pairs=False)
 """aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
 
-FAMILIES = (X86_VNNI, AARCH64_SDOT, AARCH64_NEON)
+FAMILIES = (X86_VNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
 
 
 def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
     """The kernel family for ``target``, ``None`` when it has none (plain ``tvm.compile`` then).
 
     The one place where targets are told apart: x86 with AVX-512 VNNI,
-    aarch64 with dotprod, aarch64 with NEON only.
+    x86 with AVX2 (no VNNI), aarch64 with dotprod, aarch64 with NEON only.
     """
     if has_vnni(target):
         return X86_VNNI
+    if has_avx2(target):
+        return X86_AVX2
     if has_dotprod(target):
         return AARCH64_SDOT
     if has_neon(target):

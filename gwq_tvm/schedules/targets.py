@@ -1,4 +1,4 @@
-"""Compilation targets: the host and presets for aarch64 boards, as TVM target dicts, and their export toolchains."""
+"""Compilation targets: the host and presets for x86 CPUs and aarch64 boards, as TVM target dicts, and their export toolchains."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 #: Named targets accepted everywhere a target is (``--target NAME``).
 PRESETS: dict[str, dict] = {
     "x86-64": {"kind": "llvm"},
+    "x86-avx2": {"kind": "llvm", "mcpu": "haswell"},  # any x86-64 with AVX2 + FMA (x86-64-v3), no AVX-512
+    "alderlake": {"kind": "llvm", "mcpu": "alderlake"},  # Intel client cores with AVX2 (+ AVX-VNNI), no AVX-512
+    "znver3": {"kind": "llvm", "mcpu": "znver3"},  # AMD Zen 3: AVX2, no AVX-512
     "aarch64-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
     "aarch64-dotprod": {**_AARCH64, "mattr": ["+neon", "+dotprod"], "num-cores": 4},
     "rpi4": {**_AARCH64, "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4},  # Raspberry Pi 4 (BCM2711)

@@ -5,11 +5,12 @@ before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight, and every such dense (``matmul`` by a constant, as the
 1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
-(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, aarch64 sdot, aarch64 NEON):
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
-  time (``k`` = 4 for the dot-product instructions, 1 for NEON lanes);
+  time (``k`` = 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
+  lanes; int16 for AVX2, int8 otherwise);
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
   global-average-pool sum stay in the packed layout, so consecutive convs
@@ -37,9 +38,9 @@ import tvm
 from tvm import relax
 
 from ..ir import const_value as _const
-from ..schedules import compute as C
-from ..schedules import layout as L
-from ..schedules.spec import X86_VNNI, KernelSpec
+from . import compute as C
+from . import layout as L
+from .spec import X86_VNNI, KernelSpec
 
 _ELEMENTWISE_UNARY = frozenset({"relax.astype", "relax.clip", "relax.nn.relu"})
 _ELEMENTWISE_BINARY = frozenset(
@@ -177,8 +178,10 @@ class _Packer:
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
             return _Packed(y, w.shape[0], src.block)
         offset = self.spec.input_offset(_dtype(data))
-        wp = relax.const(L.pack_conv_weight(w, src.block, self.spec.k_block), "int8")
-        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, primfunc_name_hint="gwq_conv2d")
+        wdtype = self.spec.weight_dtype
+        wp = relax.const(L.pack_conv_weight(w, src.block, self.spec.k_block).astype(wdtype), wdtype)
+        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, widen=self.spec.operand_dtype,
+                            primfunc_name_hint="gwq_conv2d")
         if offset:
             comp = L.offset_compensation(w, offset).astype(np.int32).reshape(1, -1, 1, 1)
             comp = L.pack_channel_const(comp, w.shape[0], L.OC_BLOCK)

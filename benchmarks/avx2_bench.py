@@ -1,0 +1,210 @@
+"""The x86-avx2 kernel family against ONNX Runtime int8 (QDQ) and fp32, and gwq-tvm's scheduled fp32.
+
+Batch 1, 1 and 2 threads (each a fresh subprocess: TVM's pool size is fixed
+at start-up), the median of ``--runs`` timed calls after warm-up, each
+configuration measured ``--rounds`` times interleaved (the median of the
+rounds is reported, the spread kept in the JSON: the CPU is shared).  Models
+and the ORT int8 model are prepared as :mod:`kernels_bench` prepares them
+(cached in ``benchmarks/.cache``).
+
+Columns:
+
+* ``gwq-tvm int8 avx2``: per-layer W8A8 plan, ``gwq_tvm.build`` with the
+  ``x86-avx2`` family (this CPU's target when it is an AVX2-only CPU, else
+  the ``x86-avx2`` preset, forcing it);
+* ``gwq-tvm GWQ avx2``: the GWQ plan, same kernels;
+* ``gwq-tvm fp32``: :func:`gwq_tvm.schedules.float.compile_float` (what
+  calibration and the sensitivity analysis run);
+* ``ORT fp32``, ``ORT int8`` (QDQ, per-channel, u8 activations x s8 weights).
+
+Peaks (one core): the ``vpmaddwd`` intrinsic of the family as TVM builds it
+(:func:`kernels_bench.intrinsic_peak_gmacs`), and the raw instruction
+sequences of ``avx2_peak.c`` (``vpmaddwd``; ``vpmaddubsw + vpmaddwd``, the
+saturating u8 x s8 sequence; fp32 FMA).  ORT int8 on AVX2 uses the
+``vpmaddubsw`` sequence, so its ratio to ours overstates the cost of
+exactness only by the difference of those two peaks.
+
+Writes ``benchmarks/results/avx2_bench/avx2_bench.{json,md}``.
+
+Usage::
+
+    python benchmarks/avx2_bench.py [--models bundled resnet18] [--threads 1 2] [--runs 50] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "avx2_bench"
+sys.path.insert(0, str(HERE))
+
+import kernels_bench as KB  # noqa: E402
+
+COLUMNS = ["gwq-tvm int8 avx2", "gwq-tvm GWQ avx2", "gwq-tvm fp32", "ORT fp32", "ORT int8"]
+
+
+def avx2_target():
+    """This CPU when its family is x86-avx2, else the ``x86-avx2`` preset (forcing the family)."""
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.spec import X86_AVX2, kernel_spec
+    from gwq_tvm.schedules.targets import resolve_target
+
+    host = host_target()
+    return host if kernel_spec(host) is X86_AVX2 else resolve_target("x86-avx2")
+
+
+def _candidates(name: str, x, threads: int) -> dict:
+    import gwq_tvm
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.schedules.float import compile_float
+
+    p = KB._paths(name)
+    target = avx2_target()
+    q = lambda key: gwq_tvm.quantize(str(p["onnx"]), plan=QuantPlan.load(p[key]))  # noqa: E731
+    return {
+        "gwq-tvm int8 avx2": lambda: KB._tvm_runner(gwq_tvm.build(q("plan"), target), x),
+        "gwq-tvm GWQ avx2": lambda: KB._tvm_runner(gwq_tvm.build(q("plan_gwq"), target), x),
+        "gwq-tvm fp32": lambda: KB._tvm_runner(compile_float(gwq_tvm.load_model(str(p["onnx"])).mod), x),
+        **KB._ort_candidates(name, x, threads),
+    }
+
+
+def worker(threads: int, runs: int, models, out_path: Path) -> None:
+    """Measure every column of ``models`` with ``threads`` threads; write JSON to ``out_path``."""
+    results = {}
+    for name in models:
+        _, _, x = KB._model_data(name)
+        row = {}
+        for col, make in _candidates(name, x, threads).items():
+            try:
+                row[col] = KB._median_ms(make(), runs)[0]
+            except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
+                row[col] = None
+                print(f"[{name} {col}] failed: {err}", file=sys.stderr)
+            print(f"threads={threads} {name:9s} {col:20s} {row[col]}", file=sys.stderr, flush=True)
+        results[name] = row
+    out_path.write_text(json.dumps(results))
+
+
+def sequence_peaks() -> dict:
+    """GMAC/s of the raw instruction sequences of ``avx2_peak.c`` on one core (empty without a C compiler)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return {}
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "avx2_peak"
+        subprocess.run([cc, "-O2", "-mavx2", "-mfma", str(HERE / "avx2_peak.c"), "-o", str(exe)], check=True)
+        pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+        lines = subprocess.run(pin + [str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    return {ln.split()[0]: float(ln.split()[1]) for ln in lines if ln.strip()}
+
+
+def intrinsic_peak() -> float:
+    """Single-core GMAC/s of the family's ``vpmaddwd`` intrinsic as TVM builds it (a 1-thread subprocess)."""
+    from gwq_tvm.schedules.avx2 import OPERAND_DTYPE
+
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    code = ("import sys; sys.path.insert(0, %r); import kernels_bench as KB, avx2_bench as A; "
+            "from gwq_tvm.schedules.avx2 import register_avx2_intrinsic as r; "
+            "print(KB.intrinsic_peak_gmacs(r(), %r, %r, 2, A.avx2_target(), rows=6, blocks=1, slots=8))") % (str(HERE), OPERAND_DTYPE, OPERAND_DTYPE)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def write_report(results: dict, meta: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "avx2_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    peaks = meta["sequence_peaks_gmacs"]
+    lines = [
+        "# x86-avx2 kernels: latency (ms, median, batch 1)",
+        "",
+        f"Machine: {meta['cpu']} ({meta['mcpu']}), target {meta['target']}; median of {meta['runs']} runs per cell, "
+        f"median of {meta['rounds']} interleaved rounds (all rounds in the JSON). The CPU was shared with other jobs "
+        f"(load average {meta['load_avg'][0]:.1f} at the start): absolute numbers are pessimistic, ratios less so.",
+        "",
+        "Ratio = latency / ORT int8 latency. ORT's AVX2 int8 kernel uses the saturating `vpmaddubsw` sequence; "
+        "ours is exact (`vpmaddwd` on int16-widened operands), so part of the ratio is the price of exactness "
+        "(see the peaks below), not of the schedules.",
+        "",
+    ]
+    for threads, per_model in results.items():
+        lines += [f"## {threads} thread(s)", "", "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for name, row in per_model.items():
+            ort = row.get("ORT int8")
+            cells = ["n/a" if row.get(c) is None else (f"{row[c]:.3f} ({row[c] / ort:.2f}x)" if ort else f"{row[c]:.3f}")
+                     for c in COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Throughput",
+        "",
+        f"Single-core peaks, GMAC/s: our `vpmaddwd` intrinsic built by TVM {meta['intrinsic_peak_gmacs']:.1f}; raw "
+        f"sequences (avx2_peak.c): `vpmaddwd` {peaks.get('wd', float('nan')):.1f}, `vpmaddubsw+vpmaddwd` "
+        f"{peaks.get('ubsw', float('nan')):.1f}, fp32 FMA {peaks.get('fma', float('nan')):.1f}.",
+        "",
+        "| model | GMAC | threads | int8 avx2 GMAC/s | % of 1-core vpmaddwd peak | ORT int8 GMAC/s | gwq-tvm fp32 GMAC/s | % of 1-core FMA peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for threads, per_model in results.items():
+        for name, row in per_model.items():
+            g = meta["gmacs"][name]
+            rate = lambda v: g / (v / 1e3) if v else None  # noqa: E731
+            fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+            pct = lambda v, peak: "n/a" if v is None or not peak else f"{100 * v / peak / int(threads):.0f}%"  # noqa: E731
+            i8, f32 = rate(row.get("gwq-tvm int8 avx2")), rate(row.get("gwq-tvm fp32"))
+            lines.append(f"| {name} | {g:.3f} | {threads} | {fmt(i8)} | {pct(i8, meta['intrinsic_peak_gmacs'])} | "
+                         f"{fmt(rate(row.get('ORT int8')))} | {fmt(f32)} | {pct(f32, peaks.get('fma'))} |")
+    (OUT / "avx2_bench.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--models", nargs="+", default=list(KB.MODELS), choices=KB.MODELS)
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.runs, args.models, args.worker_out)
+        return
+    load = os.getloadavg()
+    for name in args.models:
+        KB.prepare(name)
+    rounds: dict = {str(t): [] for t in args.threads}
+    for r in range(args.rounds):
+        for threads in args.threads:
+            out = KB.CACHE / f"avx2_worker_{threads}_{r}.json"
+            env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+            subprocess.run([sys.executable, __file__, "--worker", str(threads), "--worker-out", str(out),
+                            "--runs", str(args.runs), "--models", *args.models], check=True, env=env)
+            rounds[str(threads)].append(json.loads(out.read_text()))
+    results = {}
+    for threads, runs in rounds.items():
+        results[threads] = {name: {col: (statistics.median(v) if (v := [r[name][col] for r in runs if r[name].get(col)]) else None)
+                                   for col in COLUMNS} for name in args.models}
+    from gwq_tvm.runtime import host_target
+
+    meta = {"cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
+            "target": str(avx2_target()), "runs": args.runs, "rounds": args.rounds, "load_avg": load,
+            "all_rounds": rounds, "intrinsic_peak_gmacs": intrinsic_peak(), "sequence_peaks_gmacs": sequence_peaks(),
+            "gmacs": {name: KB.model_gmacs(name) for name in args.models}}
+    write_report(results, meta)
+    print((OUT / "avx2_bench.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

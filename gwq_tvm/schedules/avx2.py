@@ -1,0 +1,83 @@
+"""The x86 AVX2 tensor intrinsic of the packed conv (``vpmaddwd``) and AVX2 detection.
+
+For x86 CPUs with AVX2 but without AVX-512 VNNI (Haswell to Alder Lake
+client cores, Zen 1-3, Atom/Celeron with AVX2).  One call::
+
+    C[i] += A[0] * B[i, 0] + A[1] * B[i, 1]     i < 16,
+    A: int16[2], B: int16[16, 2], C: int32[16]
+
+is two ``vpmaddwd ymm`` (each: 8 lanes x 2 int16 products summed into
+int32) and two ``vpaddd``.  ``A`` is broadcast as one int32 (its two int16
+halves) to all 8 lanes.
+
+Why ``vpmaddwd`` on widened operands, not ``vpmaddubsw``
+--------------------------------------------------------
+``vpmaddubsw`` multiplies uint8 x int8 and adds pairs into int16 *with
+saturation*: ``255 * 127 * 2 = 64770`` does not fit, so 8-bit activations
+are not exact (7-bit ones would be).  ``vpmaddwd`` on int16 operands is
+exact for every 8-bit value (``|a * w| <= 2**15`` and the pair sum fits
+int32) and needs no plan restriction.  Both sequences
+spend two vector-multiply instructions per 32 products
+(``vpmaddubsw + vpmaddwd`` against two ``vpmaddwd``); measured on one Zen 3
+core (``benchmarks/avx2_peak.c``, a shared machine, so the spread is wide)
+the saturating sequence ran at 0.9-1.6x the exact one's MAC rate, and our
+kernels reach well under either peak (``benchmarks/avx2_bench.py``), so
+the exact path is the one built.  The price is memory: weights are stored as
+int16 (packed at compile time) and the padded-input stage writes
+activations widened to int16.  No offset is needed either: int8 and uint8
+both widen exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tvm
+from tvm.script import tirx as T
+
+from .intrin import dot_16xk_desc
+
+AVX2_INTRIN = "gwq_dot_16x2_avx2"
+"""Our name for the 16-lane, 2-deep int16 x int16 -> int32 ``vpmaddwd`` intrinsic."""
+
+OPERAND_DTYPE = "int16"
+"""What the AVX2 kernel multiplies: both 8-bit operands widened to int16."""
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x2_avx2_impl(
+    A: T.Buffer((2,), "int16", offset_factor=1),
+    B: T.Buffer((16, 2), "int16", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+        T.writes(C[0:16])
+        a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        a_i16x16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
+        for j in T.unroll(0, 2):
+            C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                a_i16x16,
+                B.vload([j * 8, 0], dtype="int16x16"),
+                dtype="int32x8",
+            )
+
+
+@functools.lru_cache(maxsize=None)
+def register_avx2_intrinsic() -> str:
+    """Register :data:`AVX2_INTRIN` (idempotent, cheap) and return its name."""
+    tvm.s_tir.TensorIntrin.register(AVX2_INTRIN, dot_16xk_desc(OPERAND_DTYPE, OPERAND_DTYPE, 2), _dot_16x2_avx2_impl,
+                                    override=True)
+    return AVX2_INTRIN
+
+
+def has_avx2(target: tvm.target.Target) -> bool:
+    """Does the x86 ``target`` have AVX2 (``mcpu`` or ``mattr``)?  Non-LLVM and non-x86 targets answer ``False``."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if target.kind.name != "llvm" or (triple and not triple.startswith(("x86_64", "i686", "i386"))):
+        return False
+    try:
+        return bool(tvm.target.codegen.target_has_features("avx2", target))
+    except (RuntimeError, ValueError):  # pragma: no cover - feature query unsupported for this triple
+        return False

@@ -1,0 +1,122 @@
+"""The x86-avx2 kernel family: ``vpmaddwd`` on int16-widened operands, bit-exact against the numpy reference.
+
+The numeric tests need a CPU with AVX2 (they run the AVX2 code here, on any
+AVX2 CPU, forced with the ``x86-avx2`` preset or :func:`compile_packed`);
+detection and code generation are checked everywhere.
+"""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import gwq_tvm
+from gwq_tvm.schedules.pack_layout import PackInt8Layout
+from gwq_tvm.reference import run_reference
+from gwq_tvm.runtime import host_target
+from gwq_tvm.schedules.avx2 import AVX2_INTRIN, has_avx2, register_avx2_intrinsic
+from gwq_tvm.schedules.build import compile_packed
+from gwq_tvm.schedules.spec import X86_AVX2, X86_VNNI, kernel_spec
+from gwq_tvm.schedules.targets import resolve_target
+
+from conftest import tensorized_dot_16x4
+from test_arm_kernels import _dense_module
+from test_schedules import SHAPES, _asm, _conv_module, _run
+
+AVX2 = has_avx2(host_target())
+needs_avx2 = pytest.mark.skipif(not AVX2, reason="host CPU has no AVX2 (the x86-avx2 kernels cannot run here)")
+
+
+def _compile_avx2(mod):
+    """The module packed and scheduled for the AVX2 family, built for this CPU (forced on a VNNI CPU too)."""
+    return compile_packed(mod, host_target(), X86_AVX2)
+
+
+# --- detection -----------------------------------------------------------------
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake", "alderlake", "znver2", "znver3"])
+def test_avx2_cpus_without_vnni_get_the_avx2_family(mcpu):
+    assert kernel_spec(tvm.target.Target({"kind": "llvm", "mcpu": mcpu})) is X86_AVX2
+
+
+def test_avx2_detection_and_presets():
+    assert kernel_spec(resolve_target("x86-avx2")) is X86_AVX2
+    assert kernel_spec(resolve_target("alderlake")) is X86_AVX2
+    assert kernel_spec(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})) is X86_VNNI  # VNNI wins
+    assert kernel_spec(tvm.target.Target({"kind": "llvm", "mattr": ["+avx2"]})) is X86_AVX2
+    assert kernel_spec(tvm.target.Target("llvm")) is None  # generic x86-64: no AVX2
+    assert not has_avx2(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}))
+
+
+def test_avx2_family_widens_instead_of_offsetting():
+    assert X86_AVX2.weight_dtype == "int16" and X86_VNNI.weight_dtype == "int8"
+    assert (X86_AVX2.input_offset("int8"), X86_AVX2.input_offset("uint8")) == (0, 0)
+
+
+# --- the intrinsic ---------------------------------------------------------------
+def test_avx2_intrinsic_builds_emits_vpmaddwd_and_is_exact():
+    """The 16x2 int16 step alone: vpmaddwd in the assembly, exact at the 8-bit extremes (where vpmaddubsw saturates)."""
+    lib = tensorized_dot_16x4(register_avx2_intrinsic(), "int16", resolve_target("x86-avx2"), b_dtype="int16", k=2)
+    assert AVX2_INTRIN == register_avx2_intrinsic()
+    assert "vpmaddwd" in lib.mod.inspect_source("asm")
+    if not AVX2:
+        pytest.skip("host CPU has no AVX2: built, not run")
+    rng = np.random.default_rng(0)
+    for av in (np.array([255, 255], "int16"), np.array([-128, 255], "int16"), rng.integers(-128, 256, 2).astype("int16")):
+        bv = np.concatenate([np.full((8, 2), -128), rng.integers(-128, 128, (8, 2))]).astype("int16")
+        out = tvm.runtime.tensor(np.full(16, 12345, "int32"))  # the kernel's init zeroes it first
+        lib(tvm.runtime.tensor(av), tvm.runtime.tensor(bv), out)
+        np.testing.assert_array_equal(out.numpy(), bv.astype(np.int64) @ av.astype(np.int64))
+
+
+# --- kernels -------------------------------------------------------------------
+def test_pack_pass_stores_int16_weights_for_avx2():
+    """The AVX2 layout: conv weights packed at compile time as int16, one int16 pair innermost."""
+    mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
+    packed = PackInt8Layout(X86_AVX2)(mod)
+    weights = [b.value.args[1].fields[1] for blk in packed["main"].body.blocks for b in blk.bindings
+               if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"
+               and b.value.args[0].name_hint.startswith("gwq_conv2d")]
+    assert len(weights) == 2
+    assert all(str(w.ty.dtype) == "int16" and int(w.ty.shape.values[-1]) == 2 for w in weights)
+
+
+@needs_avx2
+@pytest.mark.parametrize("c,o,hw,k,stride,padding,groups,dtype", SHAPES)
+def test_avx2_conv_sweep_bit_exact(c, o, hw, k, stride, padding, groups, dtype):
+    """Strides, paddings, groups, odd channels, int8 and uint8 inputs: equal to the numpy reference."""
+    mod, x = _conv_module(c, o, hw, k, stride, padding, groups, dtype)
+    ex = _compile_avx2(mod)
+    if groups == 1:
+        assert "vpmaddwd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_avx2_extreme_values_bit_exact(dtype):
+    """All-extreme activations and weights: 255 x -128 pairs are where vpmaddubsw's int16 would saturate."""
+    mod, _ = _conv_module(32, 16, 6, 3, 1, 1, 1, dtype)
+    hi = 255 if dtype == "uint8" else 127
+    x = np.where(np.random.default_rng(3).random((2, 32, 6, 6)) < 0.8, hi, -128 if dtype == "int8" else 0).astype(dtype)
+    np.testing.assert_array_equal(_run(_compile_avx2(mod), x), run_reference(mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype, batch, k, n", [("uint8", 3, 17, 24), ("int8", 2, 3, 5), ("uint8", 1, 512, 1000)])
+def test_avx2_dense_bit_exact(dtype, batch, k, n):
+    """A dense by a constant runs as the packed 1x1 conv on vpmaddwd (odd K/N included)."""
+    mod, data = _dense_module(dtype, n=batch, k=k, m=n)
+    ex = _compile_avx2(mod)
+    assert "vpmaddwd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))
+
+
+@needs_avx2
+def test_bundled_model_through_build_is_bit_exact_with_vpmaddwd(bundled_int8, fmnist):
+    """gwq_tvm.build for the x86-avx2 preset: every conv/dense on vpmaddwd, logits equal to the reference."""
+    _, test_x, _ = fmnist
+    ex = gwq_tvm.build(bundled_int8, resolve_target("x86-avx2"))
+    asm = _asm(ex)
+    assert asm.count("vpmaddwd") >= 8 and "vpmaddubsw" not in asm
+    x = test_x[:48]
+    np.testing.assert_array_equal(_run(ex, x), run_reference(bundled_int8.mod, x))
