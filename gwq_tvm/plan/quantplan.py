@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -87,10 +86,9 @@ class QuantPlan:
 
     def save(self, path) -> None:
         """Write the plan as JSON (atomically: a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        from ..atomic import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantPlan":
@@ -117,12 +115,17 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path) -> "QuantPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise PlanError(f"plan file not found: {path}") from None
+            data = json.loads(path.read_text())
+        except OSError as err:
+            raise PlanError(f"{path}: cannot read the plan ({err.strerror or type(err).__name__})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PlanError(f"{path}: not JSON ({err})") from None
+        except RecursionError:
+            raise PlanError(f"{path}: not a QuantPlan (JSON nested too deeply)") from None
         return cls.from_dict(data)
 
     def diff(self, other: "QuantPlan") -> list[str]:

@@ -39,12 +39,18 @@ def reference_path(module) -> Path:
     return module.with_name(module.stem + REFERENCE_SUFFIX)
 
 
+def save_reference(path, inputs: np.ndarray, outputs: np.ndarray) -> None:
+    """Write sample ``inputs`` and their reference ``outputs`` to the ``.npz`` at ``path`` (not atomic by itself)."""
+    np.savez(path, inputs=np.ascontiguousarray(inputs), outputs=np.ascontiguousarray(outputs))
+
+
 def write_reference(module, inputs: np.ndarray, outputs: np.ndarray) -> Path:
     """Store sample ``inputs`` and the host reference ``outputs`` beside ``module`` (atomically)."""
+    from ..atomic import atomic_path
+
     path = reference_path(module)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, inputs=np.ascontiguousarray(inputs), outputs=np.ascontiguousarray(outputs))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_reference(tmp, inputs, outputs)
     return path
 
 
