@@ -26,6 +26,7 @@ from .passes.realize import RealizeIntegerProgram
 from .plan.planner import apply_end_bits, build_plan
 from .plan.program import sfc_sites, sfc_summary
 from .plan.quantplan import QuantPlan
+from .plan.validate import check_plan
 from .runtime import check_library, host_target, run_batched
 
 
@@ -117,8 +118,10 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
             plan = build_plan(graph, stats, config, fm.input_shape, sensitivity)
         if config.refine_steps:
             plan = refine(graph, plan, check_batch(calib_data, fm.input_shape), config.refine_steps)
-    elif plan.fingerprint != graph.fingerprint:
-        raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
+    else:
+        if plan.fingerprint != graph.fingerprint:
+            raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
+        check_plan(plan, graph)
     mod = RealizeIntegerProgram(plan)(fm.mod)
     report = check_integer_only(mod)
     if not report.ok and not floats:

@@ -126,7 +126,10 @@ class QuantPlan:
             raise PlanError(f"{path}: not JSON ({err})") from None
         except RecursionError:
             raise PlanError(f"{path}: not a QuantPlan (JSON nested too deeply)") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (OverflowError, RecursionError) as err:  # int(1e400), deeply nested values
+            raise PlanError(f"{path}: malformed QuantPlan ({type(err).__name__}: {err})") from None
 
     def diff(self, other: "QuantPlan") -> list[str]:
         """Human-readable differences, one line each (empty when equal)."""
