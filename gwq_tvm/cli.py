@@ -197,15 +197,15 @@ def cmd_tune(args):
     if work.exists() and not work.is_dir():
         raise GwqError(f"--work-dir {work} is a file, not a directory")
     _check_outputs(args, work / "model.plan.json")
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to tune on this machine)")
+    rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
     target = _target(args.target)
+    T.check_tunable(target)
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
     q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     work.mkdir(parents=True, exist_ok=True)
-    if (args.rpc_tracker is None) != (args.rpc_key is None):
-        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to tune on this machine)")
-    rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
-    T.check_tunable(target)
     q.plan.save(work / "model.plan.json")  # the records belong to this plan's program
     t0 = time.time()
     try:

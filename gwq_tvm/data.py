@@ -118,6 +118,8 @@ def load_array_file(path, what: str = "data") -> tuple[np.ndarray, np.ndarray | 
         raise
     except Exception as err:  # noqa: BLE001 - zipfile/numpy/format errors all mean "not a readable array file"
         raise CalibrationDataError(f"{path}: not a readable .npy/.npz array file ({_reason(err)})") from None
+    if arr.ndim == 0:
+        raise CalibrationDataError(f"{path}: holds a single number (a 0-d array), not a batch of {what}")
     if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[1:] == (1, 28, 28):
         arr = normalise(arr)
     return arr, labels
