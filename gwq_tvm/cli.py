@@ -537,9 +537,11 @@ def run(argv=None) -> int:
 
     TVM's native code (the ONNX importer, the linker driver, ``dlopen`` of a
     user's library, the kernels themselves) can die by a signal on a malformed
-    input, which no ``except`` catches.  The parent forks before anything
-    heavy is imported, waits, and turns a child killed by a signal into
-    ``gwq-tvm: error: ...`` and exit status 2.  Ctrl-C reaches both (one
+    input, which no ``except`` catches.  The parent forks before the command
+    does any work (importing the package starts no TVM thread pool; TVM starts
+    it lazily, in the child), waits, and turns a child killed by a signal into
+    ``gwq-tvm: error: ...`` and exit status 2.  The child is killed with its
+    parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the CLI stops the work too.  Ctrl-C reaches both (one
     process group); the parent ignores it and reports the child's status.
     Where ``fork`` is unavailable, or with ``--debug``, the command runs in
     this process.
