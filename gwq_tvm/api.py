@@ -18,7 +18,7 @@ from tvm import relax
 from .calibrate import calibrate, check_batch, check_labels
 from .calibrate.sensitivity import tensor_sensitivity
 from .config import QuantConfig, ScaleMode
-from .errors import ConfigError, IntegerOnlyError, ModelError, PlanError, UnsupportedOpError
+from .errors import ConfigError, IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
 from .frontend import FloatModel, load_model
 from .graph import Graph, extract_graph
 from .passes.check import IntegerOnlyReport, check_integer_only
@@ -212,17 +212,13 @@ def export(executable, path, plan: QuantPlan | None = None, fcompile=None, refer
         try:
             executable.export_library(str(temps[0]), **kwargs)
         except Exception as err:  # the linker's whole command line would bury the one line that matters
-            raise ModelError(f"linking {path.name} failed: {_last_line(err)}") from None
+            raise ModelError(f"linking {path.name} failed: {last_line(err)}") from None
         if plan is not None:
             plan.save(temps[1])
         if reference is not None:
             save_reference(temps[-1], *reference)
     return path
 
-
-def _last_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def load_executable(path) -> relax.VirtualMachine:
@@ -238,7 +234,7 @@ def load_executable(path) -> relax.VirtualMachine:
     try:
         return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
     except Exception as err:  # noqa: BLE001 - dlopen/TVM errors: the file is not a module gwq-tvm wrote
-        raise ModelError(f"{path}: not a TVM module gwq-tvm can run ({_last_line(err)})") from None
+        raise ModelError(f"{path}: not a TVM module gwq-tvm can run ({last_line(err)})") from None
 
 
 def predict(vm: relax.VirtualMachine, data, input_shape, *, batch: int = 250, show_progress: bool = False) -> np.ndarray:

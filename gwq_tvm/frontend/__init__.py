@@ -18,7 +18,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from ..errors import ModelError
+from ..errors import ModelError, last_line
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def from_onnx(model, input_shape=None) -> FloatModel:
         with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
             mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
     except Exception as err:
-        raise ModelError(f"{source}: TVM could not import the ONNX model: {str(err).strip().splitlines()[-1]}") from None
+        raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None
     return _finish(mod, source)
 
 

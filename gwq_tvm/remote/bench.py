@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GwqError
+from ..errors import GwqError, last_line
 from .tracker import RemoteError, check_key, parse_address
 
 REFERENCE_SUFFIX = ".ref.npz"
@@ -120,14 +120,9 @@ def _child_main(job_path: str, result_path: str) -> None:
     try:
         outcome = ("ok", fn(*args))
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent as one line
-        outcome = ("error", (type(err).__name__, _one_line(err), isinstance(err, GwqError)))
+        outcome = ("error", (type(err).__name__, last_line(err), isinstance(err, GwqError)))
     with open(result_path, "wb") as f:
         pickle.dump(outcome, f)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def run_with_deadline(fn, args: tuple, *, timeout: float, what: str):

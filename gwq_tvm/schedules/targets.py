@@ -8,7 +8,7 @@ import shutil
 
 import tvm
 
-from ..errors import GwqError
+from ..errors import GwqError, last_line
 
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 
@@ -49,8 +49,7 @@ def resolve_target(name) -> tvm.target.Target:
         else:
             target = tvm.target.Target(json.loads(name) if name.strip().startswith("{") else name)
     except Exception as err:
-        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise GwqError(f"bad target {name!r} ({last}); use {_SUPPORTED}") from None
+        raise GwqError(f"bad target {name!r} ({last_line(err)}); use {_SUPPORTED}") from None
     return check_supported(target)
 
 
