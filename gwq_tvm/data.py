@@ -88,18 +88,19 @@ def _reason(err: BaseException) -> str:
 
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``(inputs, labels or None)`` of an .npy, or of the named members of an .npz (a zip archive)."""
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if not is_zip:
-        return np.load(path, allow_pickle=False), None
-    # numpy reads .npz members lazily: a corrupt member (bad CRC, truncated, pickled objects) fails on access here
-    with np.load(path, allow_pickle=False) as archive:
-        keys = set(archive.files)
-        key = next((k for k in ("images", "x", "data", "inputs") if k in keys), None)
-        if key is None:
-            raise CalibrationDataError(f"{path}: no 'images', 'x', 'data' or 'inputs' array inside")
-        lkey = next((k for k in ("labels", "y") if k in keys), None)
-        return archive[key], (archive[lkey] if lkey else None)
+    with open(path, "rb") as f:  # our own handle: numpy leaks its own when an archive is unreadable
+        if f.read(4) != b"PK\x03\x04":
+            f.seek(0)
+            return np.load(f, allow_pickle=False), None
+        f.seek(0)
+        # numpy reads .npz members lazily: a corrupt member (bad CRC, truncated, pickled objects) fails on access here
+        with np.load(f, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            key = next((k for k in ("images", "x", "data", "inputs") if k in keys), None)
+            if key is None:
+                raise CalibrationDataError(f"{path}: no 'images', 'x', 'data' or 'inputs' array inside")
+            lkey = next((k for k in ("labels", "y") if k in keys), None)
+            return archive[key], (archive[lkey] if lkey else None)
 
 
 def load_array_file(path, what: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
