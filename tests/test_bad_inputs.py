@@ -431,6 +431,8 @@ CASES = [
     Case("so-truncated-subprocess", _truncate_so(0.6), EVAL, "truncated", subprocess_run=True),
     Case("so-foreign-library", _libc_so, EVAL, "not a TVM module", subprocess_run=True),
     Case("so-missing", _none, ["eval", "{d}/nope.so"], "not found"),
+    Case("bench-so-truncated", _truncate_so(0.7), ["bench", "{d}/tiny.so", "--repeat", "1"], "truncated"),
+    Case("bench-so-text", _text_so, ["bench", "{d}/tiny.so", "--repeat", "1"], "not a shared library"),
     # ---- options
     Case("opt-plan-and-weight-bits", _none, ["compile", "{d}/tiny.onnx", "--plan", "{d}/tiny.plan.json", "-o",
                                              "{d}/out.so", "--weight-bits", "4"], "--weight-bits"),
@@ -653,3 +655,15 @@ def test_a_non_utf8_tuning_record_is_skipped_with_a_warning(tmp_path):
         db = open_database(tmp_path)
     assert len(db.get_all_tuning_records()) == 3
     assert records.read_bytes().decode("utf-8").count("\n") == 3
+
+
+def test_a_cross_target_without_its_toolchain_is_one_line(assets, tmp_path, capsys, monkeypatch):
+    """Not the linker's command line: the missing compiler and its Debian package, before any work."""
+    import shutil as sh
+
+    real = sh.which
+    monkeypatch.setattr(sh, "which", lambda exe, *a, **k: None if exe.startswith("aarch64-") else real(exe, *a, **k))
+    assert _cli("compile", str(assets / "tiny.onnx"), "--calib", str(assets / "calib.npy"), "-o", str(tmp_path / "m.so"),
+                "--target", "rpi4") == EXIT_USAGE
+    _error_lines(capsys.readouterr().err, "needs the cross compiler aarch64-linux-gnu-gcc, which is not installed")
+    assert list(tmp_path.iterdir()) == []

@@ -247,9 +247,10 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
         Missing module; unreachable tracker, unknown key, no free board or a
         hung board (:class:`RemoteError`) -- all within ``timeout``.
     """
+    from ..runtime import check_library
+
     module = Path(module)
-    if not module.is_file():
-        raise GwqError(f"module not found: {module}")
+    check_library(module)  # missing, not a library, truncated: one clear line before any upload
     if (tracker is None) != (key is None):
         raise GwqError("--rpc-tracker and --rpc-key go together")
     if repeat < 1 or number < 1 or timeout <= 0:
