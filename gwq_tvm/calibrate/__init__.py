@@ -43,7 +43,7 @@ def check_batch(data, input_shape: tuple, what: str = "calibration data") -> np.
     """
     arr = _array(data, what)
     if arr.dtype.kind != "f" and arr.dtype != np.uint8:
-        raise CalibrationDataError(f"{what} must be real floats or uint8 images; got dtype {arr.dtype}")
+        raise CalibrationDataError(f"{what} must be numeric: real floats or uint8 images; got dtype {arr.dtype}")
     if arr.ndim == 0:
         raise CalibrationDataError(f"{what} is a single number (a 0-d array); it must be a batch of inputs")
     if arr.size == 0:
