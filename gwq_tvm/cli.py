@@ -584,6 +584,9 @@ def run(argv=None) -> int:
             print("gwq-tvm: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         name = signal.Signals(sig).name
+        if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGHUP):  # stopped from outside (or the OOM killer)
+            print(f"gwq-tvm: stopped by {name}", file=sys.stderr)
+            return 128 + sig
         command = next((a for a in argv if not a.startswith("-")), "gwq-tvm")
         print(f"gwq-tvm: error: '{command}' crashed in native code ({name}): an input file is malformed or damaged "
               "(or this is a bug in gwq-tvm/TVM); no output was written", file=sys.stderr)

@@ -615,13 +615,23 @@ def test_ctrl_c_is_one_line_exit_130(monkeypatch, capsys):
 
 
 def test_a_native_crash_is_one_line():
-    """The program runs its command in a forked child: a segfault there is one error line and exit 2."""
-    code = ("import ctypes, sys, gwq_tvm.cli as cli; cli.cmd_eval = lambda a: ctypes.string_at(0); "
-            "sys.exit(cli.run(['eval', 'x.so']))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    """The program runs its command in a forked child: a segfault there is one error line and exit 2.
+
+    A child stopped from outside (SIGTERM) is reported as that, not as a crash.
+    """
+    code = ("import ctypes, os, signal, sys, gwq_tvm.cli as cli\n"
+            "cli.cmd_eval = lambda a: ctypes.string_at(0)\n"
+            "print(cli.run(['eval', 'x.so']), flush=True)\n"
+            "print('---', file=sys.stderr, flush=True)\n"
+            "cli.cmd_eval = lambda a: os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print(cli.run(['eval', 'x.so']), flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == EXIT_USAGE, proc.stderr
-    _error_lines(proc.stderr, "'eval' crashed in native code (SIGSEGV)")
+    assert proc.returncode == 0, proc.stderr
+    crash, term = proc.stderr.split("---\n")
+    assert proc.stdout.split() == [str(EXIT_USAGE), "143"]
+    _error_lines(crash, "'eval' crashed in native code (SIGSEGV)")
+    assert term.strip() == "gwq-tvm: stopped by SIGTERM"
 
 
 # --- the tuning database -----------------------------------------------------------
