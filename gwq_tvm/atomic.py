@@ -25,6 +25,12 @@ from pathlib import Path
 from .errors import GwqError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -41,7 +47,8 @@ def atomic_paths(*paths):
     destination's suffix (``export_library`` and ``numpy.savez`` decide the
     format by it).  On success every temporary is fsynced, then all are
     renamed (the renames come last, after all the writing); on an exception
-    the temporaries are deleted and the destinations are untouched.
+    the temporaries are deleted and the destinations are untouched.  A
+    replaced file keeps its permissions; a new one gets the usual ``0666 & ~umask``.
     """
     dests = [Path(p) for p in paths]
     temps = []
@@ -52,7 +59,9 @@ def atomic_paths(*paths):
             os.close(fd)
             temps.append(Path(tmp))
         yield temps
-        for tmp in temps:
+        default_mode = 0o666 & ~_umask()  # what open() would have given (mkstemp's files are 0600)
+        for tmp, dest in zip(temps, dests):
+            os.chmod(tmp, dest.stat().st_mode & 0o7777 if dest.exists() else default_mode)
             _fsync(tmp)
         for tmp, dest in zip(temps, dests):
             os.replace(tmp, dest)

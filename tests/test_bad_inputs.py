@@ -585,6 +585,9 @@ def test_atomic_paths_keep_the_old_file_on_failure(tmp_path):
         a.write_text("new")
         b.write_text("b")
     assert (tmp_path / "a.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 # --- the top-level guard ---------------------------------------------------------
