@@ -96,7 +96,9 @@ def paths(obj, prefix=()):
 
 def mutate_plan(p):
     p = json.loads(json.dumps(p))
-    where = rng.choice([q for q in paths(p) if q])
+    every = [q for q in paths(p) if q]
+    # weight scales are most of the entries: pick one of them a quarter of the time only
+    where = rng.choice(every if rng.random() < 0.25 else [q for q in every if "weight_scales" not in q[:-1]])
     parent = p
     for k in where[:-1]:
         parent = parent[k]
@@ -106,8 +108,8 @@ def mutate_plan(p):
     elif op == "extreme":
         parent[where[-1]] = rng.choice(EXTREMES)
     else:
-        v = parent[where[-1]]
-        parent[where[-1]] = str(v) if not isinstance(v, str) else [v]
+        v = parent[where[-1]]  # (a number as a string would be read leniently, and compile: 30 s here)
+        parent[where[-1]] = [v] if not isinstance(v, list) else {"v": v}
     return op + ":" + ".".join(map(str, where)), p
 
 results = []
@@ -119,7 +121,7 @@ for i in range(n_onnx):
     results.append({**r, "mutation": op})
 for i in range(n_plan):
     op, p = mutate_plan(plan_obj)
-    path = work / f"p{i}.plan.json"
+    path = work / f"mutated{i}.json"  # not p{i}.plan.json: that is where compile -o p{i}.so writes its plan
     path.write_text(json.dumps(p))
     r = run(["compile", str(BUNDLED_MODEL), "--plan", str(path), "-o", str(work / f"p{i}.so")], f"plan{i}")
     results.append({**r, "mutation": op})
@@ -130,10 +132,11 @@ print(json.dumps(results))
 @pytest.mark.slow
 def test_fuzzed_models_and_plans_never_crash_or_hang(tmp_path):
     """Seeded mutations of the bundled ONNX and its plan: 0 tracebacks, 0 deaths by signal, 0 hangs, exit 0 or 2."""
-    proc = subprocess.run([sys.executable, "-c", _FUZZ_DRIVER, str(tmp_path), "21", "24", "30", "60"],
+    proc = subprocess.run([sys.executable, "-c", _FUZZ_DRIVER, str(tmp_path), "21", "24", "24", "60"],
                           capture_output=True, text=True, env=ENV, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not any("is the input plan" in r["stderr"] for r in results)  # each mutation reached the compiler
     problems = [r for r in results if r["hang"] or r["signal"] is not None or r["rc"] not in (0, 2)
                 or "Traceback" in r["stderr"]]
     assert not problems, json.dumps(problems, indent=1)[:4000]
