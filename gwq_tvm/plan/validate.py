@@ -59,9 +59,11 @@ def check_plan(plan, graph) -> None:
         if name not in plan.layers:
             raise PlanError(f"layers.{name}: missing; the model's layer {name} has weights")
         channels = int(nodes[name].weight.shape[0])
-        scales = plan.layers[name].weight_scales
-        if len(scales) != channels:
-            raise PlanError(f"layers.{name}.weight_scales: {len(scales)} values for {channels} channels")
+        layer = plan.layers[name]
+        scales = layer.weight_scales
+        expected, what = _expected_scales(layer, channels)
+        if len(scales) != expected:
+            raise PlanError(f"layers.{name}.weight_scales: {len(scales)} values for {what}")
         bad = next((i for i, s in enumerate(scales) if not _scale_ok(s)), None)
         if bad is not None:
             raise PlanError(f"layers.{name}.weight_scales[{bad}]: {scales[bad]!r} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}]")
@@ -81,6 +83,21 @@ def check_plan(plan, graph) -> None:
     _check_input_shape(plan.input_shape, tuple(nodes[graph.input].shape))
 
 
+def _expected_scales(layer, channels: int) -> tuple[int, str]:
+    """How many weight scales ``layer``'s granularity stores, and what they are for (v1 and v2 granularity names).
+
+    v1 stores one scale per output channel for both ``per-channel`` and
+    ``per-tensor``; v2 stores one for ``tensor``, one per channel for
+    ``channel`` and one per block of the ``(n_out, n_in)`` grid for ``block``.
+    """
+    if layer.granularity == "tensor":
+        return 1, "a per-tensor scale"
+    if layer.granularity == "block":
+        n_out, n_in = (int(b) for b in layer.block)
+        return n_out * n_in, f"a {n_out}x{n_in} block grid"
+    return channels, f"{channels} channels"
+
+
 def _check_input_shape(shape, model_shape: tuple) -> None:
     if shape is None:
         return
@@ -90,5 +107,5 @@ def _check_input_shape(shape, model_shape: tuple) -> None:
     for i, (d, m) in enumerate(zip(shape, model_shape)):
         if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
             raise PlanError(f"input_shape[{i}]: {d!r} is not a positive integer or null")
-        if i > 0 and isinstance(m, int) and d != m:
+        if i > 0 and isinstance(m, int) and m >= 0 and d != m:  # a dynamic dimension is None (v1) or -1 (v2)
             raise PlanError(f"input_shape[{i}]: {d!r}; the model input has {m} there")
