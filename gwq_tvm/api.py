@@ -16,10 +16,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .calibration import calibrate, check_batch
+from .calibration import calibrate, check_batch, check_labels
 from .calibration.sensitivity import tensor_sensitivity
 from .config import QuantConfig, ScaleMode
-from .errors import IntegerOnlyError, PlanError, UnsupportedOpError
+from .errors import IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
 from .frontend import FloatModel, load_model
 from .extract import extract_graph
 from .graph import Graph
@@ -29,7 +29,8 @@ from .plan import strategies
 from .plan.planner import apply_end_bits
 from .plan.program import sfc_sites, sfc_summary
 from .plan.quantplan import QuantPlan
-from .runtime import host_target, run_batched
+from .plan.validate import check_plan
+from .runtime import check_library, host_target, run_batched
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,10 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         plan = strategies.run(search, ctx)
         if config.refine_steps:
             plan = strategies.run("refine", dataclasses.replace(ctx, plan=plan))
-    elif plan.fingerprint != graph.fingerprint:
-        raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
+    else:
+        if plan.fingerprint != graph.fingerprint:
+            raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
+        check_plan(plan, graph)
     mod = RealizeIntegerProgram(plan)(fm.mod)
     report = check_integer_only(mod)
     if not report.ok and not floats:
@@ -152,21 +155,53 @@ def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> re
     return compile_integer(mod, target, database=database)
 
 
-def export(executable, path, plan: QuantPlan | None = None, fcompile=None) -> Path:
-    """Write ``executable`` as a shared library (and ``plan`` beside it as ``<stem>.plan.json``)."""
+def export(executable, path, plan: QuantPlan | None = None, fcompile=None, reference=None) -> Path:
+    """Write ``executable`` as a shared library, ``plan`` beside it as ``<stem>.plan.json``.
+
+    All files are written to temporaries and renamed into place together at
+    the end (:func:`gwq_tvm.atomic.atomic_paths`): a failure or an interrupt
+    leaves none of them half-written, and no new library beside an old plan.
+
+    Parameters
+    ----------
+    reference : (numpy.ndarray, numpy.ndarray), optional
+        Sample inputs and their reference outputs (:func:`reference_samples`),
+        written as ``<stem>.ref.npz`` for ``gwq-tvm bench``.
+    """
+    from .atomic import atomic_paths
+    from .remote.bench import reference_path, save_reference
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    executable.export_library(str(tmp), fcompile=fcompile) if fcompile else executable.export_library(str(tmp))
-    tmp.replace(path)
-    if plan is not None:
-        plan.save(path.with_suffix(".plan.json"))
+    dests = [path] + ([path.with_suffix(".plan.json")] if plan is not None else [])
+    dests += [reference_path(path)] if reference is not None else []
+    with atomic_paths(*dests) as temps:
+        kwargs = {"fcompile": fcompile} if fcompile else {}
+        try:
+            executable.export_library(str(temps[0]), **kwargs)
+        except Exception as err:  # the linker's whole command line would bury the one line that matters
+            raise ModelError(f"linking {path.name} failed: {last_line(err)}") from None
+        if plan is not None:
+            plan.save(temps[1])
+        if reference is not None:
+            save_reference(temps[-1], *reference)
     return path
 
 
+
 def load_executable(path) -> relax.VirtualMachine:
-    """Load an exported ``.so`` with plain TVM and return a CPU VirtualMachine."""
-    return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    """Load an exported ``.so`` with plain TVM and return a CPU VirtualMachine.
+
+    Raises
+    ------
+    ModelError
+        If the file is not a whole shared library (:func:`gwq_tvm.runtime.check_library`)
+        or not a TVM Relax executable.
+    """
+    check_library(path)
+    try:
+        return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    except Exception as err:  # noqa: BLE001 - dlopen/TVM errors: the file is not a module gwq-tvm wrote
+        raise ModelError(f"{path}: not a TVM module gwq-tvm can run ({last_line(err)})") from None
 
 
 def predict(vm: relax.VirtualMachine, data, input_shape, *, batch: int = 250, show_progress: bool = False) -> np.ndarray:
@@ -176,11 +211,27 @@ def predict(vm: relax.VirtualMachine, data, input_shape, *, batch: int = 250, sh
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``logits`` (N x classes) against integer ``labels`` (validated by :func:`check_labels`)."""
+    labels = check_labels(labels, len(logits), logits.shape[1])
     return float((logits.argmax(axis=1) == labels).mean())
 
 
 REFERENCE_SAMPLES = 4
 """Sample inputs stored beside an exported module when its batch size is dynamic."""
+
+
+def reference_samples(qmodel: QuantizedModel, data=None, input_shape=None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample inputs for ``qmodel`` and the numpy reference's outputs for them (see :func:`write_reference`)."""
+    from .reference import run_reference
+
+    shape = tuple(input_shape or qmodel.plan.input_shape or qmodel.float_model.input_shape)
+    batch = shape[0] if isinstance(shape[0], int) else REFERENCE_SAMPLES
+    if data is not None and len(data) > 0:
+        x = np.asarray(data, np.float32)
+        x = np.concatenate([x] * -(-batch // len(x)))[:batch]
+    else:
+        x = np.random.default_rng(0).standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
+    return x, run_reference(qmodel.mod, x)
 
 
 def write_reference(module_path, qmodel: QuantizedModel, data=None, input_shape=None) -> Path:
@@ -203,14 +254,6 @@ def write_reference(module_path, qmodel: QuantizedModel, data=None, input_shape=
         The module's input shape (a static batch dimension sets the number of
         samples; default ``qmodel.plan.input_shape``).
     """
-    from .reference import run_reference
     from .remote.bench import write_reference as _write
 
-    shape = tuple(input_shape or qmodel.plan.input_shape or qmodel.float_model.input_shape)
-    batch = shape[0] if isinstance(shape[0], int) else REFERENCE_SAMPLES
-    if data is not None and len(data) > 0:
-        x = np.asarray(data, np.float32)
-        x = np.concatenate([x] * -(-batch // len(x)))[:batch]
-    else:
-        x = np.random.default_rng(0).standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
-    return _write(module_path, x, run_reference(qmodel.mod, x))
+    return _write(module_path, *reference_samples(qmodel, data, input_shape))

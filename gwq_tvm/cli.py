@@ -1,6 +1,11 @@
 """The ``gwq-tvm`` command line: argparse -> QuantConfig -> the API; no logic of its own.
 
-Every user error prints ``gwq-tvm: error: <one line>`` and exits with status 2.
+Every user error prints ``gwq-tvm: error: <one line>`` and exits with status 2
+(:data:`EXIT_USAGE`); any other exception is a bug in gwq-tvm: one line saying
+so, exit status 3 (:data:`EXIT_BUG`), and ``--debug`` shows its traceback.
+Ctrl-C prints one line and exits 130.  Run as a program (:func:`run`), the
+command runs in a forked child, so that a crash in native code (TVM importing
+a malformed model, loading a damaged library) is one line too.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 import warnings
@@ -17,6 +24,8 @@ from pathlib import Path
 from .errors import GwqError
 
 EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,15 +60,63 @@ def _shape(text):
         raise argparse.ArgumentTypeError(f"shape must be comma-separated integers (N for dynamic): {text!r}") from None
 
 
-def _config(args):
-    from .config import DEFAULT_SFC_COST, QuantConfig
+#: The options a QuantPlan fixes (argparse dest -> QuantConfig field); ``None`` means "not given".
+_PLAN_FIXED = {
+    "weight_bits": "weight_bits", "act_bits": "act_bits", "calibration": "calibration", "mode": "mode",
+    "weight_granularity": "weight_granularity", "groups": "groups", "tolerance": "tolerance",
+    "min_shift_share": "min_shift_share", "sfc_cost": "sfc_cost", "end_bits": "end_bits", "refine_steps": "refine_steps",
+    "no_loss_aware": None, "calib": None, "calib_samples": None,
+}
 
-    return QuantConfig(
-        weight_bits=args.weight_bits, act_bits=args.act_bits, calibration=args.calibration, mode=args.mode,
-        weight_granularity=args.weight_granularity, allow_float_fallback=not args.strict, groups=args.groups,
-        tolerance=args.tolerance, min_shift_share=args.min_shift_share, sfc_cost=DEFAULT_SFC_COST if args.sfc_cost is None else args.sfc_cost,
-        loss_aware=not args.no_loss_aware, end_bits=args.end_bits, refine_steps=args.refine_steps,
-    )
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_plan_options(args) -> None:
+    """A ``--plan`` fixes the quantization: refuse options that would be silently ignored beside it."""
+    if getattr(args, "plan", None) is None:
+        return
+    given = [_option(d) for d in _PLAN_FIXED if getattr(args, d, None) not in (None, False)]
+    if given:
+        raise GwqError(f"{', '.join(given)} cannot be combined with --plan (the plan fixes the quantization); "
+                       "drop them, or make a new plan without --plan")
+
+
+def _config(args, **defaults):
+    """The QuantConfig of the options given (the dataclass's defaults, or ``defaults``, for the rest)."""
+    from .config import QuantConfig
+
+    kwargs = {**defaults, **{field: getattr(args, dest) for dest, field in _PLAN_FIXED.items()
+                             if field is not None and getattr(args, dest) is not None}}
+    return QuantConfig(**kwargs, allow_float_fallback=not args.strict, loss_aware=not args.no_loss_aware)
+
+
+DEFAULT_CALIB = "bundled:calib"
+DEFAULT_CALIB_SAMPLES = 512
+
+
+def _calibration(args):
+    """The calibration inputs the options name (``None`` with a ``--plan``)."""
+    if getattr(args, "plan", None):
+        return None
+    samples = args.calib_samples or DEFAULT_CALIB_SAMPLES
+    return _load_data(args.calib or DEFAULT_CALIB, "calibration data", samples)[0]
+
+
+def _check_outputs(args, *outputs) -> None:
+    """Refuse outputs that are directories or any input of the command (:func:`gwq_tvm.atomic.check_outputs`)."""
+    from .atomic import check_outputs
+
+    inputs = {what: getattr(args, dest, None) for what, dest in
+              (("model", "model"), ("plan", "plan"), ("calibration data", "calib"), ("data", "data"),
+               ("test data", "test"), ("module", "module"))}
+    if getattr(args, "tuning_db", None):
+        from .schedules.tune import RECORD_FILE, WORKLOAD_FILE
+
+        inputs["tuning database"] = Path(args.tuning_db) / RECORD_FILE
+        inputs["tuning workloads"] = Path(args.tuning_db) / WORKLOAD_FILE
+    check_outputs(outputs, inputs)
 
 
 def _load_data(path, what, limit=None):
@@ -100,8 +157,13 @@ def cmd_compile(args):
     from .schedules.targets import export_compiler
     from .plan.quantplan import QuantPlan
 
+    from .remote.bench import reference_path
+
+    out = Path(args.output)
+    _check_plan_options(args)
+    _check_outputs(args, out, out.with_suffix(".plan.json"), reference_path(out))
     plan = QuantPlan.load(args.plan) if args.plan else None
-    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    calib = _calibration(args)
     t0 = time.time()
     target = _target(args.target)
     fcompile = export_compiler(target)  # a missing cross toolchain is named before any work is done
@@ -119,10 +181,10 @@ def cmd_compile(args):
             plan = dataclasses.replace(plan, input_shape=(batch,) + tuple(plan.input_shape[1:]))
     else:
         ex = api.build(q, target)
-    out = api.export(ex, args.output, plan, fcompile=fcompile)
-    ref = api.write_reference(out, q, calib, plan.input_shape)
+    reference = api.reference_samples(q, calib, plan.input_shape)
+    api.export(ex, out, plan, fcompile=fcompile, reference=reference)  # all three files, or none
     _print_summary(q)
-    print(f"wrote {out}, {out.with_suffix('.plan.json')} and {ref.name} ({time.time() - t0:.1f}s)")
+    print(f"wrote {out}, {out.with_suffix('.plan.json')} and {reference_path(out).name} ({time.time() - t0:.1f}s)")
 
 
 def cmd_tune(args):
@@ -130,16 +192,20 @@ def cmd_tune(args):
     from .plan.quantplan import QuantPlan
     from .schedules import tune as T
 
-    plan = QuantPlan.load(args.plan) if args.plan else None
-    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
-    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
-    target = _target(args.target)
+    _check_plan_options(args)
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists() and not work.is_dir():
+        raise GwqError(f"--work-dir {work} is a file, not a directory")
+    _check_outputs(args, work / "model.plan.json")
     if (args.rpc_tracker is None) != (args.rpc_key is None):
         raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to tune on this machine)")
     rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+    target = _target(args.target)
     T.check_tunable(target)
+    plan = QuantPlan.load(args.plan) if args.plan else None
+    calib = _calibration(args)
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    work.mkdir(parents=True, exist_ok=True)
     q.plan.save(work / "model.plan.json")  # the records belong to this plan's program
     t0 = time.time()
     try:
@@ -157,7 +223,8 @@ def cmd_tune(args):
 def cmd_plan(args):
     from . import api
 
-    calib = _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    _check_outputs(args, args.output)
+    calib = _calibration(args)
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     q.plan.save(args.output)
     _print_summary(q)
@@ -168,11 +235,19 @@ def cmd_eval(args):
     from . import api
     from .plan.quantplan import QuantPlan
 
-    x, y = _load_data(args.data, "evaluation data", args.limit)
+    import numpy as np
+
+    from .calibration import check_batch, check_labels
+
     if not Path(args.module).is_file():
         raise GwqError(f"module not found: {args.module}")
+    x, y = _load_data(args.data, "evaluation data", args.limit)
     plan_path = Path(args.module).with_suffix(".plan.json")
-    shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else (None,) + x.shape[1:]
+    shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else None
+    x = check_batch(x, shape or (None,) + tuple(np.shape(x)[1:]), "evaluation data")
+    if y is not None:
+        check_labels(y, len(x))  # before running; their range is checked against the model's outputs
+    shape = shape or (None,) + x.shape[1:]
     vm = api.load_executable(args.module)
     t0 = time.time()
     logits = api.predict(vm, x, shape, batch=args.batch, show_progress=not args.quiet)
@@ -188,11 +263,15 @@ def cmd_bench(args):
         raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
     where = f"board '{args.rpc_key}' via tracker {args.rpc_tracker}" if args.rpc_tracker else "this machine"
     print(f"running {args.module} on {where} ...", file=sys.stderr)
+    if args.json:
+        _check_outputs(args, args.json)
     result = bench_module(args.module, tracker=args.rpc_tracker, key=args.rpc_key, repeat=args.repeat,
                           number=args.number, threads=args.threads, timeout=args.timeout)
     print(result.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        from .atomic import write_text
+
+        write_text(args.json, json.dumps(result.to_dict(), indent=1))
         print(f"wrote {args.json}")
     if result.checked and not result.bit_exact:
         raise GwqError("the outputs differ from the host reference of the integer program")
@@ -230,7 +309,8 @@ def cmd_report(args):
     from . import api
     from .report import write_html
 
-    calib = _load_data(args.calib, "calibration data", args.calib_samples)[0]
+    _check_outputs(args, args.output, Path(args.output).with_suffix(".json"))
+    calib = _calibration(args)
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
     path = write_html(report, q, args.output)
@@ -248,12 +328,15 @@ def cmd_train(args):
         raise GwqError(f"gwq-tvm train needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
                        distill=args.distill, seed=args.seed)
+    out = Path(args.output)
+    _check_plan_options(args)
+    _check_outputs(args, out, out.with_suffix(".plan.json"))
     x, y = _load_data(args.data, "training data", args.limit)
     plan = QuantPlan.load(args.plan) if args.plan else None
-    calib = None if plan else _load_data(args.calib, "calibration data", args.calib_samples)[0]
-    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    calib = _calibration(args)
+    q = api.quantize(args.model, calib, _config(args, mode="gwq"), plan=plan, input_shape=args.input_shape,
+                     show_progress=not args.quiet)
     model = QATModel(q.graph, q.plan)
-    out = Path(args.output)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
     test = _load_data(args.test, "test data") if args.test else None
     if test is not None and test[1] is not None:
@@ -279,10 +362,11 @@ def cmd_demo(args):
 
 
 def _add_quant_options(p):
-    p.add_argument("--weight-bits", type=int, default=8, help="weight bit-width, 2-8 (default 8)")
-    p.add_argument("--act-bits", type=int, default=8, help="activation bit-width, 2-8 (default 8)")
-    p.add_argument("--calibration", default="mse", help="max | percentile | mse (default mse)")
-    p.add_argument("--mode", default="per-layer", help="per-layer | pot | gwq (default per-layer)")
+    # defaults are None ("not given", so that --plan can refuse them); QuantConfig holds the real defaults
+    p.add_argument("--weight-bits", type=int, default=None, help="weight bit-width, 2-8 (default 8)")
+    p.add_argument("--act-bits", type=int, default=None, help="activation bit-width, 2-8 (default 8)")
+    p.add_argument("--calibration", default=None, help="max | percentile | mse (default mse)")
+    p.add_argument("--mode", default=None, help="per-layer | pot | gwq (default per-layer; train: gwq)")
     p.add_argument("--groups", type=int, default=None, help="gwq: at most K groups (shared mantissas; default 4)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="gwq: fewest multiplies within this added error (noise/signal power summed over tensors)")
@@ -293,24 +377,25 @@ def _add_quant_options(p):
                    help="gwq: weight of the multiply share against the added error (default 0.05; 0 = error only)")
     p.add_argument("--no-loss-aware", action="store_true",
                    help="gwq: weigh every tensor's error alike (skip the output-sensitivity run)")
-    p.add_argument("--weight-granularity", default="per-channel", help="per-channel | per-tensor")
+    p.add_argument("--weight-granularity", default=None, help="per-channel | per-tensor (default per-channel)")
     p.add_argument("--end-bits", type=int, default=None,
                    help="bits of the model input and of the first and last layers' weights (the usual low-bit protocol)")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
-    p.add_argument("--calib-samples", type=_positive_int, default=512, help="calibration samples used (default 512)")
-    p.add_argument("--refine-steps", type=int, default=0,
+    p.add_argument("--calib-samples", type=_positive_int, default=None, help="calibration samples used (default 512)")
+    p.add_argument("--refine-steps", type=int, default=None,
                    help="refine the plan's scales on the calibration samples for N steps, weights frozen (needs torch; default 0)")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gwq-tvm", description="Group-wise integer-only quantization of CNNs with TVM.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("compile", help="quantize and compile a model to an integer-only .so")
     p.add_argument("model", help="an .onnx file")
-    p.add_argument("--calib", default="bundled:calib", help=".npy/.npz calibration inputs (default: bundled Fashion-MNIST)")
+    p.add_argument("--calib", default=None, help=".npy/.npz calibration inputs (default: bundled Fashion-MNIST)")
     p.add_argument("--plan", help="use this QuantPlan JSON instead of calibrating")
     p.add_argument("-o", "--output", required=True, help="output .so (the plan is written beside it)")
     p.add_argument("--target", default="host",
@@ -322,7 +407,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="tune the integer kernels with MetaSchedule (XGBoost cost model); resumable")
     p.add_argument("model", help="an .onnx file")
-    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("--plan", help="tune the program of this QuantPlan instead of calibrating one")
     p.add_argument("--work-dir", required=True, help="database directory (rerun with the same one to resume)")
     p.add_argument("--trials", type=_positive_int, default=200, help="measured candidates over all kernels (default 200)")
@@ -358,14 +443,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="calibrate and write a QuantPlan JSON without compiling")
     p.add_argument("model")
-    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", required=True)
     _add_quant_options(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="SFC report: groups, multiply vs shift sites, as text, JSON and HTML")
     p.add_argument("model")
-    p.add_argument("--calib", default="bundled:calib")
+    p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_report)
@@ -374,7 +459,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--data", default="bundled:train",
                    help="labelled training .npz (images + labels); bundled:train = Fashion-MNIST 60k (Debian dataset-fashion-mnist)")
-    p.add_argument("--calib", default="bundled:calib", help="calibration data for the starting plan")
+    p.add_argument("--calib", default=None, help="calibration data for the starting plan (default: bundled:calib)")
     p.add_argument("--plan", help="start from this QuantPlan instead of calibrating one")
     p.add_argument("--test", default=None, help="labelled data to report PTQ and QAT accuracy on (e.g. bundled:test)")
     p.add_argument("-o", "--output", required=True, help="output .onnx (the plan is written beside it as .plan.json)")
@@ -387,7 +472,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
     _add_quant_options(p)
-    p.set_defaults(func=cmd_train, mode="gwq")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="run a compiled .so on data (accuracy when labels are given)")
     p.add_argument("module", help="a .so written by 'gwq-tvm compile'")
@@ -404,7 +489,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return " ".join(lines) if len(lines) <= 2 else f"{lines[0]} ... {lines[-1]}"
+
+
 def main(argv=None) -> int:
+    """Run one command in this process; return its exit status (the top-level guard)."""
     args = make_parser().parse_args(argv)
     logging.getLogger("tvm").setLevel(logging.ERROR)
     warnings.simplefilter("default")
@@ -412,13 +503,96 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except GwqError as err:
-        print(f"gwq-tvm: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"gwq-tvm: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print("gwq-tvm: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the guard: anything else is a bug, reported in one line
+        if args.debug:
+            raise
+        print(f"gwq-tvm: error: internal error (a bug in gwq-tvm, please report it): {type(err).__name__}: "
+              f"{_one_line(err)}; rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_BUG
     return 0
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this (child) process when its parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the child may outlive a killed parent
+        pass
+
+
+def run(argv=None) -> int:
+    """The program entry point: :func:`main` in a forked child, so a native crash is one line, not a dead CLI.
+
+    TVM's native code (the ONNX importer, the linker driver, ``dlopen`` of a
+    user's library, the kernels themselves) can die by a signal on a malformed
+    input, which no ``except`` catches.  The parent forks before the command
+    does any work (importing the package starts no TVM thread pool; TVM starts
+    it lazily, in the child), waits, and turns a child killed by a signal into
+    ``gwq-tvm: error: ...`` and exit status 2.  The child is killed with its
+    parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the CLI stops the work too.  Ctrl-C reaches both (one
+    process group); the parent ignores it and reports the child's status.
+    Where ``fork`` is unavailable, or with ``--debug``, the command runs in
+    this process.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not hasattr(os, "fork") or "--debug" in argv:
+        return main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _die_with_parent()
+            if os.getppid() == 1:
+                os._exit(1)
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own exits
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forward = lambda signum, _frame: os.kill(pid, signum)  # noqa: E731
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
+                continue
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGINT:
+            print("gwq-tvm: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        name = signal.Signals(sig).name
+        if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGHUP):  # stopped from outside (or the OOM killer)
+            print(f"gwq-tvm: stopped by {name}", file=sys.stderr)
+            return 128 + sig
+        command = next((a for a in argv if not a.startswith("-")), "gwq-tvm")
+        print(f"gwq-tvm: error: '{command}' crashed in native code ({name}): an input file is malformed or damaged "
+              "(or this is a bug in gwq-tvm/TVM); no output was written", file=sys.stderr)
+        return EXIT_USAGE
+    return os.WEXITSTATUS(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

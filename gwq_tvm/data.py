@@ -80,6 +80,29 @@ def fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
         return normalise(z["images"]), z["labels"].astype(np.int64)
 
 
+def _reason(err: BaseException) -> str:
+    if isinstance(err, ValueError) and "allow_pickle" in str(err):
+        return "it holds Python objects, which gwq-tvm does not unpickle"
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" if str(err).strip() else type(err).__name__
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(inputs, labels or None)`` of an .npy, or of the named members of an .npz (a zip archive)."""
+    with open(path, "rb") as f:  # our own handle: numpy leaks its own when an archive is unreadable
+        if f.read(4) != b"PK\x03\x04":
+            f.seek(0)
+            return np.load(f, allow_pickle=False), None
+        f.seek(0)
+        # numpy reads .npz members lazily: a corrupt member (bad CRC, truncated, pickled objects) fails on access here
+        with np.load(f, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            key = next((k for k in ("images", "x", "data", "inputs") if k in keys), None)
+            if key is None:
+                raise CalibrationDataError(f"{path}: no 'images', 'x', 'data' or 'inputs' array inside")
+            lkey = next((k for k in ("labels", "y") if k in keys), None)
+            return archive[key], (archive[lkey] if lkey else None)
+
+
 def load_array_file(path, what: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
     """Read inputs (and labels, if present) from ``.npy`` or ``.npz``.
 
@@ -89,23 +112,15 @@ def load_array_file(path, what: str = "data") -> tuple[np.ndarray, np.ndarray | 
     """
     path = Path(path)
     if not path.is_file():
-        raise CalibrationDataError(f"{what} file not found: {path}")
+        raise CalibrationDataError(f"{what} file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise CalibrationDataError(f"{path}: not a .npy/.npz file ({type(err).__name__})") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = set(loaded.files)
-            key = next((k for k in ("images", "x", "data", "inputs") if k in keys), None)
-            if key is None:
-                raise CalibrationDataError(f"{path}: no 'images', 'x', 'data' or 'inputs' array inside")
-            arr = loaded[key]
-            lkey = next((k for k in ("labels", "y") if k in keys), None)
-            labels = loaded[lkey] if lkey else None
-    else:
-        arr = loaded
+        arr, labels = _read_arrays(path)
+    except CalibrationDataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile/numpy/format errors all mean "not a readable array file"
+        raise CalibrationDataError(f"{path}: not a readable .npy/.npz array file ({_reason(err)})") from None
+    if arr.ndim == 0:
+        raise CalibrationDataError(f"{path}: holds a single number (a 0-d array), not a batch of {what}")
     if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[1:] == (1, 28, 28):
         arr = normalise(arr)
     return arr, labels

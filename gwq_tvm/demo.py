@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from . import api
+from .atomic import write_text
 from .config import QuantConfig
 from .data import bundled_model, fashion_mnist
 from .reference import run_reference
@@ -67,5 +68,5 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
         "gwq": {"accuracy": acc_gwq, "groups": len(g.plan.groups), "sfc": gs, "integer_only": g.integer_only.ok,
                 "bit_exact_32": gwq_exact},
     }
-    (out_dir / "demo_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "demo_result.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -6,6 +6,12 @@ and exits non-zero.  Anything else is a bug in gwq-tvm.
 """
 
 
+def last_line(err: BaseException) -> str:
+    """The last non-blank line of ``err``'s message (where TVM and compilers put the cause), or its type name."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 class GwqError(Exception):
     """Base class of all user-facing gwq-tvm errors."""
 

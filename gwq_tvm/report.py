@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_paths
 from .stats import quantization_error, signal_power
 from .plan import scales as S
 from .plan.grouping import PHASES, similarity
@@ -229,6 +230,7 @@ def write_html(report: dict, qmodel, path) -> Path:
         ]
     parts += ["<h2>SFC sites</h2><table><tr><th>node</th><th>input</th><th>kind</th><th>elements</th><th>groups</th></tr>",
               site_rows, "</table></body></html>"]
-    path.write_text("".join(parts))
-    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_paths(path, path.with_suffix(".json")) as (page, data):
+        page.write_text("".join(parts))
+        data.write_text(json.dumps(report, indent=1) + "\n")
     return path

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 import sys
+from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import relax
+
+from .errors import ModelError
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,3 +51,55 @@ def run_batched(vm: relax.VirtualMachine, data: np.ndarray, batch: int, *, fixed
             out = out[0]
         outs.append(out.numpy()[: len(chunk) - pad])
     return np.concatenate(outs)
+
+
+_ET_DYN = 3
+
+
+def check_library(path) -> None:
+    """Check that ``path`` is a whole ELF shared library before it is ``dlopen``-ed.
+
+    ``dlopen`` maps the file and the loader reads the program headers and
+    segments it names: a truncated library (a segment past the end of the
+    file) dies with SIGBUS, not an error.  This reads the ELF header and
+    checks that every table and loadable segment lies inside the file.
+
+    Raises
+    ------
+    ModelError
+        For a missing file, a file that is not a 32/64-bit ELF shared object,
+        or one whose headers point past its end (truncated).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"module not found: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+            raise ModelError(f"{path}: not a shared library (no ELF header); give a .so written by 'gwq-tvm compile'")
+        wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+        if wide and len(head) < 64:
+            raise ModelError(f"{path}: truncated shared library (the ELF header is cut off)")
+        if wide:
+            e_type, phoff, shoff, phentsize, phnum, shentsize, shnum = (
+                struct.unpack_from(order + "H", head, 16) + struct.unpack_from(order + "QQ", head, 32)
+                + struct.unpack_from(order + "HH", head, 54) + struct.unpack_from(order + "HH", head, 58))
+        else:
+            e_type, phoff, shoff, phentsize, phnum, shentsize, shnum = (
+                struct.unpack_from(order + "H", head, 16) + struct.unpack_from(order + "II", head, 28)
+                + struct.unpack_from(order + "HH", head, 42) + struct.unpack_from(order + "HH", head, 46))
+        if e_type != _ET_DYN:
+            raise ModelError(f"{path}: an ELF file but not a shared library (type {e_type})")
+        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size or phnum == 0:
+            raise ModelError(f"{path}: truncated or damaged shared library ({size} bytes; its headers point past the end)")
+        f.seek(phoff)
+        table = f.read(phnum * phentsize)
+    for i in range(phnum):
+        entry = table[i * phentsize : (i + 1) * phentsize]
+        if wide:
+            p_offset, p_filesz = struct.unpack_from(order + "Q", entry, 8)[0], struct.unpack_from(order + "Q", entry, 32)[0]
+        else:
+            p_offset, p_filesz = struct.unpack_from(order + "I", entry, 4)[0], struct.unpack_from(order + "I", entry, 16)[0]
+        if p_offset + p_filesz > size:
+            raise ModelError(f"{path}: truncated shared library ({size} bytes; segment {i} ends at byte {p_offset + p_filesz})")

@@ -20,35 +20,68 @@ from ..runtime import host_target, progress
 from ..schedules.float import compile_float
 from ..stats import TensorStats, choose_clip
 
-__all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "with_node_outputs"]
+__all__ = ["TensorStats", "calibrate", "choose_clip", "check_batch", "check_labels", "with_node_outputs"]
+
+
+def _array(data, what: str) -> np.ndarray:
+    try:
+        return np.asarray(data)
+    except Exception as err:  # noqa: BLE001 - ragged lists and the like
+        raise CalibrationDataError(f"{what} is not an array: {type(err).__name__}") from None
 
 
 def check_batch(data, input_shape: tuple, what: str = "calibration data") -> np.ndarray:
     """Validate user data against the model input and return it as float32.
 
+    Accepted are real floating-point arrays and ``uint8`` images (pixel values).
+
     Raises
     ------
     CalibrationDataError
-        If ``data`` is empty, not numeric, holds NaN/Inf or does not match the
-        model's input shape (ignoring a dynamic batch dimension).
+        If ``data`` is not a real float or uint8 array (complex, bool, integer
+        other than uint8, strings, objects), is 0-d or empty, holds NaN/Inf, or
+        does not match the model's input rank and shape (ignoring a dynamic
+        batch dimension).
     """
-    try:
-        arr = np.asarray(data)
-    except Exception as err:  # ragged lists and the like
-        raise CalibrationDataError(f"{what} is not an array: {err}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise CalibrationDataError(f"{what} must be numeric; got dtype {arr.dtype}")
+    arr = _array(data, what)
+    if arr.dtype.kind != "f" and arr.dtype != np.uint8:
+        raise CalibrationDataError(f"{what} must be numeric: real floats or uint8 images; got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        raise CalibrationDataError(f"{what} is a single number (a 0-d array); it must be a batch of inputs")
     if arr.size == 0:
-        raise CalibrationDataError(f"{what} is empty")
+        raise CalibrationDataError(f"{what} is empty (shape {arr.shape})")
     expected = tuple(input_shape)
     if arr.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected[1:], arr.shape[1:])):
         shown = "x".join("N" if d is None else str(d) for d in expected)
         raise CalibrationDataError(f"{what} has shape {arr.shape}; the model expects {shown}")
-    arr = arr.astype(np.float32, copy=False)
     bad = ~np.isfinite(arr)
     if bad.any():
         raise CalibrationDataError(f"{what} holds {int(bad.sum())} NaN/Inf values")
+    with np.errstate(over="ignore"):
+        arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise CalibrationDataError(f"{what} holds values too large for float32")
     return arr
+
+
+def check_labels(labels, count: int, num_classes: int | None = None, what: str = "labels") -> np.ndarray:
+    """Validate class labels for ``count`` samples and return them as int64.
+
+    Raises
+    ------
+    CalibrationDataError
+        If ``labels`` is not a 1-D integer array of length ``count``, or (with
+        ``num_classes``) holds a label outside ``[0, num_classes)``.
+    """
+    y = _array(labels, what)
+    if y.dtype.kind not in "iu":
+        raise CalibrationDataError(f"{what} must be integer class ids; got dtype {y.dtype}")
+    if y.ndim != 1 or len(y) != count:
+        raise CalibrationDataError(f"{what} have shape {y.shape}; expected one per sample, shape ({count},)")
+    if num_classes is not None and count and (y.min() < 0 or y.max() >= num_classes):
+        raise CalibrationDataError(f"{what} must lie in [0, {num_classes}) (the model's classes); "
+                                   f"got range [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
 
 
 def with_node_outputs(mod: tvm.IRModule, graph: Graph) -> tvm.IRModule:

@@ -18,7 +18,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from ..errors import ModelError
+from ..errors import ModelError, last_line
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,104 @@ def _onnx_unsupported_ops(model) -> list[str]:
     return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
 
 
+#: The oldest ONNX opset accepted (TVM's ONNX frontend implements its converters from opset 7 up).
+MIN_OPSET = 7
+#: Initializers with an element larger than this in magnitude are refused (no trained network has them).
+MAX_ABS_WEIGHT = 1e30
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def check_onnx(model, source: str) -> None:
+    """Refuse what TVM's importer would take silently or crash on: foreign domains and opsets, bad weights.
+
+    Raises
+    ------
+    ModelError
+        Naming the first node of a custom/unknown domain, an opset outside
+        ``[MIN_OPSET, newest the installed onnx knows]``, or an initializer
+        holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    newest = onnx.defs.onnx_opset_version()
+    opsets = {o.domain: o.version for o in model.opset_import}
+    version = next((opsets[d] for d in _STANDARD_DOMAINS if d in opsets), None)
+    if version is None or not MIN_OPSET <= version <= newest:
+        raise ModelError(f"{source}: ONNX opset {version} is not supported; gwq-tvm reads opsets {MIN_OPSET} to {newest} "
+                         "(convert the model with onnx.version_converter)")
+    for node in model.graph.node:
+        if node.domain not in _STANDARD_DOMAINS:
+            raise ModelError(f"{source}: node {node.name or node.op_type!r} is {node.domain}::{node.op_type}, an op of "
+                             f"a custom domain; gwq-tvm imports standard ONNX ops (domain '') only")
+    for init in model.graph.initializer:
+        try:
+            w = numpy_helper.to_array(init)
+        except Exception as err:  # noqa: BLE001 - raw data of the wrong size, external data missing, ...
+            raise ModelError(f"{source}: initializer {init.name!r} is unreadable ({type(err).__name__})") from None
+        if w.dtype.kind not in "fc" or w.size == 0:
+            continue
+        if not np.isfinite(w).all():
+            raise ModelError(f"{source}: initializer {init.name!r} holds {int((~np.isfinite(w)).sum())} NaN/Inf values")
+        if np.abs(w).max() > MAX_ABS_WEIGHT:
+            raise ModelError(f"{source}: initializer {init.name!r} holds a weight of magnitude {float(np.abs(w).max()):.3g} "
+                             f"(> {MAX_ABS_WEIGHT:g}); the model is damaged")
+
+
+def _show(shape) -> str:
+    return ",".join("N" if d is None else str(d) for d in shape)
+
+
+def _set_input_shape(model, graph_input, input_shape, source: str) -> None:
+    """Write the input's shape into ``model`` (a copy): ``input_shape`` over the model's own, checked.
+
+    TVM 0.27's ONNX importer segfaults when ``shape_dict`` holds ``None`` for a
+    dynamic dimension (``--input-shape N,1,28,28``), so the shape is set in the
+    proto instead and TVM is never given a ``shape_dict``: a ``None`` keeps the
+    model's symbolic dimension (or names one ``N``).  Tested by
+    ``tests/test_bad_inputs.py::test_input_shape_with_dynamic_batch_compiles``.
+
+    Raises
+    ------
+    ModelError
+        If the rank differs, a static dimension is contradicted, or a
+        dimension other than the batch stays dynamic.
+    """
+    dims = graph_input.type.tensor_type.shape.dim
+    own = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    if input_shape is not None:
+        shape = [None if d is None else int(d) for d in input_shape]
+        if not graph_input.type.tensor_type.HasField("shape"):
+            own = [None] * len(shape)
+        if len(shape) != len(own):
+            raise ModelError(f"{source}: --input-shape {_show(shape)} has rank {len(shape)}; the model input "
+                             f"{graph_input.name!r} has rank {len(own)} ({_show(own)})")
+        if any(d is not None and d < 1 for d in shape):
+            raise ModelError(f"{source}: --input-shape {_show(shape)}: every dimension must be >= 1 (or N)")
+        for i, (mine, given) in enumerate(zip(own, shape)):
+            if i > 0 and mine is not None and given is not None and mine != given:
+                raise ModelError(f"{source}: --input-shape {_show(shape)} contradicts the model input {_show(own)} "
+                                 f"at dimension {i}")
+        for i, given in enumerate(shape):
+            if given is not None:
+                dims[i].Clear()
+                dims[i].dim_value = given
+            elif own[i] is None and not dims[i].dim_param:
+                dims[i].dim_param = "N" if i == 0 else f"d{i}"
+        own = [given if given is not None else mine for mine, given in zip(own, shape)]
+    elif not graph_input.type.tensor_type.HasField("shape"):
+        raise ModelError(f"{source}: the model input {graph_input.name!r} has no shape; give it with --input-shape "
+                         "(e.g. N,3,224,224)")
+    dynamic = [i for i, d in enumerate(own) if d is None and i > 0]
+    if dynamic:
+        names = ", ".join(dims[i].dim_param or f"dim {i}" for i in dynamic)
+        shown = ",".join(str(d) if d is not None else (dims[i].dim_param or "?") for i, d in enumerate(own))
+        raise ModelError(f"{source}: the model input {graph_input.name!r} ({shown}) has dynamic dimensions "
+                         f"({names}); fix them with --input-shape, e.g. "
+                         f"{_show([None] + [d or 224 for d in own[1:]])}")
+
+
 def from_onnx(model, input_shape=None) -> FloatModel:
     """Import an ONNX model (path or ``onnx.ModelProto``).
 
@@ -168,15 +266,19 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise ModelError(f"{source}: gwq-tvm quantizes single-input models; this one has {len(inputs)} inputs")
+    check_onnx(model, source)
     unknown = _onnx_unsupported_ops(model)
     if unknown:
         raise ModelError(f"{source}: ONNX ops not supported by the TVM ONNX frontend: {', '.join(unknown)}")
-    shape_dict = {inputs[0].name: list(input_shape)} if input_shape is not None else None
+    copy = type(model)()
+    copy.CopyFrom(model)
+    model = copy
+    _set_input_shape(model, next(i for i in model.graph.input if i.name == inputs[0].name), input_shape, source)
     try:
         with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
-            mod = relax.frontend.onnx.from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+            mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
     except Exception as err:
-        raise ModelError(f"{source}: TVM could not import the ONNX model: {str(err).strip().splitlines()[-1]}") from None
+        raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None
     return _finish(mod, source)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -53,8 +52,6 @@ READS = (1, 2)
 GRANULARITIES = ("tensor", "channel", "block")
 CODEBOOKS = ("uniform", "pot", "post")
 STORAGES = ("int8", "int4")
-#: largest |exponent| of a tensor scale (2**±64 keeps every SFC ratio representable in float64 and Q31)
-MAX_EXPONENT = 64
 
 
 @dataclass(frozen=True)
@@ -212,10 +209,9 @@ class QuantPlan:
 
     def save(self, path) -> None:
         """Write the plan as JSON (atomically: a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        from ..atomic import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "QuantPlan":
@@ -231,13 +227,21 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path) -> "QuantPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise PlanError(f"plan file not found: {path}") from None
+            data = json.loads(path.read_text())
+        except OSError as err:
+            raise PlanError(f"{path}: cannot read the plan ({err.strerror or type(err).__name__})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PlanError(f"{path}: not JSON ({err})") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise PlanError(f"{path}: not a QuantPlan (JSON nested too deeply)") from None
+        try:
+            return cls.from_dict(data)
+        except (OverflowError, RecursionError) as err:  # int(1e400), deeply nested values
+            raise PlanError(f"{path}: malformed QuantPlan ({type(err).__name__}: {err})") from None
 
     def diff(self, other: "QuantPlan") -> list[str]:
         """Human-readable differences, one line each (empty when equal; provenance ignored)."""
@@ -295,14 +299,32 @@ def _ints(v, path: str) -> tuple:
     return tuple(v)
 
 
+#: the keys of a version 2 plan and of its entries
+_KEYS = {
+    "plan": {"format", "version", "fingerprint", "arithmetic", "groups", "tensors", "layers", "input_shape", "provenance"},
+    "tensor": {"bits", "signed", "group", "exponent", "dynamic"},
+    "layer": {"bits", "granularity", "scales", "block", "codebook", "storage", "permutation"},
+    "arithmetic": {"add_precision_bits"},
+}
+
+
+def _known(d: Mapping, what: str, path: str) -> None:
+    unknown = sorted(set(d) - _KEYS[what])
+    if unknown:
+        raise PlanError(f"{path}.{unknown[0]}: unknown key (a {what} entry has {', '.join(sorted(_KEYS[what]))})")
+
+
 def _read_v2(d: Mapping) -> QuantPlan:
+    _known(d, "plan", "plan")
     arith = _get(d, "arithmetic", Mapping, "plan", {})
+    _known(arith, "arithmetic", "arithmetic")
     groups = _get(d, "groups", Mapping, "plan")
     tensors, layers = {}, {}
     for name, t in _get(d, "tensors", Mapping, "plan").items():
         p = f"tensors.{name}"
         if not isinstance(t, Mapping):
             raise PlanError(f"{p}: expected an object")
+        _known(t, "tensor", p)
         dyn = _get(t, "dynamic", str, p, None)
         tensors[name] = TensorQuant(_get(t, "bits", int, p), _get(t, "signed", bool, p), _get(t, "group", str, p),
                                     _get(t, "exponent", int, p), dyn)
@@ -310,6 +332,7 @@ def _read_v2(d: Mapping) -> QuantPlan:
         p = f"layers.{name}"
         if not isinstance(w, Mapping):
             raise PlanError(f"{p}: expected an object")
+        _known(w, "layer", p)
         scales = _get(w, "scales", list, p)
         if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scales):
             raise PlanError(f"{p}.scales: expected a list of numbers")
@@ -370,7 +393,8 @@ def upgrade_v1(d: Mapping) -> dict:
 
 
 def _validate(plan: QuantPlan) -> None:
-    """Value checks of a plan on its own (against a graph: :func:`gwq_tvm.plan.validate.check_plan`)."""
+    """Value checks of a plan on its own (against a graph, with the ranges that keep every SFC
+    representable: :func:`gwq_tvm.plan.validate.check_plan`)."""
     a = plan.arithmetic
     if isinstance(a.add_precision_bits, bool) or not isinstance(a.add_precision_bits, int) or not 0 <= a.add_precision_bits <= 12:
         raise PlanError(f"arithmetic.add_precision_bits must be an integer from 0 to 12; got {a.add_precision_bits!r}")
@@ -382,8 +406,6 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"tensors.{name}.bits must be 2-8; got {t.bits}")
         if t.group not in plan.groups:
             raise PlanError(f"tensors.{name}.group: unknown group {t.group!r}")
-        if not -MAX_EXPONENT <= t.exponent <= MAX_EXPONENT:
-            raise PlanError(f"tensors.{name}.exponent must be within ±{MAX_EXPONENT}; got {t.exponent}")
         if t.dynamic is not None and t.dynamic not in plan.tensors:
             raise PlanError(f"tensors.{name}.dynamic: unknown node {t.dynamic!r}")
     for name, w in plan.layers.items():
@@ -398,8 +420,11 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"{p}.storage: expected one of {', '.join(STORAGES)}; got {w.storage!r}")
         if w.storage == "int4" and w.bits > 4:
             raise PlanError(f"{p}.storage: int4 holds at most 4 bits; bits is {w.bits}")
-        if not w.scales or not all(math.isfinite(s) and 1e-30 < s < 1e30 for s in w.scales):
-            raise PlanError(f"{p}.scales must be positive and finite")
+        if not w.scales:
+            raise PlanError(f"{p}.scales: empty")
+        bad = next((i for i, s in enumerate(w.scales) if not (math.isfinite(s) and s > 0)), None)
+        if bad is not None:
+            raise PlanError(f"{p}.scales[{bad}]: {w.scales[bad]!r} must be positive and finite")
         expected = {"tensor": 1, "channel": None}.get(w.granularity)
         if w.granularity == "block":
             if w.block is None or len(w.block) != 2 or min(w.block) < 1:

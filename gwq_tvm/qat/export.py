@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..atomic import atomic_paths
 from ..errors import PlanError
 from ..extract import extract_graph
 from ..graph import Graph, Node, kind_of
@@ -121,11 +122,9 @@ def export_qat(model, path) -> tuple[Path, Path]:
     biases = {n: p.detach().to("cpu").float().numpy() for n, p in model.bias.items()}
     plan = model.plan()
     proto = graph_to_onnx(model.graph, weights, biases, plan.input_shape or (None,) + tuple(model.graph.nodes[model.graph.input].shape[1:]))
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    new_graph = extract_graph(load_model(str(tmp)).mod)
-    plan = restamp(plan, model.graph, new_graph)
-    tmp.replace(path)
     plan_path = path.with_suffix(".plan.json")
-    plan.save(plan_path)
+    with atomic_paths(path, plan_path) as (onnx_tmp, plan_tmp):
+        onnx.save(proto, str(onnx_tmp))
+        new_graph = extract_graph(load_model(str(onnx_tmp)).mod)
+        restamp(plan, model.graph, new_graph).save(plan_tmp)
     return path, plan_path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_path
 from ..errors import CalibrationDataError, ConfigError, GwqError
 from .model import QATModel, float_forward
 
@@ -108,9 +108,8 @@ def check_training_data(images, labels, input_shape, num_classes: int) -> tuple[
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _param_groups(model: QATModel, cfg: TrainConfig):

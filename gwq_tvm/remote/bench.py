@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GwqError
+from ..errors import GwqError, last_line
 from .tracker import RemoteError, check_key, parse_address
 
 REFERENCE_SUFFIX = ".ref.npz"
@@ -39,12 +39,18 @@ def reference_path(module) -> Path:
     return module.with_name(module.stem + REFERENCE_SUFFIX)
 
 
+def save_reference(path, inputs: np.ndarray, outputs: np.ndarray) -> None:
+    """Write sample ``inputs`` and their reference ``outputs`` to the ``.npz`` at ``path`` (not atomic by itself)."""
+    np.savez(path, inputs=np.ascontiguousarray(inputs), outputs=np.ascontiguousarray(outputs))
+
+
 def write_reference(module, inputs: np.ndarray, outputs: np.ndarray) -> Path:
     """Store sample ``inputs`` and the host reference ``outputs`` beside ``module`` (atomically)."""
+    from ..atomic import atomic_path
+
     path = reference_path(module)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, inputs=np.ascontiguousarray(inputs), outputs=np.ascontiguousarray(outputs))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_reference(tmp, inputs, outputs)
     return path
 
 
@@ -114,14 +120,9 @@ def _child_main(job_path: str, result_path: str) -> None:
     try:
         outcome = ("ok", fn(*args))
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent as one line
-        outcome = ("error", (type(err).__name__, _one_line(err), isinstance(err, GwqError)))
+        outcome = ("error", (type(err).__name__, last_line(err), isinstance(err, GwqError)))
     with open(result_path, "wb") as f:
         pickle.dump(outcome, f)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def run_with_deadline(fn, args: tuple, *, timeout: float, what: str):
@@ -246,9 +247,10 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
         Missing module; unreachable tracker, unknown key, no free board or a
         hung board (:class:`RemoteError`) -- all within ``timeout``.
     """
+    from ..runtime import check_library
+
     module = Path(module)
-    if not module.is_file():
-        raise GwqError(f"module not found: {module}")
+    check_library(module)  # missing, not a library, truncated: one clear line before any upload
     if (tracker is None) != (key is None):
         raise GwqError("--rpc-tracker and --rpc-key go together")
     if repeat < 1 or number < 1 or timeout <= 0:

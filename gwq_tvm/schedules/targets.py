@@ -8,7 +8,7 @@ import shutil
 
 import tvm
 
-from ..errors import GwqError
+from ..errors import GwqError, last_line
 
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 
@@ -43,16 +43,38 @@ def resolve_target(name) -> tvm.target.Target:
     if name is None or name in ("host", "llvm"):
         return host_target()
     if isinstance(name, tvm.target.Target):
-        return name
+        return check_supported(name)
     try:
         if isinstance(name, dict):
-            return tvm.target.Target(name)
-        if name in PRESETS:
-            return tvm.target.Target(PRESETS[name])
-        return tvm.target.Target(json.loads(name) if name.strip().startswith("{") else name)
+            target = tvm.target.Target(name)
+        elif name in PRESETS:
+            target = tvm.target.Target(PRESETS[name])
+        else:
+            target = tvm.target.Target(json.loads(name) if name.strip().startswith("{") else name)
     except Exception as err:
-        last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise GwqError(f"bad target {name!r} ({last}); use 'host', a TVM target JSON, or one of: {', '.join(PRESETS)}") from None
+        raise GwqError(f"bad target {name!r} ({last_line(err)}); use {_SUPPORTED}") from None
+    return check_supported(target)
+
+
+_SUPPORTED = f"'host', an llvm target for x86-64 or aarch64 (TVM target JSON), or one of: {', '.join(PRESETS)}"
+
+
+def check_supported(target: tvm.target.Target) -> tvm.target.Target:
+    """``target`` if gwq-tvm can compile and export for it: an ``llvm`` CPU target for this machine or a known cross triple.
+
+    Raises
+    ------
+    GwqError
+        Naming the supported targets for any other kind (``cuda``, ``c``, ...) or
+        architecture (a triple without a cross toolchain gwq-tvm knows).
+    """
+    kind = target.kind.name
+    if kind != "llvm":
+        raise GwqError(f"target kind {kind!r} is not supported (gwq-tvm compiles integer CPU kernels); use {_SUPPORTED}")
+    arch = _arch(target)
+    if arch not in (platform.machine(), "x86_64") and arch not in CROSS_COMPILERS:
+        raise GwqError(f"target architecture {arch!r} is not supported (no cross toolchain for it); use {_SUPPORTED}")
+    return target
 
 
 def _arch(target: tvm.target.Target) -> str:
@@ -69,7 +91,10 @@ def export_compiler(target: tvm.target.Target):
         Naming the missing toolchain (and its Debian package) when it is not installed.
     """
     arch = _arch(target)
-    if arch in ("", platform.machine()) or arch not in CROSS_COMPILERS:
+    if arch in ("", platform.machine()):
+        return None
+    if arch not in CROSS_COMPILERS:
+        check_supported(target)  # names the supported targets
         return None
     exe, package = CROSS_COMPILERS[arch]
     if shutil.which(exe) is None:

@@ -35,6 +35,7 @@ from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
+from ..atomic import write_text
 from ..errors import GwqError
 from .build import compile_integer, kernel_module
 from .default import apply_default_schedule
@@ -158,12 +159,18 @@ def tune_contexts(tasks, work_dir, **kwargs):
 
 # --- the database ----------------------------------------------------------
 def _atomic_write(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The non-blank lines of ``path``; a line that is not UTF-8 becomes ``""`` (unreadable, so dropped as corrupt)."""
+    def decode(raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+
+    return [decode(raw) for raw in path.read_bytes().splitlines() if raw.strip()]
 
 
 def _valid_workload(line: str) -> bool:
@@ -196,12 +203,12 @@ def sanitize_database(work_dir) -> int:
     wpath, rpath = work_dir / WORKLOAD_FILE, work_dir / RECORD_FILE
     if not wpath.exists():
         return 0
-    wlines = [ln for ln in wpath.read_text().splitlines() if ln.strip()]
+    wlines = _read_lines(wpath)
     workloads = []
     for ln in wlines:
         workloads.append(ms.database.Workload.from_json(json.loads(ln)) if _valid_workload(ln) else None)
     bad_workloads = sum(w is None for w in workloads)
-    rlines = [ln for ln in rpath.read_text().splitlines() if ln.strip()] if rpath.exists() else []
+    rlines = _read_lines(rpath) if rpath.exists() else []
     keep = [ln for ln in rlines if _valid_record(ln, workloads)]
     dropped = bad_workloads + len(rlines) - len(keep)
     if dropped:
@@ -228,7 +235,7 @@ def open_database(work_dir) -> ms.database.JSONDatabase:
         if family.intrinsic is not None:
             family.intrinsic()
     records = work_dir / RECORD_FILE
-    text = records.read_text() if records.exists() else ""
+    text = records.read_bytes().decode("utf-8", errors="replace") if records.exists() else ""
     if f'"{STOCK_VNNI_INTRIN}"' in text:
         fix_stock_vnni_intrinsic()
     if '"dot_4x4_' in text:  # MetaSchedule's aarch64 (NEON/sdot/udot) intrinsics, registered on import
@@ -398,7 +405,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir, *, trials: int 
     builder = make_builder(max_workers=max_workers, timeout_sec=build_timeout_sec, target=target)
     runner = make_runner(rpc=rpc)
     database = open_database(work_dir)
-    (work_dir / META_FILE).write_text(json.dumps({"batch": batch, "target": str(target)}))
+    write_text(work_dir / META_FILE, json.dumps({"batch": batch, "target": str(target)}))
     tasks = extract_tuning_tasks(mod, target, batch=batch)
     _measure_defaults(tasks, target, database, builder, runner)
     per_task = trials_per_task or trials
