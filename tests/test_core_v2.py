@@ -70,3 +70,33 @@ def test_reference_catches_int64_overflow():
     np.testing.assert_array_equal(run_reference(mod, ok), ok * (1 << 40))
     with pytest.raises(OverflowError, match="int64"):
         run_reference(mod, np.array([[1 << 30, 0, 0, 0]], np.int64))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(codebook="post"), "codebook post is not realized"),
+    (dict(storage="int4", bits=4), "storage int4 is not realized"),
+    (dict(permutation=tuple(reversed(range(8)))), "a channel permutation is not realized"),
+    (dict(granularity="block", block=(2, 2), scales=(0.01,) * 4), "no per-channel form"),
+])
+def test_plan_features_the_compiler_cannot_realize_yet_are_named(bundled_int8, change, message):
+    plan = bundled_int8.plan
+    layer = plan.layers["conv2d_0"]
+    if "permutation" in change:
+        change = dict(permutation=tuple(reversed(range(len(layer.scales)))))
+    edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(layer, **change)})
+    with pytest.raises(gwq_tvm.errors.PlanError, match=message):
+        gwq_tvm.RealizeIntegerProgram(edited)(bundled_int8.float_model.mod)
+
+
+def test_output_channel_blocks_realize_as_repeated_channel_scales(bundled_int8):
+    """``block n_out x 1`` is per-channel with one scale per block of channels: realized exactly so."""
+    plan = bundled_int8.plan
+    layer = plan.layers["conv2d_0"]
+    channels = len(layer.scales)
+    block = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(
+        layer, granularity="block", block=(2, 1), scales=(max(layer.scales[: channels // 2]), max(layer.scales[channels // 2:])))})
+    chan = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(
+        layer, scales=(block.layers["conv2d_0"].scales[0],) * (channels // 2) + (block.layers["conv2d_0"].scales[1],) * (channels - channels // 2))})
+    a = gwq_tvm.RealizeIntegerProgram(block)(bundled_int8.float_model.mod)
+    b = gwq_tvm.RealizeIntegerProgram(chan)(bundled_int8.float_model.mod)
+    tvm.ir.assert_structural_equal(a, b)

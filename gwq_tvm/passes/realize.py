@@ -174,6 +174,9 @@ class RealizeIntegerProgram:
         missing = [n for n in graph.nodes if n not in self.plan.tensors]
         if missing:
             raise PlanError(f"the QuantPlan has no entry for tensors {', '.join(missing[:5])}")
+        dynamic = [n for n, t in self.plan.tensors.items() if t.dynamic is not None]
+        if dynamic:
+            raise PlanError(f"tensors.{dynamic[0]}.dynamic: per-sample scales are not realized by this gwq-tvm yet")
         func = mod["main"]
         old = func.params[0]
         bb = relax.BlockBuilder()

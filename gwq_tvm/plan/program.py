@@ -96,6 +96,11 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     src = node.inputs[0]
     s_in, in_mag = plan.scale(src), magnitude(plan.tensors[src])
     layer = plan.layers[node.name]
+    unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook != "uniform"),
+                                   ("storage " + layer.storage, layer.storage != "int8"),
+                                   ("a channel permutation", layer.permutation is not None)) if on]
+    if unsupported:
+        raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
     ws = weight_scales(node, plan)
     wq = S.quantize_weight(node.weight, ws, layer.bits)
     acc_scale = s_in * ws
