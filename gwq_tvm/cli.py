@@ -164,6 +164,22 @@ def cmd_plan(args):
     print(f"wrote {args.output}")
 
 
+def _write_json(path, payload) -> None:
+    """Write ``payload`` as JSON at ``path`` atomically (temporary file, then ``os.replace``)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _rpc(args):
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
+    return args.rpc_tracker, args.rpc_key
+
+
 def cmd_eval(args):
     from . import api
     from .plan.quantplan import QuantPlan
@@ -171,6 +187,21 @@ def cmd_eval(args):
     x, y = _load_data(args.data, "evaluation data", args.limit)
     if not Path(args.module).is_file():
         raise GwqError(f"module not found: {args.module}")
+    tracker, key = _rpc(args)
+    if args.against is not None:
+        t0 = time.time()
+        fid = api.eval_against(args.module, args.against, x, y, tracker=tracker, key=key, batch=args.batch,
+                               timeout=args.timeout, show_progress=not args.quiet)
+        where = "this machine" if tracker is None else f"board '{key}' via tracker {tracker}"
+        print(f"ran {len(x)} samples ({args.module} on {where}, {args.against} here) in {time.time() - t0:.1f}s")
+        print(fid.summary())
+        if args.json:
+            _write_json(args.json, {"module": str(args.module), "against": str(args.against), "data": args.data,
+                                    "device": "local" if tracker is None else f"{key}@{tracker}", **fid.to_dict()})
+            print(f"wrote {args.json}")
+        return
+    if tracker is not None or args.json:
+        raise GwqError("--rpc-tracker and --json need --against MODEL.onnx (the float model to compare with)")
     plan_path = Path(args.module).with_suffix(".plan.json")
     shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else (None,) + x.shape[1:]
     vm = api.load_executable(args.module)
@@ -184,15 +215,14 @@ def cmd_eval(args):
 def cmd_bench(args):
     from .remote.bench import bench_module
 
-    if (args.rpc_tracker is None) != (args.rpc_key is None):
-        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
+    _rpc(args)
     where = f"board '{args.rpc_key}' via tracker {args.rpc_tracker}" if args.rpc_tracker else "this machine"
     print(f"running {args.module} on {where} ...", file=sys.stderr)
     result = bench_module(args.module, tracker=args.rpc_tracker, key=args.rpc_key, repeat=args.repeat,
                           number=args.number, threads=args.threads, timeout=args.timeout)
     print(result.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+        _write_json(args.json, result.to_dict())
         print(f"wrote {args.json}")
     if result.checked and not result.bit_exact:
         raise GwqError("the outputs differ from the host reference of the integer program")
@@ -394,6 +424,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="bundled:test", help=".npy/.npz inputs (with 'labels' for accuracy)")
     p.add_argument("--batch", type=_positive_int, default=250)
     p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N samples")
+    p.add_argument("--against", default=None, metavar="MODEL.onnx",
+                   help="the float model: report top-1 agreement, mean logit SQNR and softmax KL against it (it runs here)")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="with --against: run the module on a board")
+    p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's key at the tracker")
+    p.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds for the whole remote job (default 600)")
+    p.add_argument("--json", default=None, help="with --against: also write the figures as JSON here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the whole flow on the bundled model and Fashion-MNIST")
