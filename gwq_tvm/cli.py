@@ -212,6 +212,27 @@ def cmd_eval(args):
         print(f"accuracy: {api.accuracy(logits, y) * 100:.2f}%")
 
 
+def cmd_export_qdq(args):
+    from . import api
+    from .export_qdq import EXPLANATION, export_qdq, host_has_vnni, ort_agreement
+    from .plan.quantplan import QuantPlan
+
+    plan = QuantPlan.load(args.plan)
+    q = api.quantize(args.model, plan=plan)  # refuses a plan made for another model
+    out = export_qdq(plan, args.model, args.output, q.graph, weight_type=args.weight_type)
+    print(f"wrote {out} (QDQ, {args.weight_type} weights, scales of plan {plan.fingerprint})")
+    if args.no_check:
+        return
+    x, y = _load_data(args.data, "sample inputs", args.limit)
+    fid = ort_agreement(q, out, x, y)
+    print(f"ONNX Runtime on the QDQ model against the gwq-tvm integer program ({fid.samples} samples):")
+    print(fid.summary("gwq-tvm integer", "ORT QDQ"))
+    print(f"why they can differ: {EXPLANATION}")
+    if args.weight_type == "int8" and not host_has_vnni():
+        print("note: this CPU has no VNNI, where ORT's u8s8 int8 kernels saturate int16 pair sums; "
+              "--weight-type uint8 stores the same weights for its u8u8 kernels")
+
+
 def cmd_bench(args):
     from .remote.bench import bench_module
 
@@ -431,6 +452,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds for the whole remote job (default 600)")
     p.add_argument("--json", default=None, help="with --against: also write the figures as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export-qdq", help="write a QuantPlan as QDQ ONNX (QuantizeLinear/DequantizeLinear) and check it on ONNX Runtime")
+    p.add_argument("plan", help="a QuantPlan JSON (e.g. the .plan.json beside a compiled .so)")
+    p.add_argument("model", help="the fp32 .onnx the plan was made for")
+    p.add_argument("-o", "--output", required=True, help="the QDQ .onnx to write")
+    p.add_argument("--weight-type", choices=("int8", "uint8"), default="int8",
+                   help="weight container: int8 zero point 0 (default; TensorRT), or uint8 zero point 128 "
+                        "(ORT's non-saturating u8u8 kernels on x86 without VNNI)")
+    p.add_argument("--data", default="bundled:test", help="sample inputs to compare ORT with the integer program on")
+    p.add_argument("--limit", type=_positive_int, default=1000, help="samples compared (default 1000)")
+    p.add_argument("--no-check", action="store_true", help="only write the file (no ONNX Runtime run)")
+    p.set_defaults(func=cmd_export_qdq)
 
     p = sub.add_parser("demo", help="the whole flow on the bundled model and Fashion-MNIST")
     p.add_argument("--out-dir", default="gwq_demo_out")
