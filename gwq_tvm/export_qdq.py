@@ -470,22 +470,33 @@ def run_ort(path, data: np.ndarray, *, batch: int = 500, optimize: bool = True) 
     return np.concatenate([sess.run(None, {name: data[i : i + batch]})[0] for i in range(0, len(data), batch)])
 
 
-def ort_agreement(qmodel, path, data: np.ndarray, labels=None, *, optimize: bool = True):
+def program_logits(qmodel, data: np.ndarray) -> np.ndarray:
+    """``qmodel``'s integer program compiled for this CPU and run on ``data``."""
+    import tvm
+    from tvm import relax
+
+    from . import api
+
+    vm = relax.VirtualMachine(api.build(qmodel), tvm.cpu())
+    return api.predict(vm, data, qmodel.plan.input_shape or qmodel.float_model.input_shape)
+
+
+def ort_agreement(qmodel, path, data: np.ndarray, labels=None, *, optimize: bool = True, program=None):
     """ONNX Runtime on the QDQ model at ``path`` against ``qmodel``'s compiled integer program.
+
+    Parameters
+    ----------
+    program : numpy.ndarray, optional
+        The program's outputs on ``data`` (:func:`program_logits`), when already computed.
 
     Returns
     -------
     Fidelity
         With the integer program as the reference (:func:`gwq_tvm.fidelity.fidelity`).
     """
-    import tvm
-    from tvm import relax
-
-    from . import api
     from .fidelity import fidelity
 
-    vm = relax.VirtualMachine(api.build(qmodel), tvm.cpu())
-    ours = api.predict(vm, data, qmodel.plan.input_shape or qmodel.float_model.input_shape)
+    ours = program_logits(qmodel, data) if program is None else program
     return fidelity(ours, run_ort(path, data, optimize=optimize), labels)
 
 
