@@ -284,8 +284,15 @@ def cmd_report(args):
     calib = _load_data(args.calib, "calibration data", args.calib_samples)[0]
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
+    if args.layer_error:
+        from .layer_error import format_layer_error, layer_error
+
+        data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
+        report["layer_error"] = layer_error(q, data, samples=args.samples)
     path = write_html(report, q, args.output)
     _print_summary(q)
+    if args.layer_error:
+        print(format_layer_error(report["layer_error"]))
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
@@ -418,6 +425,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--calib", default="bundled:calib")
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
+    p.add_argument("--layer-error", action="store_true",
+                   help="per-tensor error against the float model (accumulated SQNR, local SQNR, output KL of each "
+                        "tensor alone, the SFC into it), worst first")
+    p.add_argument("--data", default=None, help="--layer-error inputs (default: the calibration samples)")
+    p.add_argument("--samples", type=_positive_int, default=256, help="--layer-error samples used (default 256)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_report)
 
