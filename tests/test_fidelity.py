@@ -149,3 +149,49 @@ def test_eval_against_through_an_rpc_board(bundled_module, fmnist, tmp_path_fact
         B.stop_board(running)
     local = gwq_tvm.api.eval_against(bundled_module, str(BUNDLED_MODEL), test_x[:n], test_y[:n])
     assert remote == local  # the integer program is bit-exact wherever it runs
+
+
+@pytest.mark.slow
+def test_layer_error_on_a_residual_net(fmnist, tmp_path):
+    """Per-tensor errors: probes leave the program unchanged, the input's accumulated error is its local one, worst first."""
+    from gwq_tvm.calibrate.sensitivity import kl_divergence
+    from gwq_tvm.layer_error import layer_error
+    from gwq_tvm.plan.program import sfc_sites
+    from gwq_tvm.reference import run_reference
+
+    calib, _, _ = fmnist
+    model = NETS["resnet"]()
+    q = gwq_tvm.quantize(model, calib[:64], gwq_tvm.QuantConfig(weight_bits=4, act_bits=3))
+    n = 48
+    result = layer_error(q, calib, samples=n)
+    x = calib[:n]
+    # the probed program's logits are the program's own (the probes only read tensors)
+    assert result["program_kl"] == pytest.approx(kl_divergence(_ort(model, x), run_reference(q.mod, x)), rel=1e-4)
+    rows = {r["name"]: r for r in result["tensors"]}
+    assert set(rows) == set(q.graph.tensors())
+    # nothing upstream of the input; the program divides in float32, the local figure in float64 (a rare tie apart)
+    assert rows["input"]["sqnr_db"] == pytest.approx(rows["input"]["local_sqnr_db"], abs=1e-4)
+    assert rows["dense_0"]["sfc"] == "dequantize" and rows["dense_0"]["alone_kl"] is None
+    assert rows["add_0"]["sfc"] == "+".join(sorted({s.kind for s in sfc_sites(q.graph, q.plan) if s.node == "add_0"}))
+    kls = [r["alone_kl"] for r in result["tensors"] if r["alone_kl"] is not None]
+    assert kls == sorted(kls, reverse=True) and all(k >= result["weights_only_kl"] * 0.5 for k in kls)
+    # error accumulates: a deep tensor is no cleaner in the program than on its own
+    assert rows["conv2d_3"]["sqnr_db"] <= rows["conv2d_3"]["local_sqnr_db"] + 0.5
+
+
+@pytest.mark.slow
+def test_cli_report_layer_error(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(NETS["mlp_concat"](), str(path))
+    out = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, "-m", "gwq_tvm.cli", "--quiet", "report", str(path), "--layer-error", "--samples", "32",
+                           "--calib-samples", "64", "--act-bits", "4", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "per-tensor error on 32 samples (worst first)" in proc.stdout
+    report = json.loads(out.with_suffix(".json").read_text())
+    names = [r["name"] for r in report["layer_error"]["tensors"]]
+    assert set(names) == {"input", "dense_0", "dense_1", "concat_0", "dense_2"}
+    table = proc.stdout.split("alone KL")[1].split()
+    assert table.index(names[0]) < table.index(names[1])  # the text is worst first too
+    page = out.read_text()
+    assert "Per-tensor error" in page and page.count("<svg") >= 2
