@@ -43,7 +43,7 @@ from .passes.realize import RealizeIntegerProgram
 from .plan.program import ACC_KINDS, needs_integer_output, out_range, sfc_sites
 from .plan.quantplan import QuantPlan
 from .reference import run_reference
-from .runtime import host_target
+from .runtime import batches, host_target
 
 #: Sample inputs used when none are given.
 DEFAULT_SAMPLES = 256
@@ -83,15 +83,9 @@ def _probe_plan(plan: QuantPlan, probe_graph: Graph, names: list[str]) -> QuantP
 
 
 def _run_tuple(vm, x: np.ndarray, fixed_batch) -> list[np.ndarray]:
-    step = fixed_batch or len(x)
-    parts = []
-    for i in range(0, len(x), step):
-        chunk = x[i : i + step]
-        pad = step - len(chunk) if fixed_batch else 0
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk)))
-        parts.append([o.numpy()[: len(chunk) - pad] for o in out])
+    """Every output of a tuple-returning ``main`` over ``x``."""
+    parts = [[o.numpy()[:n] for o in vm["main"](tvm.runtime.tensor(chunk))]
+             for chunk, n in batches(x, fixed_batch or len(x), padded=bool(fixed_batch))]
     return [np.concatenate(p) for p in zip(*parts)]
 
 

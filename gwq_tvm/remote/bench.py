@@ -294,18 +294,13 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
 def _predict_job(module: str, tracker, key, inputs, step: int, fixed: bool, timeout: float) -> np.ndarray:
     from tvm import relax
 
+    from ..runtime import batches
+
     sess = _session(tracker, key, timeout, session_timeout=timeout)
     lib = sess.load_module(upload(sess, module))
     dev = sess.cpu()
     vm = relax.VirtualMachine(lib, dev)
-    outs = []
-    for i in range(0, len(inputs), step):
-        chunk = inputs[i : i + step]
-        pad = step - len(chunk) if fixed else 0
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        outs.append(_run_remote(vm, dev, chunk)[: len(chunk) - pad])
-    return np.concatenate(outs)
+    return np.concatenate([_run_remote(vm, dev, chunk)[:n] for chunk, n in batches(inputs, step, padded=fixed)])
 
 
 def predict_module(module, inputs: np.ndarray, *, tracker: str | None = None, key: str | None = None, batch: int = 250,
