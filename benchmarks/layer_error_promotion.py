@@ -8,7 +8,7 @@ override, weights unchanged, the plan re-calibrated) and the compiled program's
 accuracy is measured on the 10k test images: the top-ranked tensor against the
 bottom-ranked one (``--all``: every ranked tensor, and the rank correlation).
 
-Writes ``benchmarks/results/layer_error_promotion.{json,md}``.
+Writes ``benchmarks/results/layer_error_promotion.{json,md}`` (``_all`` with ``--all``).
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def main():
                                                                    [r["recovered_pt"] for r in rows]).statistic)
         result["best_promotion"] = max(rows, key=lambda r: r["accuracy"])["tensor"]
     OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / "layer_error_promotion.json.tmp"
+    stem = "layer_error_promotion_all" if args.all else "layer_error_promotion"
+    tmp = OUT / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, OUT / "layer_error_promotion.json")
+    os.replace(tmp, OUT / f"{stem}.json")
     lines = [f"Bundled model, per-layer W4A2 ({len(x)} test images): fp32 {fp_acc * 100:.2f}%, W4A2 {base_acc * 100:.2f}%. "
              "One tensor promoted to 8-bit activations at a time; rank from `report --layer-error` (alone KL, 256 "
              "calibration images).", "",
@@ -78,7 +79,7 @@ def main():
     if "spearman_alone_kl_vs_recovery" in result:
         lines += ["", f"Spearman rank correlation of alone KL with recovered accuracy: "
                       f"{result['spearman_alone_kl_vs_recovery']:.2f}; best single promotion: {result['best_promotion']}."]
-    (OUT / "layer_error_promotion.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
