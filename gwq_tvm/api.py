@@ -216,6 +216,61 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
+def compile_float(model) -> relax.VirtualMachine:
+    """The fp32 model (a path, proto, module or :class:`FloatModel`) compiled for this CPU."""
+    fm = load_model(model)
+    return relax.VirtualMachine(tvm.compile(fm.mod, host_target()), tvm.cpu())
+
+
+def eval_against(module, model, data, labels=None, *, tracker: str | None = None, key: str | None = None,
+                 batch: int = 250, timeout: float = 300.0, show_progress: bool = False):
+    """Run the exported integer ``module`` and the float ``model`` on ``data``; compare them.
+
+    The float model always runs here; the module runs here too, or on a board
+    registered at ``tracker`` under ``key`` (:func:`gwq_tvm.remote.bench.predict_module`).
+
+    Parameters
+    ----------
+    module : path
+        A ``.so`` written by ``gwq-tvm compile`` (its ``.plan.json`` beside it, when present,
+        must have been made for ``model``).
+    model : path, onnx.ModelProto or FloatModel
+        The float model the module was quantized from.
+    data, labels : numpy.ndarray
+        Inputs, and optionally their class labels.
+
+    Returns
+    -------
+    Fidelity
+        See :mod:`gwq_tvm.fidelity`.
+
+    Raises
+    ------
+    PlanError
+        If the module's plan was made for another model.
+    """
+    from .fidelity import fidelity
+    from .remote.bench import predict_module
+
+    module = Path(module)
+    fm = load_model(model)
+    plan_path = module.with_suffix(".plan.json")
+    shape = fm.input_shape
+    if plan_path.is_file():
+        plan = QuantPlan.load(plan_path)
+        fingerprint = extract_graph(fm.mod).fingerprint
+        if plan.fingerprint != fingerprint:
+            raise PlanError(f"{module.name} was compiled for graph {plan.fingerprint}, {fm.source} is graph {fingerprint}")
+        shape = plan.input_shape or shape
+    data = check_batch(data, shape, what="evaluation data")
+    if tracker is None:
+        logits = predict(load_executable(module), data, shape, batch=batch, show_progress=show_progress)
+    else:
+        logits = predict_module(module, data, tracker=tracker, key=key, batch=batch, timeout=timeout)
+    ref = predict(compile_float(fm), data, fm.input_shape, batch=batch, show_progress=show_progress)
+    return fidelity(ref, logits, labels)
+
+
 REFERENCE_SAMPLES = 4
 """Sample inputs stored beside an exported module when its batch size is dynamic."""
 

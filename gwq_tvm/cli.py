@@ -231,6 +231,19 @@ def cmd_plan(args):
     print(f"wrote {args.output}")
 
 
+def _write_json(path, payload) -> None:
+    """Write ``payload`` as JSON at ``path`` atomically (:func:`gwq_tvm.atomic.write_text`)."""
+    from .atomic import write_text
+
+    write_text(path, json.dumps(payload, indent=1) + "\n")
+
+
+def _rpc(args):
+    if (args.rpc_tracker is None) != (args.rpc_key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
+    return args.rpc_tracker, args.rpc_key
+
+
 def cmd_eval(args):
     from . import api
     from .plan.quantplan import QuantPlan
@@ -242,6 +255,21 @@ def cmd_eval(args):
     if not Path(args.module).is_file():
         raise GwqError(f"module not found: {args.module}")
     x, y = _load_data(args.data, "evaluation data", args.limit)
+    tracker, key = _rpc(args)
+    if args.against is not None:
+        t0 = time.time()
+        fid = api.eval_against(args.module, args.against, x, y, tracker=tracker, key=key, batch=args.batch,
+                               timeout=args.timeout, show_progress=not args.quiet)
+        where = "this machine" if tracker is None else f"board '{key}' via tracker {tracker}"
+        print(f"ran {len(x)} samples ({args.module} on {where}, {args.against} here) in {time.time() - t0:.1f}s")
+        print(fid.summary())
+        if args.json:
+            _write_json(args.json, {"module": str(args.module), "against": str(args.against), "data": args.data,
+                                    "device": "local" if tracker is None else f"{key}@{tracker}", **fid.to_dict()})
+            print(f"wrote {args.json}")
+        return
+    if tracker is not None or args.json:
+        raise GwqError("--rpc-tracker and --json need --against MODEL.onnx (the float model to compare with)")
     plan_path = Path(args.module).with_suffix(".plan.json")
     shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else None
     x = check_batch(x, shape or (None,) + tuple(np.shape(x)[1:]), "evaluation data")
@@ -256,11 +284,31 @@ def cmd_eval(args):
         print(f"accuracy: {api.accuracy(logits, y) * 100:.2f}%")
 
 
+def cmd_export_qdq(args):
+    from . import api
+    from .export_qdq import EXPLANATION, export_qdq, host_has_vnni, ort_agreement
+    from .plan.quantplan import QuantPlan
+
+    plan = QuantPlan.load(args.plan)
+    q = api.quantize(args.model, plan=plan)  # refuses a plan made for another model
+    out = export_qdq(plan, args.model, args.output, q.graph, weight_type=args.weight_type)
+    print(f"wrote {out} (QDQ, {args.weight_type} weights, scales of plan {plan.fingerprint})")
+    if args.no_check:
+        return
+    x, y = _load_data(args.data, "sample inputs", args.limit)
+    fid = ort_agreement(q, out, x, y)
+    print(f"ONNX Runtime on the QDQ model against the gwq-tvm integer program ({fid.samples} samples):")
+    print(fid.summary("gwq-tvm integer", "ORT QDQ"))
+    print(f"why they can differ: {EXPLANATION}")
+    if args.weight_type == "int8" and not host_has_vnni():
+        print("note: this CPU has no VNNI, where ORT's u8s8 int8 kernels saturate int16 pair sums; "
+              "--weight-type uint8 stores the same weights for its u8u8 kernels")
+
+
 def cmd_bench(args):
     from .remote.bench import bench_module
 
-    if (args.rpc_tracker is None) != (args.rpc_key is None):
-        raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to run on this machine)")
+    _rpc(args)
     where = f"board '{args.rpc_key}' via tracker {args.rpc_tracker}" if args.rpc_tracker else "this machine"
     print(f"running {args.module} on {where} ...", file=sys.stderr)
     if args.json:
@@ -269,9 +317,7 @@ def cmd_bench(args):
                           number=args.number, threads=args.threads, timeout=args.timeout)
     print(result.summary())
     if args.json:
-        from .atomic import write_text
-
-        write_text(args.json, json.dumps(result.to_dict(), indent=1))
+        _write_json(args.json, result.to_dict())
         print(f"wrote {args.json}")
     if result.checked and not result.bit_exact:
         raise GwqError("the outputs differ from the host reference of the integer program")
@@ -313,8 +359,15 @@ def cmd_report(args):
     calib = _calibration(args)
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
+    if args.layer_error:
+        from .layer_error import format_layer_error, layer_error
+
+        data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
+        report["layer_error"] = layer_error(q, data, samples=args.samples)
     path = write_html(report, q, args.output)
     _print_summary(q)
+    if args.layer_error:
+        print(format_layer_error(report["layer_error"]))
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
@@ -452,6 +505,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
+    p.add_argument("--layer-error", action="store_true",
+                   help="per-tensor error against the float model (accumulated SQNR, local SQNR, output KL of each "
+                        "tensor alone, the SFC into it), worst first")
+    p.add_argument("--data", default=None, help="--layer-error inputs (default: the calibration samples)")
+    p.add_argument("--samples", type=_positive_int, default=256, help="--layer-error samples used (default 256)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_report)
 
@@ -479,7 +537,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="bundled:test", help=".npy/.npz inputs (with 'labels' for accuracy)")
     p.add_argument("--batch", type=_positive_int, default=250)
     p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N samples")
+    p.add_argument("--against", default=None, metavar="MODEL.onnx",
+                   help="the float model: report top-1 agreement, mean logit SQNR and softmax KL against it (it runs here)")
+    p.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="with --against: run the module on a board")
+    p.add_argument("--rpc-key", default=None, metavar="KEY", help="the board's key at the tracker")
+    p.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds for the whole remote job (default 600)")
+    p.add_argument("--json", default=None, help="with --against: also write the figures as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export-qdq", help="write a QuantPlan as QDQ ONNX (QuantizeLinear/DequantizeLinear) and check it on ONNX Runtime")
+    p.add_argument("plan", help="a QuantPlan JSON (e.g. the .plan.json beside a compiled .so)")
+    p.add_argument("model", help="the fp32 .onnx the plan was made for")
+    p.add_argument("-o", "--output", required=True, help="the QDQ .onnx to write")
+    p.add_argument("--weight-type", choices=("int8", "uint8"), default="int8",
+                   help="weight container: int8 zero point 0 (default; TensorRT), or uint8 zero point 128 "
+                        "(ORT's non-saturating u8u8 kernels on x86 without VNNI)")
+    p.add_argument("--data", default="bundled:test", help="sample inputs to compare ORT with the integer program on")
+    p.add_argument("--limit", type=_positive_int, default=1000, help="samples compared (default 1000)")
+    p.add_argument("--no-check", action="store_true", help="only write the file (no ONNX Runtime run)")
+    p.set_defaults(func=cmd_export_qdq)
 
     p = sub.add_parser("demo", help="the whole flow on the bundled model and Fashion-MNIST")
     p.add_argument("--out-dir", default="gwq_demo_out")

@@ -183,6 +183,33 @@ def _matrix(report, curves):
     return _svg(pad + n * cell + 260, pad + n * cell + 24, "".join(body))
 
 
+def _layer_error_plot(result: dict) -> str:
+    """Horizontal bars per tensor, worst first: accumulated SQNR (dB) and the output KL of the tensor alone."""
+    rows = result["tensors"]
+    row_h, pad, w = 16, 130, 260
+    sq = [r["sqnr_db"] for r in rows if r["sqnr_db"] is not None]
+    lo, hi = min(sq + [0.0]), max(sq + [1.0])
+    kl_top = max([r["alone_kl"] for r in rows if r["alone_kl"] is not None] + [1e-12])
+    body = [_text(pad, 12, "accumulated SQNR (dB)"), _text(pad + w + 40, 12, "output KL, this tensor alone")]
+    zero = pad + w * (0 - lo) / (hi - lo)
+    for i, r in enumerate(rows):
+        y = 20 + i * row_h
+        body.append(_text(pad - 6, y + 11, f"{r['name']} ({r['bits']}b, {r['sfc']})", "end"))
+        if r["sqnr_db"] is not None:
+            x1 = pad + w * (r["sqnr_db"] - lo) / (hi - lo)
+            body.append(f'<rect x="{min(zero, x1):.1f}" y="{y + 2}" width="{abs(x1 - zero):.1f}" height="{row_h - 4}" fill="#1f77b4">'
+                        f'<title>{r["sqnr_db"]:.2f} dB</title></rect>')
+        if r["alone_kl"] is not None:
+            bw = w * r["alone_kl"] / kl_top
+            body.append(f'<rect x="{pad + w + 40}" y="{y + 2}" width="{bw:.1f}" height="{row_h - 4}" fill="#d62728">'
+                        f'<title>{r["alone_kl"]:.4g}</title></rect>')
+    n = len(rows)
+    body.append(f'<line x1="{zero:.1f}" x2="{zero:.1f}" y1="16" y2="{20 + n * row_h}" stroke="#999"/>')
+    body.append(_text(pad, 34 + n * row_h, f"{lo:.1f}") + _text(pad + w, 34 + n * row_h, f"{hi:.1f} dB", "end"))
+    body.append(_text(pad + w + 40 + w, 34 + n * row_h, f"{kl_top:.3g}", "end"))
+    return _svg(pad + 2 * w + 60, 44 + n * row_h, "".join(body))
+
+
 def _fmt(v) -> str:
     return "" if v is None else f"{v:.4g}"
 
@@ -228,6 +255,12 @@ def write_html(report: dict, qmodel, path) -> Path:
             "<h2>Calibration histograms</h2><p>|x| histograms (log counts) coloured by group; dashed: the clipping point.</p>",
             _histograms(report, stats, colours),
         ]
+    if report.get("layer_error"):
+        le = report["layer_error"]
+        parts += [f"<h2>Per-tensor error</h2><p>On {le['samples']} samples, worst first: the integer program's activation "
+                  f"against the float model's (accumulated SQNR) and the output KL when this tensor alone is quantized "
+                  f"(weights as planned; weights alone: {le['weights_only_kl']:.4g}; whole program: {le['program_kl']:.4g}).</p>",
+                  _layer_error_plot(le)]
     parts += ["<h2>SFC sites</h2><table><tr><th>node</th><th>input</th><th>kind</th><th>elements</th><th>groups</th></tr>",
               site_rows, "</table></body></html>"]
     with atomic_paths(path, path.with_suffix(".json")) as (page, data):

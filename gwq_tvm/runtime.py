@@ -36,20 +36,29 @@ def progress(items, desc: str, enabled: bool):
     return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def batches(data: np.ndarray, step: int, *, padded: bool = False, desc="run", show_progress=False):
+    """Yield ``(chunk, n)``: ``data`` in chunks of ``step`` rows, ``n`` of them real.
+
+    With ``padded`` (a module compiled for a fixed batch) the last chunk is
+    filled up to ``step`` rows with zeros; keep the first ``n`` output rows.
+    """
+    for i in progress(range(0, len(data), step), desc=desc, enabled=show_progress):
+        chunk = data[i : i + step]
+        n = len(chunk)
+        if padded and n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+        yield np.ascontiguousarray(chunk), n
+
+
 def run_batched(vm: relax.VirtualMachine, data: np.ndarray, batch: int, *, fixed_batch=None, desc="run", show_progress=False,
                 args=()):
     """Run ``vm["main"](chunk, *args)`` over ``data`` in batches and concatenate the outputs."""
-    step = fixed_batch or batch
     outs = []
-    for i in progress(range(0, len(data), step), desc=desc, enabled=show_progress):
-        chunk = data[i : i + step]
-        pad = step - len(chunk) if fixed_batch else 0
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk)), *args)
+    for chunk, n in batches(data, fixed_batch or batch, padded=bool(fixed_batch), desc=desc, show_progress=show_progress):
+        out = vm["main"](tvm.runtime.tensor(chunk), *args)
         if not hasattr(out, "numpy"):
             out = out[0]
-        outs.append(out.numpy()[: len(chunk) - pad])
+        outs.append(out.numpy()[:n])
     return np.concatenate(outs)
 
 

@@ -189,6 +189,20 @@ def upload(sess, path) -> str:
     return path.name
 
 
+def _run_remote(vm, dev, inputs: np.ndarray) -> np.ndarray:
+    """One run of ``main`` on a (possibly remote) VM; tuple outputs give their first field.
+
+    A remote VM is driven through ``set_input``/``invoke_stateful``/``get_outputs``
+    (indexing an RPC object fails).
+    """
+    import tvm
+
+    vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(inputs), device=dev))
+    vm.invoke_stateful("main")
+    out = vm.get_outputs("main")
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
 def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, threads, timeout: float) -> dict:
     import tvm
     from tvm import relax
@@ -199,10 +213,7 @@ def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, thre
     if threads:
         sess.get_function("runtime.config_threadpool")(1, int(threads))
     vm = relax.VirtualMachine(lib, dev)
-    vm.set_input("main", tvm.runtime.tensor(inputs, device=dev))
-    vm.invoke_stateful("main")  # also the warm-up run
-    out = vm.get_outputs("main")
-    outputs = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+    outputs = _run_remote(vm, dev, inputs)  # also the warm-up run
     timer = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
     runs = timer("main").results
     return {"outputs": outputs, "runs_ms": tuple(1e3 * float(r) for r in runs)}
@@ -280,3 +291,45 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
         bit_exact = bool(outputs.shape == expected.shape and np.array_equal(outputs, expected))
         diff = float(np.max(np.abs(outputs.astype(np.float64) - expected))) if outputs.shape == expected.shape else float("inf")
     return BenchResult(str(module), device, tuple(inputs.shape), res["runs_ms"], number, ref is not None, bit_exact, diff)
+
+
+def _predict_job(module: str, tracker, key, inputs, step: int, fixed: bool, timeout: float) -> np.ndarray:
+    from tvm import relax
+
+    from ..runtime import batches
+
+    sess = _session(tracker, key, timeout, session_timeout=timeout)
+    lib = sess.load_module(upload(sess, module))
+    dev = sess.cpu()
+    vm = relax.VirtualMachine(lib, dev)
+    return np.concatenate([_run_remote(vm, dev, chunk)[:n] for chunk, n in batches(inputs, step, padded=fixed)])
+
+
+def predict_module(module, inputs: np.ndarray, *, tracker: str | None = None, key: str | None = None, batch: int = 250,
+                   timeout: float = 300.0) -> np.ndarray:
+    """The outputs of ``module`` for every row of ``inputs``, run on a board (``tracker`` + ``key``) or locally.
+
+    Inputs go in batches of ``batch`` (or of the module's fixed batch size,
+    read from ``<stem>.plan.json``; the last batch is padded with zeros and
+    the padding dropped).  The whole job, connection to outputs, runs under
+    the same ``timeout`` deadline as :func:`bench_module`.
+
+    Raises
+    ------
+    GwqError
+        Missing module, unreachable tracker, unknown key, or a job past ``timeout``.
+    """
+    module = Path(module)
+    if not module.is_file():
+        raise GwqError(f"module not found: {module}")
+    if (tracker is None) != (key is None):
+        raise GwqError("--rpc-tracker and --rpc-key go together")
+    if tracker is not None:
+        parse_address(tracker)
+        check_key(tracker, key, timeout=min(timeout, 10.0))
+    shape = _input_shape(module)
+    fixed = shape[0] if shape is not None and shape[0] else None
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    device = "local" if tracker is None else f"{key}@{tracker}"
+    return run_with_deadline(_predict_job, (str(module.resolve()), tracker, key, inputs, fixed or batch, fixed is not None,
+                                            timeout), timeout=timeout, what=f"running {module.name} on {device}")
