@@ -56,7 +56,7 @@ import numpy as np
 from .errors import GwqError
 from .graph import Graph
 from .plan import scales as S
-from .plan.program import ACC_KINDS, needs_integer_output
+from .plan.program import materialized
 from .plan.quantplan import QuantPlan
 
 OPSET = 13
@@ -380,7 +380,7 @@ def export_qdq(plan: QuantPlan, model, output, graph: Graph | None = None, *, we
             if unit.act is not None:
                 _copy(b, unit.act, {})
         node = graph.nodes[unit.name]
-        if not (node.kind in ACC_KINDS and not needs_integer_output(graph, unit.name)):
+        if materialized(graph, unit.name):
             b.qdq(unit.name, unit.output)
     used_inits = {t for n in b.nodes for t in n.input}
     kept = [i for i in g.initializer if i.name in used_inits and i.name not in {x.name for x in b.inits}]

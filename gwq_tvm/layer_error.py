@@ -38,9 +38,10 @@ from tvm.relax import op as R
 
 from .calibration.sensitivity import FakeQuantSimulator, kl_divergence
 from .fidelity import sqnr_db
-from .graph import PASSTHROUGH, Graph, extract_graph
+from .extract import extract_graph
+from .graph import Graph, kind_of
 from .passes.realize import RealizeIntegerProgram
-from .plan.program import ACC_KINDS, needs_integer_output, out_range, sfc_sites
+from .plan.program import materialized, out_range, sfc_sites
 from .plan.quantplan import QuantPlan
 from .reference import run_reference
 from .runtime import batches, host_target
@@ -51,7 +52,7 @@ DEFAULT_SAMPLES = 256
 
 def _materialized(graph: Graph) -> list[str]:
     """Tensors the integer program holds as integers (an output dequantized from its accumulator is not one)."""
-    return [t for t in graph.tensors() if not (graph.nodes[t].kind in ACC_KINDS and not needs_integer_output(graph, t))]
+    return [t for t in graph.tensors() if materialized(graph, t)]
 
 
 def _with_probes(mod: tvm.IRModule, graph: Graph, names: list[str]) -> tvm.IRModule:
@@ -97,9 +98,9 @@ def _sfc_kinds(graph: Graph, plan: QuantPlan) -> dict[str, str]:
     for name, node in graph.nodes.items():
         if node.kind == "input":
             out[name] = "quantize"
-        elif node.kind in PASSTHROUGH:
+        elif kind_of(node).passthrough:
             out[name] = "passthrough"
-        elif node.kind in ACC_KINDS and not needs_integer_output(graph, name):
+        elif not materialized(graph, name):
             out[name] = "dequantize"
         else:
             out[name] = "+".join(sorted(kinds.get(name, {"identity"})))
