@@ -8,7 +8,7 @@ override, weights unchanged, the plan re-calibrated) and the compiled program's
 accuracy is measured on the 10k test images: the top-ranked tensor against the
 bottom-ranked one (``--all``: every ranked tensor, and the rank correlation).
 
-Writes ``benchmarks/results/layer_error_promotion.{json,md}`` (``_all`` with ``--all``).
+Writes ``benchmarks/results/layer_error_promotion/layer_error_promotion.{json,md}`` (``_all`` with ``--all``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.export_qdq import program_logits
 from gwq_tvm.layer_error import layer_error
 
-OUT = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "layer_error_promotion"
 BASE = QuantConfig(weight_bits=4, act_bits=2)
 
 
@@ -79,7 +79,7 @@ def main():
     if "spearman_alone_kl_vs_recovery" in result:
         lines += ["", f"Spearman rank correlation of alone KL with recovered accuracy: "
                       f"{result['spearman_alone_kl_vs_recovery']:.2f}; best single promotion: {result['best_promotion']}."]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("# Layer error ranking: promoting the worst vs the best tensor to 8 bits\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

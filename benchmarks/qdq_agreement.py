@@ -7,7 +7,7 @@ containers, and run on ONNX Runtime's CPU executor with its QDQ fusions
 DequantizeLinear -> float op -> QuantizeLinear).  Figures are those of
 :func:`gwq_tvm.fidelity.fidelity` with the integer program as the reference.
 
-Writes ``benchmarks/results/qdq_agreement.{json,md}``.
+Writes ``benchmarks/results/qdq_agreement/qdq_agreement.{json,md}``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gwq_tvm.config import QuantConfig
 from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.export_qdq import export_qdq, host_has_vnni, ort_agreement, program_logits
 
-OUT = Path(__file__).resolve().parent / "results"
+OUT = Path(__file__).resolve().parent / "results" / "qdq_agreement"
 
 
 def main():
@@ -53,7 +53,7 @@ def main():
         lines.append(f"| {r['plan']} | {r['weight_type']} | {'QDQ fusions' if r['ort_optimized'] else 'none'} | "
                      f"{r['top1_agreement'] * 100:.2f}% | {sq} | {r['kl']:.2e} | {r['float_accuracy'] * 100:.2f}% | "
                      f"{r['quantized_accuracy'] * 100:.2f}% |")
-    (OUT / "qdq_agreement.md").write_text("\n".join(lines) + "\n")
+    (OUT / "qdq_agreement.md").write_text("# QDQ export: ONNX Runtime vs the gwq-tvm integer program\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
