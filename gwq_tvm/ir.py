@@ -4,7 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
+
+from . import errors
+
+
+def _keep_error_types_across_passes() -> None:
+    """Register gwq-tvm's error classes with TVM's FFI (a TVM 0.27 workaround, done once, here).
+
+    Cause: an exception raised inside a Python ``module_pass`` crosses TVM's
+    FFI on its way out, and TVM 0.27 re-raises any class it does not know as
+    ``RuntimeError``. A :class:`~gwq_tvm.errors.PlanError` from
+    :class:`~gwq_tvm.passes.realize.RealizeIntegerProgram` then reached the CLI
+    as an "internal error" instead of the user's one-line error. Registered,
+    the FFI re-raises the original class. Tested by
+    ``tests/test_core_v2.py::test_gwq_errors_keep_their_type_through_a_pass``.
+    """
+    for cls in [errors.GwqError, *_subclasses(errors.GwqError)]:
+        if cls.__module__ == errors.__name__:
+            tvm_ffi.register_error(f"gwq_tvm.{cls.__name__}", cls)
+
+
+def _subclasses(cls) -> list:
+    return [c for s in cls.__subclasses__() for c in (s, *_subclasses(s))]
+
+
+_keep_error_types_across_passes()
 
 
 def const_value(expr) -> np.ndarray | None:
