@@ -150,7 +150,7 @@ def test_cli_compile_gwq_and_report(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "integer-only: yes" in text and "shift share" in text and "g0: mantissa" in text
     plan = json.loads(out.with_suffix(".plan.json").read_text())
-    assert plan["config"]["mode"] == "gwq" and plan["config"]["groups"] == 3
+    assert plan["provenance"]["config"]["mode"] == "gwq" and plan["provenance"]["config"]["groups"] == 3
     html = tmp_path / "r.html"
     assert main(["--quiet", "report", str(BUNDLED_MODEL), "-o", str(html), "--mode", "gwq", "--tolerance", "0.001", "--calib-samples", "128"]) == 0
     page = html.read_text()
