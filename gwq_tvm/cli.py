@@ -161,7 +161,11 @@ def cmd_compile(args):
 
     out = Path(args.output)
     _check_plan_options(args)
-    _check_outputs(args, out, out.with_suffix(".plan.json"), reference_path(out))
+    plan_out = out.with_suffix(".plan.json")
+    # 'compile m.onnx --plan m.plan.json -o m.so' (the README's QAT flow) names the given plan as the plan output:
+    # it is left as it is when the plan compiled is that file's, never rewritten
+    keep_plan = bool(args.plan) and plan_out.exists() and Path(args.plan).exists() and os.path.samefile(args.plan, plan_out)
+    _check_outputs(args, out, *([] if keep_plan else [plan_out]), reference_path(out))
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
     t0 = time.time()
@@ -182,7 +186,10 @@ def cmd_compile(args):
     else:
         ex = api.build(q, target)
     reference = api.reference_samples(q, calib, plan.input_shape)
-    api.export(ex, out, plan, fcompile=fcompile, reference=reference)  # all three files, or none
+    if keep_plan and json.loads(json.dumps(plan.to_dict())) != json.loads(Path(args.plan).read_text()):
+        raise GwqError(f"output {plan_out} is the input plan and this compile changes it (a version 1 plan, or a tuned batch): "
+                       "choose another -o")
+    api.export(ex, out, None if keep_plan else plan, fcompile=fcompile, reference=reference)  # all files, or none
     _print_summary(q)
     print(f"wrote {out}, {out.with_suffix('.plan.json')} and {reference_path(out).name} ({time.time() - t0:.1f}s)")
 

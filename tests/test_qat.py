@@ -218,7 +218,9 @@ def test_cli_train_then_compile(fmnist, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "QAT accuracy (fake-quant)" in text and (tmp_path / "m.qat" / "checkpoint.pt").is_file()
     qat_acc = float(text.split("QAT accuracy (fake-quant): ")[1].split("%")[0])
+    plan_bytes = out.with_suffix(".plan.json").read_bytes()  # also the plan output of this compile: kept as it is
     assert main(["--quiet", "compile", str(out), "--plan", str(out.with_suffix(".plan.json")), "-o", str(tmp_path / "m.so")]) == 0
+    assert out.with_suffix(".plan.json").read_bytes() == plan_bytes
     assert "integer-only: yes" in capsys.readouterr().out
     assert main(["--quiet", "eval", str(tmp_path / "m.so"), "--data", str(tmp_path / "test.npz")]) == 0
     compiled_acc = float(capsys.readouterr().out.split("accuracy: ")[1].split("%")[0])
