@@ -132,8 +132,10 @@ print(json.dumps(results))
 @pytest.mark.slow
 def test_fuzzed_models_and_plans_never_crash_or_hang(tmp_path):
     """Seeded mutations of the bundled ONNX and its plan: 0 tracebacks, 0 deaths by signal, 0 hangs, exit 0 or 2."""
+    # A hang is a case past its own 60 s bound (the driver kills it); the whole run takes about 2 minutes on an idle
+    # 2-core machine, and the outer bound is only a backstop, not a speed assertion (a loaded machine is slower).
     proc = subprocess.run([sys.executable, "-c", _FUZZ_DRIVER, str(tmp_path), "21", "24", "24", "60"],
-                          capture_output=True, text=True, env=ENV, timeout=170)
+                          capture_output=True, text=True, env=ENV, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not any("is the input plan" in r["stderr"] for r in results)  # each mutation reached the compiler
