@@ -418,7 +418,8 @@ def cmd_train(args):
 def cmd_demo(args):
     from .demo import run_demo
 
-    run_demo(out_dir=Path(args.out_dir), calib_samples=args.calib_samples, limit=args.limit, quiet=args.quiet)
+    run_demo(out_dir=Path(args.out_dir), calib_samples=args.calib_samples, limit=args.limit, quiet=args.quiet,
+             model_name=args.model)
 
 
 def _add_quant_options(p):
@@ -448,6 +449,8 @@ def _add_quant_options(p):
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .data import BUNDLED_MODELS
+
     parser = _Parser(prog="gwq-tvm", description="Group-wise integer-only quantization of CNNs with TVM.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
@@ -566,6 +569,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole flow on the bundled model and Fashion-MNIST")
     p.add_argument("--out-dir", default="gwq_demo_out")
+    p.add_argument("--model", choices=BUNDLED_MODELS, default=BUNDLED_MODELS[0],
+                   help="bundled model: the ResNet (default) or MobileNetV3-Small")
     p.add_argument("--calib-samples", type=_positive_int, default=512)
     p.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
     p.set_defaults(func=cmd_demo)

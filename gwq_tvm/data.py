@@ -15,7 +15,9 @@ import numpy as np
 from .errors import CalibrationDataError, GwqError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-BUNDLED_MODEL = MODELS_DIR / "fmnist_resnet.onnx"
+#: The bundled models (``gwq_tvm/models/<name>.onnx``), the default first.
+BUNDLED_MODELS = ("fmnist_resnet", "fmnist_mobilenetv3")
+BUNDLED_MODEL = MODELS_DIR / f"{BUNDLED_MODELS[0]}.onnx"
 
 
 def manifest() -> dict:
@@ -38,9 +40,11 @@ def normalise(images_u8: np.ndarray) -> np.ndarray:
     return ((images_u8.astype(np.float32) / 255.0 - m["pixel_mean"]) / m["pixel_std"]).astype(np.float32)
 
 
-def bundled_model() -> Path:
-    """Path of the bundled fp32 ONNX model (checksum verified)."""
-    return _verified(BUNDLED_MODEL.name)
+def bundled_model(name: str = BUNDLED_MODELS[0]) -> Path:
+    """Path of the bundled fp32 ONNX model ``name`` (one of :data:`BUNDLED_MODELS`; checksum verified)."""
+    if name not in BUNDLED_MODELS:
+        raise GwqError(f"unknown bundled model {name!r}; choose one of {', '.join(BUNDLED_MODELS)}")
+    return _verified(f"{name}.onnx")
 
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files (the 60k training set).

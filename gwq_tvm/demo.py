@@ -13,13 +13,14 @@ from tvm import relax
 from . import api
 from .atomic import write_text
 from .config import QuantConfig
-from .data import bundled_model, fashion_mnist
+from .data import BUNDLED_MODELS, bundled_model, fashion_mnist
 from .reference import run_reference
 from .runtime import host_target
 from .schedules.float import compile_float
 
 
-def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, quiet: bool = False) -> dict:
+def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, quiet: bool = False,
+             model_name: str = BUNDLED_MODELS[0]) -> dict:
     """Quantize W8A8 per-layer (dyadic SFCs) and GWQ (shared mantissas, shift SFCs), compile, evaluate
     both against fp32 on the test images; print and return the results."""
     t0 = time.time()
@@ -27,11 +28,11 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
     test_x, test_y = fashion_mnist("test")
     if limit:
         test_x, test_y = test_x[:limit], test_y[:limit]
-    model = bundled_model()
+    model = bundled_model(model_name)
     q = api.quantize(model, calib[:calib_samples], QuantConfig(), show_progress=not quiet)
     ex = api.build(q)
     out_dir.mkdir(parents=True, exist_ok=True)
-    so = api.export(ex, out_dir / "fmnist_resnet_int8.so", q.plan)
+    so = api.export(ex, out_dir / f"{model_name}_int8.so", q.plan)
     t_compile = time.time() - t0
 
     vm_int = api.load_executable(so)
@@ -43,7 +44,7 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
     bit_exact = bool(np.array_equal(ref, logits_int[:32]))
 
     g = api.quantize(model, calib[:calib_samples], QuantConfig(mode="gwq"), show_progress=not quiet)
-    g_so = api.export(api.build(g), out_dir / "fmnist_resnet_gwq.so", g.plan)
+    g_so = api.export(api.build(g), out_dir / f"{model_name}_gwq.so", g.plan)
     logits_gwq = api.predict(api.load_executable(g_so), test_x, g.float_model.input_shape, show_progress=not quiet)
     acc_gwq = api.accuracy(logits_gwq, test_y)
     gwq_exact = bool(np.array_equal(run_reference(g.mod, test_x[:32]), logits_gwq[:32]))
@@ -64,7 +65,7 @@ def run_demo(out_dir: Path, calib_samples: int = 512, limit: int | None = None, 
     print(f"wrote {so} and {so.with_suffix('.plan.json')}  (quantize+compile {t_compile:.1f}s, total {time.time() - t0:.1f}s)")
     result = {
         "fp32_accuracy": acc_fp, "int8_accuracy": acc_int, "integer_only": q.integer_only.ok,
-        "sfc": s, "bit_exact_32": bit_exact, "test_images": len(test_x),
+        "model": model_name, "sfc": s, "bit_exact_32": bit_exact, "test_images": len(test_x),
         "gwq": {"accuracy": acc_gwq, "groups": len(g.plan.groups), "sfc": gs, "integer_only": g.integer_only.ok,
                 "bit_exact_32": gwq_exact},
     }

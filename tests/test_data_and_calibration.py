@@ -12,7 +12,7 @@ def test_bundled_data_checksums_and_shapes(fmnist):
     calib, test_x, test_y = fmnist
     assert calib.shape == (1024, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
     assert test_x.dtype == np.float32 and set(np.unique(test_y)) == set(range(10))
-    assert gwq_tvm.data.manifest()["fp32_test_accuracy"] >= 0.91
+    assert gwq_tvm.data.manifest()["models"]["fmnist_resnet"]["fp32_test_accuracy"] >= 0.91
 
 
 @pytest.mark.parametrize(
