@@ -1,0 +1,302 @@
+"""Model-zoo coverage: does every public architecture compile integer-only, bit-exact, and how well?
+
+Rows are the architectures of :mod:`gwq_tvm.models.zoo` (built from their
+published layer tables, seeded weights, settled batch-norm statistics,
+exported to ONNX here; nothing is downloaded) and the onnx wheel's old-opset
+zoo graphs with seeded weights in place of their placeholders
+(``light:<name>``).  Each row runs in its own process (a crash or a time-out
+is that row's result, not the benchmark's) and measures, at W8A8:
+
+* **imports / compiles**: gwq-tvm's per-layer and GWQ programs, or the one
+  line gwq-tvm printed when it refused the model;
+* **integer-only** (:func:`gwq_tvm.check_integer_only`) and the ops kept in float;
+* **bit-exact**: the compiled module against the numpy reference on 4 inputs;
+* **fidelity** against the fp32 ONNX model run by ONNX Runtime, on ``--samples``
+  seeded N(0, 1) inputs (calibration uses a disjoint seeded set):
+  top-1 agreement of output 0 (per pixel for dense-prediction outputs) and the
+  mean logit SQNR over all outputs (:mod:`gwq_tvm.fidelity`);
+* the same for **ONNX Runtime int8** (``quantize_static``, QDQ, per-channel,
+  u8 activations / s8 weights, the same calibration inputs);
+* **latency** at batch 1 (median of ``--runs`` calls, ``--threads`` threads for
+  every runtime) of gwq-tvm per-layer and GWQ, ORT int8 and ORT fp32;
+* **compile time**: import + calibration + planning + realization + build.
+
+Writes ``benchmarks/results/model_zoo/model_zoo.{json,md}``.  Usage::
+
+    python benchmarks/model_zoo.py                      # every row
+    python benchmarks/model_zoo.py --models mobilenet_v2,light:squeezenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "results" / "model_zoo"
+CACHE = Path(tempfile.gettempdir()) / "gwq_model_zoo"
+
+#: rows whose outputs are not class scores: agreement is per-pixel (segmentation) or not meaningful (detection)
+DENSE_AGREEMENT = {"unet_small": "per-pixel", "tiny_yolo": None}
+
+
+def row_names() -> list[str]:
+    from gwq_tvm.models import zoo
+
+    return list(zoo.zoo()) + [f"light:{n}" for n in zoo.light_zoo_names()]
+
+
+def onnx_path(name: str) -> Path:
+    """The row's seeded ONNX file (exported once into the cache)."""
+    import onnx
+
+    from gwq_tvm.models import zoo
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{name.replace(':', '_')}.onnx"
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp.onnx")
+        if name.startswith("light:"):
+            onnx.save(zoo.light_zoo_model(name.split(":", 1)[1]), str(tmp))
+        else:
+            zoo.export_onnx(name, tmp)
+        os.replace(tmp, path)
+    return path
+
+
+def input_shape_of(path: Path, name: str) -> tuple:
+    import onnx
+
+    if not name.startswith("light:"):
+        from gwq_tvm.models import zoo
+
+        return tuple(zoo.zoo()[name].input_shape)
+    g = onnx.load(str(path)).graph
+    inits = {i.name for i in g.initializer}
+    inp = next(i for i in g.input if i.name not in inits)
+    return tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
+
+
+def _outputs(value) -> list[np.ndarray]:
+    """A VM result (tensor or tuple of tensors) as a list of numpy arrays."""
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [v for item in value for v in _outputs(item)]
+
+
+def _flat(outs_per_sample: list[list[np.ndarray]]) -> np.ndarray:
+    return np.stack([np.concatenate([o.reshape(-1) for o in outs]) for outs in outs_per_sample])
+
+
+def _agreement(ref: list[list[np.ndarray]], test: list[list[np.ndarray]], kind) -> float | None:
+    if kind is None and any(o.ndim > 2 for o in ref[0]):
+        return None
+    a = np.concatenate([r[0].argmax(axis=1).reshape(-1) for r in ref])
+    b = np.concatenate([t[0].argmax(axis=1).reshape(-1) for t in test])
+    return float((a == b).mean())
+
+
+def _median_ms(fn, x, runs: int) -> float:
+    fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> dict:
+    """Everything for one row (runs in a child process; see :func:`main`)."""
+    import onnx
+    import onnxruntime as ort
+    import tvm
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tvm import relax
+
+    import gwq_tvm
+    from gwq_tvm.config import QuantConfig
+    from gwq_tvm.fidelity import sqnr_db
+
+    row: dict = {"model": name}
+    path = onnx_path(name)
+    shape = input_shape_of(path, name)
+    row["input_shape"] = list(shape)
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((calib_n, *shape[1:]), dtype=np.float32)
+    xs = np.random.default_rng(1).standard_normal((samples, *shape[1:]), dtype=np.float32)
+    agree_kind = DENSE_AGREEMENT.get(name, "top-1")
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    fp = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    in_name = fp.get_inputs()[0].name
+    ref = [fp.run(None, {in_name: x[None]}) for x in xs]
+    row["ort_fp32_ms"] = _median_ms(lambda x: fp.run(None, {in_name: x}), xs[:1], runs)
+
+    def score(outs):
+        return {"agreement": _agreement(ref, outs, agree_kind),
+                "sqnr_db": float(np.mean(sqnr_db(_flat(ref), _flat(outs))))}
+
+    for mode in ("per_layer", "gwq"):
+        t0 = time.time()
+        try:
+            with __import__("warnings").catch_warnings(record=True):
+                q = gwq_tvm.quantize(str(path), calib, QuantConfig(mode="gwq" if mode == "gwq" else "per_layer"),
+                                     input_shape=shape)
+            ex = gwq_tvm.build(q)
+        except Exception as err:  # noqa: BLE001 - the row records what gwq-tvm said
+            row[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}"[:300]}
+            continue
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        run = lambda x: _outputs(vm["main"](tvm.runtime.tensor(x)))  # noqa: E731
+        outs = [run(x[None]) for x in xs]
+        compile_s = time.time() - t0
+        exact, ref_error = True, None
+        try:
+            for i in range(min(4, samples)):
+                r = gwq_tvm.run_reference(q.mod, xs[i : i + 1])
+                r = [np.asarray(v) for v in (r if isinstance(r, (list, tuple)) else [r])]
+                exact &= len(r) == len(outs[i]) and all(np.array_equal(a, b) for a, b in zip(r, outs[i]))
+        except Exception as err:  # noqa: BLE001 - a reference that cannot run this program is a finding
+            exact, ref_error = False, f"{type(err).__name__}: {err}"[:300]
+        res = {"compile_s": compile_s, "integer_only": bool(q.integer_only.ok),
+               "float_ops": sorted(set(q.float_ops)), "bit_exact": bool(exact), "reference_error": ref_error,
+               **score(outs),
+               "latency_ms": _median_ms(run, xs[:1], runs)}
+        if mode == "gwq":
+            res["shift_share"] = float(q.sfc["shift_share"])
+            res["groups"] = len(q.plan.groups)
+        row[mode] = res
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {in_name: x[None]}
+
+    t0 = time.time()
+    try:
+        model = onnx.load(str(path))
+        if model.opset_import[0].version < 13:  # ORT's QDQ quantizer needs opset >= 10; upgrade old zoo files
+            model = onnx.version_converter.convert_version(model, 13)
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+            onnx.save(model, str(src))
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            s8 = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+        outs = [s8.run(None, {in_name: x[None]}) for x in xs]
+        row["ort_int8"] = {"quantize_s": time.time() - t0, **score(outs),
+                           "latency_ms": _median_ms(lambda x: s8.run(None, {in_name: x}), xs[:1], runs)}
+    except Exception as err:  # noqa: BLE001
+        row["ort_int8"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    return row
+
+
+def _fmt(v, spec="{:.1f}"):
+    return "—" if v is None else spec.format(v)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | per-layer | int-only | float ops | bit-exact | agree % | SQNR dB | GWQ agree % | GWQ SQNR dB "
+            "| shift % | ORT int8 agree % | ORT SQNR dB | ms pl / gwq / ORT8 / ORT32 | compile s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        pl, g, o = r.get("per_layer", {}), r.get("gwq", {}), r.get("ort_int8", {})
+        if "error" in r or "error" in pl:
+            err = r.get("error") or pl.get("error")
+            lines.append(f"| {r['model']} | **fails**: {err} |" + " |" * 13)
+            continue
+        lat = " / ".join(_fmt(v, "{:.2f}") for v in (pl.get("latency_ms"), g.get("latency_ms"), o.get("latency_ms"),
+                                                    r.get("ort_fp32_ms")))
+        pct = lambda v: _fmt(None if v is None else 100 * v)  # noqa: E731
+        lines.append(
+            f"| {r['model']} | ok | {'yes' if pl['integer_only'] else 'no'} | {', '.join(pl['float_ops']) or '—'} "
+            f"| {'yes' if pl['bit_exact'] and g.get('bit_exact', False) else 'NO'} | {pct(pl['agreement'])} "
+            f"| {_fmt(pl['sqnr_db'])} | {pct(g.get('agreement'))} | {_fmt(g.get('sqnr_db'))} | {pct(g.get('shift_share'))} "
+            f"| {pct(o.get('agreement')) if 'error' not in o else 'fails'} | {_fmt(o.get('sqnr_db'))} | {lat} "
+            f"| {_fmt(pl['compile_s'], '{:.0f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=None, help="comma-separated rows (default: all)")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--calib", type=int, default=32)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per row")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--row", help=argparse.SUPPRESS)
+    p.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.row:
+        row = run_row(args.row, args.samples, args.calib, args.runs, args.threads)
+        args.row_json.write_text(json.dumps(row))
+        return
+    names = args.models.split(",") if args.models else row_names()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        with tempfile.TemporaryDirectory() as d:
+            out = Path(d) / "row.json"
+            cmd = [sys.executable, __file__, "--row", name, "--row-json", str(out), "--samples", str(args.samples),
+                   "--calib", str(args.calib), "--runs", str(args.runs), "--threads", str(args.threads)]
+            env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+            t0 = time.time()
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                if out.is_file():
+                    row = json.loads(out.read_text())
+                else:
+                    tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                    row = {"model": name, "error": f"row process died (exit {proc.returncode}): {tail[:300]}"}
+            except subprocess.TimeoutExpired:
+                row = {"model": name, "error": f"timed out after {args.timeout:.0f} s"}
+            row["wall_s"] = time.time() - t0
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                              "cpu_flags": _cpu_flags()},
+                  "settings": {"samples": args.samples, "calib": args.calib, "runs": args.runs, "bits": "W8A8"},
+                  "rows": rows}
+        (args.out / "model_zoo.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "model_zoo.md").write_text(_report(result))
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"} & set(flags))
+
+
+def _report(result: dict) -> str:
+    rows = result["rows"]
+    ok = [r for r in rows if "error" not in r and "error" not in r.get("per_layer", {"error": 1})]
+    s = result["settings"]
+    return (f"# Model-zoo coverage ({s['bits']}, {s['samples']} seeded inputs, {s['calib']} calibration inputs)\n\n"
+            f"Machine: {result['machine']['cpu']}, flags {', '.join(result['machine']['cpu_flags'])}, "
+            f"{result['machine']['threads']} thread(s).  Written by `benchmarks/model_zoo.py`.\n\n"
+            f"{len(ok)}/{len(rows)} rows compile; "
+            f"{sum(r['per_layer']['integer_only'] for r in ok)} integer-only; "
+            f"{sum(r['per_layer']['bit_exact'] and r.get('gwq', {}).get('bit_exact', False) for r in ok)} bit-exact "
+            f"(per-layer and GWQ).  Agreement and SQNR are against the fp32 ONNX model on ONNX Runtime; ORT int8 is "
+            f"`quantize_static` QDQ per-channel u8/s8.\n\n" + table(rows))
+
+
+if __name__ == "__main__":
+    main()
