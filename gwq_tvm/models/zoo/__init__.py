@@ -161,40 +161,61 @@ def light_zoo_names() -> list[str]:
 
 
 def light_zoo_model(name: str, seed: int = 0):
-    """The wheel's ``light_<name>.onnx`` with every float placeholder weight replaced by a seeded one.
+    """The wheel's ``light_<name>.onnx`` with seeded weights in place of its placeholders.
 
-    Replacement values follow each initializer's role, found from the node that
-    reads it: conv / Gemm / MatMul weights are He-normal (``N(0, 2 / fan_in)``),
-    their biases ``N(0, 0.01^2)``; BatchNormalization scale ``U(0.5, 1.5)``,
-    bias and mean ``N(0, 0.1^2)``, variance ``U(0.5, 1.5)``; anything else
-    float keeps its shape with ``N(0, 0.1^2)``.  Integer initializers (shapes)
-    are kept.  Returns an ``onnx.ModelProto``.
+    The wheel's files carry no weights: each weight is a ``ConstantOfShape``
+    node filling its shape with one value.  Each such node is replaced by an
+    initializer of that shape whose values follow the weight's role, found from
+    the node that reads it: conv / Gemm weights are He-normal
+    (``N(0, 2 / fan_in)``), their biases ``N(0, 0.01^2)``; BatchNormalization
+    scale and variance ``U(0.5, 1.5)``, bias and mean ``N(0, 0.1^2)``; anything
+    else ``N(0, 0.1^2)``.  Returns an ``onnx.ModelProto`` (IR version >= 4, so
+    initializers need not be graph inputs).
     """
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(light_zoo_dir() / f"light_{name}.onnx"))
+    g = model.graph
     rng = np.random.default_rng(seed)
+    inits = {i.name: i for i in g.initializer}
     role = {}
-    for node in model.graph.node:
+    for node in g.node:
         for i, inp in enumerate(node.input):
             role.setdefault(inp, (node.op_type, i))
-    for k, init in enumerate(model.graph.initializer):
-        old = numpy_helper.to_array(init)
-        if not np.issubdtype(old.dtype, np.floating):
+    keep, used_shapes = [], set()
+    for node in g.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
+            keep.append(node)
             continue
-        op, idx = role.get(init.name, ("", -1))
-        shape = old.shape
-        if op in ("Conv", "Gemm", "MatMul") and idx == 1 and old.ndim >= 2:
-            fan_in = int(np.prod(shape[1:])) if op == "Conv" else int(shape[0] if op == "MatMul" else shape[1])
-            new = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
-        elif op in ("Conv", "Gemm") and idx == 2:
-            new = rng.normal(0.0, 0.01, shape)
-        elif op == "BatchNormalization" and idx in (1, 4):
-            new = rng.uniform(0.5, 1.5, shape)
-        elif op == "BatchNormalization":
-            new = rng.normal(0.0, 0.1, shape)
-        else:
-            new = rng.normal(0.0, 0.1, shape)
-        model.graph.initializer[k].CopyFrom(numpy_helper.from_array(new.astype(old.dtype), init.name))
+        shape = tuple(int(d) for d in numpy_helper.to_array(inits[node.input[0]]))
+        used_shapes.add(node.input[0])
+        g.initializer.append(numpy_helper.from_array(_seeded(rng, shape, *role.get(node.output[0], ("", -1))),
+                                                     node.output[0]))
+    del g.node[:]
+    g.node.extend(keep)
+    still_read = {i for n in g.node for i in n.input}
+    dead = used_shapes - still_read
+    kept_inits = [i for i in g.initializer if i.name not in dead]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
+    kept_inputs = [i for i in g.input if i.name not in dead]
+    del g.input[:]
+    g.input.extend(kept_inputs)
+    model.ir_version = max(model.ir_version, 4)
+    onnx.checker.check_model(model)
     return model
+
+
+def _seeded(rng, shape: tuple, op: str, idx: int) -> np.ndarray:
+    """Seeded float32 values for a weight of ``shape`` read as input ``idx`` of an ``op`` node."""
+    if op in ("Conv", "Gemm", "MatMul") and idx == 1 and len(shape) >= 2:
+        fan_in = int(np.prod(shape[1:])) if op == "Conv" else int(shape[0] if op == "MatMul" else shape[1])
+        new = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
+    elif op in ("Conv", "Gemm") and idx == 2:
+        new = rng.normal(0.0, 0.01, shape)
+    elif op == "BatchNormalization" and idx in (1, 4):
+        new = rng.uniform(0.5, 1.5, shape)
+    else:
+        new = rng.normal(0.0, 0.1, shape)
+    return new.astype(np.float32)
