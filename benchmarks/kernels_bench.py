@@ -5,7 +5,8 @@ One script, one run.  Batch 1, 1 and 2 threads, the median of ``--runs``
 
 * ``resnet18``: a ResNet-18 at 224x224 with seeded random weights (``resnet18.py``),
   quantized with random calibration images;
-* ``bundled``: the bundled Fashion-MNIST ResNet (1x28x28).
+* ``bundled``: the bundled Fashion-MNIST ResNet (1x28x28);
+* ``mobilenetv3``: the bundled Fashion-MNIST MobileNetV3-Small (1x28x28; hardswish, squeeze-excitation).
 
 Columns: gwq-tvm int8 with the untuned default schedules and tuned
 (MetaSchedule, XGBoost; ``--tuning-dir``, tuned here if missing), gwq-tvm in
@@ -45,7 +46,9 @@ OUT = HERE / "results" / "kernels_bench"
 CACHE = HERE / ".cache"
 sys.path.insert(0, str(HERE))
 
-MODELS = ("resnet18", "bundled")
+MODELS = ("resnet18", "bundled", "mobilenetv3")
+#: benchmark name -> bundled model name (gwq_tvm.data.BUNDLED_MODELS)
+BUNDLED = {"bundled": "fmnist_resnet", "mobilenetv3": "fmnist_mobilenetv3"}
 COLUMNS = [
     "gwq-tvm int8 default", "gwq-tvm int8 tuned", "gwq-tvm GWQ default", "TVM fp32 untuned", "TVM fp32 tuned",
     "ORT fp32", "ORT int8", "PyTorch fp32", "PyTorch FX int8",
@@ -72,7 +75,7 @@ def _model_data(name: str):
         else:
             from gwq_tvm.data import bundled_model, fashion_mnist
 
-            p["onnx"].write_bytes(bundled_model().read_bytes())
+            p["onnx"].write_bytes(bundled_model(BUNDLED[name]).read_bytes())
             calib, test = fashion_mnist("calib")[0][:256], fashion_mnist("test")[0]
             x = test[:1]
         np.save(p["calib"], calib)
@@ -253,10 +256,11 @@ def _torch_model(name: str):
         from resnet18 import resnet18
 
         return resnet18()
+    from gwq_tvm.models.fmnist_mobilenetv3 import FMNISTMobileNetV3
     from gwq_tvm.models.fmnist_resnet import FMNISTResNet
 
-    m = FMNISTResNet()
-    m.load_state_dict(torch.load(HERE.parent / "gwq_tvm" / "models" / "fmnist_resnet.pt", weights_only=True))
+    m = {"bundled": FMNISTResNet, "mobilenetv3": FMNISTMobileNetV3}[name]()
+    m.load_state_dict(torch.load(HERE.parent / "gwq_tvm" / "models" / f"{BUNDLED[name]}.pt", weights_only=True))
     return m.eval()
 
 
