@@ -176,11 +176,12 @@ def _sum(args, attrs, dtype, name):
 
 
 def _take(table, idx, attrs):
-    """``table[idx]`` along ``attrs.axis``; an index outside the table is an error (``mode="fast"`` reads garbage)."""
+    """``table[idx]`` along ``attrs.axis``, out-of-range indices as ``attrs.mode`` says (an error for "fast")."""
     axis = int(attrs.axis) if attrs.axis is not None else 0
-    if np.size(idx) and (int(np.min(idx)) < 0 or int(np.max(idx)) >= table.shape[axis]):
+    mode = str(attrs.mode)
+    if mode == "fast" and np.size(idx) and (int(np.min(idx)) < 0 or int(np.max(idx)) >= table.shape[axis]):
         raise IndexError(f"reference take: index outside the table of {table.shape[axis]} entries")
-    return np.take(table, idx, axis=axis)
+    return np.take(table, idx, axis=axis, mode="wrap" if mode == "wrap" else "clip")
 
 
 def _axes(axes, ndim):

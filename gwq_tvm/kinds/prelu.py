@@ -83,7 +83,9 @@ class PRelu(AccumulatingKind):
             return False
         var = w.bindings[i].var
         if call.op.name == "relax.nn.prelu":
-            alpha = _slopes(call.args[1], shape[1]) if int(call.attrs.axis) % len(shape) == 1 else None
+            alpha = _slopes(call.args[1], shape[1])  # TVM's importer puts one slope on the last axis
+            if alpha is not None and int(call.attrs.axis) % len(shape) != 1 and np.unique(alpha).size > 1:
+                alpha = None
         else:
             found = _torch_prelu(w, i, x, shape[1])
             if found is None:
