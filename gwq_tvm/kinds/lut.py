@@ -352,7 +352,15 @@ def _onnx_step(writer, name: str, args: list, params: dict, out: str) -> None:
     elif name == "leaky_relu":
         writer.node("LeakyRelu", args, out, alpha=params["alpha"])
     elif name == "clip":
-        writer.relu(out, args[0], params["lo"], params["hi"])
+        lo, hi = params["lo"], params["hi"]
+        if math.isinf(lo) == math.isinf(hi):
+            writer.relu(out, args[0], lo, hi)
+        else:  # an infinite Clip bound is no valid initializer, and TVM imports Min/Max as stack + reduce:
+            # min(x, hi) = hi - relu(hi - x), max(x, lo) = lo + relu(x - lo)
+            bound = writer.const(f"{out}_bound", np.array(hi if math.isinf(lo) else lo, np.float32))
+            writer.node("Sub", [bound, args[0]] if math.isinf(lo) else [args[0], bound], f"{out}_d")
+            writer.node("Relu", [f"{out}_d"], f"{out}_r")
+            writer.node("Sub" if math.isinf(lo) else "Add", [bound, f"{out}_r"], out)
     elif name == "silu":
         writer.node("Sigmoid", args, f"{out}_sig")
         writer.node("Mul", [args[0], f"{out}_sig"], out)
