@@ -219,6 +219,7 @@ _OPS = {
     "relax.take": lambda a, at, dt, n: _take(a[0], a[1], at),
     "relax.permute_dims": lambda a, at, dt, n: np.transpose(a[0], _axes(at.axes, a[0].ndim)),
     "relax.strided_slice": lambda a, at, dt, n: _strided_slice(*a),
+    "relax.repeat": lambda a, at, dt, n: np.repeat(a[0], int(at.repeats), axis=int(at.axis)),
     "relax.maximum": _binary(np.maximum),
     "relax.minimum": _binary(np.minimum),
 }

@@ -305,3 +305,64 @@ def test_data_movement_is_passthrough_and_bit_exact(frontend, mode):
     got = _bit_exact(q, x[16:])
     with torch.no_grad():
         assert _sqnr(got, model(torch.from_numpy(x[16:])).numpy()) > 25
+
+
+# --- aarch64 ---------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["aarch64-dotprod", "rpi4"])
+def test_new_kinds_build_for_aarch64_without_unscheduled_kernels(mbv3, preset):
+    import shutil
+    import warnings
+
+    from gwq_tvm.schedules.targets import resolve_target
+
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("apt-get install gcc-aarch64-linux-gnu")
+    model, calib, _ = mbv3
+    q = _quantize(model, calib, QuantConfig(mode="gwq", groups=2, loss_aware=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kernel left unscheduled warns
+        gwq_tvm.build(q, resolve_target(preset))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["aarch64-dotprod", "rpi4"])
+def test_mobilenetv3_block_bit_exact_on_the_aarch64_board(aarch64_remote, tmp_path, mbv3, preset):
+    """conv-hardswish, depthwise-PReLU, SE (hardsigmoid gate, product), split/shuffle-free block on the emulated board."""
+    from gwq_tvm.schedules.targets import resolve_target
+    from test_arm_kernels import _run_remote
+
+    torch.manual_seed(7)
+    model = _randomize_bn(MobileNetV3Block())
+    model.dw[2] = nn.PReLU(16)
+    _, calib, x = mbv3
+    for cfg in (QuantConfig(), QuantConfig(mode="gwq", groups=2, loss_aware=False)):
+        q = _quantize(model, calib, cfg)
+        assert {"lut", "mul", "prelu"} <= set(_kinds(q)) and q.integer_only.ok
+        ex = gwq_tvm.build(q, resolve_target(preset))
+        got = _run_remote(aarch64_remote, ex, x[:3], preset, tmp_path / f"mbv3_{cfg.mode.value}.so")
+        np.testing.assert_array_equal(got, run_reference(q.mod, x[:3]))
+
+
+class Upsample(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.conv, self.conv2, self.factor = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(12, 4, 3, padding=1), factor
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        up = nn.functional.interpolate(y, scale_factor=self.factor, mode="nearest")
+        return self.conv2(torch.cat([up, up * 0.5 + 0.25], 1))
+
+
+@pytest.mark.parametrize("frontend", ["torch", "onnx"])
+@pytest.mark.parametrize("factor", [2, 3])
+def test_nearest_upsampling_is_a_passthrough_repeat(frontend, factor):
+    """torch imports half_pixel/round, ONNX asymmetric/floor: both repeat each row and column ``factor`` times."""
+    torch.manual_seed(8)
+    model = Upsample(factor).eval()
+    x = np.random.default_rng(8).normal(size=(20, 3, 6, 6)).astype(np.float32)
+    q = _quantize(model, x[:16], QuantConfig(), frontend)
+    assert "resize" in _kinds(q) and not q.graph.float_nodes(), _kinds(q)
+    got = _bit_exact(q, x[16:])
+    with torch.no_grad():
+        assert _sqnr(got, model(torch.from_numpy(x[16:])).numpy()) > 25
