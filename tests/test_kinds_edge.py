@@ -366,3 +366,24 @@ def test_nearest_upsampling_is_a_passthrough_repeat(frontend, factor):
     got = _bit_exact(q, x[16:])
     with torch.no_grad():
         assert _sqnr(got, model(torch.from_numpy(x[16:])).numpy()) > 25
+
+
+class EveryKind(nn.Module):
+    """GELU (lut), PReLU, nearest upsampling, strided slices, then the data-movement block."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gelu, self.prelu, self.tail = nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.PReLU(8), Movement()
+
+    def forward(self, x):
+        y = self.prelu(self.gelu(self.conv(x)))
+        return self.tail(nn.functional.interpolate(y, scale_factor=2, mode="nearest")[:, :3, ::2, ::2])
+
+
+def test_loss_aware_gwq_simulates_every_new_kind():
+    """The fake-quant simulator (output sensitivities) emits lut, prelu, resize, slice and permute nodes."""
+    torch.manual_seed(9)
+    x = np.random.default_rng(9).normal(size=(20, 3, 10, 10)).astype(np.float32)
+    q = _quantize(EveryKind().eval(), x[:16], QuantConfig(mode="gwq", groups=2))
+    assert {"lut", "prelu", "resize", "slice", "permute"} <= set(_kinds(q)) and q.sensitivity
+    _bit_exact(q, x[16:])
