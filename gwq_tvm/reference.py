@@ -175,6 +175,27 @@ def _sum(args, attrs, dtype, name):
     return _checked(args[0].astype(np.int64).sum(axis=axes, keepdims=bool(attrs.keepdims)), dtype, name)
 
 
+def _take(table, idx, attrs):
+    """``table[idx]`` along ``attrs.axis``, out-of-range indices as ``attrs.mode`` says (an error for "fast")."""
+    axis = int(attrs.axis) if attrs.axis is not None else 0
+    mode = str(attrs.mode)
+    if mode == "fast" and np.size(idx) and (int(np.min(idx)) < 0 or int(np.max(idx)) >= table.shape[axis]):
+        raise IndexError(f"reference take: index outside the table of {table.shape[axis]} entries")
+    return np.take(table, idx, axis=axis, mode="wrap" if mode == "wrap" else "clip")
+
+
+def _axes(axes, ndim):
+    return [int(a) for a in axes] if axes is not None else list(range(ndim))[::-1]
+
+
+def _strided_slice(x, axes, begin, end, strides=None):
+    index = [slice(None)] * x.ndim
+    strides = strides if strides is not None else [1] * len(axes)
+    for a, b, e, s in zip(axes, begin, end, strides):
+        index[int(a)] = slice(int(b), int(e), int(s))
+    return x[tuple(index)]
+
+
 _OPS = {
     "relax.add": _binary(np.add),
     "relax.subtract": _binary(np.subtract),
@@ -194,6 +215,13 @@ _OPS = {
     "relax.nn.relu": lambda a, at, dt, n: np.maximum(a[0], 0).astype(dt),
     "relax.sigmoid": lambda a, at, dt, n: (1.0 / (1.0 + np.exp(-a[0]))).astype(dt),
     "relax.tanh": lambda a, at, dt, n: np.tanh(a[0]).astype(dt),
+    # kernels branch: table lookups, data movement and the PReLU halves
+    "relax.take": lambda a, at, dt, n: _take(a[0], a[1], at),
+    "relax.permute_dims": lambda a, at, dt, n: np.transpose(a[0], _axes(at.axes, a[0].ndim)),
+    "relax.strided_slice": lambda a, at, dt, n: _strided_slice(*a),
+    "relax.repeat": lambda a, at, dt, n: np.repeat(a[0], int(at.repeats), axis=int(at.axis)),
+    "relax.maximum": _binary(np.maximum),
+    "relax.minimum": _binary(np.minimum),
 }
 
 

@@ -199,8 +199,8 @@ def test_loss_aware_sensitivities(gwq3):
     assert "weighted by output sensitivity" in rep["error_measure"]
 
 
-class _SigmoidNet(torch.nn.Module):
-    """conv -> sigmoid (kept in float) -> conv -> dense."""
+class _FloorNet(torch.nn.Module):
+    """conv -> floor (kept in float; sigmoid, the old example, is a lookup table now) -> conv -> dense."""
 
     def __init__(self):
         super().__init__()
@@ -208,14 +208,14 @@ class _SigmoidNet(torch.nn.Module):
         self.fc = torch.nn.Linear(8 * 13 * 13, 10)
 
     def forward(self, x):
-        return self.fc(torch.relu(self.c2(torch.sigmoid(self.c1(x)))).flatten(1))
+        return self.fc(torch.relu(self.c2(torch.floor(4 * self.c1(x)))).flatten(1))
 
 
 def test_loss_aware_gwq_on_fixed_batch_model_with_float_region(fmnist):
     """The simulator runs a fixed-batch model in chunks and re-emits float ops like the realize pass."""
     calib, test_x, _ = fmnist
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="sigmoid"):
-        q = gwq_tvm.quantize(_SigmoidNet(), calib[:64], QuantConfig(mode="gwq", groups=2), input_shape=(4, 1, 28, 28))
-    assert q.sensitivity and q.float_ops == ["relax.sigmoid"]
+    with pytest.warns(UserWarning, match="floor"):
+        q = gwq_tvm.quantize(_FloorNet(), calib[:64], QuantConfig(mode="gwq", groups=2), input_shape=(4, 1, 28, 28))
+    assert q.sensitivity and q.float_ops == ["relax.floor"]
     np.testing.assert_array_equal(compile_and_run(q.mod, test_x[:4]), run_reference(q.mod, test_x[:4]))

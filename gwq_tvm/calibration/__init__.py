@@ -85,11 +85,18 @@ def check_labels(labels, count: int, num_classes: int | None = None, what: str =
 
 
 def with_node_outputs(mod: tvm.IRModule, graph: Graph) -> tvm.IRModule:
-    """``mod`` whose ``main`` returns the fp32 outputs of every node, in graph order."""
+    """``mod`` whose ``main`` returns the fp32 outputs of every node, in graph order.
+
+    Node vars are found by binding position, not by name: ToNonDataflow makes
+    new vars, and imported modules reuse names (torch.export's ``lv5`` and
+    ``lv5_1`` of one function are both named ``lv5``), so a lookup by name
+    observed another tensor.
+    """
+    position = {b.var: k for k, b in enumerate(mod["main"].body.blocks[0].bindings)}
     flat = relax.transform.ToNonDataflow()(mod)
     func = flat["main"]
-    by_name = {b.var.name: b.var for b in func.body.blocks[0].bindings}
-    outs = [func.params[0] if n.kind == "input" else by_name[n.var.name] for n in graph.nodes.values()]
+    bindings = func.body.blocks[0].bindings
+    outs = [func.params[0] if n.kind == "input" else bindings[position[n.var]].var for n in graph.nodes.values()]
     ret = relax.TupleType([v.ty for v in outs])
     new = relax.Function(func.params, relax.SeqExpr(func.body.blocks, relax.Tuple(outs)), ret, attrs=func.attrs)
     return relax.transform.Normalize()(tvm.IRModule({"main": new}))

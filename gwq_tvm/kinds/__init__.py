@@ -17,7 +17,10 @@ _BY_OP: dict[str, list[Kind]] = {}
 
 #: the built-in kinds, by module (matcher order for a shared op: earlier first)
 _BUILTIN = (
-    "input", "conv2d", "dense", "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
+    "input", "conv2d", "dense",
+    # kernels branch: the lookup tables first (their regions start with ops add, affine and relu also claim)
+    "lut", "mul", "prelu", "permute", "slice", "resize",
+    "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
     "float_op",
 )
 

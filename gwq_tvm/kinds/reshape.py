@@ -1,4 +1,4 @@
-"""Reshape / flatten of a quantized tensor: the integers are reshaped, the scale kept (passthrough)."""
+"""Reshape / flatten / squeeze / expand_dims of a quantized tensor: the integers are reshaped, the scale kept (passthrough)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .base import Kind
 
 class Reshape(Kind):
     name = "reshape"
-    ops = ("relax.reshape", "relax.flatten")
+    ops = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims")
     passthrough = True
 
     def match(self, w, i, call) -> bool:

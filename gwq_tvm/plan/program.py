@@ -246,3 +246,74 @@ def sfc_summary(sites: list[SfcSite]) -> dict:
     total = out["multiply_elements"] + out["shift_elements"]
     out["shift_share"] = out["shift_elements"] / total if total else 1.0
     return out
+
+
+# --- kernels branch: the integer recipes of the lookup-table, product and PReLU kinds -------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A 256-entry (``2**bits``) lookup table from input codes to output codes.
+
+    ``q_out = values[q_in + offset]`` with ``offset = -qmin_in``; ``values``
+    is held in the output tensor's container ``dtype``.
+    """
+
+    values: np.ndarray
+    offset: int
+    dtype: str
+
+
+def lookup_table(node: "Node", plan: QuantPlan, fn) -> Table:
+    """The table of an elementwise function ``fn`` (float64 numpy) of ``node``'s single input.
+
+    ``values[q - qmin_in] = clip(floor(fn(q * s_in) / s_out + 1/2), qmin_out, qmax_out)`` for every
+    input code ``q``: the correctly rounded output code of every input the tensor can hold, so the
+    table is exact by construction (error at most half an output step inside the output range).
+
+    Raises
+    ------
+    PlanError
+        If ``fn`` is not finite-or-infinite (NaN) on a code of the input tensor.
+    """
+    src = node.inputs[0]
+    tq_in = plan.tensors[src]
+    qmin_in, qmax_in = S.qrange(tq_in.bits, tq_in.signed)
+    codes = np.arange(qmin_in, qmax_in + 1, dtype=np.int64)
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(codes.astype(np.float64) * plan.scale(src)), dtype=np.float64)
+        q = np.floor(y / plan.scale(node.name) + 0.5)
+    if np.isnan(q).any():
+        raise PlanError(f"{node.name}: the function is undefined (NaN) at input {codes[np.isnan(q)][0] * plan.scale(src):g}")
+    qmin, qmax = out_range(node, plan)
+    dtype = container(plan.tensors[node.name])
+    return Table(np.clip(q, qmin, qmax).astype(dtype), -qmin_in, dtype)
+
+
+def product_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
+    """The accumulator of an elementwise product of two tensors: ``acc = q_a * q_b``, scale ``s_a * s_b``."""
+    a, b = node.inputs
+    scale = np.array([plan.scale(a) * plan.scale(b)])
+    return Accumulator(scale, magnitude(plan.tensors[a]) * magnitude(plan.tensors[b]))
+
+
+#: fractional bits of the PReLU slopes: ``q_alpha = rint(alpha * 2**SLOPE_BITS)``
+SLOPE_BITS = 12
+
+
+def prelu_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
+    """PReLU ``y = x`` (x >= 0), ``alpha_c * x`` (x < 0) as one accumulator of scale ``s_in * 2**-SLOPE_BITS``.
+
+    ``acc = max(q, 0) * 2**SLOPE_BITS + min(q, 0) * q_alpha,c`` with
+    ``q_alpha,c = rint(alpha_c * 2**SLOPE_BITS)`` (``weight``, int32, one per ``node.attrs["slopes"]``):
+    the SFC to the output, ``s_in * 2**-SLOPE_BITS / s_out``, is a shift exactly when
+    ``s_in / s_out`` is a power of two.
+    """
+    src = node.inputs[0]
+    one = 1 << SLOPE_BITS
+    alpha = np.asarray(node.attrs["slopes"], dtype=np.float64)
+    q_alpha = np.rint(alpha * one).astype(np.int64)
+    bound = magnitude(plan.tensors[src]) * max(one, int(np.abs(q_alpha).max()))
+    if bound > INT32_MAX:
+        raise PlanError(f"{node.name}: PReLU slope {np.abs(alpha).max():g} overflows the int32 accumulator")
+    return Accumulator(np.array([math.ldexp(plan.scale(src), -SLOPE_BITS)]), bound, q_alpha.astype(np.int32))
