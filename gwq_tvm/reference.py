@@ -112,11 +112,32 @@ class Interpreter:
             raise NotImplementedError(f"reference: {type(expr).__name__}")
         name = expr.op.name
         fn = _OPS.get(name)
-        if fn is None:
-            raise NotImplementedError(f"the numpy reference has no rule for {name}")
         args = [self.eval(a, env, None) for a in expr.args]
+        if fn is None:
+            return self.float_op(expr, args, name)
         out_dtype = str(var.ty.dtype) if var is not None and isinstance(var.ty, relax.TensorType) else None
         return fn(args, expr.attrs, out_dtype, name)
+
+
+    @staticmethod
+    def float_op(call, args, name: str):
+        """An op without a numpy rule: allowed on float values only (a float island, evaluated by TVM).
+
+        Raises
+        ------
+        NotImplementedError
+            If any array argument or the result is an integer: integer ops are what this reference checks, so
+            each has its own numpy rule.
+        """
+        from .reference_float import run_float_op
+
+        arrays = [a for arg in args for a in (arg if isinstance(arg, list) else [arg]) if isinstance(a, np.ndarray)]
+        if any(not np.issubdtype(a.dtype, np.floating) for a in arrays):
+            raise NotImplementedError(f"the numpy reference has no rule for the integer op {name}")
+        out = run_float_op(call, args)
+        if any(not np.issubdtype(o.dtype, np.floating) for o in (out if isinstance(out, list) else [out])):
+            raise NotImplementedError(f"the numpy reference has no rule for {name} (an integer result)")
+        return out
 
 
 #: |x| below which an int64 result computed in float64 cannot have wrapped (float64 error << 2**62 margin)
