@@ -219,5 +219,11 @@ _OPS = {
 
 
 def run_reference(mod: tvm.IRModule, x: np.ndarray):
-    """Run the realized ``mod`` on ``x`` with the numpy interpreter."""
-    return Interpreter(mod)(x)
+    """Run the realized ``mod`` on ``x`` with the numpy interpreter.
+
+    Returns
+    -------
+    numpy.ndarray, or a tuple of them for a model with several outputs (in the module's output order)
+    """
+    out = Interpreter(mod)(x)
+    return tuple(out) if isinstance(out, list) else out

@@ -66,18 +66,36 @@ def paddle_style(seed=0, dynamic_hw=True):
     return make(nodes, inits, ["N", 3] + hw, {"y": ["N", 10]}, name="paddle_style")
 
 
-def shape_flatten(seed=0):
-    """Conv -> Relu -> Shape -> Gather(0) -> Unsqueeze -> Concat([n, -1]) -> Reshape -> Gemm on a dynamic batch."""
+def shape_flatten(seed=0, product=False):
+    """Conv -> Relu -> Shape -> Gather(0) -> Unsqueeze -> Concat([n, -1]) -> Reshape -> Gemm on a dynamic batch.
+
+    With ``product`` the target is ``[-1, C*H*W]`` computed from the gathered dims with ``Mul``
+    (torch's ``x.view(-1, x.size(1) * x.size(2) * x.size(3))``), which TVM's importer cannot take on shapes.
+    """
     rng = np.random.default_rng(seed)
     inits = {"w0": _w(rng, 4, 1, 3, 3), "b0": _b(rng, 4), "wf": _w(rng, 10, 4 * 14 * 14), "bf": _b(rng, 10),
-             "zero": np.array(0, np.int64), "ax": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+             "zero": np.array(0, np.int64), "ax": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
+             "one": np.array(1, np.int64), "two": np.array(2, np.int64), "three": np.array(3, np.int64)}
+    if product:
+        shape_nodes = [
+            helper.make_node("Shape", ["r0"], ["shp"], name="shape"),
+            *[helper.make_node("Gather", ["shp", k], [f"d{k}"], axis=0, name=f"gather_{k}") for k in ("one", "two", "three")],
+            helper.make_node("Mul", ["done", "dtwo"], ["p12"], name="mul_12"),
+            helper.make_node("Mul", ["p12", "dthree"], ["p123"], name="mul_123"),
+            helper.make_node("Unsqueeze", ["p123", "ax"], ["n"], name="unsqueeze_n"),
+            helper.make_node("Concat", ["minus1", "n"], ["newshape"], axis=0, name="concat_shape"),
+        ]
+    else:
+        shape_nodes = [
+            helper.make_node("Shape", ["r0"], ["shp"], name="shape"),
+            helper.make_node("Gather", ["shp", "zero"], ["n0"], axis=0, name="gather_n"),
+            helper.make_node("Unsqueeze", ["n0", "ax"], ["n"], name="unsqueeze_n"),
+            helper.make_node("Concat", ["n", "minus1"], ["newshape"], axis=0, name="concat_shape"),
+        ]
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv0"),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
-        helper.make_node("Shape", ["r0"], ["shp"], name="shape"),
-        helper.make_node("Gather", ["shp", "zero"], ["n0"], axis=0, name="gather_n"),
-        helper.make_node("Unsqueeze", ["n0", "ax"], ["n"], name="unsqueeze_n"),
-        helper.make_node("Concat", ["n", "minus1"], ["newshape"], axis=0, name="concat_shape"),
+        *shape_nodes,
         helper.make_node("Reshape", ["r0", "newshape"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["y"], transB=1, name="fc"),
     ]

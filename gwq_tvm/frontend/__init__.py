@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 
 from ..errors import ModelError, last_line
+from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, upgrade_opset
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,9 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     copy.CopyFrom(model)
     model = copy
     _set_input_shape(model, next(i for i in model.graph.input if i.name == inputs[0].name), input_shape, source)
+    model = upgrade_opset(model, source)
+    drop_inference_noops(model, source)
+    fold_shape_subgraphs(model)
     try:
         with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
             mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
