@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
 from tvm import relax
 
 from ..errors import ModelError, last_line
+from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, upgrade_opset
 
 
@@ -36,12 +37,16 @@ class FloatModel:
         Input shape; ``None`` marks a dynamic (batch) dimension.
     source : str
         Where the model came from (a path or ``"torch"``).
+    origins : dict
+        ``{Var: (op_type, node_name)}``: the ONNX node each binding of ``mod``'s
+        ``main`` was imported from (:mod:`.onnx_origins`; empty for torch).
     """
 
     mod: tvm.IRModule
     input_name: str
     input_shape: tuple
     source: str
+    origins: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def canonicalize() -> tvm.transform.Pass:
@@ -58,7 +63,7 @@ def canonicalize() -> tvm.transform.Pass:
     )
 
 
-def _finish(mod: tvm.IRModule, source: str) -> FloatModel:
+def _finish(mod: tvm.IRModule, source: str, origins: dict | None = None) -> FloatModel:
     mod = canonicalize()(mod)
     func = mod["main"]
     if len(func.params) != 1:
@@ -68,7 +73,7 @@ def _finish(mod: tvm.IRModule, source: str) -> FloatModel:
     if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 2:
         raise ModelError(f"{source}: the model input must be a float32 tensor; got {ty}")
     shape = tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in ty.shape.values)
-    return FloatModel(mod, param.name, shape, source)
+    return FloatModel(mod, param.name, shape, source, origins or {})
 
 
 @contextlib.contextmanager
@@ -279,11 +284,11 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     drop_inference_noops(model, source)
     fold_shape_subgraphs(model)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
+        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), capture_importer_tables() as tables:
             mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
     except Exception as err:
         raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None
-    return _finish(mod, source)
+    return _finish(mod, source, binding_origins(mod, tables))
 
 
 def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatModel:
