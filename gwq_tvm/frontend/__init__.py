@@ -20,6 +20,7 @@ from tvm import relax
 
 from ..errors import ModelError, last_line
 from .onnx_origins import binding_origins, capture_importer_tables
+from .onnx_pad import onnx_pad_as_relax_pad
 from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, upgrade_opset
 
 
@@ -284,7 +285,8 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     drop_inference_noops(model, source)
     fold_shape_subgraphs(model)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), capture_importer_tables() as tables:
+        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), onnx_pad_as_relax_pad(), \
+                capture_importer_tables() as tables:
             mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
     except Exception as err:
         raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None

@@ -18,6 +18,8 @@ _BY_OP: dict[str, list[Kind]] = {}
 #: the built-in kinds, by module (matcher order for a shared op: earlier first)
 _BUILTIN = (
     "input", "conv2d", "dense", "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
+    # branch import: padding and the average pools with every padding / ceil mode
+    "pad",
     "float_op",
 )
 
