@@ -10,6 +10,7 @@ folded (so a conv bias is ``add(conv2d(x, W), const)`` and a dense layer is
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 from dataclasses import dataclass, field
@@ -137,7 +138,12 @@ def _onnx_unsupported_ops(model) -> list[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     known = onnx_frontend._get_convert_map()
-    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+    unknown: dict = {}
+    for n in model.graph.node:
+        if n.op_type not in known:
+            unknown.setdefault(n.op_type, []).append(n.name or (n.output[0] if n.output else "?"))
+    return [f"{op} (node {', '.join(repr(v) for v in names[:3])}{', ...' if len(names) > 3 else ''})"
+            for op, names in sorted(unknown.items())]
 
 
 #: The oldest ONNX opset accepted (TVM's ONNX frontend implements its converters from opset 7 up).
@@ -284,13 +290,54 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     model = upgrade_opset(model, source)
     drop_inference_noops(model, source)
     fold_shape_subgraphs(model)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), onnx_pad_as_relax_pad(), \
-                capture_importer_tables() as tables:
-            mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
-    except Exception as err:
-        raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None
+    tables: dict = {"graph_proto": model.graph}
+    failure = None
+    with _native_stderr_silenced():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), onnx_pad_as_relax_pad(), \
+                    capture_importer_tables(tables):
+                mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
+        except Exception as err:
+            failure = f"{source}: TVM could not import the ONNX model{_failed_node(err, tables)}: {last_line(err)}"
+        if failure is not None:
+            gc.collect()  # the failed import's BlockBuilder, freed here, warns on stderr about its open blocks
+    if failure is not None:
+        raise ModelError(failure)
     return _finish(mod, source, binding_origins(mod, tables))
+
+
+def _failed_node(err: Exception, tables: dict) -> str:
+    """`` at <op> node '<name>'``: the ONNX node a failed import stopped at (named in TVM's message, else the
+    node being converted)."""
+    graph = tables.get("graph_proto")
+    message = str(err)
+    for node in getattr(graph, "node", ()):
+        if node.name and f"Node {node.name} " in message:
+            return f" at {node.op_type} node {node.name!r}"
+    op_type, name = tables.get("current", (None, None))
+    return f" at {op_type} node {name!r}" if op_type else ""
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null for the block: TVM's C++ logging writes warnings there directly
+    (a failed import's half-built BlockBuilder), which would break the one-line error."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatModel:

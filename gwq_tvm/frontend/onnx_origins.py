@@ -18,26 +18,34 @@ import contextlib
 
 
 @contextlib.contextmanager
-def capture_importer_tables():
+def capture_importer_tables(captured: dict | None = None):
     """Record the ONNX importer's ``tensor -> expression`` table and node list while the block runs.
 
-    Yields a dict that holds ``"nodes"`` (the table) and ``"graph"`` (the ``GraphProto``) afterwards.
+    Yields ``captured`` (a new dict by default), which holds ``"nodes"`` (the table) and ``"graph"`` (the ``GraphProto``) afterwards, and
+    ``"current"``, ``(op_type, node_name)`` of the node being converted (the one an import error is about).
     """
     from tvm.relax.frontend.onnx import onnx_frontend as of
 
-    captured: dict = {}
+    captured = {} if captured is None else captured
     original = of.ONNXGraphImporter._construct_nodes
+    original_convert = of.ONNXGraphImporter._convert_operator
 
     def construct(self, graph):
         result = original(self, graph)
         captured["nodes"], captured["graph"] = dict(self._nodes), graph
         return result
 
+    def convert(self, op_name, inputs, attrs, opset):
+        captured["current"] = (op_name, attrs.get("tvm_custom", {}).get("name", ""))  # named by import errors
+        return original_convert(self, op_name, inputs, attrs, opset)
+
     of.ONNXGraphImporter._construct_nodes = construct
+    of.ONNXGraphImporter._convert_operator = convert
     try:
         yield captured
     finally:
         of.ONNXGraphImporter._construct_nodes = original
+        of.ONNXGraphImporter._convert_operator = original_convert
 
 
 def binding_origins(mod, captured: dict) -> dict:
