@@ -270,10 +270,10 @@ def zoo_light(name: str, seed=0, hw=None) -> onnx.ModelProto:
     model.graph.node.extend(keep)
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept_inits + new)
-    init_names = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in init_names or i.name in used]
+    graph_inputs = [i for i in model.graph.input if i.name in used]
     del model.graph.input[:]
     model.graph.input.extend(graph_inputs)
+    model.ir_version = max(model.ir_version, 7)  # initializers need not be graph inputs (IR >= 4)
     if hw is not None:
         dims = model.graph.input[0].type.tensor_type.shape.dim
         dims[2].dim_value, dims[3].dim_value = hw
