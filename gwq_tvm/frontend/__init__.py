@@ -22,7 +22,7 @@ from tvm import relax
 from ..errors import ModelError, last_line
 from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_pad import onnx_pad_as_relax_pad
-from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, upgrade_opset
+from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, sum_to_adds, upgrade_opset
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,7 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     _set_input_shape(model, next(i for i in model.graph.input if i.name == inputs[0].name), input_shape, source)
     model = upgrade_opset(model, source)
     drop_inference_noops(model, source)
+    sum_to_adds(model)
     fold_shape_subgraphs(model)
     tables: dict = {"graph_proto": model.graph}
     failure = None

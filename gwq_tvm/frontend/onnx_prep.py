@@ -9,6 +9,8 @@ Each rewrite works on a copy of the user's ``ModelProto`` (``from_onnx`` copies 
   TVM 0.27 imports it as a ``(y, mask)`` tuple whose ``TupleGetItem`` no
   quantizer pass reads, so it is rewritten to ``Identity`` (which TVM binds to
   its input);
+* :func:`sum_to_adds`: an n-input ``Sum`` (the Caffe2 zoo's residual adds)
+  becomes a chain of ``Add`` s, which the residual-add kind takes;
 * :func:`fold_shape_subgraphs`: ``Shape`` and what computes only on shapes
   (``Gather``, ``Slice``, ``Concat``, ``Unsqueeze``, ``Mul``, ...) are
   evaluated once the input shape is set (ONNX shape inference gives every
@@ -67,6 +69,30 @@ def drop_inference_noops(model, source: str) -> None:
                              f"{node.output[1]!r} used; gwq-tvm compiles inference graphs only")
         ident = helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
         model.graph.node[k].CopyFrom(ident)
+
+
+def sum_to_adds(model) -> None:
+    """Rewrite (in place) every n-input ``Sum`` (Caffe2 zoo residuals) as a chain of ``Add`` s.
+
+    TVM 0.27 imports ``Sum`` as ``sum(stack(broadcast_to(x_i)))``, which no
+    integer kind reads; ``Add`` is the residual add kind's.  ``Sum`` and
+    ``Add`` broadcast alike (numpy rules).
+    """
+    from onnx import helper
+
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "Sum" or len(node.input) < 2:
+            nodes.append(node if node.op_type != "Sum" else helper.make_node("Identity", node.input, node.output,
+                                                                          name=node.name))
+            continue
+        acc = node.input[0]
+        for k, term in enumerate(node.input[1:], start=1):
+            out = node.output[0] if k == len(node.input) - 1 else f"{node.output[0]}__sum{k}"
+            nodes.append(helper.make_node("Add", [acc, term], [out], name=node.name if k == 1 else f"{node.name}__{k}"))
+            acc = out
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 #: ops evaluated on constant (shape) inputs by :func:`fold_shape_subgraphs`
