@@ -21,6 +21,7 @@ from .calibration.sensitivity import tensor_sensitivity
 from .config import QuantConfig, ScaleMode
 from .errors import IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
 from .frontend import FloatModel, load_model
+from .frontend.onnx_origins import describe_float_ops
 from .extract import extract_graph
 from .graph import Graph
 from .passes.check import IntegerOnlyReport, check_integer_only
@@ -77,7 +78,7 @@ class QuantizedModel:
 
 
 def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, plan: QuantPlan | None = None,
-             input_shape=None, show_progress: bool = False) -> QuantizedModel:
+             input_shape=None, show_progress: bool = False, strict: bool = False) -> QuantizedModel:
     """Import, calibrate, plan and realize ``model`` as an integer-only Relax program.
 
     Parameters
@@ -90,22 +91,25 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         Use this plan instead of calibrating (it must match the model).
     input_shape : tuple, optional
         Input shape for models without one (torch modules need it or an ONNX file with a dynamic shape).
+    strict : bool
+        Refuse ops no integer kind takes (as ``config.allow_float_fallback=False``) instead of
+        keeping them in float with a warning naming them (the ONNX op types and node names).
 
     Raises
     ------
     UnsupportedOpError
-        If the model holds ops gwq-tvm cannot quantize and ``config.allow_float_fallback`` is off.
+        If the model holds ops gwq-tvm cannot quantize and ``strict`` (or ``not config.allow_float_fallback``).
     IntegerOnlyError
         If a model whose ops are all supported does not realize integer-only (a bug).
     """
     fm = load_model(model, input_shape=input_shape)
     graph = extract_graph(fm.mod)
     config = apply_end_bits(graph, config)
-    floats = sorted({n.attrs["op"] for n in graph.float_nodes()})
+    floats = graph.float_nodes()
     if floats:
-        msg = f"ops kept in float (not quantizable by gwq-tvm): {', '.join(floats)}"
-        if not config.allow_float_fallback:
-            raise UnsupportedOpError(msg)
+        msg = f"ops kept in float (no integer kind takes them): {describe_float_ops(floats, fm.origins)}"
+        if strict or not config.allow_float_fallback:
+            raise UnsupportedOpError(msg + " (--strict / strict=True refuses them)")
         warnings.warn(msg, stacklevel=2)
     stats = sensitivity = None
     if plan is None:
@@ -286,7 +290,9 @@ def reference_samples(qmodel: QuantizedModel, data=None, input_shape=None) -> tu
         x = np.concatenate([x] * -(-batch // len(x)))[:batch]
     else:
         x = np.random.default_rng(0).standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
-    return x, run_reference(qmodel.mod, x)
+    ref = run_reference(qmodel.mod, x)
+    # a model with several outputs: 'bench' checks the first, the one 'eval' scores (runtime.run_batched)
+    return x, ref[0] if isinstance(ref, (list, tuple)) else ref
 
 
 def write_reference(module_path, qmodel: QuantizedModel, data=None, input_shape=None) -> Path:

@@ -59,17 +59,42 @@ def _conv2d(x, w, attrs):
     return out
 
 
+def _pool_out(n: int, window: int, stride: int, before: int, after: int, ceil: bool) -> int:
+    """Output length of a pool: ``floor`` (or ``ceil``) ``((n + before + after - window) / stride) + 1``; in ceil
+    mode less one when the last window would start at or past ``n + before`` (TOPI's and PyTorch's rule)."""
+    span = n + before + after - window
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    return out - 1 if ceil and (out - 1) * stride >= n + before else out
+
+
 def _max_pool2d(x, attrs):
     pt, pl, pb, pr = (int(v) for v in attrs.padding)
     kh, kw = (int(v) for v in attrs.pool_size)
     sh, sw = (int(v) for v in attrs.strides)
     dh, dw = (int(v) for v in attrs.dilation)
-    if attrs.ceil_mode:
-        raise NotImplementedError("reference max_pool2d with ceil_mode")
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    oh = _pool_out(x.shape[2], eh, sh, pt, pb, bool(attrs.ceil_mode))
+    ow = _pool_out(x.shape[3], ew, sw, pl, pr, bool(attrs.ceil_mode))
+    # a ceil-mode window running past the padded input sees only what is inside: pad further with the lowest value
+    pb, pr = max(pb, (oh - 1) * sh + eh - x.shape[2] - pt), max(pr, (ow - 1) * sw + ew - x.shape[3] - pl)
     lowest = _int_info(x.dtype).min if _int_info(x.dtype) is not None else -np.inf
     x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lowest)
-    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    return win[:, :, ::sh, ::sw, ::dh, ::dw].max(axis=(4, 5))
+    win = sliding_window_view(x, (eh, ew), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw].max(axis=(4, 5))[:, :, :oh, :ow]
+
+
+#: relax.nn.pad mode -> numpy.pad mode
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _pad(x, attrs):
+    """``relax.nn.pad``: ``pad_width`` is ``[before_0, after_0, before_1, ...]``."""
+    width = [int(v) for v in attrs.pad_width]
+    pairs = [(width[k], width[k + 1]) for k in range(0, len(width), 2)]
+    mode = _PAD_MODES[str(attrs.pad_mode)]
+    if mode == "constant":
+        return np.pad(x, pairs, constant_values=np.asarray(float(attrs.pad_value)).astype(x.dtype))
+    return np.pad(x, pairs, mode=mode)
 
 
 class Interpreter:
@@ -112,11 +137,32 @@ class Interpreter:
             raise NotImplementedError(f"reference: {type(expr).__name__}")
         name = expr.op.name
         fn = _OPS.get(name)
-        if fn is None:
-            raise NotImplementedError(f"the numpy reference has no rule for {name}")
         args = [self.eval(a, env, None) for a in expr.args]
+        if fn is None:
+            return self.float_op(expr, args, name)
         out_dtype = str(var.ty.dtype) if var is not None and isinstance(var.ty, relax.TensorType) else None
         return fn(args, expr.attrs, out_dtype, name)
+
+
+    @staticmethod
+    def float_op(call, args, name: str):
+        """An op without a numpy rule: allowed on float values only (a float island, evaluated by TVM).
+
+        Raises
+        ------
+        NotImplementedError
+            If any array argument or the result is an integer: integer ops are what this reference checks, so
+            each has its own numpy rule.
+        """
+        from .reference_float import run_float_op
+
+        arrays = [a for arg in args for a in (arg if isinstance(arg, list) else [arg]) if isinstance(a, np.ndarray)]
+        if any(not np.issubdtype(a.dtype, np.floating) for a in arrays):
+            raise NotImplementedError(f"the numpy reference has no rule for the integer op {name}")
+        out = run_float_op(call, args)
+        if any(not np.issubdtype(o.dtype, np.floating) for o in (out if isinstance(out, list) else [out])):
+            raise NotImplementedError(f"the numpy reference has no rule for {name} (an integer result)")
+        return out
 
 
 #: |x| below which an int64 result computed in float64 cannot have wrapped (float64 error << 2**62 margin)
@@ -222,9 +268,17 @@ _OPS = {
     "relax.repeat": lambda a, at, dt, n: np.repeat(a[0], int(at.repeats), axis=int(at.axis)),
     "relax.maximum": _binary(np.maximum),
     "relax.minimum": _binary(np.minimum),
+    # branch import: padding
+    "relax.nn.pad": lambda a, at, dt, n: _pad(a[0], at),
 }
 
 
 def run_reference(mod: tvm.IRModule, x: np.ndarray):
-    """Run the realized ``mod`` on ``x`` with the numpy interpreter."""
-    return Interpreter(mod)(x)
+    """Run the realized ``mod`` on ``x`` with the numpy interpreter.
+
+    Returns
+    -------
+    numpy.ndarray, or a tuple of them for a model with several outputs (in the module's output order)
+    """
+    out = Interpreter(mod)(x)
+    return tuple(out) if isinstance(out, list) else out

@@ -10,15 +10,19 @@ folded (so a conv bias is ``add(conv2d(x, W), const)`` and a dense layer is
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
 from tvm import relax
 
 from ..errors import ModelError, last_line
+from .onnx_origins import binding_origins, capture_importer_tables
+from .onnx_pad import onnx_pad_as_relax_pad
+from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, sum_to_adds, upgrade_opset
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,16 @@ class FloatModel:
         Input shape; ``None`` marks a dynamic (batch) dimension.
     source : str
         Where the model came from (a path or ``"torch"``).
+    origins : dict
+        ``{Var: (op_type, node_name)}``: the ONNX node each binding of ``mod``'s
+        ``main`` was imported from (:mod:`.onnx_origins`; empty for torch).
     """
 
     mod: tvm.IRModule
     input_name: str
     input_shape: tuple
     source: str
+    origins: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def canonicalize() -> tvm.transform.Pass:
@@ -57,7 +65,7 @@ def canonicalize() -> tvm.transform.Pass:
     )
 
 
-def _finish(mod: tvm.IRModule, source: str) -> FloatModel:
+def _finish(mod: tvm.IRModule, source: str, origins: dict | None = None) -> FloatModel:
     mod = canonicalize()(mod)
     func = mod["main"]
     if len(func.params) != 1:
@@ -67,7 +75,7 @@ def _finish(mod: tvm.IRModule, source: str) -> FloatModel:
     if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 2:
         raise ModelError(f"{source}: the model input must be a float32 tensor; got {ty}")
     shape = tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in ty.shape.values)
-    return FloatModel(mod, param.name, shape, source)
+    return FloatModel(mod, param.name, shape, source, origins or {})
 
 
 @contextlib.contextmanager
@@ -130,7 +138,12 @@ def _onnx_unsupported_ops(model) -> list[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     known = onnx_frontend._get_convert_map()
-    return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+    unknown: dict = {}
+    for n in model.graph.node:
+        if n.op_type not in known:
+            unknown.setdefault(n.op_type, []).append(n.name or (n.output[0] if n.output else "?"))
+    return [f"{op} (node {', '.join(repr(v) for v in names[:3])}{', ...' if len(names) > 3 else ''})"
+            for op, names in sorted(unknown.items())]
 
 
 #: The oldest ONNX opset accepted (TVM's ONNX frontend implements its converters from opset 7 up).
@@ -274,12 +287,58 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     copy.CopyFrom(model)
     model = copy
     _set_input_shape(model, next(i for i in model.graph.input if i.name == inputs[0].name), input_shape, source)
+    model = upgrade_opset(model, source)
+    drop_inference_noops(model, source)
+    sum_to_adds(model)
+    fold_shape_subgraphs(model)
+    tables: dict = {"graph_proto": model.graph}
+    failure = None
+    with _native_stderr_silenced():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), onnx_pad_as_relax_pad(), \
+                    capture_importer_tables(tables):
+                mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
+        except Exception as err:
+            failure = f"{source}: TVM could not import the ONNX model{_failed_node(err, tables)}: {last_line(err)}"
+        if failure is not None:
+            gc.collect()  # the failed import's BlockBuilder, freed here, warns on stderr about its open blocks
+    if failure is not None:
+        raise ModelError(failure)
+    return _finish(mod, source, binding_origins(mod, tables))
+
+
+def _failed_node(err: Exception, tables: dict) -> str:
+    """`` at <op> node '<name>'``: the ONNX node a failed import stopped at (named in TVM's message, else the
+    node being converted)."""
+    graph = tables.get("graph_proto")
+    message = str(err)
+    for node in getattr(graph, "node", ()):
+        if node.name and f"Node {node.name} " in message:
+            return f" at {node.op_type} node {node.name!r}"
+    op_type, name = tables.get("current", (None, None))
+    return f" at {op_type} node {name!r}" if op_type else ""
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 pointed at /dev/null for the block: TVM's C++ logging writes warnings there directly
+    (a failed import's half-built BlockBuilder), which would break the one-line error."""
+    import sys
+
     try:
-        with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip():
-            mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
-    except Exception as err:
-        raise ModelError(f"{source}: TVM could not import the ONNX model: {last_line(err)}") from None
-    return _finish(mod, source)
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatModel:

@@ -21,6 +21,8 @@ _BUILTIN = (
     # kernels branch: the lookup tables first (their regions start with ops add, affine and relu also claim)
     "lut", "mul", "prelu", "permute", "slice", "resize",
     "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
+    # import branch: padding and the average pools with every padding / ceil mode
+    "pad",
     "float_op",
 )
 

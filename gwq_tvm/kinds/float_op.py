@@ -19,9 +19,23 @@ class FloatOp(Kind):
         em.set_float(node, em.emit(float_call(em.graph, node, em.as_float)))
 
     def simulate(self, em, node) -> None:
+        """The op in the model's own dtypes: the simulator's (float64) values are cast to each input's dtype and
+        the result back, so the op's own constants (float32 exponents, LayerNorm scales) meet operands of their
+        dtype (Relax refuses mixed float64/float32 binary ops)."""
+        from tvm import relax
+        from tvm.relax import op as R
+
         from ..ir import float_call
 
-        em.finish(node, em.emit(float_call(em.graph, node, em.values.__getitem__)))
+        def value(name):
+            ty = em.graph.nodes[name].var.ty
+            v = em.values[name]
+            return em.emit(R.astype(v, str(ty.dtype))) if isinstance(ty, relax.TensorType) else v
+
+        y = em.emit(float_call(em.graph, node, value))
+        if isinstance(node.var.ty, relax.TensorType):
+            y = em.emit(R.astype(y, em.dtype))
+        em.finish(node, y)
 
 
 register(FloatOp())

@@ -1,0 +1,395 @@
+"""Models as exporters write them: import rewrites, the float fallback that never crashes, pad and pool kinds.
+
+Every compiled path is checked bit-exact (the fast ``gwq_tvm.build`` module against ``run_reference``) and,
+where every op has an integer kind, integer-only (``check_integer_only``).
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm import relax
+
+import gwq_tvm
+from gwq_tvm import QuantConfig
+from gwq_tvm.errors import ModelError, UnsupportedOpError
+from gwq_tvm.frontend.onnx_prep import drop_inference_noops, fold_shape_subgraphs, upgrade_opset
+from gwq_tvm.kinds.avgpool import window_counts
+from gwq_tvm.passes.check import check_integer_only
+from gwq_tvm.reference import run_reference
+
+import import_nets as N
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(model, batch=8, seed=0, shape=None):
+    dims = shape or [d.dim_value or 0 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return np.random.default_rng(seed).standard_normal([batch] + list(dims[1:])).astype(np.float32)
+
+
+def _run(q, x):
+    vm = relax.VirtualMachine(gwq_tvm.build(q), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+    return out.numpy() if hasattr(out, "numpy") else tuple(o.numpy() for o in out)
+
+
+def _quantize(model, x, config=QuantConfig(), **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = gwq_tvm.quantize(model, x, config, **kw)
+    return q, [str(w.message) for w in caught if "kept in float" in str(w.message)]
+
+
+def assert_bit_exact(q, x):
+    got, want = _run(q, x), run_reference(q.mod, x)
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for g, r in zip(got, want):
+            np.testing.assert_array_equal(g, r)
+    else:
+        np.testing.assert_array_equal(got, want)
+    return want
+
+
+def _float_logits(model, x, input_shape=None):
+    fm = gwq_tvm.load_model(model, input_shape=input_shape)
+    vm = relax.VirtualMachine(tvm.compile(fm.mod, gwq_tvm.runtime.host_target()), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - got).astype(np.float64) ** 2), 1e-30))
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "gwq_tvm.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def _one_error_line(proc):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("gwq-tvm: error: ") and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+# --- import rewrites --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opset", [7, 9, 11, 13])
+def test_dropout_and_identity_are_dropped_at_every_opset(opset):
+    model = N.dropout_identity(opset=opset)
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok, q.integer_only
+    assert {n.kind for n in q.graph.nodes.values()} == {"input", "conv2d", "reshape", "dense"}
+    assert_bit_exact(q, x)
+    np.testing.assert_allclose(run_reference(q.mod, x), _float_logits(model, x), atol=0.35)
+
+
+def test_old_opsets_are_upgraded_and_the_newest_is_accepted():
+    old = N.dropout_identity(opset=7)
+    assert upgrade_opset(old, "m").opset_import[0].version == 13
+    newest = onnx.defs.onnx_opset_version()
+    model = N.dropout_identity(opset=newest)
+    assert upgrade_opset(model, "m") is model
+    gwq_tvm.load_model(model)  # imports
+
+
+def test_a_used_dropout_mask_is_named():
+    model = N.dropout_identity()
+    model.graph.output.append(onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, None))
+    with pytest.raises(ModelError, match="Dropout node 'drop0' has its mask output 'mask' used"):
+        drop_inference_noops(model, "m")
+
+
+@pytest.mark.parametrize("product", [False, True], ids=["slice-concat", "gather-mul"])
+def test_shape_subgraphs_fold_to_constants(product):
+    model = N.shape_flatten(product=product)
+    fold_shape_subgraphs(model)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "Reshape", "Gemm"]
+    target = next(i for i in model.graph.initializer if i.name == "newshape")
+    # the batch stays dynamic: ONNX's 0 ("copy the dimension") where the shape read the symbolic batch
+    assert list(onnx.numpy_helper.to_array(target)) == ([-1, 4 * 14 * 14] if product else [0, -1])
+    x = _inputs(model)
+    q, floats = _quantize(N.shape_flatten(product=product), x)
+    assert not floats and q.integer_only.ok
+    assert_bit_exact(q, x)
+    assert _run(q, x[:3]).shape == (3, 10)  # still any batch
+
+
+def test_paddle_style_dynamic_dims_import_with_input_shape(tmp_path):
+    model = N.paddle_style(dynamic_hw=True)
+    x = _inputs(model, shape=[None, 3, 16, 16])
+    q, floats = _quantize(model, x, input_shape=(None, 3, 16, 16))
+    assert floats == ["ops kept in float (no integer kind takes them): Mul (se_mul)"]  # SE multiply: branch kernels
+    assert_bit_exact(q, x)
+    path = tmp_path / "paddle.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "calib.npy", x)
+    line = _one_error_line(_cli("compile", path, "--calib", tmp_path / "calib.npy", "-o", tmp_path / "p.so"))
+    assert "dynamic dimensions (H, W)" in line and "--input-shape" in line
+    ok = _cli("compile", path, "--calib", tmp_path / "calib.npy", "-o", tmp_path / "p.so", "--input-shape", "N,3,16,16")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "p.so").is_file()
+
+
+def test_two_outputs_compile_bit_exact_and_eval_takes_the_first(tmp_path, fmnist):
+    model = N.two_outputs()
+    calib, test_x, _ = fmnist
+    q, _ = _quantize(model, calib[:64])
+    assert q.integer_only.ok and len(q.graph.outputs) == 2
+    logits, aux = assert_bit_exact(q, test_x[:8])
+    assert logits.shape == (8, 10) and aux.shape == (8, 6, 14, 14)
+    ref = gwq_tvm.load_model(model)
+    vm = relax.VirtualMachine(tvm.compile(ref.mod, gwq_tvm.runtime.host_target()), tvm.cpu())
+    f_logits, f_aux = (o.numpy() for o in vm["main"](tvm.runtime.tensor(test_x[:8])))
+    assert _sqnr(f_logits, logits) > 25 and _sqnr(f_aux, aux) > 25
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    assert _cli("compile", path, "-o", tmp_path / "two.so", "--calib-samples", 64).returncode == 0
+    bench = _cli("bench", tmp_path / "two.so", "--repeat", 2)
+    assert bench.returncode == 0 and "bit-exact vs host reference: yes" in bench.stdout, bench.stdout + bench.stderr
+    ev = _cli("eval", tmp_path / "two.so", "--against", path, "--limit", 64)
+    assert ev.returncode == 0 and "mean logit SQNR" in ev.stdout, ev.stderr
+
+
+def test_caffe2_sum_residuals_become_integer_adds():
+    from onnx import helper
+
+    rng = np.random.default_rng(5)
+    inits = {"w0": N._w(rng, 4, 1, 3, 3), "b0": N._b(rng, 4), "w1": N._w(rng, 4, 4, 3, 3), "b1": N._b(rng, 4),
+             "wf": N._w(rng, 10, 4), "bf": N._b(rng, 10)}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sum", ["c1", "r0"], ["s2"], name="sum2"),
+             helper.make_node("Sum", ["s2", "r0", "c1"], ["s3"], name="sum3"),
+             helper.make_node("Relu", ["s3"], ["r3"]),
+             helper.make_node("GlobalAveragePool", ["r3"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    model = N.make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10]}, opset=9)
+    x = _inputs(model, batch=16)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    assert [n.kind for n in q.graph.nodes.values()].count("add") == 3
+    got = assert_bit_exact(q, x)
+    assert _sqnr(_float_logits(model, x), got) > 20
+
+
+def test_an_op_tvm_cannot_import_is_one_line_naming_op_and_node(tmp_path):
+    model = N.dropout_identity()
+    model.graph.node[1].op_type = "Celu"
+    path = tmp_path / "celu.onnx"
+    onnx.save(model, path)
+    line = _one_error_line(_cli("compile", path, "-o", tmp_path / "c.so"))
+    assert "Celu (node 'relu0')" in line
+    # a node TVM's converter stops at: a Pad whose pads come from the (batch-dependent) shape
+    model = N.pad_pool("reflect")
+    pad = next(n for n in model.graph.node if n.op_type == "Pad")
+    pad.input[1] = "dyn"
+    model.graph.node.insert(2, onnx.helper.make_node("Shape", ["r0"], ["s"], name="shape0"))
+    model.graph.node.insert(3, onnx.helper.make_node("Concat", ["s", "s"], ["dyn"], axis=0, name="cat0"))
+    onnx.save(model, path)
+    line = _one_error_line(_cli("compile", path, "-o", tmp_path / "c.so"))
+    assert "Pad node 'pad0'" in line, line
+    assert not (tmp_path / "c.so").exists()
+
+
+# --- float fallback ----------------------------------------------------------------------------------------------
+ISLANDS = {"LRN": "LRN (lrn0)", "Softmax": "Softmax (softmax0)", "LayerNormalization": "LayerNormalization (ln0)",
+           "Pow": "Pow (pow0)", "Exp": "Exp (exp0)", "Erf": "Erf (erf0)", "ReduceMean": "ReduceMean (mean0), Sub (center0)"}
+
+
+@pytest.mark.parametrize("op", sorted(ISLANDS))
+def test_float_islands_run_in_the_reference_bit_exact(op):
+    model = N.float_island(op)
+    x = _inputs(model, batch=32)
+    q, floats = _quantize(model, x[:16])
+    assert floats == [f"ops kept in float (no integer kind takes them): {ISLANDS[op]}"]
+    assert not q.integer_only.ok  # the island is float between a dequantize and a quantize ...
+    got = assert_bit_exact(q, x)  # ... and what it feeds requantizes exactly as compiled
+    assert _sqnr(_float_logits(model, x), got) > 15
+
+
+@pytest.mark.parametrize("op", ["Pow", "LayerNormalization", "LRN"])
+def test_float_islands_quantize_in_gwq_mode(op):
+    """The fake-quant simulator runs a float op in its own float32 (it crashed on float64 x float32 constants)."""
+    model = N.float_island(op)
+    x = _inputs(model, batch=16)
+    q, _ = _quantize(model, x, QuantConfig(mode="gwq", groups=2))
+    assert_bit_exact(q, x[:8])
+
+
+def test_reference_refuses_an_integer_op_without_a_rule():
+    from gwq_tvm.reference import Interpreter
+
+    bb = relax.BlockBuilder()
+    v = relax.Var("x", relax.TensorType([2, 3], "int32"))
+    with bb.function("main", [v]):
+        out = bb.emit(relax.op.permute_dims(v))
+        bb.emit_func_output(out)
+    with pytest.raises(NotImplementedError, match="integer op relax.permute_dims"):
+        Interpreter(bb.get())(np.zeros((2, 3), np.int32))
+
+
+def test_strict_refuses_float_ops_in_the_api_and_the_cli(tmp_path):
+    model = N.float_island("LRN")
+    x = _inputs(model)
+    with pytest.raises(UnsupportedOpError, match=r"LRN \(lrn0\)"):
+        gwq_tvm.quantize(model, x, strict=True)
+    path = tmp_path / "lrn.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "c.npy", x)
+    for cmd in (["compile", path, "-o", tmp_path / "l.so"], ["plan", path, "-o", tmp_path / "l.plan.json"]):
+        line = _one_error_line(_cli(*cmd, "--calib", tmp_path / "c.npy", "--strict"))
+        assert "LRN (lrn0)" in line
+    ok = _cli("compile", path, "-o", tmp_path / "l.so", "--calib", tmp_path / "c.npy")
+    assert ok.returncode == 0
+    assert "gwq-tvm: warning: ops kept in float (no integer kind takes them): LRN (lrn0)" in ok.stderr
+
+
+def test_torch_float_ops_are_named_by_their_relax_ops():
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(torch.exp(self.conv(x)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    q, floats = _quantize(Net(), x, input_shape=(None, 1, 8, 8))
+    assert floats == ["ops kept in float (no integer kind takes them): relax.exp"]
+    assert_bit_exact(q, x)
+
+
+# --- pad and pool kinds -------------------------------------------------------------------------------------------
+def test_onnx_pad_imports_as_relax_pad():
+    """The TVM 0.27 workaround (gwq_tvm/frontend/onnx_pad.py): without it Pad is an opaque call_tir."""
+    fm = gwq_tvm.load_model(N.pad_pool("reflect"))
+    ops = [b.value.op.name for b in fm.mod["main"].body.blocks[0].bindings if isinstance(b.value.op, tvm.ir.Op)]
+    assert "relax.nn.pad" in ops and "relax.call_tir" not in ops
+
+
+@pytest.mark.parametrize("mode,value,bits", [("constant", 0.0, 8), ("constant", 0.75, 8), ("constant", -1.5, 4),
+                                             ("reflect", 0.0, 8), ("reflect", 0.0, 4), ("edge", 0.0, 8)])
+def test_pad_before_a_conv_is_integer_and_bit_exact(mode, value, bits):
+    model = N.pad_pool(mode, value, "max", dict(kernel_shape=[2, 2], strides=[2, 2]))
+    x = _inputs(model, batch=16)
+    q, floats = _quantize(model, x, QuantConfig(weight_bits=bits, act_bits=bits))
+    assert not floats and q.integer_only.ok, q.integer_only
+    assert "pad" in {n.kind for n in q.graph.nodes.values()}
+    got = assert_bit_exact(q, x)
+    if bits == 8:
+        assert _sqnr(_float_logits(model, x), got) > 20
+
+
+def test_standalone_pad_sweep_is_bit_exact():
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    for mode in ("constant", "reflect", "edge"):
+        for hw, pads in (((6, 7), [0, 0, 1, 2, 0, 0, 2, 1]), ((5, 5), [0, 0, 0, 3, 0, 0, 2, 0]), ((9, 4), [0, 0, 2, 1, 0, 0, 2, 1])):
+            inits = {"w0": N._w(rng, 3, 1, 3, 3), "b0": N._b(rng, 3), "pads": np.array(pads, np.int64),
+                     "pv": np.array(0.3, np.float32)}
+            nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+                     helper.make_node("Relu", ["c0"], ["r0"]),
+                     helper.make_node("Pad", ["r0", "pads"] + (["pv"] if mode == "constant" else []), ["y"], mode=mode)]
+            out = [None, 3, hw[0] + pads[2] + pads[6], hw[1] + pads[3] + pads[7]]
+            model = N.make(nodes, inits, ["N", 1, *hw], {"y": out})
+            x = _inputs(model, batch=4, shape=[None, 1, *hw])
+            q, floats = _quantize(model, x)
+            assert not floats and q.integer_only.ok
+            assert_bit_exact(q, x)
+
+
+def test_window_counts_follow_the_ceil_and_padding_rules():
+    assert window_counts(5, 3, 2, 1, 1, False, True) == [3, 3, 3]
+    assert window_counts(5, 3, 2, 1, 1, False, False) == [2, 3, 2]
+    assert window_counts(6, 3, 2, 0, 0, True, True) == [3, 3, 2]  # the last window runs past the input
+    assert window_counts(8, 2, 2, 1, 1, True, True) == [2, 2, 2, 2, 2]  # a window starting in the padding is dropped
+
+
+POOLS = [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+         dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+         dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+         dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+         dict(kernel_shape=[3, 2], strides=[3, 2], pads=[1, 0, 0, 1], ceil_mode=1, count_include_pad=1),
+         dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0])]
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("kw", POOLS, ids=[str(i) for i in range(len(POOLS))])
+def test_pools_with_every_padding_and_ceil_mode_are_integer_and_bit_exact(pool, kw):
+    if pool == "max":
+        kw = {k: v for k, v in kw.items() if k != "count_include_pad"}
+    model = N.pad_pool("constant", 0.0, pool, kw)
+    x = _inputs(model, batch=16)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok, q.integer_only
+    got = assert_bit_exact(q, x)
+    assert _sqnr(_float_logits(model, x), got) > 20  # the integer divisors are the float model's
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (8, 9)])
+def test_avg_pool_sweep_of_shapes_and_gwq(hw):
+    from onnx import helper
+
+    rng = np.random.default_rng(hw[0])
+    for kw in POOLS:
+        inits = {"w0": N._w(rng, 3, 1, 3, 3), "b0": N._b(rng, 3)}
+        nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c0"], ["r0"]), helper.make_node("AveragePool", ["r0"], ["y"], **kw)]
+        model = N.make(nodes, inits, ["N", 1, *hw], {"y": [None, 3, None, None]})
+        x = _inputs(model, batch=4, shape=[None, 1, *hw])
+        cfg = QuantConfig(mode="gwq", groups=1, loss_aware=False, weight_bits=4, act_bits=4) if hw[0] == 8 else QuantConfig()
+        q, floats = _quantize(model, x, cfg)
+        assert not floats and q.integer_only.ok
+        assert_bit_exact(q, x)
+
+
+# --- batch norms no conv absorbs -------------------------------------------------------------------------------
+def test_keras_style_batch_norms_after_relu_are_affine_and_gwq_compiles():
+    model = N.keras_style()
+    x = _inputs(model, batch=16)
+    for cfg in (QuantConfig(), QuantConfig(mode="gwq", groups=2)):
+        q, floats = _quantize(model, x, cfg)
+        kinds = [n.kind for n in q.graph.nodes.values()]
+        assert kinds.count("affine") == 2 and kinds.count("conv2d") == 2
+        assert floats == ["ops kept in float (no integer kind takes them): Transpose (to_nchw, to_nhwc)"]
+        got = assert_bit_exact(q, x)
+        assert _sqnr(_float_logits(model, x), got) > 15
+
+
+def test_densenet_pre_activation_batch_norms_are_integer():
+    model = N.densenet_preact()
+    x = _inputs(model, batch=16)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    assert [n.kind for n in q.graph.nodes.values()].count("affine") == 2
+    assert check_integer_only(q.mod).ok
+    assert_bit_exact(q, x)
+
+
+# --- the onnx wheel's zoo graphs -------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name,floats", [("squeezenet", "Softmax (n65)")])
+def test_zoo_light_graphs_compile_bit_exact(name, floats):
+    model = N.zoo_light(name)
+    x = _inputs(model, batch=2, shape=[None, 3, 224, 224])
+    q, warned = _quantize(model, x, QuantConfig(calibration="max"))
+    assert warned == [f"ops kept in float (no integer kind takes them): {floats}"]
+    assert_bit_exact(q, x[:1])
