@@ -471,5 +471,7 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"{p}.block applies to granularity 'block' only")
         if expected is not None and len(w.scales) != expected:
             raise PlanError(f"{p}.scales: {len(w.scales)} values for granularity {w.granularity} (expected {expected})")
+        if w.permutation is not None and w.granularity != "block":
+            raise PlanError(f"{p}.permutation applies to granularity 'block' only (it orders channels into blocks)")
         if w.permutation is not None and sorted(w.permutation) != list(range(len(w.permutation))):
             raise PlanError(f"{p}.permutation is not a permutation of 0..{len(w.permutation) - 1}")
