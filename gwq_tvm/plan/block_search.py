@@ -35,14 +35,25 @@ from .quantplan import QuantPlan, TensorQuant, WeightQuant
 ALPHAS = tuple(float(a) for a in np.round(np.linspace(0.1, 2.0, 20), 3))
 #: activation-scale multipliers tried per tensor (per-layer plans)
 BETAS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
-#: calibration images the search uses (its cost is linear in them)
+#: calibration images the search uses
 SEARCH_SAMPLES = 64
+#: output positions per layer the errors are measured on (a fixed random subset when there are more)
+MAX_ROWS = 4096
+
+
+def _rows(m: int) -> np.ndarray | slice:
+    """The rows kept of ``m`` (the same for every input of that size: quantized and float rows align)."""
+    if m <= MAX_ROWS:
+        return slice(None)
+    return np.sort(np.random.default_rng(m).choice(m, MAX_ROWS, replace=False))
 
 
 def columns(x: np.ndarray, node: Node) -> list[np.ndarray]:
-    """The layer's input as matmul rows, one ``(M, K)`` array per group (conv: im2col in OIHW order)."""
+    """The layer's input as matmul rows, one ``(M, K)`` array per group (conv: im2col in OIHW order;
+    at most :data:`MAX_ROWS` rows)."""
     if node.kind == "dense":
-        return [x.reshape(len(x), -1).astype(np.float64)]
+        x = x.reshape(len(x), -1).astype(np.float64)
+        return [x[_rows(len(x))]]
     a = node.attrs
     kh, kw = node.weight.shape[2:]
     top, left, bottom, right = (int(p) for p in a["padding"])
@@ -50,7 +61,8 @@ def columns(x: np.ndarray, node: Node) -> list[np.ndarray]:
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
     n, c, ho, wo = win.shape[:4]
-    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c, kh * kw)
+    rows = np.arange(n * ho * wo)[_rows(n * ho * wo)]
+    cols = win[rows // (ho * wo), :, (rows // wo) % ho, rows % wo].reshape(len(rows), c, kh * kw)
     groups = int(a["groups"])
     cg = c // groups
     return [np.ascontiguousarray(cols[:, g * cg:(g + 1) * cg].reshape(len(cols), -1)) for g in range(groups)]
@@ -85,7 +97,15 @@ class LayerProblem:
         self.ref = self._matmul(cols_f, self.w)
 
     def set_input(self, cols_q: list) -> None:
+        """Use ``cols_q`` (the quantized input's rows per group) from now on; blocks kept contiguous for BLAS."""
         self.x = cols_q
+        self.xb = [[np.ascontiguousarray(x[:, j * self.cols:(j + 1) * self.cols]) for j in range(self.n_in)] for x in cols_q]
+        self.grams = {}
+
+    def gram(self, g: int, j: int) -> np.ndarray:
+        if (g, j) not in self.grams:
+            self.grams[g, j] = self.xb[g][j].T @ self.xb[g][j]
+        return self.grams[g, j]
 
     def _matmul(self, cols: list, w: np.ndarray) -> np.ndarray:
         """``(M, C_out)`` outputs of weights ``w`` (``(C_out, K)``) on per-group rows ``cols``."""
@@ -94,8 +114,7 @@ class LayerProblem:
 
     def quantized(self, grid: np.ndarray | None = None) -> np.ndarray:
         grid = self.grid if grid is None else grid
-        s = np.repeat(grid, self.cols, axis=1)
-        return np.clip(np.rint(self.w / s), -self.qmax, self.qmax) * s
+        return self._quantize(self.w, np.repeat(grid, self.cols, axis=1))
 
     def output(self) -> np.ndarray:
         return self._matmul(self.x, self.quantized())
@@ -109,25 +128,58 @@ class LayerProblem:
                 yield chans, j
 
     def search_block(self, chans: np.ndarray, j: int, alphas, metric: str, out: np.ndarray) -> np.ndarray:
-        """Pick the best ``alpha`` for block ``(chans, j)``; returns the updated output ``out``."""
+        """Pick the best ``alpha`` for block ``(chans, j)``; returns the updated output ``out``.
+
+        The candidates change the output by ``D_a = X_J @ d_a`` (``d_a`` the change of the block's
+        quantized weights), so every error is a quadratic form in ``d_a``: with ``r = out - Y``,
+        ``l2(a) = const + sum_c 2 d_ac . X_J^T r_c + d_ac^T X_J^T X_J d_ac`` (the Gram matrix
+        weighted by ``|Y_c|`` for ``weighted-l2``; cosine from the same dot products).  No
+        candidate output is formed.
+        """
         lo, hi = j * self.cols, (j + 1) * self.cols
         base = self.grid[chans[0], j]
-        wq = self.quantized()
-        w = self.w[np.ix_(chans, np.arange(lo, hi))]
-        cand = np.stack([np.clip(np.rint(w / (base * a)), -self.qmax, self.qmax) * (base * a) for a in alphas])  # (A, c, k)
-        delta = cand - wq[np.ix_(chans, np.arange(lo, hi))][None]
+        w = self.w[chans, lo:hi]
+        cur = self._quantize(w, self.grid[chans, j][:, None])
+        cand = np.stack([self._quantize(w, base * a) for a in alphas])  # (A, c, k)
+        d = cand - cur[None]
+        lin = np.zeros((len(alphas),))
+        quad = np.zeros((len(alphas),))
+        dot_ref = np.zeros((len(alphas),))
         gidx = chans // self.per_group
-        change = np.zeros((out.shape[0], len(alphas), len(chans)))
         for g in np.unique(gidx):
             sel = np.nonzero(gidx == g)[0]
-            d = delta[:, sel].reshape(-1, hi - lo)  # (A * |sel|, k)
-            change[:, :, sel] = (self.x[g][:, lo:hi] @ d.T).reshape(len(out), len(alphas), len(sel))
-        trial = out[:, chans][:, None, :] + change
-        best = int(np.argmin(_error(self.ref[:, chans], trial, metric)))
+            xj = self.xb[g][j]
+            ref, o = self.ref[:, chans[sel]], out[:, chans[sel]]
+            ds = d[:, sel]  # (A, s, k)
+            if metric == "weighted-l2":
+                wts = np.abs(ref)
+                lin += 2 * np.einsum("ask,ks->a", ds, xj.T @ (wts * (o - ref)))
+                for i in range(len(sel)):
+                    gram = (xj * wts[:, i:i + 1]).T @ xj
+                    quad += np.einsum("ak,kl,al->a", ds[:, i], gram, ds[:, i])
+                continue
+            gram = self.gram(g, j)
+            quad += np.einsum("ask,kl,asl->a", ds, gram, ds)
+            if metric == "l2":
+                lin += 2 * np.einsum("ask,ks->a", ds, xj.T @ (o - ref))
+            else:  # cosine: ||out + D||^2 and (out + D) . Y
+                lin += 2 * np.einsum("ask,ks->a", ds, xj.T @ o)
+                dot_ref += np.einsum("ask,ks->a", ds, xj.T @ ref)
+        if metric == "cosine":
+            ref, o = self.ref[:, chans], out[:, chans]
+            err = -(float((o * ref).sum()) + dot_ref) / np.sqrt(np.maximum(float((o * o).sum()) + lin + quad, 1e-30))
+        else:
+            err = lin + quad
+        best = int(np.argmin(err))
         self.grid[chans, j] = base * alphas[best]
         out = out.copy()
-        out[:, chans] = trial[:, best]
+        for g in np.unique(gidx):
+            sel = np.nonzero(gidx == g)[0]
+            out[:, chans[sel]] += self.xb[g][j] @ d[best, sel].T
         return out
+
+    def _quantize(self, w: np.ndarray, s) -> np.ndarray:
+        return np.clip(np.rint(w / s), -self.qmax, self.qmax) * s
 
     def search(self, alphas, metric: str) -> None:
         out = self.output()
@@ -168,9 +220,13 @@ def node_outputs(model, graph: Graph, images: np.ndarray) -> dict[str, np.ndarra
 
 
 def search_plan(model, graph: Graph, plan: QuantPlan, images: np.ndarray, *, metric: str = "l2", rounds: int = 2,
-                pot: bool = False, samples: int = SEARCH_SAMPLES) -> QuantPlan:
-    """``plan`` with every conv/dense layer's block scales searched (see the module docstring)."""
-    acts = node_outputs(model, graph, np.asarray(images[:samples], np.float32))
+                pot: bool = False, samples: int = SEARCH_SAMPLES, acts: dict | None = None) -> QuantPlan:
+    """``plan`` with every conv/dense layer's block scales searched (see the module docstring).
+
+    ``acts`` (every node's fp32 output on the images, :func:`node_outputs`) skips running the model.
+    """
+    if acts is None:
+        acts = node_outputs(model, graph, np.asarray(images[:samples], np.float32))
     alphas = tuple(a for a in (0.125, 0.25, 0.5, 1.0, 2.0)) if pot else ALPHAS
     names = [n for n, node in graph.nodes.items() if node.kind in ("conv2d", "dense") and n in plan.layers
              and plan.layers[n].codebook == "uniform"]
