@@ -133,7 +133,8 @@ class LayerProblem:
         The candidates change the output by ``D_a = X_J @ d_a`` (``d_a`` the change of the block's
         quantized weights), so every error is a quadratic form in ``d_a``: with ``r = out - Y``,
         ``l2(a) = const + sum_c 2 d_ac . X_J^T r_c + d_ac^T X_J^T X_J d_ac`` (the Gram matrix
-        weighted by ``|Y_c|`` for ``weighted-l2``; cosine from the same dot products).  No
+        weighted by ``|Y_c|`` for ``weighted-l2``; the cosine of the whole layer output from the
+        same dot products).  No
         candidate output is formed.
         """
         lo, hi = j * self.cols, (j + 1) * self.cols
@@ -165,9 +166,8 @@ class LayerProblem:
             else:  # cosine: ||out + D||^2 and (out + D) . Y
                 lin += 2 * np.einsum("ask,ks->a", ds, xj.T @ o)
                 dot_ref += np.einsum("ask,ks->a", ds, xj.T @ ref)
-        if metric == "cosine":
-            ref, o = self.ref[:, chans], out[:, chans]
-            err = -(float((o * ref).sum()) + dot_ref) / np.sqrt(np.maximum(float((o * o).sum()) + lin + quad, 1e-30))
+        if metric == "cosine":  # of the whole layer output: a block's own cosine would ignore its magnitude
+            err = -(float((out * self.ref).sum()) + dot_ref) / np.sqrt(np.maximum(float((out * out).sum()) + lin + quad, 1e-30))
         else:
             err = lin + quad
         best = int(np.argmin(err))
