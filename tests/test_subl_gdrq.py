@@ -228,6 +228,21 @@ def test_block_plans_round_trip_through_json(net, tmp_path):
     np.testing.assert_array_equal(run_reference(gwq_tvm.quantize(fm, plan=again).mod, x[:2]), run_reference(q.mod, x[:2]))
 
 
+def test_report_shows_blocks_reordering_and_clip(net):
+    """``gwq-tvm report``: each layer's block grid, reordering, steps (powers of two under GWQ) and Scale-Clip;
+    the input-block partial rescales are SFC sites (shifts under GWQ)."""
+    from gwq_tvm.report import format_text
+
+    fm, x = net
+    q = gwq_tvm.quantize(fm, x, QuantConfig(mode="gwq", groups=1, weight_blocks=(2, 2), weight_blocks_fit="gcd",
+                                            reorder_channels=True, scale_clip="std"))
+    r = q.report()
+    w = r["weights"]["dense_0"]
+    assert w["block"] == [2, 2] and w["reordered"] and w["pot_steps"] and w["scale_clip"]["rule"] == "std"
+    assert any(s["port"] == "partial1" and s["kind"] == "shift" and s["src"] == "global_avgpool_0" for s in r["sites"])
+    assert "dense_0 2x2 reordered" in format_text(r)
+
+
 @pytest.mark.parametrize("blocks, message", [
     ((3, 1), "do not divide its 8x27 weight"),
     ((16, 1), "larger than its 8x27 weight"),

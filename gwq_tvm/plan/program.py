@@ -317,7 +317,7 @@ def sfc_sites(graph: "Graph", plan: QuantPlan) -> list[SfcSite]:
                 sites.append(SfcSite(e.node, e.port, sfc.kind, e.elements, sfc.channels, e.src, e.dst))
         for port, sfc in sfcs.items():  # rescales inside a node (input-block partials): no edge of the grouping
             if port not in ports and sfc.kind != "identity":
-                sites.append(SfcSite(node.name, port, sfc.kind, node.elements, sfc.channels, node.inputs[0], node.name))
+                sites.append(SfcSite(node.name, port, sfc.kind, node.elements, sfc.channels, graph.tensor_of(node.inputs[0]), node.name))
     return sites
 
 
