@@ -119,9 +119,11 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
         images = check_batch(calib_data, fm.input_shape)
         if config.mode is ScaleMode.GWQ and config.loss_aware:
             sensitivity = tensor_sensitivity(fm, graph, stats, config, images)
-        ctx = strategies.PlanContext(graph, stats, config, images, fm.input_shape, sensitivity)
+        ctx = strategies.PlanContext(graph, stats, config, images, fm.input_shape, sensitivity, model=fm)
         search = "select" if config.mode is ScaleMode.GWQ and config.min_shift_share is not None else "grouping"
         plan = strategies.run(search, ctx)
+        if config.block_search:
+            plan = strategies.run("subl_search", dataclasses.replace(ctx, plan=plan))
         if config.refine_steps:
             plan = strategies.run("refine", dataclasses.replace(ctx, plan=plan))
     else:

@@ -66,7 +66,21 @@ _PLAN_FIXED = {
     "weight_granularity": "weight_granularity", "groups": "groups", "tolerance": "tolerance",
     "min_shift_share": "min_shift_share", "sfc_cost": "sfc_cost", "end_bits": "end_bits", "refine_steps": "refine_steps",
     "no_loss_aware": None, "calib": None, "calib_samples": None,
+    # PTQ-SL / GDRQ (branch subl)
+    "weight_blocks": "weight_blocks", "weight_blocks_fit": "weight_blocks_fit", "reorder_channels": "reorder_channels",
+    "block_search": "block_search", "search_metric": "search_metric", "search_rounds": "search_rounds",
+    "weight_groups": "weight_groups", "scale_clip": "scale_clip", "scale_clip_k": "scale_clip_k", "act_clip_k": "act_clip_k",
 }
+
+
+def _blocks(text):
+    from .config import parse_blocks
+    from .errors import ConfigError
+
+    try:
+        return parse_blocks(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _option(dest: str) -> str:
@@ -446,6 +460,23 @@ def _add_quant_options(p):
     p.add_argument("--calib-samples", type=_positive_int, default=None, help="calibration samples used (default 512)")
     p.add_argument("--refine-steps", type=int, default=None,
                    help="refine the plan's scales on the calibration samples for N steps, weights frozen (needs torch; default 0)")
+    g = p.add_argument_group("sub-layerwise weights (PTQ-SL) and distribution reshaping (GDRQ)")
+    g.add_argument("--weight-blocks", type=_blocks, default=None, metavar="NOUTxNIN",
+                   help="one weight scale per block of the (C_out, C_in/groups*kh*kw) weight: 1x1 per-tensor, Cx1 "
+                        "per-channel, e.g. 4x2 (input blocks sum int32 partial accumulators)")
+    g.add_argument("--weight-blocks-fit", default=None, help="strict (default: a block shape that does not divide a "
+                   "layer is an error) | gcd (such a layer uses gcd(NOUT, C_out) x gcd(NIN, K))")
+    g.add_argument("--reorder-channels", action="store_true", default=None,
+                   help="sort each layer's output channels by weight range into the blocks")
+    g.add_argument("--block-search", action="store_true", default=None,
+                   help="search each block scale (delta * alpha, alpha in [0.1, 2]) on the layer-output error")
+    g.add_argument("--search-metric", default=None, help="l2 (default) | cosine | weighted-l2")
+    g.add_argument("--search-rounds", type=int, default=None, help="rounds of the alternating block/activation search (default 2)")
+    g.add_argument("--weight-groups", type=int, default=None, metavar="G",
+                   help="GDRQ: G groups of output filters per layer, one step each (folded into the SFC)")
+    g.add_argument("--scale-clip", default=None, help="GDRQ Scale-Clip of the weights at k*sigma: std | mean-abs")
+    g.add_argument("--scale-clip-k", type=float, default=None, help="the k of --scale-clip (default: chosen per tensor)")
+    g.add_argument("--act-clip-k", type=float, default=None, help="GDRQ: clip activations at k*sigma too")
 
 
 def make_parser() -> argparse.ArgumentParser:

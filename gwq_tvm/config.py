@@ -70,6 +70,71 @@ def _bits(value, name):
     return value
 
 
+#: the PTQ-SL / GDRQ options (written by :meth:`QuantConfig.to_dict` only when set)
+SUBLAYER_FIELDS = ("weight_blocks", "weight_blocks_fit", "reorder_channels", "block_search", "search_metric",
+                   "search_rounds", "weight_groups", "scale_clip", "scale_clip_k", "act_clip_k")
+#: values of the PTQ-SL / GDRQ options
+BLOCK_FITS = ("strict", "gcd")
+SEARCH_METRICS = ("l2", "cosine", "weighted-l2")
+SIGMA_RULES = ("std", "mean-abs")
+
+
+def parse_blocks(text: str) -> tuple:
+    """``"NOUTxNIN"`` as ``(n_out, n_in)`` (``n_out`` may be ``C``: every output channel its own block).
+
+    >>> parse_blocks("4x2"), parse_blocks("Cx1")
+    ((4, 2), ('C', 1))
+    """
+    parts = str(text).lower().split("x")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        n_out = "C" if parts[0] == "c" else int(parts[0])
+        return _blocks((n_out, int(parts[1])))
+    except ValueError:
+        raise ConfigError(f"weight blocks must be NOUTxNIN with positive integers (NOUT may be C), e.g. 4x2; got {text!r}") from None
+
+
+def _blocks(value) -> tuple:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"weight_blocks must be an (n_out, n_in) pair; got {value!r}")
+    n_out, n_in = value
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    if not (ok(n_out) or n_out == "C") or not ok(n_in):
+        raise ConfigError(f"weight_blocks must be positive integers (n_out may be 'C'); got {tuple(value)!r}")
+    return (n_out, n_in)
+
+
+def _check_gdrq_ptqsl(cfg, set_) -> None:
+    """Validate the PTQ-SL / GDRQ options of :class:`QuantConfig`."""
+    if cfg.weight_blocks is not None:
+        set_("weight_blocks", _blocks(cfg.weight_blocks))
+    if cfg.weight_blocks_fit not in BLOCK_FITS:
+        raise ConfigError(f"weight_blocks_fit must be one of {', '.join(BLOCK_FITS)}; got {cfg.weight_blocks_fit!r}")
+    if cfg.search_metric not in SEARCH_METRICS:
+        raise ConfigError(f"search_metric must be one of {', '.join(SEARCH_METRICS)}; got {cfg.search_metric!r}")
+    for k in ("reorder_channels", "block_search"):
+        if not isinstance(getattr(cfg, k), bool):
+            raise ConfigError(f"{k} must be true or false; got {getattr(cfg, k)!r}")
+    if isinstance(cfg.search_rounds, bool) or not isinstance(cfg.search_rounds, int) or not 1 <= cfg.search_rounds <= 10:
+        raise ConfigError(f"search_rounds must be an integer from 1 to 10; got {cfg.search_rounds!r}")
+    g = cfg.weight_groups
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+        raise ConfigError(f"weight_groups must be a positive integer; got {g!r}")
+    if g is not None and cfg.weight_blocks is not None:
+        raise ConfigError("give weight_groups (GDRQ filter groups) or weight_blocks (PTQ-SL blocks), not both")
+    if cfg.scale_clip is not None and cfg.scale_clip not in SIGMA_RULES:
+        raise ConfigError(f"scale_clip must be one of {', '.join(SIGMA_RULES)}; got {cfg.scale_clip!r}")
+    for k in ("scale_clip_k", "act_clip_k"):
+        v = getattr(cfg, k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ConfigError(f"{k} must be a positive number; got {v!r}")
+    if cfg.scale_clip_k is not None and cfg.scale_clip is None:
+        raise ConfigError("scale_clip_k needs scale_clip (std or mean-abs)")
+    if cfg.reorder_channels and cfg.weight_blocks is None and g is None:
+        raise ConfigError("reorder_channels sorts channels into weight blocks: give weight_blocks or weight_groups")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Settings of one quantization run; validated on construction.
@@ -123,6 +188,42 @@ class QuantConfig:
         dequantize/quantize boundaries, instead of raising.
     calib_batch_size : int
         Batch size used while running the float model for calibration.
+    weight_blocks : (int or "C", int), optional
+        PTQ-SL sub-layerwise weight scales: the weight viewed as
+        ``(C_out, C_in/groups * kh * kw)`` is cut into ``n_out x n_in`` blocks,
+        one scale each (``(1, 1)`` is per-tensor, ``("C", 1)`` per-channel).
+        Overrides ``weight_granularity``.  See :mod:`gwq_tvm.plan.sublayer`.
+    weight_blocks_fit : str
+        ``strict``: a layer the block shape does not divide is an error;
+        ``gcd``: such a layer uses ``(gcd(n_out, C_out), gcd(n_in, K))``.
+    reorder_channels : bool
+        PTQ-SL channel reordering: sort each layer's output channels by weight
+        range and split them into the ``n_out`` blocks (recorded as the
+        layer's ``permutation``).
+    block_search : bool
+        PTQ-SL scale search: each block scale ``delta * alpha``,
+        ``alpha in [0.1, 2.0]``, minimising the layer-output error on the
+        calibration images, alternated with the layer input's activation scale
+        (per-layer mode) for ``search_rounds`` rounds (see :mod:`gwq_tvm.plan.block_search`).
+    search_metric : str
+        ``l2`` (default), ``cosine`` or ``weighted-l2`` (L2 weighted by ``|y|``).
+    search_rounds : int
+        Rounds of the alternating search (1-10).
+    weight_groups : int, optional
+        GDRQ group-based quantization: each layer's output filters in ``G``
+        contiguous groups with one step each (folded into the per-channel SFC:
+        no op is added).  Exclusive with ``weight_blocks``.
+    scale_clip : str, optional
+        GDRQ Scale-Clip of weights: clip at ``k * sigma(W)`` before uniform
+        quantization, ``sigma`` the standard deviation (``std``) or mean
+        absolute value (``mean-abs``) of the weights of each scale's block.
+    scale_clip_k : float, optional
+        The ``k`` of Scale-Clip; ``None`` picks it per tensor among
+        :data:`gwq_tvm.plan.sublayer.CLIP_KS` by the weights' quantization error.
+    act_clip_k : float, optional
+        GDRQ Scale-Clip of activations: clip each tensor at ``k * sigma``
+        (``sigma`` per ``scale_clip``'s rule, estimated over all calibration
+        batches) when that is below the ``calibration`` rule's clip.
     refine_steps : int
         After planning, refine the plan's continuous scale choices (group
         mantissas, tensor exponents, power-of-two weight-scale exponents) for
@@ -148,6 +249,16 @@ class QuantConfig:
     allow_float_fallback: bool = True
     calib_batch_size: int = 64
     refine_steps: int = 0
+    weight_blocks: tuple | None = None
+    weight_blocks_fit: str = "strict"
+    reorder_channels: bool = False
+    block_search: bool = False
+    search_metric: str = "l2"
+    search_rounds: int = 2
+    weight_groups: int | None = None
+    scale_clip: str | None = None
+    scale_clip_k: float | None = None
+    act_clip_k: float | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -186,6 +297,7 @@ class QuantConfig:
             raise ConfigError(f"calib_batch_size must be a positive integer; got {self.calib_batch_size!r}")
         if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or not 0 <= self.refine_steps <= MAX_REFINE_STEPS:
             raise ConfigError(f"refine_steps must be an integer from 0 to {MAX_REFINE_STEPS}; got {self.refine_steps!r}")
+        _check_gdrq_ptqsl(self, set_)
         overrides = {}
         for name, pair in dict(self.bits).items():
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -204,9 +316,13 @@ class QuantConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The settings as JSON values; the PTQ-SL/GDRQ options (:data:`SUBLAYER_FIELDS`) only when
+        they differ from their defaults, so that configs which do not use them read as before."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in SUBLAYER_FIELDS and v == f.default:
+                continue
             out[f.name] = v.value if isinstance(v, Enum) else ({k: list(p) for k, p in v.items()} if f.name == "bits" else v)
         return out
 
@@ -219,5 +335,7 @@ class QuantConfig:
         data = dict(data)
         if "bits" in data:
             data["bits"] = {k: tuple(v) for k, v in data["bits"].items()}
+        if data.get("weight_blocks") is not None:
+            data["weight_blocks"] = tuple(data["weight_blocks"])
         return cls(**data)
 

@@ -149,7 +149,7 @@ def layer_error(qmodel, data, *, samples: int = DEFAULT_SAMPLES) -> dict:
     for i, n in enumerate(graph.outputs):
         exposed.setdefault(n, (floats[i], np.asarray(ints[i])))
 
-    layers = {n: (plan.layers[n].bits, plan.layers[n].channel_scales(graph.nodes[n].weight.shape[0])) for n in plan.layers}
+    layers = {n: (plan.layers[n].bits, plan.layers[n].scale_map(graph.nodes[n].weight.shape)) for n in plan.layers}
     weights_only = kl_divergence(ref_logits, FakeQuantSimulator(fm, graph, {}, layers).run(x, {}))
     sfc = _sfc_kinds(graph, plan)
     rows = []

@@ -73,10 +73,23 @@ def sfc_report(qmodel) -> dict:
         "groups": groups,
         "tensors": tensors,
         "multiply_group_pairs": [list(p) for p in pairs],
+        "weights": weight_report(plan),
         "sites": [{"node": s.node, "port": s.port, "kind": s.kind, "elements": s.elements, "channels": s.channels,
                    "src": s.src, "dst": s.dst, "src_group": tensors[s.src]["group"], "dst_group": tensors[s.dst]["group"]}
                   for s in sites],
     }
+
+
+def weight_report(plan) -> dict:
+    """Per layer: weight bits, granularity, PTQ-SL block grid, whether channels are reordered into the blocks, the
+    number of steps, whether they are powers of two (as GWQ needs wherever the layer's SFC must stay a shift), and
+    the Scale-Clip settings of the search (provenance)."""
+    config = plan.config
+    clip = {"rule": config.scale_clip, "k": config.scale_clip_k, "act_k": config.act_clip_k} if config and config.scale_clip else None
+    return {n: {"bits": w.bits, "granularity": w.granularity, "block": list(w.block) if w.block else None,
+                "reordered": w.permutation is not None, "steps": len(w.scales),
+                "pot_steps": bool(all(math.frexp(v)[0] == 0.5 for v in w.scales)), "scale_clip": clip}
+            for n, w in plan.layers.items()}
 
 
 def format_text(report: dict, max_members: int = 6) -> str:
@@ -86,6 +99,10 @@ def format_text(report: dict, max_members: int = 6) -> str:
         f"SFC ops: {s['multiply_sites']} multiply, {s['shift_sites']} shift (per-sample elements: "
         f"{s['multiply_elements']} multiply, {s['shift_elements']} shift; shift share {s['shift_share'] * 100:.1f}%)"
     ]
+    blocks = [f"{n} {w['block'][0]}x{w['block'][1]}{' reordered' if w['reordered'] else ''}"
+              for n, w in report.get("weights", {}).items() if w["block"]]
+    if blocks:
+        lines.append("weight blocks (PTQ-SL / GDRQ groups): " + ", ".join(blocks))
     if report["mode"] == "per-layer":
         return "\n".join(lines + [f"groups: {s['groups']} (per-layer: one per tensor)"])
     if s["added_error"] is not None:

@@ -75,14 +75,13 @@ def test_reference_catches_int64_overflow():
 @pytest.mark.parametrize("change, message", [
     (dict(codebook="post"), "codebook post is not realized"),
     (dict(storage="int4", bits=4), "storage int4 is not realized"),
-    (dict(permutation=tuple(reversed(range(8)))), "a channel permutation is not realized"),
-    (dict(granularity="block", block=(2, 2), scales=(0.01,) * 4), "no per-channel form"),
+    # permutations and input blocks are realized since PTQ-SL (tests/test_subl_gdrq.py); 2 input blocks
+    # cannot split conv2d_0's 1*3*3 weight columns
+    (dict(granularity="block", block=(2, 2), scales=(0.01,) * 4), "do not divide the 9 weight columns"),
 ])
 def test_plan_features_the_compiler_cannot_realize_yet_are_named(bundled_int8, change, message):
     plan = bundled_int8.plan
     layer = plan.layers["conv2d_0"]
-    if "permutation" in change:
-        change = dict(permutation=tuple(reversed(range(len(layer.scales)))))
     edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(layer, **change)})
     with pytest.raises(gwq_tvm.errors.PlanError, match=message):
         gwq_tvm.RealizeIntegerProgram(edited)(bundled_int8.float_model.mod)

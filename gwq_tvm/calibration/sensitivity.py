@@ -71,10 +71,11 @@ class Emitter:
         self.values[node.name] = y
 
     def weight(self, node: Node) -> np.ndarray:
-        """The layer's weights fake-quantized at their planned scales: ``s_w,c * clip(rint(w / s_w,c))``."""
+        """The layer's weights fake-quantized at their planned scales: ``s_w * clip(rint(w / s_w))``
+        (``s_w`` per channel, or a block scale map broadcastable to the weight)."""
         ws = self.weight_scales[node.name]
         wq = S.quantize_weight(node.weight, ws, self.weight_bits[node.name]).astype(np.float64)
-        return wq * ws.reshape((-1,) + (1,) * (node.weight.ndim - 1))
+        return wq * (ws if ws.ndim == node.weight.ndim else ws.reshape((-1,) + (1,) * (node.weight.ndim - 1)))
 
     def bias(self, node: Node, y, ndim):
         """Add the bias rounded to the accumulator grid ``s_in * s_w,c``, as the integer program stores it."""
@@ -85,7 +86,9 @@ class Emitter:
         b = _const(node.bias.reshape(shape))
         src = self.graph.tensor_of(node.inputs[0])
         if src in self.scale_vars:
-            unit = self.emit(R.multiply(self.scale_vars[src], _const(self.weight_scales[node.name].reshape(shape))))
+            ws = self.weight_scales[node.name]  # the accumulator unit's weight part: the finest block scale
+            ws = ws.reshape(ws.shape[0], -1).min(axis=1) if ws.ndim > 1 else ws
+            unit = self.emit(R.multiply(self.scale_vars[src], _const(ws.reshape(shape))))
             b = self.emit(R.multiply(R.round(R.divide(b, unit)), unit))
         return self.emit(R.add(y, b))
 
@@ -100,6 +103,7 @@ class FakeQuantSimulator:
     tensors : dict of str to (qmin, qmax)
         The activation tensors to fake-quantize and their integer ranges.
     layers : dict of str to (weight_bits, weight_scales)
+        ``weight_scales`` per output channel or a scale map (:meth:`WeightQuant.scale_map`).
         Weight quantization of every conv/dense node.
     """
 
@@ -177,7 +181,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     for n, node in graph.nodes.items():
         if node.weight is not None:
             lq = layer_quant(node, config)
-            layers[n] = (lq.bits, lq.channel_scales(node.weight.shape[0]))
+            layers[n] = (lq.bits, lq.scale_map(node.weight.shape))
     x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers)
     ref_vm = relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())

@@ -45,15 +45,10 @@ class Conv2d(AccumulatingKind):
     def realize(self, em, node) -> None:
         from tvm.relax import op as R
 
-        acc = self.accumulator(em.graph, node, em.plan)
         a = node.attrs
-        y = em.emit(
-            R.nn.conv2d(
-                em.as_int(node.inputs[0]), em.const(acc.weight, "int8"), strides=a["strides"], padding=a["padding"],
-                dilation=a["dilation"], groups=a["groups"], out_dtype="int32",
-            )
-        )
-        em.finish_acc(node, y, acc)
+        em.accumulate(node, self.accumulator(em.graph, node, em.plan), lambda x, w: R.nn.conv2d(
+            x, em.const(w, "int8"), strides=a["strides"], padding=a["padding"], dilation=a["dilation"],
+            groups=a["groups"], out_dtype="int32"))
 
     def simulate(self, em, node) -> None:
         from tvm.relax import op as R

@@ -36,10 +36,8 @@ class Dense(AccumulatingKind):
     def realize(self, em, node) -> None:
         from tvm.relax import op as R
 
-        acc = self.accumulator(em.graph, node, em.plan)
-        weight_t = np.ascontiguousarray(acc.weight.T)
-        y = em.emit(R.matmul(em.as_int(node.inputs[0]), em.const(weight_t, "int8"), out_dtype="int32"))
-        em.finish_acc(node, y, acc)
+        em.accumulate(node, self.accumulator(em.graph, node, em.plan),
+                      lambda x, w: R.matmul(x, em.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
 
     def simulate(self, em, node) -> None:
         from tvm.relax import op as R

@@ -32,7 +32,11 @@ class AccumulatingKind(Kind):
         return [P.SfcEdge(node.name, "out", src, node.name, node.elements, 1.0 / self.window(graph, node))]
 
     def sfcs(self, graph, node, plan) -> dict:
-        return {"out": P.requant(node, self.accumulator(graph, node, plan), plan).sfc}
+        acc = self.accumulator(graph, node, plan)
+        out = {f"partial{j}": part.sfc for j, part in enumerate(acc.partials)}
+        if P.needs_integer_output(graph, node.name):
+            out["out"] = P.requant(node, acc, plan).sfc
+        return out
 
 
 def pads(padding) -> tuple[int, int, int, int]:

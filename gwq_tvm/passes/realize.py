@@ -140,6 +140,25 @@ class Emitter:
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 
+    def accumulate(self, node: Node, acc: P.Accumulator, op) -> None:
+        """Emit a layer's int32 accumulator: ``op(q_in, weight)`` (``op`` builds the conv/matmul of an
+        int8 weight array), or with input blocks the sum of each partial, sliced along the input's
+        channels and rescaled by its SFC (:func:`gwq_tvm.plan.program.input_block_partials`)."""
+        x = self.as_int(node.inputs[0])
+        if not acc.partials:
+            return self.finish_acc(node, self.emit(op(x, acc.weight)), acc)
+        ndim, y = len(node.shape), None
+        for part in acc.partials:
+            xj = x
+            if part.channels is not None:
+                lo, hi = part.channels
+                xj = self.emit(R.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
+            t = self.apply_sfc(self.emit(op(xj, part.weight)), part.sfc, ndim, part.work_dtype)
+            if part.work_dtype != "int32":
+                t = self.emit(R.astype(t, "int32"))
+            y = t if y is None else self.emit(R.add(y, t))
+        self.finish_acc(node, y, acc)
+
     def finish_acc(self, node: Node, y, acc: P.Accumulator) -> None:
         """Record ``y`` (int32) as ``node``'s accumulator, with the recipe's bias added."""
         if acc.bias is not None:

@@ -10,7 +10,7 @@ from ..config import Calibration, QuantConfig, ScaleMode, WeightGranularity
 from ..errors import PlanError
 from ..graph import Graph, Node, kind_of
 from . import scales as S
-from . import strategies
+from . import strategies, sublayer
 from .grouping import ErrorCurve, Grouping, error_curve, group_tensors
 from .program import needs_integer_output, sfc_edges
 from .quantplan import Arithmetic, QuantPlan, TensorQuant, WeightQuant
@@ -60,6 +60,10 @@ def tensor_choices(graph: Graph, stats: dict, config: QuantConfig) -> dict[str, 
         clip = choose_clip(st, config.calibration, bits, signed, config.percentile)
         if node.act is not None and math.isfinite(node.act[1]):
             clip = min(clip, node.act[1]) if clip > 0 else node.act[1]
+        if config.act_clip_k is not None:  # GDRQ Scale-Clip of activations
+            sigma = sublayer.activation_sigma(st.hist, st.bin_edges, signed, config.scale_clip or "std")
+            if sigma > 0:
+                clip = min(clip, config.act_clip_k * sigma)
         out[name] = TensorChoice(bits, signed, S.activation_scale(clip, bits, signed))
     return out
 
@@ -101,22 +105,36 @@ def gwq_grouping(graph: Graph, stats: dict, config: QuantConfig, choices: dict |
     return curves, grouping
 
 
-def layer_quant(node: Node, config: QuantConfig) -> WeightQuant:
-    """Weight bits, granularity and weight scales of a layer under ``config.mode``.
+def layer_blocks(node: Node, config: QuantConfig):
+    """The block grid ``config`` asks for ``node`` (``None``: per-channel; see :mod:`gwq_tvm.plan.sublayer`).
 
+    PTQ-SL blocks and GDRQ filter groups apply to conv and dense layers;
+    other kinds with weights (the per-channel affine) stay per-channel.
+    """
+    if config.weight_granularity is WeightGranularity.PER_TENSOR and config.weight_blocks is None and config.weight_groups is None:
+        return (1, 1)
+    if node.kind not in ("conv2d", "dense"):
+        return None
+    if config.weight_blocks is not None:
+        return config.weight_blocks
+    if config.weight_groups is not None:
+        return (config.weight_groups, 1)
+    return None
+
+
+def layer_quant(node: Node, config: QuantConfig) -> WeightQuant:
+    """Weight bits, granularity and weight scales of a layer under ``config``.
+
+    Max-calibrated (or Scale-Clipped) scales of the layer's blocks, rounded up
+    to powers of two in ``pot`` and ``gwq`` mode (:func:`gwq_tvm.plan.sublayer.weight_quant`).
     A kind with fixed ``weight_bits`` (the per-channel affine) takes them unless
     ``config.bits`` names the layer.
     """
     fixed = getattr(kind_of(node), "weight_bits", None)
     wbits = fixed if fixed is not None and node.name not in config.bits else config.weight_bits_for(node.name)
-    per_channel = config.weight_granularity is WeightGranularity.PER_CHANNEL
-    if config.mode is ScaleMode.PER_LAYER:
-        ws = S.weight_scales(node.weight, wbits, per_channel)
-    else:  # pot and gwq: every weight scale a power of two
-        ws = S.pot_weight_scales(node.weight, wbits, per_channel)
-    if not per_channel:
-        return WeightQuant(wbits, (float(ws[0]),), granularity="tensor")
-    return WeightQuant(wbits, tuple(float(s) for s in ws), granularity="channel")
+    return sublayer.weight_quant(node.name, node.weight, wbits, pot=config.mode is not ScaleMode.PER_LAYER,
+                                 blocks=layer_blocks(node, config), fit=config.weight_blocks_fit,
+                                 reorder=config.reorder_channels, clip_rule=config.scale_clip, clip_k=config.scale_clip_k)
 
 
 def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None,

@@ -63,6 +63,27 @@ def magnitude(tq: TensorQuant) -> int:
     return max(abs(qmin), abs(qmax))
 
 
+#: most extra fractional bits kept while partial accumulators of input blocks are summed
+PARTIAL_PRECISION_BITS = 8
+
+
+@dataclass(frozen=True)
+class Partial:
+    """One input block's int32 partial accumulator of a layer with ``n_in > 1`` weight blocks.
+
+    The partial is ``conv(q_in[:, lo:hi], weight)`` (or a matmul), where
+    ``weight`` holds the block's integer weights of those input channels and
+    zeros in the columns of other blocks; ``sfc`` brings it to the layer's
+    accumulator unit (see :func:`layer_accumulator`), computed in ``work_dtype``.
+    ``channels`` is ``None`` when the partial reads the whole input (grouped convs).
+    """
+
+    channels: tuple | None
+    weight: np.ndarray
+    sfc: SFC
+    work_dtype: str
+
+
 @dataclass(frozen=True)
 class Accumulator:
     """The int32 accumulator of a conv/dense/pool node.
@@ -70,6 +91,8 @@ class Accumulator:
     ``weight`` (int8, channels first) and ``bias`` (int32) are ``None`` for
     pools; ``scale`` is the real scale of one accumulator unit per channel
     (a single value for pools); ``bound`` bounds ``|acc|`` over all inputs.
+    ``partials`` is non-empty when the weight has input blocks: the
+    accumulator is then the sum of the rescaled partials plus the bias.
     """
 
     scale: np.ndarray
@@ -77,6 +100,7 @@ class Accumulator:
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
     window: int = 1
+    partials: tuple = ()
 
 
 def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
@@ -87,29 +111,85 @@ def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
         raise PlanError(f"layers.{node.name}: {err}") from None
 
 
+def weight_scale_map(node: "Node", plan: QuantPlan) -> np.ndarray:
+    """Each weight element's scale under ``plan``, broadcastable to ``node.weight``."""
+    try:
+        return plan.layers[node.name].scale_map(node.weight.shape)
+    except PlanError as err:
+        raise PlanError(f"layers.{node.name}: {err}") from None
+
+
 def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     """Quantized weights and bias of a conv/dense ``node`` and the scale of its accumulator.
 
-    ``q_w = clip(rint(w / s_w,c))``, ``q_b = rint(b / (s_in * s_w,c))``; the
-    bound is ``max_c sum|q_w,c| * max|q_in| + max|q_b|``, which must fit int32.
+    ``q_w = clip(rint(w / s_w))`` with ``s_w`` the scale of the weight's
+    block (:meth:`WeightQuant.scale_map`).  With one input block per channel
+    (tensor, channel, ``n_out x 1`` blocks) ``acc = conv(q_in, q_w) + q_b``,
+    unit ``s_in * s_w,c``, ``q_b = rint(b / (s_in * s_w,c))``; the bound is
+    ``max_c sum|q_w,c| * max|q_in| + max|q_b|``, which must fit int32.  With
+    ``n_in > 1`` input blocks see :func:`input_block_partials`.
     """
     src = node.inputs[0]
     s_in, in_mag = plan.scale(src), magnitude(plan.tensors[src])
     layer = plan.layers[node.name]
     unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook != "uniform"),
-                                   ("storage " + layer.storage, layer.storage != "int8"),
-                                   ("a channel permutation", layer.permutation is not None)) if on]
+                                   ("storage " + layer.storage, layer.storage != "int8")) if on]
     if unsupported:
         raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
-    ws = weight_scales(node, plan)
-    wq = S.quantize_weight(node.weight, ws, layer.bits)
-    acc_scale = s_in * ws
+    wq = S.quantize_weight(node.weight, weight_scale_map(node, plan), layer.bits)
+    grid = layer.block_scales(node.weight.shape[0])
+    if grid.shape[1] > 1:
+        return input_block_partials(node, wq, grid, s_in, in_mag)
+    acc_scale = s_in * grid[:, 0]
     bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
     per_channel = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1) * in_mag
     bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
     if bound > INT32_MAX:
         raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
     return Accumulator(acc_scale, bound, wq, bq)
+
+
+def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: float, in_mag: int) -> Accumulator:
+    """The accumulator of a layer whose weight has ``n_in > 1`` input blocks (PTQ-SL), all in integers.
+
+    Block ``j`` covers the weight columns ``[j*K/n_in, (j+1)*K/n_in)`` of the
+    ``(C_out, K)`` view, the input channels ``lo_j..hi_j`` that hold them.
+    Its partial ``acc_j = conv(q_in[:, lo_j:hi_j], q_w,j)`` has unit
+    ``s_in * s_w,cj``.  The accumulator unit is
+    ``u_c = s_in * min_j s_w,cj / 2**P``; each partial is rescaled by the
+    SFC ``M_cj = s_w,cj * 2**P / min_j s_w,cj`` (``>= 1``: a left shift when
+    the scales are powers of two, exact) and the partials are added in int32:
+    ``acc = sum_j SFC_j(acc_j) + q_b`` with ``q_b = rint(b / u_c)``.  ``P`` is
+    the largest value up to :data:`PARTIAL_PRECISION_BITS` whose bound fits int32.
+    """
+    channels, n_in = grid.shape
+    flat = wq.reshape(channels, -1).astype(np.int64)
+    cols = flat.shape[1] // n_in
+    taps = int(np.prod(wq.shape[2:])) if wq.ndim > 2 else 1
+    grouped = int(node.attrs.get("groups", 1)) > 1
+    base = grid.min(axis=1)
+    ratio = grid / base[:, None]
+    part_bounds = np.stack([np.abs(flat[:, j * cols:(j + 1) * cols]).sum(axis=1) * in_mag for j in range(n_in)], axis=1)
+    for p in range(PARTIAL_PRECISION_BITS, -1, -1):
+        acc_scale = s_in * base / (1 << p)
+        bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
+        bound = int(np.ceil((part_bounds * ratio).sum(axis=1) * (1 << p)).max()) + (int(np.abs(bq.astype(np.int64)).max()) if bq is not None else 0)
+        if bound <= INT32_MAX:
+            break
+    else:
+        raise PlanError(f"{node.name}: the int32 accumulator of the input blocks can overflow (bound {bound}); split the layer")
+    partials = []
+    for j in range(n_in):
+        mask = np.zeros_like(flat)
+        mask[:, j * cols:(j + 1) * cols] = 1
+        w = (flat * mask).astype(np.int8).reshape(wq.shape)
+        lo, hi = (j * cols) // taps, -(-((j + 1) * cols) // taps)
+        sel = None
+        if not grouped:
+            w, sel = w[:, lo:hi], (lo, hi)
+        sfc = make_sfc(ratio[:, j] * (1 << p))
+        partials.append(Partial(sel, np.ascontiguousarray(w), sfc, _work_dtype(sfc, int(part_bounds[:, j].max()))))
+    return Accumulator(acc_scale, bound, wq, bq, partials=tuple(partials))
 
 
 def pool_accumulator(node: "Node", plan: QuantPlan, window: int) -> Accumulator:
@@ -225,15 +305,19 @@ class SfcSite:
 
 def sfc_sites(graph: "Graph", plan: QuantPlan) -> list[SfcSite]:
     """Every SFC the realized program performs with its kind (identity conversions are not listed)."""
-    sfcs: dict[str, dict] = {}
     sites = []
-    for e in sfc_edges(graph):
-        node = graph.nodes[e.node]
-        if e.node not in sfcs:
-            sfcs[e.node] = _kind(node).sfcs(graph, node, plan)
-        sfc = sfcs[e.node][e.port]
-        if sfc.kind != "identity":
-            sites.append(SfcSite(e.node, e.port, sfc.kind, e.elements, sfc.channels, e.src, e.dst))
+    edges = sfc_edges(graph)
+    for node in graph.nodes.values():
+        sfcs = _kind(node).sfcs(graph, node, plan) if node.weight is not None or any(e.node == node.name for e in edges) else {}
+        ports = set()
+        for e in (e for e in edges if e.node == node.name):
+            ports.add(e.port)
+            sfc = sfcs[e.port]
+            if sfc.kind != "identity":
+                sites.append(SfcSite(e.node, e.port, sfc.kind, e.elements, sfc.channels, e.src, e.dst))
+        for port, sfc in sfcs.items():  # rescales inside a node (input-block partials): no edge of the grouping
+            if port not in ports and sfc.kind != "identity":
+                sites.append(SfcSite(node.name, port, sfc.kind, node.elements, sfc.channels, graph.tensor_of(node.inputs[0]), node.name))
     return sites
 
 

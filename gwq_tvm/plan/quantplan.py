@@ -110,7 +110,8 @@ class WeightQuant:
         return self.scales
 
     def channel_scales(self, channels: int) -> np.ndarray:
-        """One scale per output channel, float64 (``tensor`` broadcast; ``channel`` as stored).
+        """One scale per output channel, float64 (``tensor`` broadcast; ``channel`` as stored;
+        ``block`` with one input block: each channel takes its output block's scale).
 
         Raises
         ------
@@ -118,17 +119,53 @@ class WeightQuant:
             If the scales do not fit ``channels`` or the granularity has no
             per-channel form (blocks with input splits).
         """
+        grid = self.block_scales(channels)
+        if grid.shape[1] != 1:
+            raise PlanError(f"block {self.block[0]}x{self.block[1]} weight scales have no per-channel form")
+        return grid[:, 0]
+
+    def block_scales(self, channels: int) -> np.ndarray:
+        """The ``(channels, n_in)`` grid of scales: output channel ``c``'s scale in input block ``j``.
+
+        With a ``permutation``, output block ``i`` holds the channels
+        ``permutation[i*b : (i+1)*b]`` (``b = channels / n_out``): the reordering
+        only decides which channels share a scale, so every per-channel
+        constant of the program is indexed statically and no gather is emitted.
+        """
         s = np.asarray(self.scales, dtype=np.float64)
         if self.granularity == "tensor":
-            return np.full(channels, s[0])
+            return np.full((channels, 1), s[0])
         if self.granularity == "channel":
             if s.size != channels:
                 raise PlanError(f"{s.size} weight scales for {channels} output channels")
-            return s
+            return s.reshape(channels, 1)
         n_out, n_in = self.block
-        if n_in != 1 or channels % n_out:
-            raise PlanError(f"block {n_out}x{n_in} weight scales have no per-channel form for {channels} channels")
-        return np.repeat(s, channels // n_out)
+        if channels % n_out:
+            raise PlanError(f"block {n_out}x{n_in}: {n_out} output blocks do not divide {channels} channels")
+        grid = np.repeat(s.reshape(n_out, n_in), channels // n_out, axis=0)
+        if self.permutation is not None:
+            if len(self.permutation) != channels:
+                raise PlanError(f"permutation of {len(self.permutation)} channels for {channels} output channels")
+            out = np.empty_like(grid)
+            out[np.asarray(self.permutation)] = grid
+            grid = out
+        return grid
+
+    def scale_map(self, shape: tuple) -> np.ndarray:
+        """Each weight element's scale, broadcastable to a weight of ``shape`` (output channels first).
+
+        Input block ``j`` covers the columns ``[j*K/n_in, (j+1)*K/n_in)`` of the
+        weight viewed as ``(C_out, K)``, ``K = prod(shape[1:])`` (for a conv,
+        ``C_in/groups * kh * kw``, so a depthwise conv's blocks split its taps).
+        """
+        grid = self.block_scales(int(shape[0]))
+        k = int(np.prod(shape[1:]))
+        n_in = grid.shape[1]
+        if k % n_in:
+            raise PlanError(f"{n_in} input blocks do not divide the {k} weight columns")
+        if n_in == 1:
+            return grid.reshape((-1,) + (1,) * (len(shape) - 1))
+        return np.repeat(grid, k // n_in, axis=1).reshape(shape)
 
     def to_dict(self) -> dict:
         out = {"bits": self.bits, "granularity": self.granularity, "scales": list(self.scales),
@@ -434,5 +471,7 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"{p}.block applies to granularity 'block' only")
         if expected is not None and len(w.scales) != expected:
             raise PlanError(f"{p}.scales: {len(w.scales)} values for granularity {w.granularity} (expected {expected})")
+        if w.permutation is not None and w.granularity != "block":
+            raise PlanError(f"{p}.permutation applies to granularity 'block' only (it orders channels into blocks)")
         if w.permutation is not None and sorted(w.permutation) != list(range(len(w.permutation))):
             raise PlanError(f"{p}.permutation is not a permutation of 0..{len(w.permutation) - 1}")

@@ -85,9 +85,15 @@ def pot_weight_scales(weight: np.ndarray, bits: int, per_channel: bool) -> np.nd
 
 
 def quantize_weight(weight: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
-    """``clip(rint(w / s_c))`` as int8, channels on axis 0."""
-    shape = (-1,) + (1,) * (weight.ndim - 1)
-    q = np.rint(weight.astype(np.float64) / scales.reshape(shape))
+    """``clip(rint(w / s))`` as int8, channels on axis 0.
+
+    ``scales`` is one scale per output channel, or a scale map with the
+    weight's rank (broadcastable to it: block granularity).
+    """
+    scales = np.asarray(scales, dtype=np.float64)
+    if scales.ndim != weight.ndim:
+        scales = scales.reshape((-1,) + (1,) * (weight.ndim - 1))
+    q = np.rint(weight.astype(np.float64) / scales)
     qmax = weight_qmax(bits)
     return np.clip(q, -qmax, qmax).astype(np.int8)
 

@@ -14,6 +14,7 @@ name        module                           what it does
 grouping    :mod:`gwq_tvm.plan.planner`      per-layer / pot / GWQ grouping by error curves
 select      :mod:`gwq_tvm.qat.select`        GWQ grouping by calibration KL (``min_shift_share``)
 refine      :mod:`gwq_tvm.qat.refine`        post-training refinement of ``ctx.plan`` (``refine_steps``)
+subl_search :mod:`gwq_tvm.plan.block_search` PTQ-SL block scales of ``ctx.plan`` on the layer-output error
 =========== ================================ ==========================================
 """
 
@@ -28,7 +29,9 @@ import numpy as np
 from ..config import QuantConfig
 from ..errors import ConfigError
 
-MODULES = {"grouping": "gwq_tvm.plan.planner", "select": "gwq_tvm.qat.select", "refine": "gwq_tvm.qat.refine"}
+MODULES = {"grouping": "gwq_tvm.plan.planner", "select": "gwq_tvm.qat.select", "refine": "gwq_tvm.qat.refine",
+           # branch subl: PTQ-SL block-scale search
+           "subl_search": "gwq_tvm.plan.block_search"}
 """The module that registers each built-in strategy."""
 
 #: the install hint for strategies whose module needs an optional dependency
@@ -52,6 +55,8 @@ class PlanContext:
     sensitivity : dict of str to float, optional
     plan : QuantPlan, optional
         The plan a refining step starts from.
+    model : FloatModel, optional
+        The float model (for steps that run it, e.g. ``block_search``).
     """
 
     graph: object
@@ -61,6 +66,7 @@ class PlanContext:
     input_shape: tuple | None = None
     sensitivity: dict | None = None
     plan: object | None = None
+    model: object | None = None
 
 
 def register(name: str):
