@@ -273,21 +273,6 @@ _OPS = {
 }
 
 
-def _strided_slice(args, attrs, dtype, name):
-    x, axes, begin, end = args[:4]
-    strides = args[4] if len(args) > 4 else [1] * len(axes)
-    index = [slice(None)] * x.ndim
-    for a, b, e, st in zip(axes, begin, end, strides):
-        index[int(a)] = slice(int(b), int(e), int(st))
-    return x[tuple(index)]
-
-
-# --- branch subl: PTQ-SL input blocks slice the input channels of their partial accumulators
-_OPS.update({
-    "relax.strided_slice": _strided_slice,
-})
-
-
 def run_reference(mod: tvm.IRModule, x: np.ndarray):
     """Run the realized ``mod`` on ``x`` with the numpy interpreter.
 
