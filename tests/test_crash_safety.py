@@ -7,10 +7,11 @@
   outputs, and to a process appending tuning records; what is on disk after
   is either nothing or complete.
 
-``gwq-tvm tune`` itself needs the x86-vnni kernel family (``tests/test_tune.py``
-skips without it), so the tuning kill test drives the tuning database the way
-``tune`` does (TVM's ``JSONDatabase`` appending one line per record) and checks
-that :func:`gwq_tvm.schedules.tune.open_database` keeps every finished record.
+* The tuning kill tests kill a real ``gwq-tvm tune`` once its first records
+  are on disk (on any CPU with a tunable kernel family) and resume it, and
+  drive the tuning database the way ``tune`` does (TVM's ``JSONDatabase``
+  appending one line per record) to check that
+  :func:`gwq_tvm.schedules.tune.open_database` keeps every finished record.
 """
 
 from __future__ import annotations
@@ -160,13 +161,13 @@ def _tiny_inputs(d: Path):
     np.save(d / "calib.npy", _calib())
 
 
-def _loads_and_runs(so: Path) -> bool:
+def _loads_and_runs(so: Path, batch: int = 2) -> bool:
     code = ("import sys, numpy as np, tvm; from gwq_tvm.api import load_executable; "
             "vm = load_executable(sys.argv[1]); "
-            "out = vm['main'](tvm.runtime.tensor(np.zeros((2, 1, 8, 8), 'float32'))); "
+            f"out = vm['main'](tvm.runtime.tensor(np.zeros(({batch}, 1, 8, 8), 'float32'))); "
             "print((out if hasattr(out, 'numpy') else out[0]).numpy().shape)")
     proc = subprocess.run([sys.executable, "-c", code, str(so)], capture_output=True, text=True, env=ENV, timeout=300)
-    return proc.returncode == 0 and "(2, 4)" in proc.stdout
+    return proc.returncode == 0 and f"({batch}, 4)" in proc.stdout
 
 
 def _session_alive(sid: int) -> list[int]:
@@ -261,3 +262,46 @@ def test_kill_9_while_appending_tuning_records_keeps_every_finished_one(tmp_path
     with pytest.warns(UserWarning, match="corrupt line"):
         db = open_database(tmp_path)
     assert len(db.get_all_tuning_records()) >= finished
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_real_tune_then_resume_and_compile(tmp_path):
+    """SIGKILL to ``gwq-tvm tune`` after its first records land: no process survives it, the database opens, the same
+    command resumes it, and ``compile --tuning-db`` builds a module that runs."""
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.spec import kernel_spec
+    from gwq_tvm.schedules.tune import RECORD_FILE, open_database
+
+    if kernel_spec(host_target()) is None:
+        pytest.skip("this CPU has no tunable gwq-tvm kernel family (x86 AVX2/VNNI, aarch64 NEON/dotprod)")
+    _tiny_inputs(tmp_path)
+    work = tmp_path / "db"
+    tune = [sys.executable, "-m", "gwq_tvm.cli", "--quiet", "tune", str(tmp_path / "tiny.onnx"), "--calib",
+            str(tmp_path / "calib.npy"), "--work-dir", str(work)]
+    proc = subprocess.Popen([*tune, "--trials", "64"], env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    records = work / RECORD_FILE
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.is_file() and records.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.01)
+    finished = proc.poll() is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(300):  # MetaSchedule's builder/runner pools must go with it
+        if not _session_alive(proc.pid):
+            break
+        time.sleep(0.1)
+    assert _session_alive(proc.pid) == [], "a tuning worker outlived the killed CLI"
+    assert not finished, "tune finished before its first record was on disk"
+    kept = len(open_database(work).get_all_tuning_records())
+    assert kept >= 1
+    r = subprocess.run([*tune, "--trials", "4"], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "tuned.so"
+    r = subprocess.run([sys.executable, "-m", "gwq_tvm.cli", "--quiet", "compile", str(tmp_path / "tiny.onnx"),
+                        "--plan", str(work / "model.plan.json"), "--tuning-db", str(work), "-o", str(out)],
+                       env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _loads_and_runs(out, batch=1)  # a tuned module is built for the batch it was tuned at (tune --batch 1)
