@@ -205,7 +205,18 @@ def test_an_op_tvm_cannot_import_is_one_line_naming_op_and_node(tmp_path):
 
 # --- float fallback ----------------------------------------------------------------------------------------------
 ISLANDS = {"LRN": "LRN (lrn0)", "Softmax": "Softmax (softmax0)", "LayerNormalization": "LayerNormalization (ln0)",
-           "Pow": "Pow (pow0)", "Exp": "Exp (exp0)", "Erf": "Erf (erf0)", "ReduceMean": "ReduceMean (mean0), Sub (center0)"}
+           "ReduceMean": "ReduceMean (mean0), Sub (center0)"}
+
+
+@pytest.mark.parametrize("op", ["Erf", "Exp", "Pow"])
+def test_elementwise_ops_are_lookup_tables_not_islands(op):
+    """Erf, Exp, Pow by a constant on one tensor are tables (kinds/lut.py): integer, no warning, bit-exact."""
+    model = N.float_island(op)
+    x = _inputs(model, batch=16)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    assert "lut" in {n.kind for n in q.graph.nodes.values()}
+    assert_bit_exact(q, x)
 
 
 @pytest.mark.parametrize("op", sorted(ISLANDS))
