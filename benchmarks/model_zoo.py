@@ -150,7 +150,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
         t0 = time.time()
         try:
             with __import__("warnings").catch_warnings(record=True):
-                q = gwq_tvm.quantize(str(path), calib, QuantConfig(mode="gwq" if mode == "gwq" else "per_layer"),
+                q = gwq_tvm.quantize(str(path), calib, QuantConfig(mode="gwq" if mode == "gwq" else "per-layer"),
                                      input_shape=shape)
             ex = gwq_tvm.build(q)
         except Exception as err:  # noqa: BLE001 - the row records what gwq-tvm said

@@ -66,6 +66,16 @@ class Kind:
         """The :class:`~gwq_tvm.plan.program.SfcEdge` s this node's integer program performs."""
         return []
 
+    def unit_scale_inputs(self, graph, node) -> list:
+        """Input tensors whose scale must be a power of two (mantissa 1) for this node's SFC to be a shift.
+
+        GWQ's grouping works with pairwise edges; a node whose SFC ratio
+        involves a third tensor (a product ``s_a * s_b / s_out``) names it here,
+        and the planner gives it a mantissa-1 scale when nothing else constrains
+        it (:func:`gwq_tvm.plan.planner.build_plan`).
+        """
+        return []
+
     def recipe(self, graph, node, plan):
         """The node's integer constants under ``plan`` (a frozen dataclass), ``None`` when it has none."""
         return None

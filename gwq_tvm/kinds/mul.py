@@ -11,9 +11,12 @@ Integer program (:func:`gwq_tvm.plan.program.product_accumulator`)::
 
 **GWQ.**  The ratio ``s_a * s_b / s_out`` involves three tensors; the grouping
 works with pairwise edges, so the SFC is declared as the edge from the larger
-input (the feature map) to the output.  That edge's shift/multiply prediction
-is exact when the other input's (the gate's) scale is a power of two, and the
-reports (:func:`gwq_tvm.plan.program.sfc_sites`) always show the real kind.
+input (the feature map) to the output, and the other input (the gate) is named
+by :meth:`Mul.unit_scale_inputs`: the planner gives it a power-of-two scale
+(its best one at mantissa 1) when it carries no SFC edge of its own, as an
+SE gate produced by a lookup table does.  The SFC is then a shift whenever
+the feature map and the output share a group; the reports
+(:func:`gwq_tvm.plan.program.sfc_sites`) always show the real kind.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class Mul(AccumulatingKind):
         if not P.needs_integer_output(graph, node.name):
             return []
         return [P.SfcEdge(node.name, "out", graph.tensor_of(node.inputs[0]), node.name, node.elements)]
+
+    def unit_scale_inputs(self, graph, node) -> list:
+        return [graph.tensor_of(node.inputs[1])]
 
     def realize(self, em, node) -> None:
         from tvm.relax import op as R

@@ -137,6 +137,32 @@ def layer_quant(node: Node, config: QuantConfig) -> WeightQuant:
                                  reorder=config.reorder_channels, clip_rule=config.scale_clip, clip_k=config.scale_clip_k)
 
 
+def unit_scale_tensors(graph: Graph, choices: dict) -> list[str]:
+    """Tensors GWQ gives a mantissa-1 scale.
+
+    Candidates are the tensors a kind names in :meth:`Kind.unit_scale_inputs`
+    (the gate of a product, whose SFC ``s_a * s_b / s_out`` is a shift only
+    when the gate's mantissa is 1).  A candidate is taken when the SFC
+    elements it can turn into shifts, ``sum`` of its readers' edges, exceed the
+    elements of its own edges that pinning may turn into multiplies (an SE gate
+    is a table output with none, or a 1x1 conv of ``C`` elements gating
+    ``C*H*W``).
+    """
+    from .program import sfc_edges
+
+    edges = sfc_edges(graph)
+    own = {}
+    for e in edges:
+        for t in {e.src, e.dst}:
+            own[t] = own.get(t, 0) + e.elements
+    gains: dict[str, int] = {}
+    for node in graph.nodes.values():
+        for t in kind_of(node).unit_scale_inputs(graph, node):
+            if t in choices:
+                gains[t] = gains.get(t, 0) + sum(e.elements for e in edges if e.node == node.name)
+    return [t for t, gain in gains.items() if gain > own.get(t, 0)]
+
+
 def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), input_shape=None,
                sensitivity: dict | None = None, grouping: Grouping | None = None) -> QuantPlan:
     """Choose every tensor's scale and every layer's weight scales.
@@ -165,7 +191,8 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         * ``pot``: one group of mantissa 1, max/percentile/MSE clip rounded *up*
           to a power of two, max-calibrated weight scales rounded up.
         * ``gwq``: groups from :func:`gwq_grouping`; each tensor's exponent is the
-          best one for its group's mantissa; weight scales as in ``pot``.
+          best one for its group's mantissa (the :func:`unit_scale_tensors` take
+          their best power of two, in a group of mantissa 1); weight scales as in ``pot``.
     """
     config = apply_end_bits(graph, config)
     choices = tensor_choices(graph, stats, config)
@@ -185,6 +212,11 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         for name, ch in choices.items():
             g = grouping.group_of(name)
             tensors[name] = TensorQuant(ch.bits, ch.signed, f"g{g}", int(curves[name].exponent[grouping.phases[g]]))
+        for name in unit_scale_tensors(graph, choices):
+            unit = next((g for g, m in groups.items() if m == 1.0), None)
+            if unit is None:
+                unit, groups["unit"] = "unit", 1.0
+            tensors[name] = TensorQuant(tensors[name].bits, tensors[name].signed, unit, int(curves[name].exponent[0]))
     elif config.mode is ScaleMode.POT:
         groups["pot"] = 1.0
         for name, ch in choices.items():
