@@ -7,24 +7,12 @@ models'.  Inputs are 3-channel NCHW images of any size divisible by 32.
 import torch
 from torch import nn
 
-from ..fmnist_mobilenetv3 import FMNISTMobileNetV3, InvertedResidual, SqueezeExcite, conv_bn_act, make_divisible
+from ..fmnist_mobilenetv3 import SMALL_BLOCKS, FMNISTMobileNetV3, InvertedResidual, SqueezeExcite, conv_bn_act, make_divisible
 
 RE, HS = nn.ReLU, nn.Hardswish
 
-#: MobileNetV3-Small (Howard et al. 2019, Table 2): (kernel, expansion, out, SE, activation, stride).
-V3_SMALL = (
-    (3, 16, 16, True, RE, 2),
-    (3, 72, 24, False, RE, 2),
-    (3, 88, 24, False, RE, 1),
-    (5, 96, 40, True, HS, 2),
-    (5, 240, 40, True, HS, 1),
-    (5, 240, 40, True, HS, 1),
-    (5, 120, 48, True, HS, 1),
-    (5, 144, 48, True, HS, 1),
-    (5, 288, 96, True, HS, 2),
-    (5, 576, 96, True, HS, 1),
-    (5, 576, 96, True, HS, 1),
-)
+#: MobileNetV3-Small (Howard et al. 2019, Table 2): the bundled model's table with the first block at stride 2.
+V3_SMALL = ((*SMALL_BLOCKS[0][:5], 2),) + SMALL_BLOCKS[1:]
 
 #: MobileNetV3-Large (Table 1).
 V3_LARGE = (
