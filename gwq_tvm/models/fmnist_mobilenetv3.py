@@ -51,14 +51,14 @@ def conv_bn_act(c_in: int, c_out: int, k: int, stride: int, groups: int, act) ->
 class InvertedResidual(nn.Module):
     """Expand 1x1 → depthwise kxk → (SE) → project 1x1, with a residual when shapes allow."""
 
-    def __init__(self, c_in: int, k: int, c_exp: int, c_out: int, se: bool, act, stride: int):
+    def __init__(self, c_in: int, k: int, c_exp: int, c_out: int, se: bool, act, stride: int, se_module=SqueezeExcite):
         super().__init__()
         layers = []
         if c_exp != c_in:
             layers.append(conv_bn_act(c_in, c_exp, 1, 1, 1, act))
         layers.append(conv_bn_act(c_exp, c_exp, k, stride, c_exp, act))
         if se:
-            layers.append(SqueezeExcite(c_exp))
+            layers.append(se_module(c_exp))
         layers.append(conv_bn_act(c_exp, c_out, 1, 1, 1, None))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out

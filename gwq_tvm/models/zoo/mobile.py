@@ -77,21 +77,10 @@ class EfficientSE(nn.Module):
         return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
-class MBConv(nn.Module):
-    def __init__(self, c_in, c_out, k, stride, expand, se: bool, act):
-        super().__init__()
-        c_exp = c_in * expand
-        layers = [] if expand == 1 else [conv_bn_act(c_in, c_exp, 1, 1, 1, act)]
-        layers.append(conv_bn_act(c_exp, c_exp, k, stride, c_exp, act))
-        if se:
-            layers.append(EfficientSE(c_exp, max(1, c_in // 4)))
-        layers.append(conv_bn_act(c_exp, c_out, 1, 1, 1, None))
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x):
-        y = self.block(x)
-        return x + y if self.residual else y
+def MBConv(c_in, c_out, k, stride, expand, se: bool, act) -> nn.Module:
+    """EfficientNet's MBConv: MobileNetV3's inverted residual with :class:`EfficientSE` (squeeze from the input width)."""
+    return InvertedResidual(c_in, k, c_in * expand, c_out, se, act, stride,
+                            se_module=lambda c: EfficientSE(c, max(1, c_in // 4)))
 
 
 class EfficientNet(nn.Module):
