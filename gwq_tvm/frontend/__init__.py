@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 
 from ..errors import ModelError, last_line
+from .converters import override_converter
 from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_pad import onnx_pad_as_relax_pad
 from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, sum_to_adds, upgrade_opset
@@ -92,8 +93,6 @@ def _onnx_clip_as_relax_clip():
     """
     from tvm.relax.frontend.onnx import onnx_frontend as of
 
-    original = of._get_convert_map
-
     def bound(expr, default):
         if expr is None:
             return default
@@ -122,16 +121,8 @@ def _onnx_clip_as_relax_clip():
         def _impl_v11(cls, bb, inputs, attr, params):
             return cls._impl_v13(bb, inputs, attr, params)
 
-    def convert_map():
-        table = original()
-        table["Clip"] = Clip
-        return table
-
-    of._get_convert_map = convert_map
-    try:
+    with override_converter("Clip", Clip):
         yield
-    finally:
-        of._get_convert_map = original
 
 
 def _onnx_unsupported_ops(model) -> list[str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 
+from .converters import override_converter
+
 #: ONNX Pad mode -> relax.nn.pad mode
 PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 
@@ -24,8 +26,6 @@ PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
 def onnx_pad_as_relax_pad():
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend as of
-
-    original = of._get_convert_map
 
     class Pad(of.Pad):
         @classmethod
@@ -40,13 +40,5 @@ def onnx_pad_as_relax_pad():
             width = [int(v) for pair in zip(before, after) for v in pair]
             return relax.op.nn.pad(inputs[0], width, PAD_MODES[mode], float(value))
 
-    def convert_map():
-        table = original()
-        table["Pad"] = Pad
-        return table
-
-    of._get_convert_map = convert_map
-    try:
+    with override_converter("Pad", Pad):
         yield
-    finally:
-        of._get_convert_map = original
