@@ -1,5 +1,49 @@
+import resource
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# ---- peak resident memory per test (issue 22: the whole .ci/run must peak under 8 GB) -------------------------
+# Linux keeps a process's peak RSS in VmHWM and resets it when "5" is written to /proc/self/clear_refs; the
+# children's peak (CLI tests run gwq-tvm in subprocesses) is RUSAGE_CHILDREN's ru_maxrss, which only grows.  The
+# terminal summary lists the tests with the largest peaks, so every CI log shows where the memory goes.
+_PEAKS: list = []
+
+
+def _vm_hwm_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(autouse=True)
+def _record_peak_memory(request):
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    yield
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    _PEAKS.append((_vm_hwm_mb(), children if children > children_before else 0.0, request.node.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _PEAKS:
+        return
+    own = max(_PEAKS)
+    child = max(_PEAKS, key=lambda p: p[1])
+    terminalreporter.write_sep("-", "peak resident memory (MB)")
+    terminalreporter.write_line(f"largest in the test process: {own[0]:.0f} MB ({own[2]})")
+    if child[1]:
+        terminalreporter.write_line(f"largest in a child process: {child[1]:.0f} MB ({child[2]})")
+    for mb, _, nodeid in sorted(_PEAKS, reverse=True)[:5]:
+        terminalreporter.write_line(f"  {mb:8.0f} MB  {nodeid}")
 
 
 @pytest.fixture(scope="session")
