@@ -376,6 +376,10 @@ CASES = [
          "granularity"),
     Case("plan-scale-negative", edit_plan(set_path("layers.*.scales.0", -1.0), "p.plan.json"), FROM_PLAN,
          "positive"),
+    Case("plan-provenance-config-bad", edit_plan(set_path("provenance.config.weight_granularity", {}), "p.plan.json"),
+         FROM_PLAN, "provenance.config: weight_granularity"),  # was: compiled, wrote its outputs, then exit 2
+    Case("plan-provenance-config-not-object", edit_plan(set_path("provenance.config", 5), "p.plan.json"), FROM_PLAN,
+         "provenance.config: expected an object"),
     Case("plan-scales-not-a-list", edit_plan(set_path("layers.*.scales", 0.5), "p.plan.json"), FROM_PLAN,
          "scales: expected a list"),
     # ---- plans against the graph (gwq_tvm.plan.validate)
