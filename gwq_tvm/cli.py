@@ -331,7 +331,7 @@ def cmd_export_qdq(args):
     q = api.quantize(args.model, plan=plan)  # refuses a plan made for another model
     if not args.no_check:  # the sample inputs are checked before the file is written
         x, y = _load_data(args.data, "sample inputs", args.limit)
-        x = check_batch(x, (None,) + tuple(plan.input_shape or q.float_model.input_shape)[1:], "sample inputs")
+        x = check_batch(x, plan.input_shape or q.float_model.input_shape, "sample inputs")
         if y is not None:
             check_labels(y, len(x))
     out = export_qdq(plan, args.model, args.output, q.graph, weight_type=args.weight_type)
@@ -409,7 +409,7 @@ def cmd_report(args):
     if args.layer_error:
         from .layer_error import format_layer_error, layer_error
 
-        data = check_batch(data, (None,) + tuple(q.plan.input_shape or q.float_model.input_shape)[1:], "layer-error data")
+        data = check_batch(data, q.plan.input_shape or q.float_model.input_shape, "layer-error data")
         report["layer_error"] = layer_error(q, data, samples=args.samples)
     path = write_html(report, q, args.output)
     _print_summary(q)
