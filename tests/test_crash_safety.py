@@ -139,8 +139,9 @@ print(json.dumps(results))
 @pytest.mark.slow
 def test_fuzzed_models_and_plans_never_crash_or_hang(tmp_path):
     """Seeded mutations of the bundled ONNX and its plan: 0 tracebacks, 0 deaths by signal, 0 hangs, exit 0 or 2."""
-    # A hang is a case past its own 60 s bound (the driver kills it); the whole run takes about 2 minutes on an idle
-    # 2-core machine, and the outer bound is only a backstop, not a speed assertion (a loaded machine is slower).
+    # A hang is a case past its own 60 s bound (the driver kills it).  96 cases took 39-76 s (median 64 s) on the 2-core
+    # machine at load average 5-6 (48 cases took 597 s before the driver imported TVM once); the outer bound is only a
+    # backstop, not a speed assertion.
     proc = subprocess.run([sys.executable, "-c", _FUZZ_DRIVER, str(tmp_path), "21", "48", "48", "60"],
                           capture_output=True, text=True, env=ENV, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
