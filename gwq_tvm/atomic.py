@@ -106,4 +106,5 @@ def check_outputs(outputs, inputs) -> None:
             if src is None or not Path(src).exists():
                 continue
             if os.path.samefile(out, src):
-                raise GwqError(f"output {out} is the input {what} {src}: refusing to overwrite it (choose another -o)")
+                raise GwqError(f"output {out} is the input {what} {src}: refusing to overwrite the input "
+                               "(choose another output)")

@@ -97,10 +97,22 @@ def _check_plan_options(args) -> None:
                        "drop them, or make a new plan without --plan")
 
 
+#: Options that only mean something beside another (dest -> the dests of which one must be given too).
+_NEEDS = {"search_metric": ("block_search",), "search_rounds": ("block_search",),
+          "weight_blocks_fit": ("weight_blocks", "weight_groups")}
+
+
 def _config(args, **defaults):
-    """The QuantConfig of the options given (the dataclass's defaults, or ``defaults``, for the rest)."""
+    """The QuantConfig of the options given (the dataclass's defaults, or ``defaults``, for the rest).
+
+    An option given without the one it qualifies (:data:`_NEEDS`) is refused
+    rather than silently ignored.
+    """
     from .config import QuantConfig
 
+    for dest, partners in _NEEDS.items():
+        if getattr(args, dest, None) is not None and not any(getattr(args, d, None) for d in partners):
+            raise GwqError(f"{_option(dest)} only applies with {' or '.join(map(_option, partners))}")
     kwargs = {**defaults, **{field: getattr(args, dest) for dest, field in _PLAN_FIXED.items()
                              if field is not None and getattr(args, dest) is not None}}
     return QuantConfig(**kwargs, allow_float_fallback=not args.strict, loss_aware=not args.no_loss_aware)
@@ -124,7 +136,7 @@ def _check_outputs(args, *outputs) -> None:
 
     inputs = {what: getattr(args, dest, None) for what, dest in
               (("model", "model"), ("plan", "plan"), ("calibration data", "calib"), ("data", "data"),
-               ("test data", "test"), ("module", "module"))}
+               ("test data", "test"), ("module", "module"), ("float model", "against"))}
     if getattr(args, "tuning_db", None):
         from .schedules.tune import RECORD_FILE, WORKLOAD_FILE
 
@@ -275,6 +287,8 @@ def cmd_eval(args):
 
     if not Path(args.module).is_file():
         raise GwqError(f"module not found: {args.module}")
+    if args.json:
+        _check_outputs(args, args.json)
     x, y = _load_data(args.data, "evaluation data", args.limit)
     tracker, key = _rpc(args)
     if args.against is not None:
@@ -310,13 +324,20 @@ def cmd_export_qdq(args):
     from .export_qdq import EXPLANATION, export_qdq, host_has_vnni, ort_agreement
     from .plan.quantplan import QuantPlan
 
+    from .calibration import check_batch, check_labels
+
+    _check_outputs(args, args.output)
     plan = QuantPlan.load(args.plan)
     q = api.quantize(args.model, plan=plan)  # refuses a plan made for another model
+    if not args.no_check:  # the sample inputs are checked before the file is written
+        x, y = _load_data(args.data, "sample inputs", args.limit)
+        x = check_batch(x, plan.input_shape or q.float_model.input_shape, "sample inputs")
+        if y is not None:
+            check_labels(y, len(x))
     out = export_qdq(plan, args.model, args.output, q.graph, weight_type=args.weight_type)
     print(f"wrote {out} (QDQ, {args.weight_type} weights, scales of plan {plan.fingerprint})")
     if args.no_check:
         return
-    x, y = _load_data(args.data, "sample inputs", args.limit)
     fid = ort_agreement(q, out, x, y)
     print(f"ONNX Runtime on the QDQ model against the gwq-tvm integer program ({fid.samples} samples):")
     print(fid.summary("gwq-tvm integer", "ORT QDQ"))
@@ -376,14 +397,19 @@ def cmd_report(args):
     from . import api
     from .report import write_html
 
+    from .calibration import check_batch
+
     _check_outputs(args, args.output, Path(args.output).with_suffix(".json"))
+    if args.data is not None and not args.layer_error:
+        raise GwqError("--data names the --layer-error inputs: give --layer-error too, or drop --data")
     calib = _calibration(args)
+    data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
     if args.layer_error:
         from .layer_error import format_layer_error, layer_error
 
-        data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
+        data = check_batch(data, q.plan.input_shape or q.float_model.input_shape, "layer-error data")
         report["layer_error"] = layer_error(q, data, samples=args.samples)
     path = write_html(report, q, args.output)
     _print_summary(q)
@@ -432,6 +458,8 @@ def cmd_train(args):
 def cmd_demo(args):
     from .demo import run_demo
 
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise GwqError(f"--out-dir {args.out_dir} is a file, not a directory")
     run_demo(out_dir=Path(args.out_dir), calib_samples=args.calib_samples, limit=args.limit, quiet=args.quiet,
              model_name=args.model)
 

@@ -178,3 +178,26 @@ def test_cli_compile_without_a_database_is_a_clear_error(tmp_path, capsys):
     rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "--calib-samples", "16", "--no-loss-aware",
                "--tuning-db", str(tmp_path), "-o", str(tmp_path / "m.so")])
     assert rc == 2 and "no tuning database" in capsys.readouterr().err
+
+
+def test_compile_with_gwq_tvm_records_does_not_import_the_stock_intrinsics(tmp_path):
+    """Records tensorized with gwq-tvm's own intrinsics compile without ``tvm.s_tir.tensor_intrin`` (17-24 s to import):
+    only records naming TVM's stock VNNI intrinsic (or an unregistered one) need it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from tvm.s_tir import meta_schedule as ms\n"
+        "from test_tune import _default_record, _small_module, _target\n"
+        "from gwq_tvm.schedules.build import _needs_stock_intrinsics, compile_integer\n"
+        "db = ms.database.MemoryDatabase()\n"
+        "_default_record(db, _target())\n"
+        "trace = str(db.get_all_tuning_records()[0].trace)\n"
+        "assert 'tensor_intrin=\"gwq_dot_' in trace, trace\n"
+        "assert not _needs_stock_intrinsics(db)\n"
+        "compile_integer(_small_module()[0], _target(), database=db)\n"
+        "assert 'tvm.s_tir.tensor_intrin' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))], check=True, cwd=tmp_path, timeout=600)

@@ -394,8 +394,29 @@ def _read_v2(d: Mapping) -> QuantPlan:
         layers=layers,
         input_shape=tuple(shape) if shape is not None else None,
         arithmetic=Arithmetic(_get(arith, "add_precision_bits", int, "arithmetic", 8)),
-        provenance=_get(d, "provenance", Mapping, "plan", {}),
+        provenance=_provenance(d),
     )
+
+
+def _provenance(d: Mapping) -> Mapping:
+    """``plan.provenance``, its ``config`` (when there is one) read as a QuantConfig here, at load.
+
+    The compiler never reads it, but the summary every command prints does
+    (:attr:`QuantPlan.config`): a damaged config must be refused before any
+    work, not after a compile has written its outputs.
+    """
+    from ..config import QuantConfig
+
+    prov = _get(d, "provenance", Mapping, "plan", {})
+    cfg = prov.get("config")
+    if cfg is not None:
+        if not isinstance(cfg, Mapping):
+            raise PlanError("provenance.config: expected an object")
+        try:
+            QuantConfig.from_dict(cfg)
+        except (ConfigError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise PlanError(f"provenance.config: {err}") from None
+    return prov
 
 
 def upgrade_v1(d: Mapping) -> dict:

@@ -36,31 +36,38 @@ SDOT_INTRIN = "gwq_dot_16x4_sdot"
 """Our name for the 16-lane, 4-deep int8 x int8 -> int32 ``sdot`` intrinsic."""
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_sdot_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-        a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
-        for j in T.unroll(0, 4):
-            C[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([j * 4], dtype="int32x4"),
-                a_i8x16,
-                B.vload([j * 4, 0], dtype="int8x16"),
-                dtype="int32x4",
-            )
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_sdot_impl():
+    """The implementation, parsed from TVMScript on first use (only the target's family needs it; parsed at
+    import, the three families cost every command ~0.8 s before it did anything)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+            for j in T.unroll(0, 4):
+                C[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([j * 4], dtype="int32x4"),
+                    a_i8x16,
+                    B.vload([j * 4, 0], dtype="int8x16"),
+                    dtype="int32x4",
+                )
+
+    return impl
 
 
 @functools.lru_cache(maxsize=None)
 def register_sdot_intrinsic() -> str:
     """Register :data:`SDOT_INTRIN` (idempotent, cheap) and return its name."""
-    tvm.s_tir.TensorIntrin.register(SDOT_INTRIN, dot_16x4_desc("int8"), _dot_16x4_sdot_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(SDOT_INTRIN, dot_16x4_desc("int8"), _dot_16x4_sdot_impl(), override=True)
     return SDOT_INTRIN
 
 

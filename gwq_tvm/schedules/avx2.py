@@ -44,30 +44,37 @@ OPERAND_DTYPE = "int16"
 """What the AVX2 kernel multiplies: both 8-bit operands widened to int16."""
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x2_avx2_impl(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((16, 2), "int16", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-        T.writes(C[0:16])
-        a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-        a_i16x16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
-        for j in T.unroll(0, 2):
-            C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                a_i16x16,
-                B.vload([j * 8, 0], dtype="int16x16"),
-                dtype="int32x8",
-            )
+@functools.lru_cache(maxsize=None)
+def _dot_16x2_avx2_impl():
+    """The implementation, parsed from TVMScript on first use (only the target's family needs it; parsed at
+    import, the three families cost every command ~0.8 s before it did anything)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2,), "int16", offset_factor=1),
+        B: T.Buffer((16, 2), "int16", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+            a_i16x16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
+            for j in T.unroll(0, 2):
+                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    a_i16x16,
+                    B.vload([j * 8, 0], dtype="int16x16"),
+                    dtype="int32x8",
+                )
+
+    return impl
 
 
 @functools.lru_cache(maxsize=None)
 def register_avx2_intrinsic() -> str:
     """Register :data:`AVX2_INTRIN` (idempotent, cheap) and return its name."""
-    tvm.s_tir.TensorIntrin.register(AVX2_INTRIN, dot_16xk_desc(OPERAND_DTYPE, OPERAND_DTYPE, 2), _dot_16x2_avx2_impl,
+    tvm.s_tir.TensorIntrin.register(AVX2_INTRIN, dot_16xk_desc(OPERAND_DTYPE, OPERAND_DTYPE, 2), _dot_16x2_avx2_impl(),
                                     override=True)
     return AVX2_INTRIN
 

@@ -8,7 +8,7 @@ from tvm import relax
 from .default import ScheduleIntegerKernels
 from .pack_layout import PackInt8Layout
 from .spec import X86_VNNI, KernelSpec, kernel_spec
-from .vnni import fix_stock_vnni_intrinsic
+from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic
 
 
 def lowering_passes(target: tvm.target.Target) -> list:
@@ -86,6 +86,22 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     return compile_packed(mod, target, spec, database=database)
 
 
+def _needs_stock_intrinsics(database) -> bool:
+    """Does a record of ``database`` tensorize with TVM's stock VNNI intrinsic, or one not registered yet?
+
+    Only then is :func:`.vnni.fix_stock_vnni_intrinsic` needed, which imports
+    ``tvm.s_tir.tensor_intrin`` (17-24 s here); the records ``gwq-tvm tune``
+    writes name ours (:data:`.vnni.VNNI_INTRIN`), registered cheaply.
+    """
+    for record in database.get_all_tuning_records():
+        for inst in record.trace.as_json()[0]:
+            if str(inst[0]) == "Tensorize" and len(inst[2]):
+                name = str(inst[2][0])
+                if name == STOCK_VNNI_INTRIN or tvm.s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+                    return True
+    return False
+
+
 def compile_packed(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpec, database=None) -> relax.VMExecutable:
     """Pack ``mod`` for kernel family ``spec``, apply ``database`` then the default schedules, and compile.
 
@@ -95,8 +111,8 @@ def compile_packed(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpe
     """
     if spec.intrinsic is not None:
         spec.intrinsic()
-    if database is not None:
-        fix_stock_vnni_intrinsic()  # registers TVM's stock intrinsics (tuned traces use them), VNNI's fixed
+    if database is not None and _needs_stock_intrinsics(database):
+        fix_stock_vnni_intrinsic()  # registers TVM's stock intrinsics (these traces use them), VNNI's fixed
     fused = packed_fused_module(mod, target, spec)
     with target:
         if database is not None:

@@ -38,25 +38,32 @@ STOCK_VNNI_INTRIN = "dot_16x4_vnni"
 """TVM's name, used by MetaSchedule's x86 rules and by the traces in a tuning database."""
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni_impl(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-        b_i8x64 = B.vload([0, 0], dtype="int8x64")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            a_u8x64,
-            b_i8x64,
-            dtype="int32x16",
-        )
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_vnni_impl():
+    """The implementation, parsed from TVMScript on first use (only the target's family needs it; parsed at
+    import, the three families cost every command ~0.8 s before it did anything)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            b_i8x64 = B.vload([0, 0], dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                b_i8x64,
+                dtype="int32x16",
+            )
+
+    return impl
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +73,7 @@ def register_vnni_intrinsic() -> str:
     Cheap: it does not import ``tvm.s_tir.tensor_intrin``, whose import parses
     ~500 TVMScript functions (about 17 s here).
     """
-    tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl(), override=True)
     return VNNI_INTRIN
 
 
@@ -83,7 +90,7 @@ def fix_stock_vnni_intrinsic() -> str:
     import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the broken stock version)
 
     register_vnni_intrinsic()
-    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl, override=True)
+    tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl(), override=True)
     return STOCK_VNNI_INTRIN
 
 
