@@ -23,6 +23,8 @@ _BUILTIN = (
     "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
     # import branch: padding and the average pools with every padding / ceil mode
     "pad",
+    # kinds2 branch: transposed convolution
+    "conv_transpose",
     "float_op",
 )
 
