@@ -19,7 +19,7 @@ _BY_OP: dict[str, list[Kind]] = {}
 _BUILTIN = (
     "input", "conv2d", "dense",
     # kernels branch: the lookup tables first (their regions start with ops add, affine and relu also claim)
-    "lut", "mul", "prelu", "permute", "slice", "resize",
+    "lut", "mul", "prelu", "permute", "slice", "resize", "bilinear",
     "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
     # import branch: padding and the average pools with every padding / ceil mode
     "pad",
