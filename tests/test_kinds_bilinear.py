@@ -144,3 +144,25 @@ def test_bilinear_resize_builds_without_unscheduled_kernels(preset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gwq_tvm.build(q, resolve_target(preset) if preset else None)
+
+
+class Both(nn.Module):
+    """A transposed conv, then bilinear upsampling: the two kinds of this branch in one decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.up = nn.Conv2d(3, 6, 3, padding=1), nn.ConvTranspose2d(6, 6, 2, 2)
+        self.head = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.up(torch.relu(self.conv(x))))
+        return self.head(nn.functional.interpolate(y, scale_factor=2, mode="bilinear"))
+
+
+def test_loss_aware_gwq_simulates_conv_transpose_and_bilinear():
+    """The fake-quant simulator (output sensitivities of loss-aware GWQ) emits both new kinds."""
+    torch.manual_seed(26)
+    x = np.random.default_rng(26).normal(size=(20, 3, 5, 6)).astype(np.float32)
+    q = _quantize(Both().eval(), x[:16], QuantConfig(mode="gwq", groups=2))
+    assert {"conv2d_transpose", "resize_bilinear"} <= set(_kinds(q)) and q.sensitivity
+    _bit_exact(q, x[16:])
