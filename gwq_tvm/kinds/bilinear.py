@@ -38,6 +38,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from ..plan import program as P
 from . import register
 from .base import Kind
 
@@ -82,7 +83,9 @@ class ResizeBilinear(Kind):
 
         x, a = call.args[0], call.attrs
         mode = str(a.coordinate_transformation_mode)
-        if not isinstance(x, relax.Var) or x not in w.var_node or a.layout != "NCHW" or a.method != "linear" or mode not in COORDINATES:
+        if not isinstance(x, relax.Var) or x not in w.var_node or a.layout != "NCHW":
+            return False
+        if a.method != "linear" or mode not in COORDINATES:
             return False
         (_, _, h, wd), (_, _, oh, ow) = static_shape(x), static_shape(w.bindings[i].var)
         if min(h, wd, oh, ow) < 1:
@@ -119,8 +122,6 @@ class ResizeBilinear(Kind):
         acc = self._relax(em, em.as_int(src), node, em.graph.nodes[src].shape, True)
         shift = 2 * FRACTION_BITS
         acc = em.emit(R.right_shift(R.add(acc, em.const(1 << (shift - 1), "int32")), em.const(shift, "int32")))
-        from ..plan import program as P
-
         em.set_int(node, em.emit(R.astype(acc, P.container(em.plan.tensors[em.graph.tensor_of(src)]))))
 
     def simulate(self, em, node) -> None:
