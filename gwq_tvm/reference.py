@@ -59,6 +59,19 @@ def _conv2d(x, w, attrs):
     return out
 
 
+def _conv1d(x, w, attrs):
+    """``relax.nn.conv1d`` (NCW, OIW): ``out[n, o, t] = sum_{c in group(o), k} x_pad[n, c, t*s + k*d] * w[o, c, k]``."""
+    left, right = (int(v) for v in attrs.padding)
+    s, d, groups = int(attrs.strides[0]), int(attrs.dilation[0]), int(attrs.groups)
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (left, right)))
+    o, cg, k = w.shape
+    og, span = o // groups, (k - 1) * d + 1
+    win = sliding_window_view(x, span, axis=2)[:, :, ::s, ::d]  # N, C, T, k
+    w = w.astype(np.float64)
+    parts = [np.einsum("nctk,ock->not", win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og]) for g in range(groups)]
+    return np.concatenate(parts, axis=1)
+
+
 def _conv2d_transpose(x, w, attrs):
     """``relax.nn.conv2d_transpose`` (NCHW, IOHW kernel) by scattering each kernel tap's products.
 
@@ -296,7 +309,8 @@ _OPS = {
     "relax.minimum": _binary(np.minimum),
     # branch import: padding
     "relax.nn.pad": lambda a, at, dt, n: _pad(a[0], at),
-    # kinds2 branch: transposed convolution
+    # kinds2 branch: transposed and 1-D convolution
+    "relax.nn.conv1d": lambda a, at, dt, n: _checked(_conv1d(a[0], a[1], at), dt, n),
     "relax.nn.conv2d_transpose": lambda a, at, dt, n: _checked(_conv2d_transpose(a[0], a[1], at), dt, n),
 }
 

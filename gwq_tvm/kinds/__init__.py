@@ -23,8 +23,8 @@ _BUILTIN = (
     "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
     # import branch: padding and the average pools with every padding / ceil mode
     "pad",
-    # kinds2 branch: transposed convolution
-    "conv_transpose",
+    # kinds2 branch: transposed and 1-D convolution
+    "conv_transpose", "conv1d",
     "float_op",
 )
 
