@@ -59,6 +59,45 @@ def _conv2d(x, w, attrs):
     return out
 
 
+def _conv1d(x, w, attrs):
+    """``relax.nn.conv1d`` (NCW, OIW): ``out[n, o, t] = sum_{c in group(o), k} x_pad[n, c, t*s + k*d] * w[o, c, k]``."""
+    left, right = (int(v) for v in attrs.padding)
+    s, d, groups = int(attrs.strides[0]), int(attrs.dilation[0]), int(attrs.groups)
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (left, right)))
+    o, cg, k = w.shape
+    og, span = o // groups, (k - 1) * d + 1
+    win = sliding_window_view(x, span, axis=2)[:, :, ::s, ::d]  # N, C, T, k
+    w = w.astype(np.float64)
+    parts = [np.einsum("nctk,ock->not", win[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og]) for g in range(groups)]
+    return np.concatenate(parts, axis=1)
+
+
+def _conv2d_transpose(x, w, attrs):
+    """``relax.nn.conv2d_transpose`` (NCHW, IOHW kernel) by scattering each kernel tap's products.
+
+    ``full[n, g*og + o, i*s_h + a*d_h, j*s_w + b*d_w] += x[n, g*cg + c, i, j] * w[g*cg + c, o, a, b]`` on a
+    ``((H-1)*s_h + (kh-1)*d_h + 1 + output_padding_h)``-row canvas, then ``padding`` cropped from its sides.
+    """
+    pt, pl, pb, pr = (int(v) for v in attrs.padding)
+    sh, sw = (int(v) for v in attrs.strides)
+    dh, dw = (int(v) for v in attrs.dilation)
+    oph, opw = (int(v) for v in attrs.output_padding)
+    groups = int(attrs.groups)
+    n, ci, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    cg = ci // groups
+    fh, fw = (h - 1) * sh + (kh - 1) * dh + 1 + oph, (wd - 1) * sw + (kw - 1) * dw + 1 + opw
+    full = np.zeros((n, og * groups, fh, fw))
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    for g in range(groups):
+        xg, wg = x[:, g * cg:(g + 1) * cg], w[g * cg:(g + 1) * cg]
+        for a in range(kh):
+            for b in range(kw):
+                part = np.einsum("nchw,co->nohw", xg, wg[:, :, a, b])
+                full[:, g * og:(g + 1) * og, a * dh:a * dh + (h - 1) * sh + 1:sh, b * dw:b * dw + (wd - 1) * sw + 1:sw] += part
+    return full[:, :, pt:fh - pb, pl:fw - pr]
+
+
 def _pool_out(n: int, window: int, stride: int, before: int, after: int, ceil: bool) -> int:
     """Output length of a pool: ``floor`` (or ``ceil``) ``((n + before + after - window) / stride) + 1``; in ceil
     mode less one when the last window would start at or past ``n + before`` (TOPI's and PyTorch's rule)."""
@@ -270,6 +309,9 @@ _OPS = {
     "relax.minimum": _binary(np.minimum),
     # branch import: padding
     "relax.nn.pad": lambda a, at, dt, n: _pad(a[0], at),
+    # kinds2 branch: transposed and 1-D convolution
+    "relax.nn.conv1d": lambda a, at, dt, n: _checked(_conv1d(a[0], a[1], at), dt, n),
+    "relax.nn.conv2d_transpose": lambda a, at, dt, n: _checked(_conv2d_transpose(a[0], a[1], at), dt, n),
 }
 
 

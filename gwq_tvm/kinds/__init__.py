@@ -19,10 +19,12 @@ _BY_OP: dict[str, list[Kind]] = {}
 _BUILTIN = (
     "input", "conv2d", "dense",
     # kernels branch: the lookup tables first (their regions start with ops add, affine and relu also claim)
-    "lut", "mul", "prelu", "permute", "slice", "resize",
+    "lut", "mul", "prelu", "permute", "slice", "resize", "bilinear",
     "add", "affine", "relu", "maxpool", "avgpool", "global_avgpool", "reshape", "concat",
     # import branch: padding and the average pools with every padding / ceil mode
     "pad",
+    # kinds2 branch: transposed and 1-D convolution
+    "conv_transpose", "conv1d",
     "float_op",
 )
 
