@@ -142,12 +142,13 @@ class Emitter:
 
     def layer_weight(self, acc: P.Accumulator, transpose: bool = False):
         """The int8 weight of a layer as a Relax value (transposed for a matmul): a constant, or for
-        POST weights the lookup ``take(table, codes)`` of the stored codes in the program itself."""
+        POST weights the lookup ``take(table, codes)`` of the stored codes in the program itself (mode ``clip``:
+        every code indexes the table by construction, and ``fast`` would make TOPI warn at every build)."""
         if acc.codes is None:
             w = acc.weight.T if transpose else acc.weight
             return const(np.ascontiguousarray(w), "int8")
         codes = np.ascontiguousarray(acc.codes.T if transpose else acc.codes)
-        return self.emit(R.take(const(acc.table, "int8"), const(codes, "uint8"), axis=0, mode="fast"))
+        return self.emit(R.take(const(acc.table, "int8"), const(codes, "uint8"), axis=0, mode="clip"))
 
     def accumulate(self, node: Node, acc: P.Accumulator, op, transpose: bool = False) -> None:
         """Emit a layer's int32 accumulator: ``op(q_in, weight)`` (``op`` builds the conv/matmul of the
