@@ -73,7 +73,8 @@ def test_reference_catches_int64_overflow():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(codebook="post"), "codebook post is not realized"),
+    # post is realized since ASQ (tests/test_post.py); pot is not
+    (dict(codebook="pot"), "codebook pot is not realized"),
     (dict(storage="int4", bits=4), "storage int4 is not realized"),
     # permutations and input blocks are realized since PTQ-SL (tests/test_subl_gdrq.py); 2 input blocks
     # cannot split conv2d_0's 1*3*3 weight columns
