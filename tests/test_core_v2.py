@@ -105,7 +105,7 @@ def test_output_channel_blocks_realize_as_repeated_channel_scales(bundled_int8):
 def test_gwq_errors_keep_their_type_through_a_pass(bundled_int8):
     """TVM 0.27 turns unknown exceptions raised inside a module pass into RuntimeError (gwq_tvm/ir.py registers ours)."""
     plan = bundled_int8.plan
-    edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(plan.layers["conv2d_0"], codebook="post")})
+    edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(plan.layers["conv2d_0"], codebook="pot")})
     with pytest.raises(gwq_tvm.errors.PlanError) as info:
         gwq_tvm.RealizeIntegerProgram(edited)(bundled_int8.float_model.mod)
     assert type(info.value) is gwq_tvm.errors.PlanError
