@@ -212,3 +212,16 @@ def test_hand_edited_post_plan_names_the_json_path(small, tmp_path):
     d["layers"]["conv2d_0"].update(bits=4, granularity="block", block=[2, 1], scales=[0.1, 0.1])
     with pytest.raises(PlanError, match=r"^layers\.conv2d_0\.granularity: post weights"):
         QuantPlan.from_dict(d)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None, reason="apt-get install gcc-aarch64-linux-gnu")
+def test_post_bit_exact_on_emulated_board(small, aarch64_remote, tmp_path):
+    """The cross-compiled POST program (sdot kernels, lookup per call) on the emulated aarch64 board equals the reference."""
+    from test_arm_kernels import _run_remote
+
+    model, x = small
+    q = _quantize(model, x, 4)
+    ex = gwq_tvm.build(q, resolve_target("aarch64-dotprod"))
+    np.testing.assert_array_equal(_run_remote(aarch64_remote, ex, x, "aarch64-dotprod", tmp_path / "post.so"),
+                                  run_reference(q.mod, x))
