@@ -120,6 +120,8 @@ def _check_weights(cfg) -> None:
             raise ConfigError("weights post chooses its own per-channel clip: drop weight_blocks, weight_groups and scale_clip")
         if cfg.weight_granularity is not WeightGranularity.PER_CHANNEL:
             raise ConfigError("weights post has one clip per output channel: weight_granularity must be per-channel")
+        if cfg.refine_steps or cfg.block_search:
+            raise ConfigError("weights post is post-training only here: refine_steps and block_search work on uniform weights")
 
 
 def _check_gdrq_ptqsl(cfg, set_) -> None:

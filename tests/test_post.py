@@ -188,6 +188,7 @@ def test_bundled_resnet_post_w4_integer_only_bit_exact_and_gwq_shifts(fmnist):
     (dict(weights="pot"), "weights must be one of"),
     (dict(weights="post", weight_bits=4, weight_blocks=(2, 1)), "drop weight_blocks"),
     (dict(weights="post", weight_bits=4, weight_granularity="per-tensor"), "per-channel"),
+    (dict(weights="post", weight_bits=4, refine_steps=5), "post-training only"),
 ])
 def test_bad_config(kwargs, msg):
     with pytest.raises(ConfigError, match=msg):
