@@ -70,6 +70,8 @@ _PLAN_FIXED = {
     "weight_blocks": "weight_blocks", "weight_blocks_fit": "weight_blocks_fit", "reorder_channels": "reorder_channels",
     "block_search": "block_search", "search_metric": "search_metric", "search_rounds": "search_rounds",
     "weight_groups": "weight_groups", "scale_clip": "scale_clip", "scale_clip_k": "scale_clip_k", "act_clip_k": "act_clip_k",
+    # ASQ POST weights (branch asq)
+    "weights": "weights",
 }
 
 
@@ -481,6 +483,9 @@ def _add_quant_options(p):
     p.add_argument("--no-loss-aware", action="store_true",
                    help="gwq: weigh every tensor's error alike (skip the output-sensitivity run)")
     p.add_argument("--weight-granularity", default=None, help="per-channel | per-tensor (default per-channel)")
+    p.add_argument("--weights", default=None,
+                   help="uniform (default) | post: conv/dense weights on the levels {0, ±alpha_c*sqrt(2)**-i} "
+                        "(ASQ POST, post-training; needs --weight-bits 2-5; layers at more bits stay uniform)")
     p.add_argument("--end-bits", type=int, default=None,
                    help="bits of the model input and of the first and last layers' weights (the usual low-bit protocol)")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")

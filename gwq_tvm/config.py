@@ -71,7 +71,7 @@ def _bits(value, name):
 
 
 #: the PTQ-SL / GDRQ options (written by :meth:`QuantConfig.to_dict` only when set)
-SUBLAYER_FIELDS = ("weight_blocks", "weight_blocks_fit", "reorder_channels", "block_search", "search_metric",
+SUBLAYER_FIELDS = ("weights", "weight_blocks", "weight_blocks_fit", "reorder_channels", "block_search", "search_metric",
                    "search_rounds", "weight_groups", "scale_clip", "scale_clip_k", "act_clip_k")
 #: values of the PTQ-SL / GDRQ options
 BLOCK_FITS = ("strict", "gcd")
@@ -103,6 +103,25 @@ def _blocks(value) -> tuple:
     if not (ok(n_out) or n_out == "C") or not ok(n_in):
         raise ConfigError(f"weight_blocks must be positive integers (n_out may be 'C'); got {tuple(value)!r}")
     return (n_out, n_in)
+
+
+#: weight codebooks of :attr:`QuantConfig.weights`
+WEIGHT_CODEBOOKS = ("uniform", "post")
+
+
+def _check_weights(cfg) -> None:
+    """``weights='post'``: POST levels (:mod:`gwq_tvm.plan.post`) on conv/dense layers, per output channel, 2-5 bits."""
+    if cfg.weights not in WEIGHT_CODEBOOKS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CODEBOOKS)}; got {cfg.weights!r}")
+    if cfg.weights == "post":
+        if not 2 <= cfg.weight_bits <= 5:
+            raise ConfigError(f"weights post needs weight_bits 2-5 (2**b - 1 levels of powers of sqrt 2); got {cfg.weight_bits}")
+        if cfg.weight_blocks is not None or cfg.weight_groups is not None or cfg.scale_clip is not None:
+            raise ConfigError("weights post chooses its own per-channel clip: drop weight_blocks, weight_groups and scale_clip")
+        if cfg.weight_granularity is not WeightGranularity.PER_CHANNEL:
+            raise ConfigError("weights post has one clip per output channel: weight_granularity must be per-channel")
+        if cfg.refine_steps or cfg.block_search:
+            raise ConfigError("weights post is post-training only here: refine_steps and block_search work on uniform weights")
 
 
 def _check_gdrq_ptqsl(cfg, set_) -> None:
@@ -224,6 +243,11 @@ class QuantConfig:
         GDRQ Scale-Clip of activations: clip each tensor at ``k * sigma``
         (``sigma`` per ``scale_clip``'s rule, estimated over all calibration
         batches) when that is below the ``calibration`` rule's clip.
+    weights : str
+        Weight codebook of the conv/dense layers: ``uniform`` (default) or ``post``
+        (ASQ's powers of sqrt 2, per-channel clip chosen post-training; needs
+        ``weight_bits`` 2-5; layers overridden to more bits stay uniform; see
+        :mod:`gwq_tvm.plan.post`).
     refine_steps : int
         After planning, refine the plan's continuous scale choices (group
         mantissas, tensor exponents, power-of-two weight-scale exponents) for
@@ -259,6 +283,7 @@ class QuantConfig:
     scale_clip: str | None = None
     scale_clip_k: float | None = None
     act_clip_k: float | None = None
+    weights: str = "uniform"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -298,6 +323,7 @@ class QuantConfig:
         if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or not 0 <= self.refine_steps <= MAX_REFINE_STEPS:
             raise ConfigError(f"refine_steps must be an integer from 0 to {MAX_REFINE_STEPS}; got {self.refine_steps!r}")
         _check_gdrq_ptqsl(self, set_)
+        _check_weights(self)
         overrides = {}
         for name, pair in dict(self.bits).items():
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:

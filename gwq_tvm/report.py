@@ -83,11 +83,11 @@ def sfc_report(qmodel) -> dict:
 def weight_report(plan) -> dict:
     """Per layer: weight bits, granularity, PTQ-SL block grid, whether channels are reordered into the blocks, the
     number of steps, whether they are powers of two (as GWQ needs wherever the layer's SFC must stay a shift), and
-    the Scale-Clip settings of the search (provenance)."""
+    the Scale-Clip settings of the search (provenance), and the codebook (``uniform`` or ``post``)."""
     config = plan.config
     clip = {"rule": config.scale_clip, "k": config.scale_clip_k, "act_k": config.act_clip_k} if config and config.scale_clip else None
     return {n: {"bits": w.bits, "granularity": w.granularity, "block": list(w.block) if w.block else None,
-                "reordered": w.permutation is not None, "steps": len(w.scales),
+                "reordered": w.permutation is not None, "steps": len(w.scales), "codebook": w.codebook,
                 "pot_steps": bool(all(math.frexp(v)[0] == 0.5 for v in w.scales)), "scale_clip": clip}
             for n, w in plan.layers.items()}
 
@@ -103,6 +103,10 @@ def format_text(report: dict, max_members: int = 6) -> str:
               for n, w in report.get("weights", {}).items() if w["block"]]
     if blocks:
         lines.append("weight blocks (PTQ-SL / GDRQ groups): " + ", ".join(blocks))
+    post = [f"{n} W{w['bits']}" for n, w in report.get("weights", {}).items() if w.get("codebook") == "post"]
+    if post:
+        lines.append(f"POST weights (powers of sqrt 2, table lookup) on {len(post)} of {len(report['weights'])} layers: "
+                     + ", ".join(post[:max_members]) + (", ..." if len(post) > max_members else ""))
     if report["mode"] == "per-layer":
         return "\n".join(lines + [f"groups: {s['groups']} (per-layer: one per tensor)"])
     if s["added_error"] is not None:

@@ -73,7 +73,8 @@ def test_reference_catches_int64_overflow():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(codebook="post"), "codebook post is not realized"),
+    # post is realized since ASQ (tests/test_post.py); pot is not
+    (dict(codebook="pot"), "codebook pot is not realized"),
     (dict(storage="int4", bits=4), "storage int4 is not realized"),
     # permutations and input blocks are realized since PTQ-SL (tests/test_subl_gdrq.py); 2 input blocks
     # cannot split conv2d_0's 1*3*3 weight columns
@@ -104,7 +105,7 @@ def test_output_channel_blocks_realize_as_repeated_channel_scales(bundled_int8):
 def test_gwq_errors_keep_their_type_through_a_pass(bundled_int8):
     """TVM 0.27 turns unknown exceptions raised inside a module pass into RuntimeError (gwq_tvm/ir.py registers ours)."""
     plan = bundled_int8.plan
-    edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(plan.layers["conv2d_0"], codebook="post")})
+    edited = plan.replace(layers={**plan.layers, "conv2d_0": dataclasses.replace(plan.layers["conv2d_0"], codebook="pot")})
     with pytest.raises(gwq_tvm.errors.PlanError) as info:
         gwq_tvm.RealizeIntegerProgram(edited)(bundled_int8.float_model.mod)
     assert type(info.value) is gwq_tvm.errors.PlanError

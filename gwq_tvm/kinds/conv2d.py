@@ -47,7 +47,7 @@ class Conv2d(AccumulatingKind):
 
         a = node.attrs
         em.accumulate(node, self.accumulator(em.graph, node, em.plan), lambda x, w: R.nn.conv2d(
-            x, em.const(w, "int8"), strides=a["strides"], padding=a["padding"], dilation=a["dilation"],
+            x, w, strides=a["strides"], padding=a["padding"], dilation=a["dilation"],
             groups=a["groups"], out_dtype="int32"))
 
     def simulate(self, em, node) -> None:

@@ -37,7 +37,7 @@ class Dense(AccumulatingKind):
         from tvm.relax import op as R
 
         em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: R.matmul(x, em.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
+                      lambda x, w: R.matmul(x, w, out_dtype="int32"), transpose=True)
 
     def simulate(self, em, node) -> None:
         from tvm.relax import op as R

@@ -140,20 +140,32 @@ class Emitter:
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 
-    def accumulate(self, node: Node, acc: P.Accumulator, op) -> None:
-        """Emit a layer's int32 accumulator: ``op(q_in, weight)`` (``op`` builds the conv/matmul of an
-        int8 weight array), or with input blocks the sum of each partial, sliced along the input's
-        channels and rescaled by its SFC (:func:`gwq_tvm.plan.program.input_block_partials`)."""
+    def layer_weight(self, acc: P.Accumulator, transpose: bool = False):
+        """The int8 weight of a layer as a Relax value (transposed for a matmul): a constant, or for
+        POST weights the lookup ``take(table, codes)`` of the stored codes in the program itself (mode ``clip``:
+        every code indexes the table by construction, and ``fast`` would make TOPI warn at every build)."""
+        if acc.codes is None:
+            w = acc.weight.T if transpose else acc.weight
+            return const(np.ascontiguousarray(w), "int8")
+        codes = np.ascontiguousarray(acc.codes.T if transpose else acc.codes)
+        return self.emit(R.take(const(acc.table, "int8"), const(codes, "uint8"), axis=0, mode="clip"))
+
+    def accumulate(self, node: Node, acc: P.Accumulator, op, transpose: bool = False) -> None:
+        """Emit a layer's int32 accumulator: ``op(q_in, weight)`` (``op`` builds the conv/matmul of the
+        int8 weight value :meth:`layer_weight`, transposed with ``transpose``), or with input blocks the
+        sum of each partial, sliced along the input's channels and rescaled by its SFC
+        (:func:`gwq_tvm.plan.program.input_block_partials`)."""
         x = self.as_int(node.inputs[0])
         if not acc.partials:
-            return self.finish_acc(node, self.emit(op(x, acc.weight)), acc)
+            return self.finish_acc(node, self.emit(op(x, self.layer_weight(acc, transpose))), acc)
         ndim, y = len(node.shape), None
         for part in acc.partials:
             xj = x
             if part.channels is not None:
                 lo, hi = part.channels
                 xj = self.emit(R.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
-            t = self.apply_sfc(self.emit(op(xj, part.weight)), part.sfc, ndim, part.work_dtype)
+            w = part.weight.T if transpose else part.weight
+            t = self.apply_sfc(self.emit(op(xj, const(np.ascontiguousarray(w), "int8"))), part.sfc, ndim, part.work_dtype)
             if part.work_dtype != "int32":
                 t = self.emit(R.astype(t, "int32"))
             y = t if y is None else self.emit(R.add(y, t))

@@ -10,7 +10,7 @@ from ..config import Calibration, QuantConfig, ScaleMode, WeightGranularity
 from ..errors import PlanError
 from ..graph import Graph, Node, kind_of
 from . import scales as S
-from . import strategies, sublayer
+from . import post, strategies, sublayer
 from .grouping import ErrorCurve, Grouping, error_curve, group_tensors
 from .program import needs_integer_output, sfc_edges
 from .quantplan import Arithmetic, QuantPlan, TensorQuant, WeightQuant
@@ -132,6 +132,9 @@ def layer_quant(node: Node, config: QuantConfig) -> WeightQuant:
     """
     fixed = getattr(kind_of(node), "weight_bits", None)
     wbits = fixed if fixed is not None and node.name not in config.bits else config.weight_bits_for(node.name)
+    if config.weights == "post" and node.kind in ("conv2d", "dense") and post.MIN_BITS <= wbits <= post.MAX_BITS:
+        units = post.choose_units(node.weight, wbits, pot=config.mode is not ScaleMode.PER_LAYER)
+        return WeightQuant(wbits, tuple(float(u) for u in units), granularity="channel", codebook="post")
     return sublayer.weight_quant(node.name, node.weight, wbits, pot=config.mode is not ScaleMode.PER_LAYER,
                                  blocks=layer_blocks(node, config), fit=config.weight_blocks_fit,
                                  reorder=config.reorder_channels, clip_rule=config.scale_clip, clip_k=config.scale_clip_k)

@@ -6,7 +6,8 @@ only turn recipes into ops.
 
 * conv / dense: ``acc = conv(q_in, q_w) + q_b`` (int32), ``acc`` has scale
   ``s_in * s_w,c`` (:func:`layer_accumulator`); then an SFC by
-  ``M_c = s_in * s_w,c / s_out`` and a clip (:func:`requant`).
+  ``M_c = s_in * s_w,c / s_out`` and a clip (:func:`requant`).  POST weights
+  are ``q_w = table[codes]`` (:mod:`gwq_tvm.plan.post`), looked up in the program.
 * global / window average pool: ``acc = sum(q_in)`` over the window (int32),
   scale ``s_in / window`` (:func:`pool_accumulator`); then an SFC.
 * add: each input ``i`` becomes ``t_i = SFC(q_i, 2**P * s_i / s_out)`` (int32,
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import PlanError
+from . import post
 from . import scales as S
 from .quantplan import QuantPlan, TensorQuant
 from .sfc import SFC, make_sfc
@@ -101,6 +103,10 @@ class Accumulator:
     bias: np.ndarray | None = None
     window: int = 1
     partials: tuple = ()
+    #: POST layers (:mod:`gwq_tvm.plan.post`): the stored b-bit level codes (uint8, ``weight``'s shape) and
+    #: the int8 table with ``weight == table[codes]``; the program computes the weight by that lookup
+    codes: np.ndarray | None = None
+    table: np.ndarray | None = None
 
 
 def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
@@ -132,12 +138,20 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     src = node.inputs[0]
     s_in, in_mag = plan.scale(src), magnitude(plan.tensors[src])
     layer = plan.layers[node.name]
-    unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook != "uniform"),
+    unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook not in ("uniform", "post")),
                                    ("storage " + layer.storage, layer.storage != "int8")) if on]
     if unsupported:
         raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
-    wq = S.quantize_weight(node.weight, weight_scale_map(node, plan), layer.bits)
     grid = layer.block_scales(node.weight.shape[0])
+    codes = table = None
+    if layer.codebook == "post":
+        if node.kind not in ("conv2d", "dense") or grid.shape[1] > 1 or not 2 <= layer.bits <= 5:
+            raise PlanError(f"layers.{node.name}: post weights need a conv2d/dense layer, 2-5 bits and one scale per output channel")
+        codes = post.codes(post.quantize_indices(node.weight, weight_scale_map(node, plan), layer.bits), layer.bits)
+        table = post.code_table(layer.bits)
+        wq = table[codes]
+    else:
+        wq = S.quantize_weight(node.weight, weight_scale_map(node, plan), layer.bits)
     if grid.shape[1] > 1:
         return input_block_partials(node, wq, grid, s_in, in_mag)
     acc_scale = s_in * grid[:, 0]
@@ -146,7 +160,7 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
     if bound > INT32_MAX:
         raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
-    return Accumulator(acc_scale, bound, wq, bq)
+    return Accumulator(acc_scale, bound, wq, bq, codes=codes, table=table)
 
 
 def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: float, in_mag: int) -> Accumulator:

@@ -476,6 +476,10 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"{p}.codebook: expected one of {', '.join(CODEBOOKS)}; got {w.codebook!r}")
         if w.storage not in STORAGES:
             raise PlanError(f"{p}.storage: expected one of {', '.join(STORAGES)}; got {w.storage!r}")
+        if w.codebook == "post" and not 2 <= w.bits <= 5:
+            raise PlanError(f"{p}.bits: post weights take 2-5 bits (2**b - 1 levels); got {w.bits}")
+        if w.codebook == "post" and w.granularity == "block":
+            raise PlanError(f"{p}.granularity: post weights have one clip per output channel (channel or tensor), not blocks")
         if w.storage == "int4" and w.bits > 4:
             raise PlanError(f"{p}.storage: int4 holds at most 4 bits; bits is {w.bits}")
         if not w.scales:

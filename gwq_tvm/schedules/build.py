@@ -18,15 +18,34 @@ def lowering_passes(target: tvm.target.Target) -> list:
     return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
 
 
-def fuse_passes() -> list:
-    """Legalize to TIR and fuse each conv with its SFC epilogue (the CPU pipeline's legalize stage)."""
+def fuse_passes(fold: bool = True) -> list:
+    """Legalize to TIR and fuse each conv with its SFC epilogue (the CPU pipeline's legalize stage).
+
+    ``fold=False`` leaves out ``FoldConstant``: it evaluates every call whose
+    arguments are all constants at compile time, so it would turn a POST
+    layer's weight lookup ``take(table, codes)`` back into stored int8 weights
+    (see :func:`has_weight_lookups`).
+    """
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
+        *([relax.transform.FoldConstant()] if fold else []),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
+
+
+def has_weight_lookups(mod: tvm.IRModule) -> bool:
+    """Does the realized ``main`` compute weights by a table lookup of constant codes (POST layers)?
+
+    Such a module is compiled without ``FoldConstant``, so that the compiled
+    program stores the codes and runs the lookup on every call.
+    """
+    from ..ir import const_value
+
+    return any(isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op) and b.value.op.name == "relax.take"
+               and all(const_value(a) is not None for a in b.value.args)
+               for blk in mod["main"].body.blocks for b in blk.bindings)
 
 
 def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpec | None = None) -> tvm.IRModule:
@@ -37,7 +56,7 @@ def packed_fused_module(mod: tvm.IRModule, target: tvm.target.Target, spec: Kern
     """
     spec = spec or kernel_spec(target) or X86_VNNI
     with target:
-        return tvm.transform.Sequential([PackInt8Layout(spec), *fuse_passes()])(mod)
+        return tvm.transform.Sequential([PackInt8Layout(spec), *fuse_passes(not has_weight_lookups(mod))])(mod)
 
 
 def kernel_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -49,7 +68,7 @@ def kernel_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     if spec is not None:
         return packed_fused_module(mod, target, spec)
     with target:
-        return tvm.transform.Sequential(fuse_passes())(mod)
+        return tvm.transform.Sequential(fuse_passes(not has_weight_lookups(mod)))(mod)
 
 
 def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> relax.VMExecutable:
@@ -77,11 +96,12 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     """
     spec = kernel_spec(target)
     if spec is None:
-        if database is None:
+        if database is None and not has_weight_lookups(mod):
             return tvm.compile(mod, target)
         fused = kernel_module(mod, target)
-        with target, database:  # the pass reads Database.current()
-            fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
+        if database is not None:
+            with target, database:  # the pass reads Database.current()
+                fused = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         return tvm.compile(fused, target, relax_pipeline=tvm.transform.Sequential(lowering_passes(target)))
     return compile_packed(mod, target, spec, database=database)
 

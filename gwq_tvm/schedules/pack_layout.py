@@ -85,15 +85,14 @@ def _accumulator_fits_int32(w: np.ndarray, spec: KernelSpec) -> bool:
     return spec.max_product() * int(np.prod(w.shape[1:])) < 2**31
 
 
-def _conv_kind(call: relax.Call, spec: KernelSpec) -> str | None:
+def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str | None:
     """``"packed"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
 
     A grouped conv that is not depthwise stays NCHW: e.g. groups=4 with
     8 -> 12 channels has no 4i-inner reduction per group in a 16-channel block.
     """
     a = call.attrs
-    data, weight = call.args
-    w = _const(weight)
+    data = call.args[0]
     chw = _static_nchw(data)
     if (w is None or chw is None or w.dtype != np.int8 or w.ndim != 4 or _dtype(data) not in _INT8
             or str(a.out_dtype) != "int32" or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW")):
@@ -114,11 +113,16 @@ class _Packer:
         self.spec = spec
         self.plain: dict = {}
         self.packed: dict = {}
+        #: POST weights ``take(table, codes)`` of constants: var -> (table, codes), emitted only where used unpacked
+        self.lookups: dict = {}
 
     # --- the two forms of a value -------------------------------------
     def plain_of(self, expr):
         """``expr`` rewritten with every variable in its original layout."""
         if isinstance(expr, relax.Var):
+            if expr not in self.plain and expr in self.lookups:
+                table, codes = self.lookups[expr]
+                self.plain[expr] = self.bb.emit(_lookup(table, codes))
             if expr not in self.plain:
                 p = self.packed[expr]
                 self.plain[expr] = self.bb.emit_te(C.unpack_nchwc, p.expr, p.channels, primfunc_name_hint="gwq_unpack")
@@ -153,6 +157,10 @@ class _Packer:
                     table[var] = table[value]
             return
         handler = None
+        lookup = _weight_lookup(value)
+        if lookup is not None:  # packed by the conv/dense that reads it (the codes, not the looked-up weights)
+            self.lookups[var] = lookup
+            return
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             handler = _HANDLERS.get(value.op.name)
         out = handler(self, value) if handler else None
@@ -163,23 +171,41 @@ class _Packer:
         else:
             self.plain[var] = self.bb.emit(self.plain_of(value))
 
-    def conv2d(self, call) -> _Packed | None:
-        kind = _conv_kind(call, self.spec)
+    def weight_of(self, expr) -> tuple:
+        """``(w, lookup)``: the int8 values of a conv/dense weight (``None`` if not constant) and, for a POST
+        weight ``take(table, codes)``, the ``(table, codes)`` pair (``None`` for a stored constant)."""
+        w = _const(expr)
+        if w is not None or not isinstance(expr, relax.Var) or expr not in self.lookups:
+            return w, None
+        table, codes = self.lookups[expr]
+        return table[codes], (table, codes)
+
+    def packed_weight(self, w: np.ndarray, lookup, pack, dtype: str):
+        """The packed weight operand: ``pack(w)`` as a constant, or for a POST weight the lookup
+        ``take(table, pack(codes))`` emitted into the program (packing moves codes like weights and pads
+        with code 0, whose level is 0, so it commutes with the lookup)."""
+        if lookup is None:
+            return relax.const(pack(w).astype(dtype), dtype)
+        table, codes = lookup
+        return self.bb.emit(_lookup(table.astype(dtype), pack(codes)))
+
+    def conv2d(self, call, weight=None) -> _Packed | None:
+        data = call.args[0]
+        w, lookup = weight if weight is not None else self.weight_of(call.args[1])
+        kind = _conv_kind(call, self.spec, w)
         if kind is None:
             return None
-        data, weight = call.args
-        w = _const(weight)
         a = call.attrs
         geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                         dilation=[int(d) for d in a.dilation])
         src = self.packed_of(data)
         if kind == "depthwise":
-            wp = relax.const(L.pack_depthwise_weight(w, src.block), "int8")
+            wp = self.packed_weight(w, lookup, lambda v: L.pack_depthwise_weight(v, src.block), "int8")
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
             return _Packed(y, w.shape[0], src.block)
         offset = self.spec.input_offset(_dtype(data))
         wdtype = self.spec.weight_dtype
-        wp = relax.const(L.pack_conv_weight(w, src.block, self.spec.k_block).astype(wdtype), wdtype)
+        wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, src.block, self.spec.k_block), wdtype)
         y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, widen=self.spec.operand_dtype,
                             primfunc_name_hint="gwq_conv2d")
         if offset:
@@ -196,7 +222,7 @@ class _Packer:
         follow in the plain layout).
         """
         data, weight = call.args
-        w = _const(weight)
+        w, lookup = self.weight_of(weight)
         ty = data.ty
         if (w is None or w.dtype != np.int8 or w.ndim != 2 or not isinstance(ty, relax.TensorType) or ty.ndim != 2
                 or ty.shape is None or not isinstance(ty.shape.values[1], tvm.tirx.IntImm) or _dtype(data) not in _INT8
@@ -208,7 +234,9 @@ class _Packer:
         x4 = self.bb.emit(relax.op.expand_dims(self.plain_of(data), axis=[2, 3]))
         self.plain[x4] = x4
         conv = relax.op.nn.conv2d(x4, relax.const(w4, "int8"), out_dtype="int32")
-        y = self.conv2d(conv)
+        if lookup is not None:
+            lookup = (lookup[0], np.ascontiguousarray(lookup[1].T).reshape(w4.shape))
+        y = self.conv2d(conv, (w4, lookup))
         if y is None:
             return None
         plain = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
@@ -262,6 +290,22 @@ class _Packer:
             return None
         p = self.packed[src]
         return _Packed(self.bb.emit(relax.op.sum(p.expr, axis=[2, 3], keepdims=True)), p.channels, p.block)
+
+
+def _weight_lookup(value) -> tuple | None:
+    """``(table, codes)`` when ``value`` is a POST weight lookup ``take(table, codes)`` of an int8 table by
+    constant uint8 codes (see :meth:`gwq_tvm.passes.realize.Emitter.layer_weight`), else ``None``."""
+    if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.take"):
+        return None
+    table, codes = (_const(a) for a in value.args)
+    if table is None or codes is None or table.dtype != np.int8 or codes.dtype != np.uint8 or table.ndim != 1:
+        return None
+    return table, codes
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> relax.Expr:
+    return relax.op.take(relax.const(table, str(table.dtype)), relax.const(np.ascontiguousarray(codes), "uint8"),
+                         axis=0, mode="clip")
 
 
 _HANDLERS = {
