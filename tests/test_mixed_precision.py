@@ -110,6 +110,13 @@ def test_mixed_plan_on_bundled_resnet_compiles_bit_exact(fmnist):
     assert mp["solve_seconds"] > 0 and set(mp["importance"]["weights"]) == {n for n, b in layer_bits.items()} - {"conv2d_0", "dense_0"}
     # the plan's config is an ordinary one: the chosen bits as overrides (the search is provenance only)
     assert plan.config.bits and not plan.config.mixed_precision
+    # the report shows the search: budgets, figures, bits and importance per layer
+    from gwq_tvm.report import format_text
+
+    text = format_text(q.report())
+    assert "mixed precision (proxy importance; size budget 55%, bitops budget 90%)" in text
+    t3 = mp["layer_input"]["conv2d_3"]
+    assert f"conv2d_3: W{layer_bits['conv2d_3']} A{plan.tensors[t3].bits} (input {t3}); importance w [2b:" in text
     # compiled: integer-only, bit-exact against the reference
     assert q.integer_only.ok, str(q.integer_only)
     x = test_x[:32]
