@@ -70,14 +70,18 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
     layers, fixed_w, fixed_a = problem_layers(graph, cfg)
     free_layers = [l.name for l in layers if l.name not in fixed_w]
     free_tensors = list(dict.fromkeys(l.tensor for l in layers if l.tensor not in fixed_a))
+    size = M.parse_budget(cfg.size_budget, "size_budget") if cfg.size_budget is not None else None
+    bitops = M.parse_budget(cfg.bitops_budget, "bitops_budget") if cfg.bitops_budget is not None else None
+    # feasibility does not depend on the importance: refuse an impossible budget before measuring it
+    zero_w, zero_a = {n: dict.fromkeys(cfg.mp_weight_bits, 0.0) for n in free_layers}, {t: dict.fromkeys(cfg.mp_act_bits, 0.0) for t in free_tensors}
+    M.Problem(layers, zero_w, zero_a, weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits,
+              fixed_weights=fixed_w, fixed_acts=fixed_a).solve(size, bitops)
     t0 = time.perf_counter()
     iw, ia = bit_importance(ctx.model, graph, ctx.stats, base, ctx.images, free_layers, free_tensors,
                             cfg.mp_weight_bits, cfg.mp_act_bits, samples=PROXY_SAMPLES)
     importance_seconds = time.perf_counter() - t0
     problem = M.Problem(layers, {n: M.monotone(v) for n, v in iw.items()}, {t: M.monotone(v) for t, v in ia.items()},
                         weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits, fixed_weights=fixed_w, fixed_acts=fixed_a)
-    size = M.parse_budget(cfg.size_budget, "size_budget") if cfg.size_budget is not None else None
-    bitops = M.parse_budget(cfg.bitops_budget, "bitops_budget") if cfg.bitops_budget is not None else None
     policy = problem.solve(size, bitops)
     bits = {}
     for n in set(policy.weight_bits) | set(policy.act_bits):
