@@ -33,8 +33,8 @@ ROWS = {
     "W4A8, ends 8": dict(weight_bits=4, end_bits=8),
     "W4A4": dict(weight_bits=4, act_bits=4),
     "ILP size 40%": dict(mixed_precision=True, size_budget="40%"),
-    "ILP size 55%": dict(mixed_precision=True, size_budget="55%"),
-    "ILP size 70%": dict(mixed_precision=True, size_budget="70%"),
+    "ILP size 50%": dict(mixed_precision=True, size_budget="50%"),
+    "ILP size 60%": dict(mixed_precision=True, size_budget="60%"),
 }
 
 
