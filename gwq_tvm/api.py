@@ -121,6 +121,8 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
             sensitivity = tensor_sensitivity(fm, graph, stats, config, images)
         ctx = strategies.PlanContext(graph, stats, config, images, fm.input_shape, sensitivity, model=fm)
         search = "select" if config.mode is ScaleMode.GWQ and config.min_shift_share is not None else "grouping"
+        if config.mixed_precision:
+            search = "mixed_precision"
         plan = strategies.run(search, ctx)
         if config.block_search:
             plan = strategies.run("subl_search", dataclasses.replace(ctx, plan=plan))

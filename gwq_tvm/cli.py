@@ -72,6 +72,9 @@ _PLAN_FIXED = {
     "weight_groups": "weight_groups", "scale_clip": "scale_clip", "scale_clip_k": "scale_clip_k", "act_clip_k": "act_clip_k",
     # ASQ POST weights (branch asq)
     "weights": "weights",
+    # mixed precision (branch limpq)
+    "mixed_precision": "mixed_precision", "size_budget": "size_budget", "bitops_budget": "bitops_budget",
+    "importance": "importance",
 }
 
 
@@ -115,6 +118,11 @@ def _config(args, **defaults):
     for dest, partners in _NEEDS.items():
         if getattr(args, dest, None) is not None and not any(getattr(args, d, None) for d in partners):
             raise GwqError(f"{_option(dest)} only applies with {' or '.join(map(_option, partners))}")
+    if getattr(args, "mixed_precision", None):
+        given = [_option(d) for d in ("weight_bits", "act_bits") if getattr(args, d, None) is not None]
+        if given:
+            raise GwqError(f"{', '.join(given)} cannot be combined with --mixed-precision (the ILP chooses every "
+                           "layer's bits within --size-budget/--bitops-budget)")
     kwargs = {**defaults, **{field: getattr(args, dest) for dest, field in _PLAN_FIXED.items()
                              if field is not None and getattr(args, dest) is not None}}
     return QuantConfig(**kwargs, allow_float_fallback=not args.strict, loss_aware=not args.no_loss_aware)
@@ -493,6 +501,16 @@ def _add_quant_options(p):
     p.add_argument("--calib-samples", type=_positive_int, default=None, help="calibration samples used (default 512)")
     p.add_argument("--refine-steps", type=int, default=None,
                    help="refine the plan's scales on the calibration samples for N steps, weights frozen (needs torch; default 0)")
+    m = p.add_argument_group("mixed precision (LIMPQ's ILP over per-layer bits)")
+    m.add_argument("--mixed-precision", action="store_true", default=None,
+                   help="choose weight bits (2,3,4,8) per layer and activation bits (4,8) per tensor by an ILP")
+    m.add_argument("--size-budget", default=None, metavar="BYTES|P%",
+                   help="packed weight bytes (bits*count/8), absolute or a percentage of W8A8, e.g. 60%%")
+    m.add_argument("--bitops-budget", default=None, metavar="BITOPS|P%",
+                   help="BitOps per sample (MACs*w_bits*a_bits), absolute or a percentage of W8A8")
+    m.add_argument("--importance", default=None, choices=("proxy", "learned"),
+                   help="proxy (default): output divergence of each layer/tensor alone at each width on the "
+                        "calibration images; learned (joint QAT indicators) is not built yet")
     g = p.add_argument_group("sub-layerwise weights (PTQ-SL) and distribution reshaping (GDRQ)")
     g.add_argument("--weight-blocks", type=_blocks, default=None, metavar="NOUTxNIN",
                    help="one weight scale per block of the (C_out, C_in/groups*kh*kw) weight: 1x1 per-tensor, Cx1 "

@@ -124,6 +124,57 @@ def _check_weights(cfg) -> None:
             raise ConfigError("weights post is post-training only here: refine_steps and block_search work on uniform weights")
 
 
+#: the mixed-precision options (written by :meth:`QuantConfig.to_dict` only when set)
+MIXED_FIELDS = ("mixed_precision", "size_budget", "bitops_budget", "importance", "mp_weight_bits", "mp_act_bits")
+IMPORTANCES = ("proxy", "learned")
+
+
+def _bit_choices(value, name) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{name} must be a list of bit-widths from {MIN_BITS} to {MAX_BITS}; got {value!r}")
+    out = tuple(sorted({_bits(v, name) for v in value}))
+    if not out:
+        raise ConfigError(f"{name} must name at least one bit-width")
+    return out
+
+
+def _check_mixed(cfg, set_) -> None:
+    """Validate the mixed-precision options of :class:`QuantConfig`."""
+    from .plan.mixed_precision import parse_budget
+
+    if not isinstance(cfg.mixed_precision, bool):
+        raise ConfigError(f"mixed_precision must be true or false; got {cfg.mixed_precision!r}")
+    for k in ("size_budget", "bitops_budget"):
+        if getattr(cfg, k) is not None:
+            set_(k, str(parse_budget(getattr(cfg, k), k)))
+    set_("mp_weight_bits", _bit_choices(cfg.mp_weight_bits, "mp_weight_bits"))
+    set_("mp_act_bits", _bit_choices(cfg.mp_act_bits, "mp_act_bits"))
+    if cfg.importance not in IMPORTANCES:
+        raise ConfigError(f"importance must be one of {', '.join(IMPORTANCES)}; got {cfg.importance!r}")
+    if not cfg.mixed_precision:
+        given = [k for k in MIXED_FIELDS[1:] if getattr(cfg, k) != QuantConfig.__dataclass_fields__[k].default]
+        if given:
+            raise ConfigError(f"{given[0]} applies with mixed_precision only")
+        return
+    if cfg.importance == "learned":
+        raise ConfigError("importance 'learned' (LIMPQ's indicators from one joint QAT run) is not built yet; "
+                          "use importance 'proxy' (post-training, measured on the calibration images)")
+    if cfg.size_budget is None and cfg.bitops_budget is None:
+        raise ConfigError("mixed_precision needs a size_budget or a bitops_budget (or both)")
+    if cfg.bits:
+        raise ConfigError("mixed_precision chooses every layer's bits: drop the per-layer bits overrides")
+    if (cfg.weight_bits, cfg.act_bits) != (8, 8):
+        raise ConfigError("mixed_precision chooses weight and activation bits (from mp_weight_bits, mp_act_bits): "
+                          "leave weight_bits and act_bits at 8")
+    if cfg.weights != "uniform":
+        raise ConfigError(f"mixed_precision chooses bits for uniform weights; weights {cfg.weights} is not combined with it yet")
+    if cfg.min_shift_share is not None:
+        raise ConfigError("mixed_precision and min_shift_share are two planning searches: give one")
+    if cfg.block_search or cfg.refine_steps:
+        raise ConfigError("mixed_precision is not combined with block_search or refine_steps yet (they re-plan at "
+                          "uniform bits): give one")
+
+
 def _check_gdrq_ptqsl(cfg, set_) -> None:
     """Validate the PTQ-SL / GDRQ options of :class:`QuantConfig`."""
     if cfg.weight_blocks is not None:
@@ -228,6 +279,24 @@ class QuantConfig:
         ``l2`` (default), ``cosine`` or ``weighted-l2`` (L2 weighted by ``|y|``).
     search_rounds : int
         Rounds of the alternating search (1-10).
+    mixed_precision : bool
+        Choose each layer's weight bits and each activation tensor's bits
+        with LIMPQ's ILP (:mod:`gwq_tvm.plan.mixed_precision`) under
+        ``size_budget`` and/or ``bitops_budget``; the first and last layers'
+        weights and the model input stay at ``end_bits`` (8 when unset).
+        Exclusive with ``bits``, ``weight_bits``/``act_bits`` other than 8 and
+        ``min_shift_share``.
+    size_budget, bitops_budget : str or float, optional
+        Packed weight bytes (``bits * count / 8``) and BitOps per sample
+        (``MACs * w_bits * a_bits``): an absolute number or a percentage of
+        the W8A8 figure (``"60%"``).
+    importance : str
+        ``proxy``: each layer's and tensor's output divergence when it alone is
+        quantized at each width, measured on the calibration images
+        (:func:`gwq_tvm.calibration.sensitivity.bit_importance`).  ``learned``
+        (LIMPQ's jointly trained indicators) is not built and is refused.
+    mp_weight_bits, mp_act_bits : tuple of int
+        Candidate widths of weights (default 2, 3, 4, 8) and activations (4, 8).
     weight_groups : int, optional
         GDRQ group-based quantization: each layer's output filters in ``G``
         contiguous groups with one step each (folded into the per-channel SFC:
@@ -284,6 +353,12 @@ class QuantConfig:
     scale_clip_k: float | None = None
     act_clip_k: float | None = None
     weights: str = "uniform"
+    mixed_precision: bool = False
+    size_budget: str | None = None
+    bitops_budget: str | None = None
+    importance: str = "proxy"
+    mp_weight_bits: tuple = (2, 3, 4, 8)
+    mp_act_bits: tuple = (4, 8)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -324,6 +399,7 @@ class QuantConfig:
             raise ConfigError(f"refine_steps must be an integer from 0 to {MAX_REFINE_STEPS}; got {self.refine_steps!r}")
         _check_gdrq_ptqsl(self, set_)
         _check_weights(self)
+        _check_mixed(self, set_)
         overrides = {}
         for name, pair in dict(self.bits).items():
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -342,13 +418,16 @@ class QuantConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The settings as JSON values; the PTQ-SL/GDRQ options (:data:`SUBLAYER_FIELDS`) only when
-        they differ from their defaults, so that configs which do not use them read as before."""
+        """The settings as JSON values; the PTQ-SL/GDRQ and mixed-precision options (:data:`SUBLAYER_FIELDS`,
+        :data:`MIXED_FIELDS`) only when they differ from their defaults, so that configs which do not use them
+        read as before."""
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in SUBLAYER_FIELDS and v == f.default:
+            if f.name in SUBLAYER_FIELDS + MIXED_FIELDS and v == f.default:
                 continue
+            if isinstance(v, tuple) and f.name in MIXED_FIELDS:
+                v = list(v)
             out[f.name] = v.value if isinstance(v, Enum) else ({k: list(p) for k, p in v.items()} if f.name == "bits" else v)
         return out
 
@@ -361,6 +440,9 @@ class QuantConfig:
         data = dict(data)
         if "bits" in data:
             data["bits"] = {k: tuple(v) for k, v in data["bits"].items()}
+        for k in ("mp_weight_bits", "mp_act_bits"):
+            if isinstance(data.get(k), list):
+                data[k] = tuple(data[k])
         if data.get("weight_blocks") is not None:
             data["weight_blocks"] = tuple(data["weight_blocks"])
         return cls(**data)

@@ -74,6 +74,7 @@ def sfc_report(qmodel) -> dict:
         "tensors": tensors,
         "multiply_group_pairs": [list(p) for p in pairs],
         "weights": weight_report(plan),
+        "mixed_precision": mixed_precision_report(plan),
         "sites": [{"node": s.node, "port": s.port, "kind": s.kind, "elements": s.elements, "channels": s.channels,
                    "src": s.src, "dst": s.dst, "src_group": tensors[s.src]["group"], "dst_group": tensors[s.dst]["group"]}
                   for s in sites],
@@ -92,6 +93,37 @@ def weight_report(plan) -> dict:
             for n, w in plan.layers.items()}
 
 
+def mixed_precision_report(plan) -> dict | None:
+    """The bit-width search a mixed-precision plan records (``None`` for other plans): the budgets, the size and
+    BitOps used (absolute and in % of W8A8), per layer its weight bits, input tensor, that tensor's bits and the
+    importance values, and the ILP solve time."""
+    mp = plan.provenance.get("mixed_precision")
+    if not mp:
+        return None
+    imp_w, imp_t = mp["importance"]["weights"], mp["importance"]["tensors"]
+    layers = {}
+    for n, t in mp["layer_input"].items():
+        layers[n] = {"weight_bits": plan.layers[n].bits, "input": t, "act_bits": plan.tensors[t].bits,
+                     "weight_importance": imp_w.get(n), "act_importance": imp_t.get(t),
+                     "fixed": n in mp["fixed"]["weights"]}
+    return {"importance": mp["importance_kind"], "budgets": mp["budgets"],
+            "size_bytes": mp["size_bytes"], "size_percent": 100.0 * mp["size_bytes"] / mp["size_w8a8_bytes"],
+            "bitops": mp["bitops"], "bitops_percent": 100.0 * mp["bitops"] / mp["bitops_w8a8"],
+            "solve_seconds": mp["solve_seconds"], "layers": layers}
+
+
+def _format_mixed(mp: dict) -> list[str]:
+    budgets = ", ".join(f"{k} budget {v['given']}" for k, v in mp["budgets"].items())
+    lines = [f"mixed precision ({mp['importance']} importance; {budgets}): weights {mp['size_bytes']:.0f} bytes "
+             f"({mp['size_percent']:.1f}% of W8A8), {mp['bitops']:.4g} BitOps ({mp['bitops_percent']:.1f}% of W8A8), "
+             f"ILP solved in {mp['solve_seconds'] * 1000:.1f} ms"]
+    fmt = lambda d: " ".join(f"{b}b:{v:.2e}" for b, v in sorted(d.items(), key=lambda kv: int(kv[0]))) if d else "fixed"  # noqa: E731
+    for n, v in mp["layers"].items():
+        lines.append(f"  {n}: W{v['weight_bits']} A{v['act_bits']} (input {v['input']}); importance "
+                     f"w [{fmt(v['weight_importance'])}] a [{fmt(v['act_importance'])}]")
+    return lines
+
+
 def format_text(report: dict, max_members: int = 6) -> str:
     """The report as a few lines for the terminal."""
     s = report["summary"]
@@ -107,6 +139,8 @@ def format_text(report: dict, max_members: int = 6) -> str:
     if post:
         lines.append(f"POST weights (powers of sqrt 2, table lookup) on {len(post)} of {len(report['weights'])} layers: "
                      + ", ".join(post[:max_members]) + (", ..." if len(post) > max_members else ""))
+    if report.get("mixed_precision"):
+        lines += _format_mixed(report["mixed_precision"])
     if report["mode"] == "per-layer":
         return "\n".join(lines + [f"groups: {s['groups']} (per-layer: one per tensor)"])
     if s["added_error"] is not None:

@@ -77,6 +77,12 @@ class Emitter:
         wq = S.quantize_weight(node.weight, ws, self.weight_bits[node.name]).astype(np.float64)
         return wq * (ws if ws.ndim == node.weight.ndim else ws.reshape((-1,) + (1,) * (node.weight.ndim - 1)))
 
+    def weight_const(self, node: Node, layout=None):
+        """The layer's fake-quantized weights (:meth:`weight`) as a Relax constant, ``layout`` (numpy to
+        numpy, e.g. a transpose) applied first."""
+        w = self.weight(node)
+        return self.const(layout(w) if layout is not None else w)
+
     def bias(self, node: Node, y, ndim):
         """Add the bias rounded to the accumulator grid ``s_in * s_w,c``, as the integer program stores it."""
         if node.bias is None:
@@ -201,3 +207,135 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     if mean <= 0:
         return {n: 1.0 for n in names}
     return {n: max(v / mean, MIN_WEIGHT) for n, v in raw.items()}
+
+
+class _ProxyEmitter(Emitter):
+    """The float graph where chosen layers' weights and chosen tensors' fake-quantizers are run-time inputs.
+
+    A tensor's quantizer takes four scalars, the step ``s``, the clip bounds
+    ``qmin, qmax`` and ``on``: the value is ``s * min(max(floor(y / s + 1/2), qmin), qmax)``
+    where ``on > 0``, else ``y`` unchanged (so one compiled function serves every
+    bit-width and "not quantized").  Biases are added in float.
+    """
+
+    def __init__(self, bb, graph: Graph, tensors: list, layers: list, param):
+        super().__init__(bb, graph, {}, {}, {}, {}, param)
+        self.tensor_names, self.layer_names = set(tensors), set(layers)
+        self.qvars: dict[str, tuple] = {}
+        self.wvars: dict[str, tuple] = {}
+
+    def weight(self, node: Node) -> np.ndarray:
+        return np.asarray(node.weight, dtype=np.float64)
+
+    def weight_const(self, node: Node, layout=None):
+        w = layout(self.weight(node)) if layout is not None else self.weight(node)
+        if node.name not in self.layer_names:
+            return self.const(w)
+        var = relax.Var(f"w_{node.name}", relax.TensorType(list(w.shape), DTYPE))
+        self.wvars[node.name] = (var, layout)
+        return var
+
+    def bias(self, node: Node, y, ndim):
+        if node.bias is None:
+            return y
+        shape = [1] * ndim
+        shape[1] = node.bias.size
+        return self.emit(R.add(y, _const(node.bias.reshape(shape))))
+
+    def finish(self, node: Node, y):
+        if node.act is not None:
+            y = self.emit(R.clip(y, relax.prim_value(node.act[0]), relax.prim_value(min(node.act[1], 3.0e38))))
+        if node.name in self.tensor_names:
+            s, lo, hi, on = (relax.Var(f"{k}_{node.name}", relax.TensorType([], DTYPE)) for k in ("s", "lo", "hi", "on"))
+            self.qvars[node.name] = (s, lo, hi, on)
+            q = R.minimum(R.maximum(R.floor(R.add(R.divide(y, s), _const(0.5 + TIE_EPS))), lo), hi)
+            y = self.emit(R.where(R.greater(on, _const(0.0)), R.multiply(q, s), y))
+        self.values[node.name] = y
+
+
+class ProxySimulator:
+    """The float model with run-time weights of ``layers`` and run-time fake-quantizers on ``tensors``.
+
+    Compiled once; :meth:`run` quantizes any subset of them at any bit-width
+    (weights are passed fake-quantized, tensors as ``(s, qmin, qmax)``), so the
+    per-layer, per-width damage :func:`bit_importance` measures costs one run
+    each, no recompile.
+    """
+
+    def __init__(self, model, graph: Graph, tensors: list, layers: list):
+        bb = relax.BlockBuilder()
+        old = model.mod["main"].params[0]
+        x = relax.Var(old.name, old.ty)
+        with bb.function("main"):
+            with bb.dataflow():
+                em = _ProxyEmitter(bb, graph, tensors, layers, x)
+                for node in graph.nodes.values():
+                    kind_of(node).simulate(em, node)
+                outs = [em.values[n] for n in graph.outputs]
+                out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+            self.qvars, self.wvars = em.qvars, em.wvars
+            params = [x] + [v for n in self.qvars for v in self.qvars[n]] + [self.wvars[n][0] for n in self.wvars]
+            bb.emit_func_output(out, params=params)
+        self.graph = graph
+        self.vm = relax.VirtualMachine(compile_float(bb.get(), host_target()), tvm.cpu())
+        self.fixed_batch = model.input_shape[0]
+
+    def run(self, x: np.ndarray, tensors: dict | None = None, weights: dict | None = None) -> np.ndarray:
+        """Logits of ``x``; ``tensors`` maps a tensor to ``(s, qmin, qmax)``, ``weights`` a layer to its
+        (fake-quantized) weights; the rest stay float."""
+        tensors, weights = tensors or {}, weights or {}
+        args = []
+        for n in self.qvars:
+            s, lo, hi = tensors.get(n, (1.0, 0.0, 0.0))
+            args += [np.float64(s), np.float64(lo), np.float64(hi), np.float64(1.0 if n in tensors else 0.0)]
+        for n, (_, layout) in self.wvars.items():
+            w = np.asarray(weights[n] if n in weights else self.graph.nodes[n].weight, dtype=np.float64)
+            args.append(np.ascontiguousarray(layout(w) if layout is not None else w))
+        args = [tvm.runtime.tensor(a) for a in args]
+        return run_batched(self.vm, np.asarray(x, dtype=np.float32), len(x), fixed_batch=self.fixed_batch, args=args)
+
+
+def bit_importance(model, graph: Graph, stats: dict, config, data: np.ndarray, layers: list, tensors: list,
+                   weight_bits, act_bits, *, samples: int = 64) -> tuple[dict, dict]:
+    """Post-training importance of each layer's weights and each tensor at each candidate bit-width.
+
+    ``I_w[l][b] = KL(f(x) || f_{l@b}(x))``: the output divergence (mean KL of
+    the softmax over ``samples`` calibration images) of the float model
+    ``f`` when *only* layer ``l``'s weights are quantized at ``b`` bits (as the
+    plan would: :func:`gwq_tvm.plan.planner.layer_quant` with ``weight_bits=b``),
+    everything else float; ``I_a[t][a]`` likewise for tensor ``t`` alone at
+    ``a`` bits at its calibrated scale (:func:`gwq_tvm.plan.planner.tensor_choices`
+    with ``act_bits=a``).  A proxy for LIMPQ's learned indicators for users who
+    cannot train: one compile, then ``len(layers) * len(weight_bits) +
+    len(tensors) * len(act_bits)`` runs.
+
+    Parameters
+    ----------
+    config : QuantConfig
+        The settings of the plan (calibration rule, weight granularity, mode), without bit overrides.
+
+    Returns
+    -------
+    (dict of str to dict of int to float, dict of str to dict of int to float)
+        ``I_w`` and ``I_a``.
+    """
+    from ..plan.planner import layer_quant, tensor_choices
+
+    x = np.asarray(data[:samples], dtype=np.float32)
+    sim = ProxySimulator(model, graph, tensors, layers)
+    ref = sim.run(x)
+    iw = {}
+    for n in layers:
+        node = graph.nodes[n]
+        iw[n] = {}
+        for b in weight_bits:
+            smap = layer_quant(node, config.replace(weight_bits=b)).scale_map(node.weight.shape)
+            wq = S.quantize_weight(node.weight, smap, b).astype(np.float64) * smap
+            iw[n][b] = max(kl_divergence(ref, sim.run(x, weights={n: wq})), 0.0)
+    ia = {t: {} for t in tensors}
+    for a in act_bits:
+        choices = tensor_choices(graph, stats, config.replace(act_bits=a))
+        for t in tensors:
+            qmin, qmax = S.qrange(a, choices[t].signed)
+            ia[t][a] = max(kl_divergence(ref, sim.run(x, tensors={t: (choices[t].scale, qmin, qmax)})), 0.0)
+    return iw, ia

@@ -54,7 +54,7 @@ class Conv2d(AccumulatingKind):
         from tvm.relax import op as R
 
         a = node.attrs
-        y = em.emit(R.nn.conv2d(em.values[node.inputs[0]], em.const(em.weight(node)), strides=a["strides"],
+        y = em.emit(R.nn.conv2d(em.values[node.inputs[0]], em.weight_const(node), strides=a["strides"],
                                 padding=a["padding"], dilation=a["dilation"], groups=a["groups"]))
         em.finish(node, em.bias(node, y, 4))
 

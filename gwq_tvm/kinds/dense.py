@@ -42,7 +42,7 @@ class Dense(AccumulatingKind):
     def simulate(self, em, node) -> None:
         from tvm.relax import op as R
 
-        y = em.emit(R.matmul(em.values[node.inputs[0]], em.const(np.ascontiguousarray(em.weight(node).T))))
+        y = em.emit(R.matmul(em.values[node.inputs[0]], em.weight_const(node, lambda w: np.ascontiguousarray(w.T))))
         em.finish(node, em.bias(node, y, 2))
 
     def qat(self, run, node) -> None:

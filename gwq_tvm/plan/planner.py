@@ -36,9 +36,10 @@ def apply_end_bits(graph: Graph, config: QuantConfig) -> QuantConfig:
 
     The input tensor gets ``end_bits`` activation bits; the first and last weight
     layers get ``end_bits`` weight bits (their outputs keep the default activation
-    bits).  Explicit ``bits`` entries win.  Idempotent.
+    bits).  Explicit ``bits`` entries win.  Idempotent.  With ``mixed_precision``
+    ``config`` is returned as it is (the ILP holds the ends at ``end_bits``).
     """
-    if config.end_bits is None:
+    if config.end_bits is None or config.mixed_precision:  # mixed precision fixes the ends in its ILP
         return config
     weighted = graph.layers()
     ends = {graph.input: (config.weight_bits, config.end_bits)}

@@ -15,6 +15,8 @@ grouping    :mod:`gwq_tvm.plan.planner`      per-layer / pot / GWQ grouping by e
 select      :mod:`gwq_tvm.qat.select`        GWQ grouping by calibration KL (``min_shift_share``)
 refine      :mod:`gwq_tvm.qat.refine`        post-training refinement of ``ctx.plan`` (``refine_steps``)
 subl_search :mod:`gwq_tvm.plan.block_search` PTQ-SL block scales of ``ctx.plan`` on the layer-output error
+mixed_prec. :mod:`gwq_tvm.calibration.       per-layer bits by LIMPQ's ILP on proxy importance
+            mixed_precision`                 (``mixed_precision``, ``size_budget``, ``bitops_budget``)
 =========== ================================ ==========================================
 """
 
@@ -31,7 +33,9 @@ from ..errors import ConfigError
 
 MODULES = {"grouping": "gwq_tvm.plan.planner", "select": "gwq_tvm.qat.select", "refine": "gwq_tvm.qat.refine",
            # branch subl: PTQ-SL block-scale search
-           "subl_search": "gwq_tvm.plan.block_search"}
+           "subl_search": "gwq_tvm.plan.block_search",
+           # branch limpq: importance, the bit-width ILP, the plan
+           "mixed_precision": "gwq_tvm.calibration.mixed_precision"}
 """The module that registers each built-in strategy."""
 
 #: the install hint for strategies whose module needs an optional dependency
