@@ -31,6 +31,11 @@ from ..schedules.float import compile_float
 DTYPE = "float64"
 TIE_EPS = 1e-9
 
+#: Images per simulator call.  Every image is computed on its own, so the outputs do not depend on the chunking;
+#: one call over all 256 sensitivity samples held every float64 intermediate of all of them at once (7.8 GB peak
+#: for ResNet-18 at 224 px, benchmarks/results/pipeline_time/pipeline_time_zen4_probe.md).
+SIM_BATCH = 32
+
 
 def _const(value, dtype=DTYPE):
     return relax.const(np.asarray(value, dtype=dtype), dtype)
@@ -135,7 +140,7 @@ class FakeQuantSimulator:
         """Logits of ``x`` with activation ``scales`` (one float per tensor), in batches the model accepts."""
         args = [tvm.runtime.tensor(np.float64(scales[n])) for n in self.names]
         x = np.asarray(x, dtype=np.float32)
-        return run_batched(self.vm, x, len(x), fixed_batch=self.fixed_batch, args=args)
+        return run_batched(self.vm, x, min(len(x), SIM_BATCH), fixed_batch=self.fixed_batch, args=args)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -191,7 +196,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers)
     ref_vm = relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())
-    ref = run_batched(ref_vm, x, len(x), fixed_batch=model.input_shape[0])
+    ref = run_batched(ref_vm, x, min(len(x), SIM_BATCH), fixed_batch=model.input_shape[0])
     best = {n: curves[n].scale(curves[n].best_phase) for n in names}
     kl0 = kl_divergence(ref, sim.run(x, best))
     raw = {}
@@ -292,7 +297,8 @@ class ProxySimulator:
             w = np.asarray(weights[n] if n in weights else self.graph.nodes[n].weight, dtype=np.float64)
             args.append(np.ascontiguousarray(layout(w) if layout is not None else w))
         args = [tvm.runtime.tensor(a) for a in args]
-        return run_batched(self.vm, np.asarray(x, dtype=np.float32), len(x), fixed_batch=self.fixed_batch, args=args)
+        return run_batched(self.vm, np.asarray(x, dtype=np.float32), min(len(x), SIM_BATCH), fixed_batch=self.fixed_batch,
+                           args=args)
 
 
 def bit_importance(model, graph: Graph, stats: dict, config, data: np.ndarray, layers: list, tensors: list,
