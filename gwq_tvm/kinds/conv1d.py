@@ -53,7 +53,7 @@ class Conv1d(AccumulatingKind):
 
     def realize(self, em, node) -> None:
         em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: self._relax(x, em.const(w, "int8"), node, out_dtype="int32"))
+                      lambda x, w: self._relax(x, w, node, out_dtype="int32"))
 
     def simulate(self, em, node) -> None:
         y = em.emit(self._relax(em.values[node.inputs[0]], em.const(em.weight(node)), node))

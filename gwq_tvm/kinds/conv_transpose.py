@@ -106,7 +106,7 @@ class ConvTranspose2d(AccumulatingKind):
     def realize(self, em, node) -> None:
         g = node.attrs["groups"]
         em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: self._relax(x, em.const(input_major(w, g), "int8"), node, out_dtype="int32"))
+                      lambda x, w: self._relax(x, w, node, out_dtype="int32"), arrange=lambda a: input_major(a, g))
 
     def simulate(self, em, node) -> None:
         y = em.emit(self._relax(em.values[node.inputs[0]], em.const(input_major(em.weight(node), node.attrs["groups"])), node))

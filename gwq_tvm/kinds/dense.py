@@ -37,7 +37,7 @@ class Dense(AccumulatingKind):
         from tvm.relax import op as R
 
         em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: R.matmul(x, w, out_dtype="int32"), transpose=True)
+                      lambda x, w: R.matmul(x, w, out_dtype="int32"), arrange=np.transpose)
 
     def simulate(self, em, node) -> None:
         from tvm.relax import op as R

@@ -140,32 +140,33 @@ class Emitter:
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 
-    def layer_weight(self, acc: P.Accumulator, transpose: bool = False):
-        """The int8 weight of a layer as a Relax value (transposed for a matmul): a constant, or for
-        POST weights the lookup ``take(table, codes)`` of the stored codes in the program itself (mode ``clip``:
-        every code indexes the table by construction, and ``fast`` would make TOPI warn at every build)."""
+    def layer_weight(self, acc: P.Accumulator, arrange=np.asarray):
+        """The int8 weight of a layer as a Relax value: a constant, or for POST weights the lookup
+        ``take(table, codes)`` of the stored codes in the program itself (mode ``clip``: every code indexes the
+        table by construction, and ``fast`` would make TOPI warn at every build).  ``arrange`` (numpy: a
+        transpose for a matmul, the input-major layout of a transposed conv) is applied to the stored array,
+        weights or codes alike, since the lookup is elementwise."""
         if acc.codes is None:
-            w = acc.weight.T if transpose else acc.weight
-            return const(np.ascontiguousarray(w), "int8")
-        codes = np.ascontiguousarray(acc.codes.T if transpose else acc.codes)
+            return const(np.ascontiguousarray(arrange(acc.weight)), "int8")
+        codes = np.ascontiguousarray(arrange(acc.codes))
         return self.emit(R.take(const(acc.table, "int8"), const(codes, "uint8"), axis=0, mode="clip"))
 
-    def accumulate(self, node: Node, acc: P.Accumulator, op, transpose: bool = False) -> None:
+    def accumulate(self, node: Node, acc: P.Accumulator, op, arrange=np.asarray) -> None:
         """Emit a layer's int32 accumulator: ``op(q_in, weight)`` (``op`` builds the conv/matmul of the
-        int8 weight value :meth:`layer_weight`, transposed with ``transpose``), or with input blocks the
+        int8 weight value :meth:`layer_weight`, its stored array laid out by ``arrange``), or with input blocks the
         sum of each partial, sliced along the input's channels and rescaled by its SFC
         (:func:`gwq_tvm.plan.program.input_block_partials`)."""
         x = self.as_int(node.inputs[0])
         if not acc.partials:
-            return self.finish_acc(node, self.emit(op(x, self.layer_weight(acc, transpose))), acc)
+            return self.finish_acc(node, self.emit(op(x, self.layer_weight(acc, arrange))), acc)
         ndim, y = len(node.shape), None
         for part in acc.partials:
             xj = x
             if part.channels is not None:
                 lo, hi = part.channels
                 xj = self.emit(R.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
-            w = part.weight.T if transpose else part.weight
-            t = self.apply_sfc(self.emit(op(xj, const(np.ascontiguousarray(w), "int8"))), part.sfc, ndim, part.work_dtype)
+            t = self.apply_sfc(self.emit(op(xj, const(np.ascontiguousarray(arrange(part.weight)), "int8"))), part.sfc,
+                               ndim, part.work_dtype)
             if part.work_dtype != "int32":
                 t = self.emit(R.astype(t, "int32"))
             y = t if y is None else self.emit(R.add(y, t))
