@@ -203,6 +203,25 @@ def test_an_op_tvm_cannot_import_is_one_line_naming_op_and_node(tmp_path):
     assert not (tmp_path / "c.so").exists()
 
 
+def test_torch_exported_asymmetric_zero_pad_folds_to_constant_pads(tmp_path):
+    # torch.onnx builds F.pad's pads from constants (ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose ->
+    # Reshape -> Cast); TVM's Pad converter wants constant pads ("Dynamic pads are not supported yet"), as the
+    # zoo's YOLO-tiny (ZeroPad2d((0, 1, 0, 1))) showed
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.ZeroPad2d((0, 1, 0, 1)),
+                              torch.nn.MaxPool2d(2, 1), torch.nn.Conv2d(8, 4, 3)).eval()
+    path = tmp_path / "zeropad.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(path), input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=13, dynamo=False)
+    model = onnx.load(path)
+    assert any(n.op_type == "ConstantOfShape" for n in model.graph.node)  # the exporter's pattern, still there
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert not floats and check_integer_only(q.mod).ok
+    assert_bit_exact(q, x)
+
+
 # --- float fallback ----------------------------------------------------------------------------------------------
 ISLANDS = {"LRN": "LRN (lrn0)", "Softmax": "Softmax (softmax0)", "LayerNormalization": "LayerNormalization (ln0)",
            "ReduceMean": "ReduceMean (mean0), Sub (center0)"}

@@ -99,7 +99,12 @@ def sum_to_adds(model) -> None:
 _SHAPE_OPS = frozenset({
     "Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Mul", "Div", "Add", "Sub", "Reshape",
     "ReduceProd", "Identity", "Constant", "Floor", "Ceil", "Max", "Min", "Range", "Equal", "Where", "Abs", "Neg",
+    # torch's exporter builds F.pad's pads from constants: ConstantOfShape -> Concat -> Reshape -> Slice ->
+    # Transpose -> Reshape -> Cast, which TVM's Pad converter cannot take (it wants constant pads)
+    "ConstantOfShape", "Transpose",
 })
+#: a computed value larger than this is data, not a shape: it is left to TVM (FoldConstant)
+_MAX_FOLDED_ELEMENTS = 1 << 12
 #: two batch sizes (primes no network uses as a dimension) tell batch-dependent values apart
 _PROBES = (9973, 9967)
 
@@ -154,11 +159,13 @@ def fold_shape_subgraphs(model) -> None:
         if node.op_type != "Constant" and not any(i in folded for i in node.input):
             continue  # a weight computation, not a shape one: TVM folds those itself
         try:
-            for env in known:
-                outs = _evaluate(node, [env.get(i) if i else None for i in node.input], opset_of(model))
-                env.update(zip(node.output, outs))
+            values = [_evaluate(node, [env.get(i) if i else None for i in node.input], opset_of(model)) for env in known]
         except Exception:  # noqa: BLE001 - onnx.reference cannot run it: leave the node to TVM
             continue
+        if any(np.size(v) > _MAX_FOLDED_ELEMENTS for outs in values for v in outs):
+            continue
+        for env, outs in zip(known, values):
+            env.update(zip(node.output, outs))
         folded.update(node.output)
     users: dict = {}
     for n in model.graph.node:
