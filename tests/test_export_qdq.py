@@ -133,7 +133,7 @@ def test_mapping_checks_the_graph(bundled_int8):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(codebook="post"), "post weight codebook"),
+    (dict(codebook="post", bits=4), "post weight codebook"),  # a valid POST entry (2-5 bits) export cannot express
     (dict(granularity="block", block=(2, 2), scales=(0.01,) * 4), "block weight scales"),
     (dict(storage="int4", bits=4), "int4 storage"),
 ])
