@@ -135,8 +135,8 @@ def main(argv=None):
             print(model, mode, {k: round(v, 2) for k, v in med.items()}, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "pipeline_time" + (f"_{args.tag}" if args.tag else "")
-    meta = {"gwq_tvm": str(Path(gwq_tvm.__file__).parent),  # the children's too (they run with -P) "calib_images": args.calib, "repeats": args.repeats,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    meta = {"gwq_tvm": str(Path(gwq_tvm.__file__).parent),  # the children's too (they run with -P)
+            "calib_images": args.calib, "repeats": args.repeats, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg_start": os.getloadavg()}
     (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": raw}, indent=2) + "\n")
     head = "| model | mode | " + " | ".join(STAGES) + " | total | target |"
     lines = [head, "|" + "---|" * (len(STAGES) + 4)]
