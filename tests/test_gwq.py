@@ -199,6 +199,61 @@ def test_loss_aware_sensitivities(gwq3):
     assert "weighted by output sensitivity" in rep["error_measure"]
 
 
+@pytest.mark.parametrize("name", gwq_tvm.data.BUNDLED_MODELS)
+def test_segmented_simulator_is_the_whole_function(fmnist, name):
+    """The sensitivity probes re-run only the segments after the probed tensor: the chain of segment functions
+    gives bit for bit the logits of the one-function simulator (float32 and float64), and re-running from any
+    segment's recorded input gives them again.  Each split point has exactly one live value."""
+    from gwq_tvm.calibration.sensitivity import FakeQuantSimulator, segment_starts
+    from gwq_tvm.plan.planner import apply_end_bits, error_curves, layer_quant, tensor_choices
+    from gwq_tvm.plan.scales import qrange
+
+    calib, _, _ = fmnist
+    fm = gwq_tvm.load_model(gwq_tvm.data.bundled_model(name))
+    graph = gwq_tvm.extract_graph(fm.mod)
+    cfg = apply_end_bits(graph, QuantConfig(weight_bits=4, act_bits=4, mode="gwq"))
+    stats = gwq_tvm.calibrate(fm, calib[:64], cfg)
+    choices = tensor_choices(graph, stats, cfg)
+    curves = error_curves(graph, stats, cfg, choices)
+    ranges = {n: qrange(choices[n].bits, choices[n].signed) for n in curves if curves[n].weight > 0}
+    layers = {n: (layer_quant(nd, cfg).bits, layer_quant(nd, cfg).scale_map(nd.weight.shape))
+              for n, nd in graph.nodes.items() if nd.weight is not None}
+    scales = {n: curves[n].scale(curves[n].best_phase) for n in ranges}
+    starts = segment_starts(graph)
+    order = list(graph.nodes)
+    for i in starts[1:]:
+        live = {s for n in order[i:] for s in graph.nodes[n].inputs if s in order[:i]}
+        assert len(live | {n for n in graph.outputs if n in order[:i]}) == 1
+    assert len(starts) >= 4  # residual blocks / SE blocks split the chain
+    x = calib[:40]
+    for dtype in ("float64", "float32"):
+        whole = FakeQuantSimulator(fm, graph, ranges, layers, dtype=dtype).run(x, scales)
+        chain = FakeQuantSimulator(fm, graph, ranges, layers, dtype=dtype, segmented=True)
+        assert len(chain.functions) == len(starts)
+        np.testing.assert_array_equal(chain.run(x, scales), whole)
+        cuts, logits = chain.run_cuts(x[:8], scales)
+        np.testing.assert_array_equal(logits, whole[:8])
+        for k in range(len(cuts)):
+            np.testing.assert_array_equal(chain.run_from(k, cuts[k], scales), whole[:8])
+
+
+def test_sensitivity_sampling_stops_when_the_mean_rise_is_known():
+    """``settled``: at least MIN_SAMPLES, then a standard error at most REL_SE of the mean rise (or a rise
+    clearly below zero)."""
+    from gwq_tvm.calibration import sensitivity as S
+
+    rng = np.random.default_rng(0)
+    n = S.MIN_SAMPLES
+    assert not S.settled(np.full(n - 1, 1.0))
+    assert S.settled(np.full(n, 1.0) + rng.normal(0, 0.01, n))
+    noisy = 1.0 + rng.normal(0, 10.0, n)
+    assert not S.settled(noisy)
+    assert S.settled(np.full(n, -1.0) + rng.normal(0, 0.1, n))
+    se = lambda r: r.std(ddof=1) / np.sqrt(len(r))  # noqa: E731
+    r = 1.0 + rng.normal(0, 1.0, 4 * n)
+    assert S.settled(r) == (se(r) <= S.REL_SE * abs(r.mean()))
+
+
 class _FloorNet(torch.nn.Module):
     """conv -> floor (kept in float; sigmoid, the old example, is a lookup table now) -> conv -> dense."""
 

@@ -20,14 +20,16 @@ from tvm.relax import op as R
 
 from ..graph import Graph, Node, kind_of
 from ..plan import scales as S
-from ..runtime import host_target, run_batched
+from ..runtime import batches, host_target, run_batched
 from ..schedules.float import compile_float
 
 
-#: The simulator computes in float64.  Power-of-two SFCs put exact round-half-up ties on every
+#: The simulator computes in float64 by default.  Power-of-two SFCs put exact round-half-up ties on every
 #: 2**k-th accumulator value, and float64 products of non-power-of-two scales land within ~1e-13 on
 #: either side of them; nudging by TIE_EPS (far above that, far below any real distance from a tie)
-#: rounds them up as the integer program does.
+#: rounds them up as the integer program does.  A float32 simulator (``dtype="float32"``) is about twice
+#: as fast and does not resolve those ties (0.5 + TIE_EPS is 0.5 in float32): it serves statistics of many
+#: outputs (:func:`tensor_sensitivity`), never a comparison with one compiled output.
 DTYPE = "float64"
 TIE_EPS = 1e-9
 
@@ -49,17 +51,15 @@ class Emitter:
     applies the fused activation and the fake-quantizer of the node's tensor.
     """
 
-    dtype = DTYPE
-
-    def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict, param):
-        self.bb, self.graph, self.param = bb, graph, param
+    def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict, param,
+                 dtype: str = DTYPE):
+        self.bb, self.graph, self.param, self.dtype = bb, graph, param, dtype
         self.bits, self.weight_scales, self.weight_bits, self.scale_vars = bits, weight_scales, weight_bits, scale_vars
         self.values: dict[str, relax.Expr] = {}
 
-    @staticmethod
-    def const(value, dtype=DTYPE):
-        """A Relax constant in the simulator's dtype."""
-        return _const(value, dtype)
+    def const(self, value, dtype=None):
+        """A Relax constant in ``dtype``, by default the simulator's."""
+        return _const(value, dtype or self.dtype)
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -71,7 +71,7 @@ class Emitter:
         if node.name in self.scale_vars:
             s = self.scale_vars[node.name]
             qmin, qmax = self.bits[node.name]
-            q = R.clip(R.floor(R.add(R.divide(y, s), _const(0.5 + TIE_EPS))), relax.prim_value(qmin), relax.prim_value(qmax))
+            q = R.clip(R.floor(R.add(R.divide(y, s), self.const(0.5 + TIE_EPS))), relax.prim_value(qmin), relax.prim_value(qmax))
             y = self.emit(R.multiply(q, s))
         self.values[node.name] = y
 
@@ -94,14 +94,40 @@ class Emitter:
             return y
         shape = [1] * ndim
         shape[1] = node.bias.size
-        b = _const(node.bias.reshape(shape))
+        b = self.const(node.bias.reshape(shape))
         src = self.graph.tensor_of(node.inputs[0])
         if src in self.scale_vars:
             ws = self.weight_scales[node.name]  # the accumulator unit's weight part: the finest block scale
             ws = ws.reshape(ws.shape[0], -1).min(axis=1) if ws.ndim > 1 else ws
-            unit = self.emit(R.multiply(self.scale_vars[src], _const(ws.reshape(shape))))
+            unit = self.emit(R.multiply(self.scale_vars[src], self.const(ws.reshape(shape))))
             b = self.emit(R.multiply(R.round(R.divide(b, unit)), unit))
         return self.emit(R.add(y, b))
+
+
+def segment_starts(graph: Graph) -> list[int]:
+    """Where the graph splits into a chain: 0 and every position ``i`` after which one node's value alone is live.
+
+    A value is live across the split before ``nodes[i]`` when it is made by
+    ``nodes[:i]`` and read by ``nodes[i:]`` (model outputs are read at the end).
+    Where exactly one is, everything from ``nodes[i]`` on is a function of that
+    value: a residual network splits after every block, a plain chain after
+    every node, a dense block not at all.
+    """
+    order = list(graph.nodes)
+    pos = {n: i for i, n in enumerate(order)}
+    last_read = dict.fromkeys(order, -1)
+    for node in graph.nodes.values():
+        for src in node.inputs:
+            last_read[src] = max(last_read[src], pos[node.name])
+    for n in graph.outputs:
+        last_read[n] = len(order)
+    starts, live = [0], 0
+    for i in range(1, len(order)):
+        live += last_read[order[i - 1]] >= i  # made by nodes[i-1], read at or after i
+        live -= sum(1 for n in order[: i - 1] if last_read[n] == i - 1)  # last read by nodes[i-1]
+        if live == 1:
+            starts.append(i)
+    return starts
 
 
 class FakeQuantSimulator:
@@ -116,31 +142,89 @@ class FakeQuantSimulator:
     layers : dict of str to (weight_bits, weight_scales)
         ``weight_scales`` per output channel or a scale map (:meth:`WeightQuant.scale_map`).
         Weight quantization of every conv/dense node.
+    dtype : {"float64", "float32"}
+        float32 does not resolve round-half-up ties exactly (see :data:`TIE_EPS`).
+    segmented : bool
+        Compile the graph as a chain of functions split at :func:`segment_starts`,
+        so :meth:`run_from` can re-run only what follows one segment's input.
+        The chain computes what the whole function does, op for op.
     """
 
-    def __init__(self, model, graph: Graph, tensors: dict, layers: dict):
-        self.graph, self.names = graph, list(tensors)
+    def __init__(self, model, graph: Graph, tensors: dict, layers: dict, *, dtype: str = DTYPE, segmented: bool = False):
+        self.graph, self.names, self.dtype = graph, list(tensors), dtype
+        order = list(graph.nodes)
+        self.starts = segment_starts(graph) if segmented else [0]
+        # a split needs the live value's whole shape (a dynamic H/W stays one function)
+        self.starts = [i for i in self.starts if i == 0 or -1 not in graph.nodes[self._live(order, i)].shape[1:]]
+        self.segment_of = {}
         bb = relax.BlockBuilder()
         old = model.mod["main"].params[0]
         x = relax.Var(old.name, old.ty)
-        svars = {n: relax.Var(f"s_{n}", relax.TensorType([], DTYPE)) for n in self.names}
-        with bb.function("main", [x, *svars.values()]):
-            with bb.dataflow():
-                em = Emitter(bb, graph, tensors, {k: np.asarray(v[1]) for k, v in layers.items()},
-                             {k: v[0] for k, v in layers.items()}, svars, x)
-                for node in graph.nodes.values():
-                    kind_of(node).simulate(em, node)
-                outs = [em.values[n] for n in graph.outputs]
-                out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
-            bb.emit_func_output(out)
+        wq = {k: np.asarray(v[1]) for k, v in layers.items()}, {k: v[0] for k, v in layers.items()}
+        bounds = list(zip(self.starts, self.starts[1:] + [len(order)]))
+        for j, (lo, hi) in enumerate(bounds):
+            svars = {n: relax.Var(f"s_{n}", relax.TensorType([], dtype)) for n in self.names}
+            if j == 0:
+                param = x
+            else:  # the one live value: the fake-quantized output of the segment's predecessor node(s)
+                shape = graph.nodes[self._live(order, lo)].shape[1:]
+                # the model input's batch dim (its symbolic var, if dynamic): kinds' reshapes name it
+                param = relax.Var("cut", relax.TensorType([old.ty.shape.values[0], *shape], dtype))
+            with bb.function(f"seg{j}" if segmented else "main", [param, *svars.values()]):
+                with bb.dataflow():
+                    em = Emitter(bb, graph, tensors, *wq, svars, x, dtype)
+                    if j:
+                        em.values[self._live(order, lo)] = param
+                    for name in order[lo:hi]:
+                        self.segment_of[name] = j
+                        kind_of(graph.nodes[name]).simulate(em, graph.nodes[name])
+                    if hi < len(order):
+                        out = bb.emit_output(em.values[self._live(order, hi)])
+                    else:
+                        outs = [em.values[n] for n in graph.outputs]
+                        out = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+                bb.emit_func_output(out)
         self.vm = relax.VirtualMachine(compile_float(bb.get(), host_target()), tvm.cpu())
+        self.functions = [f"seg{j}" for j in range(len(bounds))] if segmented else ["main"]
         self.fixed_batch = model.input_shape[0]
+
+    def _live(self, order, i) -> str:
+        """The one node whose value crosses the split before ``order[i]``."""
+        made = set(order[:i])
+        live = {src for n in order[i:] for src in self.graph.nodes[n].inputs if src in made}
+        live |= {n for n in self.graph.outputs if n in made}
+        (name,) = live
+        return name
+
+    def _args(self, scales: dict) -> list:
+        return [tvm.runtime.tensor(np.asarray(scales[n], dtype=self.dtype)) for n in self.names]
 
     def run(self, x: np.ndarray, scales: dict) -> np.ndarray:
         """Logits of ``x`` with activation ``scales`` (one float per tensor), in batches the model accepts."""
-        args = [tvm.runtime.tensor(np.float64(scales[n])) for n in self.names]
         x = np.asarray(x, dtype=np.float32)
-        return run_batched(self.vm, x, min(len(x), SIM_BATCH), fixed_batch=self.fixed_batch, args=args)
+        outs = []
+        for chunk, n in batches(x, self.fixed_batch or min(len(x), SIM_BATCH), padded=bool(self.fixed_batch)):
+            outs.append(self.run_from(0, tvm.runtime.tensor(chunk), scales)[:n])
+        return np.concatenate(outs)
+
+    def run_cuts(self, x: np.ndarray, scales: dict) -> tuple[list, np.ndarray]:
+        """One batch ``x`` (the model's fixed batch, if it has one): the input of every segment, and the logits."""
+        args, value, cuts = self._args(scales), tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32)), []
+        for f in self.functions:
+            cuts.append(value)
+            value = self.vm[f](value, *args)
+        return cuts, _first(value).numpy()
+
+    def run_from(self, segment: int, value, scales: dict) -> np.ndarray:
+        """The logits of the chain run from ``segment`` on, its input being ``value`` (from :meth:`run_cuts`)."""
+        args = self._args(scales)
+        for f in self.functions[segment:]:
+            value = self.vm[f](value, *args)
+        return _first(value).numpy()
+
+
+def _first(out):
+    return out if hasattr(out, "numpy") else out[0]
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -148,25 +232,58 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Mean ``KL(softmax(ref) || softmax(logits))`` over the batch (flattened to (N, C))."""
+def per_sample_kl(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """``KL(softmax(ref) || softmax(logits))`` of each sample (rows flattened to (N, C))."""
     p, q = _log_softmax(ref_logits.reshape(len(ref_logits), -1)), _log_softmax(logits.reshape(len(logits), -1))
-    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
+    return (np.exp(p) * (p - q)).sum(axis=1)
+
+
+def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean ``KL(softmax(ref) || softmax(logits))`` over the batch (:func:`per_sample_kl`)."""
+    return float(per_sample_kl(ref_logits, logits).mean())
 
 
 #: Smallest sensitivity weight a tensor gets (relative to the mean), so no tensor's noise is free.
 MIN_WEIGHT = 0.1
+#: A tensor's KL rise is measured on at least this many samples, more until its standard error is at most
+#: REL_SE of the rise (or the rise is below zero by two standard errors), at most ``samples``.
+MIN_SAMPLES = 64
+REL_SE = 0.1
+
+
+def settled(rise: np.ndarray) -> bool:
+    """Whether the mean of the per-sample KL rises ``rise`` is known well enough (:data:`REL_SE`)."""
+    if len(rise) < MIN_SAMPLES:
+        return False
+    mean, se = float(rise.mean()), float(rise.std(ddof=1)) / np.sqrt(len(rise))
+    return se <= REL_SE * abs(mean) or mean + 2 * se < 0
 
 
 def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarray, *, samples: int = 256) -> dict:
     """Output sensitivity of every materialized activation tensor, normalized to mean 1.
 
     All tensors sit at their best scale (the minimum of their error curve);
-    then each tensor alone is moved to its worst mantissa and the rise of the
-    KL divergence from the fp32 outputs, per unit of added noise, is its
-    sensitivity.  Weights are fake-quantized as the plan will quantize them.
-    A fall of the KL (it happens at 2-3 bits, where the MSE-best scale is not
-    the output-best one) counts as :data:`MIN_WEIGHT`.
+    then each tensor ``t`` alone is moved to its worst mantissa, and the rise
+    of the KL divergence from the fp32 outputs per unit of added noise is its
+    sensitivity::
+
+        raw_t = max(mean_i(KL_i(t at worst) - KL_i(all best)), 0) / added_t
+        w_t   = max(raw_t / mean_u(raw_u), MIN_WEIGHT)
+
+    Weights are fake-quantized as the plan will quantize them.  A fall of
+    the KL (it happens at 2-3 bits, where the MSE-best scale is not the
+    output-best one) counts as :data:`MIN_WEIGHT`.
+
+    The cost is one simulator run per tensor, kept down three ways:
+
+    * the simulator is float32 (a statistic of many outputs does not need
+      float64's exact rounding ties);
+    * it is a chain of functions (:func:`segment_starts`): a probe of ``t``
+      re-runs only the segments from ``t``'s on, from the all-best run's
+      value at their input;
+    * the samples come in chunks of :data:`SIM_BATCH`, and a tensor stops
+      taking more once its mean rise is :func:`settled` (at least
+      :data:`MIN_SAMPLES`, at most ``samples``).
 
     Parameters
     ----------
@@ -175,7 +292,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     stats : dict of str to TensorStats
     config : QuantConfig
     data : numpy.ndarray
-        Calibration inputs; the first ``samples`` are used.
+        Calibration inputs; at most the first ``samples`` are used.
 
     Returns
     -------
@@ -194,20 +311,29 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
             lq = layer_quant(node, config)
             layers[n] = (lq.bits, lq.scale_map(node.weight.shape))
     x = np.asarray(data[:samples], dtype=np.float32)
-    sim = FakeQuantSimulator(model, graph, ranges, layers)
+    sim = FakeQuantSimulator(model, graph, ranges, layers, dtype="float32", segmented=True)
     ref_vm = relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())
-    ref = run_batched(ref_vm, x, min(len(x), SIM_BATCH), fixed_batch=model.input_shape[0])
     best = {n: curves[n].scale(curves[n].best_phase) for n in names}
-    kl0 = kl_divergence(ref, sim.run(x, best))
-    raw = {}
-    for n in names:
-        worst = int(np.argmax(curves[n].added))
-        added = float(curves[n].added[worst])
-        if added <= 0:
-            raw[n] = 0.0
-            continue
-        kl = kl_divergence(ref, sim.run(x, {**best, n: curves[n].scale(worst)}))
-        raw[n] = max(kl - kl0, 0.0) / added
+    worst = {n: int(np.argmax(curves[n].added)) for n in names}
+    added = {n: float(curves[n].added[worst[n]]) for n in names}
+    rises = {n: [] for n in names if added[n] > 0}
+    pending = list(rises)
+    fixed = model.input_shape[0]
+    for chunk, _ in batches(x, SIM_BATCH):
+        if not pending:
+            break
+        for part, n_real in batches(chunk, fixed or len(chunk), padded=bool(fixed)):
+            ref = _first(ref_vm["main"](tvm.runtime.tensor(part))).numpy()[:n_real]
+            cuts, logits = sim.run_cuts(part, best)
+            kl0 = per_sample_kl(ref, logits[:n_real])
+            for n in pending:
+                k = sim.segment_of[n]
+                logits = sim.run_from(k, cuts[k], {**best, n: curves[n].scale(worst[n])})
+                rises[n].append(per_sample_kl(ref, logits[:n_real]) - kl0)
+        pending = [n for n in pending if not settled(np.concatenate(rises[n]))]
+    raw = {n: 0.0 for n in names}
+    for n, r in rises.items():
+        raw[n] = max(float(np.concatenate(r).mean()), 0.0) / added[n]
     mean = float(np.mean(list(raw.values()))) if raw else 0.0
     if mean <= 0:
         return {n: 1.0 for n in names}
