@@ -196,28 +196,34 @@ class FakeQuantSimulator:
         (name,) = live
         return name
 
-    def _args(self, scales: dict) -> list:
-        return [tvm.runtime.tensor(np.asarray(scales[n], dtype=self.dtype)) for n in self.names]
+    def args(self, scales: dict, base: list | None = None) -> list:
+        """The run-time scale arguments of ``scales`` (tensor name to step); with ``base`` (an earlier
+        :meth:`args` result) only the tensors named in ``scales`` change."""
+        args = list(base) if base is not None else [None] * len(self.names)
+        for k, n in enumerate(self.names):
+            if n in scales:
+                args[k] = tvm.runtime.tensor(np.asarray(scales[n], dtype=self.dtype))
+        return args
 
     def run(self, x: np.ndarray, scales: dict) -> np.ndarray:
         """Logits of ``x`` with activation ``scales`` (one float per tensor), in batches the model accepts."""
         x = np.asarray(x, dtype=np.float32)
         outs = []
         for chunk, n in batches(x, self.fixed_batch or min(len(x), SIM_BATCH), padded=bool(self.fixed_batch)):
-            outs.append(self.run_from(0, tvm.runtime.tensor(chunk), scales)[:n])
+            outs.append(self.run_from(0, tvm.runtime.tensor(chunk), self.args(scales))[:n])
         return np.concatenate(outs)
 
-    def run_cuts(self, x: np.ndarray, scales: dict) -> tuple[list, np.ndarray]:
-        """One batch ``x`` (the model's fixed batch, if it has one): the input of every segment, and the logits."""
-        args, value, cuts = self._args(scales), tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32)), []
+    def run_cuts(self, x: np.ndarray, args: list) -> tuple[list, np.ndarray]:
+        """One batch ``x`` (the model's fixed batch, if it has one) with scale arguments ``args``
+        (:meth:`args`): the input of every segment, and the logits."""
+        value, cuts = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32)), []
         for f in self.functions:
             cuts.append(value)
             value = self.vm[f](value, *args)
         return cuts, _first(value).numpy()
 
-    def run_from(self, segment: int, value, scales: dict) -> np.ndarray:
+    def run_from(self, segment: int, value, args: list) -> np.ndarray:
         """The logits of the chain run from ``segment`` on, its input being ``value`` (from :meth:`run_cuts`)."""
-        args = self._args(scales)
         for f in self.functions[segment:]:
             value = self.vm[f](value, *args)
         return _first(value).numpy()
@@ -318,17 +324,19 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     added = {n: float(curves[n].added[worst[n]]) for n in names}
     rises = {n: [] for n in names if added[n] > 0}
     pending = list(rises)
+    best_args = sim.args(best)
+    probe_args = {n: sim.args({n: curves[n].scale(worst[n])}, best_args) for n in pending}
     fixed = model.input_shape[0]
     for chunk, _ in batches(x, SIM_BATCH):
         if not pending:
             break
         for part, n_real in batches(chunk, fixed or len(chunk), padded=bool(fixed)):
             ref = _first(ref_vm["main"](tvm.runtime.tensor(part))).numpy()[:n_real]
-            cuts, logits = sim.run_cuts(part, best)
+            cuts, logits = sim.run_cuts(part, best_args)
             kl0 = per_sample_kl(ref, logits[:n_real])
             for n in pending:
                 k = sim.segment_of[n]
-                logits = sim.run_from(k, cuts[k], {**best, n: curves[n].scale(worst[n])})
+                logits = sim.run_from(k, cuts[k], probe_args[n])
                 rises[n].append(per_sample_kl(ref, logits[:n_real]) - kl0)
         pending = [n for n in pending if not settled(np.concatenate(rises[n]))]
     raw = {n: 0.0 for n in names}
