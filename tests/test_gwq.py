@@ -238,16 +238,20 @@ def test_segmented_simulator_is_the_whole_function(fmnist, name, dtype):
 
 
 def test_sensitivity_sampling_stops_when_the_mean_rise_is_known():
-    """``settled``: at least MIN_SAMPLES, then a standard error at most REL_SE of the mean rise (or a rise
-    clearly below zero)."""
+    """``settled``: at least MIN_SAMPLES, then a standard error at most REL_SE of the mean rise, a rise clearly
+    below zero, or a rise that the whole budget would still leave within two standard errors of zero."""
     from gwq_tvm.calibration import sensitivity as S
 
     rng = np.random.default_rng(0)
     n = S.MIN_SAMPLES
     assert not S.settled(np.full(n - 1, 1.0))
     assert S.settled(np.full(n, 1.0) + rng.normal(0, 0.01, n))
-    noisy = 1.0 + rng.normal(0, 10.0, n)
+    z = rng.normal(size=n)
+    noisy = 1.0 + 5.0 * (z - z.mean()) / z.std(ddof=1)  # mean 1, se 0.625: within 2 se of zero, resolvable
     assert not S.settled(noisy)
+    assert not S.settled(noisy, budget=256 * 64)  # a large budget would resolve it
+    assert S.settled(noisy, budget=n)  # the budget is spent and 2 se >= |mean|
+    assert S.settled(noisy, budget=n) == (2 * noisy.std(ddof=1) / np.sqrt(n) >= abs(noisy.mean()))
     assert S.settled(np.full(n, -1.0) + rng.normal(0, 0.1, n))
     se = lambda r: r.std(ddof=1) / np.sqrt(len(r))  # noqa: E731
     r = 1.0 + rng.normal(0, 1.0, 4 * n)

@@ -251,18 +251,27 @@ def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
 
 #: Smallest sensitivity weight a tensor gets (relative to the mean), so no tensor's noise is free.
 MIN_WEIGHT = 0.1
-#: A tensor's KL rise is measured on at least this many samples, more until its standard error is at most
-#: REL_SE of the rise (or the rise is below zero by two standard errors), at most ``samples``.
+#: A tensor's KL rise is measured on at least MIN_SAMPLES samples and at most ``samples``; it stops taking more once
+#: its standard error is at most REL_SE of the rise (or the rise is below zero by two standard errors), or once even
+#: ``samples`` would leave the rise within two standard errors of zero (its noise is out of reach of the budget).
 MIN_SAMPLES = 64
 REL_SE = 0.1
 
 
-def settled(rise: np.ndarray) -> bool:
-    """Whether the mean of the per-sample KL rises ``rise`` is known well enough (:data:`REL_SE`)."""
-    if len(rise) < MIN_SAMPLES:
+def settled(rise: np.ndarray, budget: int | None = None) -> bool:
+    """Whether sampling the per-sample KL rises ``rise`` may stop (:data:`REL_SE`, :data:`MIN_SAMPLES`).
+
+    With ``m`` the mean and ``se`` the standard error of the ``n`` samples so
+    far: stop when ``se <= REL_SE * |m|``, when ``m + 2 se < 0``, or (with a
+    ``budget`` of samples) when ``2 se * sqrt(n / budget) >= |m|``: the rise
+    would still not differ from zero at the whole budget.
+    """
+    n = len(rise)
+    if n < MIN_SAMPLES:
         return False
-    mean, se = float(rise.mean()), float(rise.std(ddof=1)) / np.sqrt(len(rise))
-    return se <= REL_SE * abs(mean) or mean + 2 * se < 0
+    mean, se = float(rise.mean()), float(rise.std(ddof=1)) / np.sqrt(n)
+    futile = budget is not None and 2 * se * np.sqrt(n / budget) >= abs(mean)
+    return se <= REL_SE * abs(mean) or mean + 2 * se < 0 or futile
 
 
 def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarray, *, samples: int = 256) -> dict:
@@ -289,7 +298,13 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
       value at their input;
     * the samples come in chunks of :data:`SIM_BATCH`, and a tensor stops
       taking more once its mean rise is :func:`settled` (at least
-      :data:`MIN_SAMPLES`, at most ``samples``).
+      :data:`MIN_SAMPLES`, at most ``samples``): known to 10%, or out of
+      reach of the budget.  On a seeded ResNet-18 at W8A8 most rises stay
+      within two standard errors of zero even at 256 samples (the cross term
+      of the probed tensor's noise with all the others' dominates them); a
+      float-only probe (the tensor alone against the float model) is far less
+      noisy but planned MobileNetV3-Small W4A4 3.5 pt worse, so the rise at the
+      operating point stays the measure.
 
     Parameters
     ----------
@@ -338,7 +353,7 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
                 k = sim.segment_of[n]
                 logits = sim.run_from(k, cuts[k], probe_args[n])
                 rises[n].append(per_sample_kl(ref, logits[:n_real]) - kl0)
-        pending = [n for n in pending if not settled(np.concatenate(rises[n]))]
+        pending = [n for n in pending if not settled(np.concatenate(rises[n]), len(x))]
     raw = {n: 0.0 for n in names}
     for n, r in rises.items():
         raw[n] = max(float(np.concatenate(r).mean()), 0.0) / added[n]
