@@ -35,11 +35,12 @@ class Conv1d(AccumulatingKind):
             or (a.out_layout or "NCW") != "NCW"
         ):
             return False
-        var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, weight, 3)
+        x, weight, bias = w.fold_input_affine(call.args[0], i, weight, int(a.groups), a.padding)
+        var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, weight, 3, bias)
         var, j, act = w.fuse_activation(var, j)
         attrs = dict(strides=[int(v) for v in a.strides], padding=[int(v) for v in a.padding],
                      dilation=[int(v) for v in a.dilation], groups=int(a.groups))
-        w.add(self.name, var, [call.args[0]], attrs=attrs, weight=weight, bias=bias, act=act)
+        w.add(self.name, var, [x], attrs=attrs, weight=weight, bias=bias, act=act)
         return True
 
     def accumulator(self, graph, node, plan) -> P.Accumulator:

@@ -32,11 +32,12 @@ class Conv2d(AccumulatingKind):
             or a.out_layout != "NCHW"
         ):
             return False
-        var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, weight, 4)
+        x, weight, bias = w.fold_input_affine(call.args[0], i, weight, int(a.groups), a.padding)
+        var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, weight, 4, bias)
         var, j, act = w.fuse_activation(var, j)
         attrs = dict(strides=[int(v) for v in a.strides], padding=[int(v) for v in a.padding],
                      dilation=[int(v) for v in a.dilation], groups=int(a.groups))
-        w.add("conv2d", var, [call.args[0]], attrs=attrs, weight=weight, bias=bias, act=act)
+        w.add("conv2d", var, [x], attrs=attrs, weight=weight, bias=bias, act=act)
         return True
 
     def accumulator(self, graph, node, plan) -> P.Accumulator:

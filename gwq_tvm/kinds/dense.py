@@ -25,7 +25,8 @@ class Dense(AccumulatingKind):
         x = call.args[0]
         if weight is None or weight.ndim != 2 or not isinstance(x, relax.Var) or len(static_shape(x)) != 2:
             return False
-        var, j, weight_t, bias = w.fuse_affine(w.bindings[i].var, i, np.ascontiguousarray(weight.T), 2)
+        x, weight_t, bias = w.fold_input_affine(x, i, np.ascontiguousarray(weight.T))
+        var, j, weight_t, bias = w.fuse_affine(w.bindings[i].var, i, weight_t, 2, bias)
         var, j, act = w.fuse_activation(var, j)
         w.add("dense", var, [x], weight=weight_t, bias=bias, act=act)
         return True
