@@ -4,7 +4,7 @@ conv2d's integer program on one spatial axis: ``acc = conv1d(q_in, q_w) + q_b``
 in int32 (:func:`gwq_tvm.plan.program.layer_accumulator`, the kernel
 ``(C_out, C_in/groups, k)`` output-channel first as Relax holds it), then the SFC
 ``M_c = s_in * s_w,c / s_out`` and the clip of the fused activation.
-The matcher, QAT and the ONNX export are :class:`~.layer.ConvKind`'s.
+The matcher, the backends and the ONNX export are :class:`~.layer.ConvKind`'s; the torch function is this module's.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ class Conv1d(ConvKind):
     name = "conv1d"
     ops = ("relax.nn.conv1d",)
     layouts = ("NCW", "OIW")
-
-    def simulate(self, em, node) -> None:
-        y = em.emit(self.relax_op(em.values[node.inputs[0]], em.const(em.weight(node)), node))
-        em.finish(node, em.bias(node, y, 3))
 
     def torch_layer(self, x, w, b, node):
         import torch.nn.functional as F

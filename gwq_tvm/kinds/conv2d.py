@@ -2,7 +2,7 @@
 
 ``acc = conv2d(q_in, q_w) + q_b`` in int32 (:func:`gwq_tvm.plan.program.layer_accumulator`),
 then the SFC ``M_c = s_in * s_w,c / s_out`` and the clip of the fused activation.
-The matcher, QAT and the ONNX export are :class:`~.layer.ConvKind`'s.
+The matcher, the backends and the ONNX export are :class:`~.layer.ConvKind`'s; the torch function is this module's.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ class Conv2d(ConvKind):
     name = "conv2d"
     ops = ("relax.nn.conv2d",)
     layouts = ("NCHW", "OIHW")
-
-    def simulate(self, em, node) -> None:
-        y = em.emit(self.relax_op(em.values[node.inputs[0]], em.weight_const(node), node))
-        em.finish(node, em.bias(node, y, 4))
 
     def torch_layer(self, x, w, b, node):
         """``F.conv2d``; an uneven padding (ONNX allows it, torch does not) is an explicit ``F.pad`` first."""

@@ -64,7 +64,7 @@ def _torch_conv_transpose(x, w, b, a):
 
 
 class ConvTranspose2d(ConvKind):
-    """The matcher, QAT and the ONNX export are :class:`~.layer.ConvKind`'s, with the kernel made output-channel first.
+    """The matcher, the backends and the ONNX export are :class:`~.layer.ConvKind`'s, with the kernel made output-channel first.
 
     No input ``affine`` folds forward: an output near the border sums fewer
     taps than one inside, so the input's shift ``b_c`` would not be one bias.
@@ -82,10 +82,6 @@ class ConvTranspose2d(ConvKind):
 
     def relax_kernel(self, weight, groups):
         return input_major(weight, groups)
-
-    def simulate(self, em, node) -> None:
-        w = em.const(input_major(em.weight(node), node.attrs["groups"]))
-        em.finish(node, em.bias(node, em.emit(self.relax_op(em.values[node.inputs[0]], w, node)), 4))
 
     def torch_layer(self, x, w, b, node):
         return _torch_conv_transpose(x, w, b, node.attrs)

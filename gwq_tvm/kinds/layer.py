@@ -143,6 +143,12 @@ class ConvKind(LayerKind):
                       lambda x, w: self.relax_op(x, w, node, out_dtype="int32"),
                       arrange=lambda w: np.asarray(self.relax_kernel(w, groups)))
 
+    def simulate(self, em, node) -> None:
+        """The float convolution by the fake-quantized kernel (:meth:`weight_const`: a run-time input in the
+        mixed-precision proxy, :class:`~gwq_tvm.calibration.sensitivity.ProxySimulator`), then the bias."""
+        w = em.weight_const(node, lambda w: self.relax_kernel(w, node.attrs["groups"]))
+        em.finish(node, em.bias(node, em.emit(self.relax_op(em.values[node.inputs[0]], w, node)), len(node.shape)))
+
     def to_onnx(self, writer, node, raw):
         a = node.attrs
         w = self.relax_kernel(writer.weights[node.name], a["groups"])
