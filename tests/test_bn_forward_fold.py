@@ -3,7 +3,9 @@
 ``x = a_c * u + b_c`` feeding a layer ``W`` without padding is that layer with
 ``W'[o, c, k] = W[o, c, k] * a_c`` and bias ``b'[o] = b[o] + sum_{c, k} W[o, c, k] * b_c``
 (:meth:`gwq_tvm.extract.Walker.fold_input_affine`).  With zero padding it is not exact
-(the pad would have to read ``-b_c / a_c``) and the affine node must stay.
+(the pad would have to read ``-b_c / a_c``) and the affine node must stay.  Nor does it fold when
+the scales ``|a_c|`` over one group's input channels spread by more than
+:data:`gwq_tvm.extract.FORWARD_FOLD_MAX_SPREAD` (weights are quantized per output channel).
 """
 
 import numpy as np
@@ -108,6 +110,19 @@ def test_a_batch_norm_before_a_padded_conv_does_not_fold(case):
     _assert_same_float_function(model, graph, _inputs(shape))
 
 
+@pytest.mark.parametrize("case, folds", [("conv2d", False), ("depthwise", True)])
+def test_a_batch_norm_of_widely_spread_scales_folds_only_into_a_depthwise_conv(case, folds):
+    """|a_c| spread 40x: a dense kernel would lose 5 bits on its weakest input channel; a depthwise one loses none."""
+    model, shape = _net(case)
+    with torch.no_grad():
+        bn = model[2]
+        bn.weight.copy_(torch.linspace(0.05, 2.0, 4) * torch.tensor([1.0, -1.0, 1.0, 1.0]))
+        bn.running_var.fill_(1.0 - bn.eps)
+    graph = _graph(model, shape)
+    assert _kinds(graph).count("affine") == (0 if folds else 1), _kinds(graph)
+    _assert_same_float_function(model, graph, _inputs(shape))
+
+
 def test_a_batch_norm_read_by_two_convs_does_not_fold():
     model, shape = SharedBN().eval(), (None, 2, 10, 10)
     graph = _graph(model, shape)
@@ -149,8 +164,9 @@ def test_ir_before_and_after_the_fold(pad):
 
 
 @pytest.mark.slow  # about 12 s: the export, a 4-conv model's calibration, compile and reference
-def test_keras_style_zoo_model_folds_half_its_batch_norms(tmp_path):
-    """Keras' Conv -> ReLU -> BN: the BN before each unpadded conv folds, the two before a max pool stay."""
+def test_keras_style_zoo_model_folds_the_batch_norm_it_can(tmp_path):
+    """Keras' Conv -> ReLU -> BN: of the two BNs before an unpadded conv, the one of |a_c| spread 4.1 folds; the one
+    of spread 47 (FORWARD_FOLD_MAX_SPREAD) and the two before a max pool stay."""
     from gwq_tvm.models import zoo
 
     onnx = pytest.importorskip("onnx")
@@ -159,9 +175,10 @@ def test_keras_style_zoo_model_folds_half_its_batch_norms(tmp_path):
     fm = gwq_tvm.load_model(str(path))
     graph = extract_graph(fm.mod)
     kinds = _kinds(graph)
-    assert kinds.count("affine") == 2 and kinds.count("conv2d") == 4
+    assert kinds.count("affine") == 3 and kinds.count("conv2d") == 4
     assert [[c.kind for c in graph.consumers(n)] for n, node in graph.nodes.items() if node.kind == "affine"] == [
-        ["maxpool"], ["maxpool"]]
+        ["maxpool"], ["conv2d"], ["maxpool"]]
+    assert graph.nodes["conv2d_1"].inputs == ["conv2d_0"]  # the first BN folded forward
     x = _inputs((None, 3, 32, 32), n=8)
     vm = relax.VirtualMachine(tvm.compile(fm.mod, gwq_tvm.runtime.host_target()), tvm.cpu())
     want = vm["main"](tvm.runtime.tensor(x)).numpy()

@@ -4,8 +4,8 @@ It appears where a batch norm follows a ReLU or a concat (DenseNet's
 pre-activation blocks, Keras Conv -> ReLU -> BatchNorm stacks): the chain of
 per-channel ``subtract/divide/multiply/add`` by constants that batch-norm
 decomposition leaves is one node, with a fused ReLU when one follows.  One
-without a ReLU that only an unpadded conv1d/conv2d/dense reads is no node at
-all: it folds forward into that layer's weights
+without a ReLU that only an unpadded conv1d/conv2d/dense reads, with scales of
+little spread, is no node at all: it folds forward into that layer's weights
 (:meth:`~gwq_tvm.extract.Walker.fold_input_affine`).
 
 Integer program: the node is a depthwise 1x1 layer.  ``a`` is its weight
