@@ -21,6 +21,15 @@ from .kinds import matchers_for
 #: per-channel affine ops a layer absorbs when their other operand is a constant
 AFFINE_OPS = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide"})
 
+#: the largest ``max|a_c| / min|a_c|`` over the input channels of one group that
+#: :meth:`Walker.fold_input_affine` folds.  Weights are quantized per *output*
+#: channel, so folding scales ``a_c`` into the input channels of one kernel costs
+#: its weakest channel ``log2`` of this spread in bits (8: three); the affine
+#: requantization it saves is one rounding.  Measured on the Keras-style zoo
+#: model (W8A8, logit SQNR on 512 inputs): no fold 20.4 dB; folding its BN of
+#: spread 4.1 21.1 dB; folding also the one of spread 47 16.7 dB.
+FORWARD_FOLD_MAX_SPREAD = 8.0
+
 
 class Walker:
     """The bindings of ``main`` with their users; matchers turn them into nodes (with look-ahead for fusion)."""
@@ -67,6 +76,54 @@ class Walker:
             return var, index, None
         self.absorbed.add(j)
         return b.var, j, act
+
+    def fold_input_affine(self, x, index: int, weight: np.ndarray, groups: int = 1, padding=()):
+        """Fold an ``affine`` node that only feeds this layer into its weight and bias (the forward batch-norm fold).
+
+        A per-channel affine ``x = a_c * u + b_c`` (a batch norm after a ReLU,
+        Keras' Conv -> ReLU -> BatchNorm; no fused activation of its own) read
+        only by a layer with weight ``W`` (output channels first, input channel
+        ``c`` of output ``o`` at ``W[o, c - g(o) * C_in/groups]``) is exact to fold::
+
+            W'[o, c, k] = W[o, c, k] * a_c
+            b'[o] = sum_{c, k} W[o, c, k] * b_c
+
+        (``b'`` is the bias the layer starts from; its own bias add and batch
+        norm are added by :meth:`fuse_affine`).  Only without padding: every
+        output then sums all its taps over real inputs, while a zero pad would
+        have to become ``-b_c / a_c`` for the fold to hold.  And only when the
+        ``|a_c|`` of one group's input channels spread by at most
+        :data:`FORWARD_FOLD_MAX_SPREAD` (exact in float, the fold is not free
+        for per-output-channel weight quantization; a depthwise conv, one input
+        channel per output, always folds).  The affine node is removed and the
+        layer reads ``u``.
+
+        Returns ``(x, weight, bias)``: ``x`` unchanged, ``weight`` as given and
+        ``bias`` ``None`` when there is nothing to fold.
+        """
+        name = self.var_node.get(x)
+        node = self.nodes.get(name)
+        cg = weight.shape[1]
+        if (
+            node is None
+            or node.kind != "affine"
+            or node.act is not None
+            or any(int(p) for p in padding)
+            or x in self.out_vars
+            or set(self.users.get(x, [])) != {index}
+            or node.weight.size != groups * cg
+        ):
+            return x, weight, None
+        scale = np.abs(node.weight.reshape(groups, cg).astype(np.float64))
+        if scale.min() == 0 or (scale.max(axis=1) / scale.min(axis=1)).max() > FORWARD_FOLD_MAX_SPREAD:
+            return x, weight, None
+        out = weight.shape[0]
+        chan = (np.arange(out) // (out // groups))[:, None] * cg + np.arange(cg)[None, :]  # input channel of W[o, c]
+        taps = (1,) * (weight.ndim - 2)
+        a = node.weight.reshape(-1).astype(np.float64)[chan].reshape((out, cg) + taps)
+        b = node.bias.astype(np.float64)[chan].reshape((out, cg) + taps)
+        del self.nodes[name], self.var_node[x]
+        return self.nodes[node.inputs[0]].var, weight * a, (weight * b).sum(axis=tuple(range(1, weight.ndim)))
 
     def fuse_affine(self, var, index: int, weight: np.ndarray, ndim: int, bias: np.ndarray | None = None):
         """Fold following per-channel ``+ - * /`` by constants (bias, decomposed batch norm) into the layer.
@@ -154,4 +211,20 @@ def extract_graph(mod: tvm.IRModule) -> Graph:
     if outputs is None:
         out = func.body.body
         outputs = [w.var_node[out]] if isinstance(out, relax.Var) else [w.var_node[f] for f in out.fields]
-    return Graph(w.nodes, "input", outputs, fingerprint(w.nodes, outputs))
+    nodes, outputs = _renumber(w.nodes, outputs)
+    return Graph(nodes, "input", outputs, fingerprint(nodes, outputs))
+
+
+def _renumber(nodes: dict, outputs: list):
+    """Name the nodes ``<kind>_<i>`` consecutively in order (a forward fold removed an ``affine`` node mid-count)."""
+    counts: dict[str, int] = {}
+    names = {"input": "input"}
+    for name, node in nodes.items():
+        if name != "input":
+            names[name] = f"{node.kind}_{counts.get(node.kind, 0)}"
+            counts[node.kind] = counts.get(node.kind, 0) + 1
+    renamed = {}
+    for name, node in nodes.items():
+        node.name, node.inputs = names[name], [names[i] for i in node.inputs]
+        renamed[node.name] = node
+    return renamed, [names[o] for o in outputs]

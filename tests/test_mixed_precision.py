@@ -146,3 +146,34 @@ def test_cli_bad_mixed_precision_options_are_one_line(tmp_path, capsys, args, me
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gwq-tvm: error:") and message in lines[0], lines
     assert not (tmp_path / "m.so").exists()
+
+
+@pytest.mark.parametrize("net", ["conv1d", "conv2d_transpose"])
+def test_proxy_importance_quantizes_every_conv_kinds_weights(net):
+    """The proxy runs each conv kind's weights as a run-time input: 2-bit weights of every layer cost some KL.
+
+    (conv1d and conv2d_transpose once built their simulated kernel as a constant, so their weight
+    importance was 0 at every width and the ILP would give them the fewest bits.)
+    """
+    import torch
+
+    from gwq_tvm.calibration import calibrate
+    from gwq_tvm.calibration.sensitivity import bit_importance
+    from gwq_tvm.extract import extract_graph
+
+    if net == "conv1d":
+        from test_kinds_conv1d import _model
+
+        model, shape = _model(), (None, 3, 24)
+    else:
+        from test_kinds_conv_transpose import Decoder
+
+        torch.manual_seed(0)
+        model, shape = Decoder().eval(), (None, 3, 8, 8)
+    x = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
+    fm = gwq_tvm.load_model(model, input_shape=shape)
+    graph = extract_graph(fm.mod)
+    layers = graph.layers()
+    assert net in {graph.nodes[n].kind for n in layers}
+    iw, _ = bit_importance(fm, graph, calibrate(fm, x), QuantConfig(), x, layers, [], [2], [8], samples=8)
+    assert all(iw[n][2] > 0 for n in layers), iw

@@ -3,7 +3,10 @@
 It appears where a batch norm follows a ReLU or a concat (DenseNet's
 pre-activation blocks, Keras Conv -> ReLU -> BatchNorm stacks): the chain of
 per-channel ``subtract/divide/multiply/add`` by constants that batch-norm
-decomposition leaves is one node, with a fused ReLU when one follows.
+decomposition leaves is one node, with a fused ReLU when one follows.  One
+without a ReLU that only an unpadded conv1d/conv2d/dense reads, with scales of
+little spread, is no node at all: it folds forward into that layer's weights
+(:meth:`~gwq_tvm.extract.Walker.fold_input_affine`).
 
 Integer program: the node is a depthwise 1x1 layer.  ``a`` is its weight
 (one value per channel, quantized per channel at :attr:`Affine.weight_bits`
@@ -20,9 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import program as P
 from . import register
-from .layer import AccumulatingKind
+from .layer import LayerKind
 
 
 def _channel_shape(node) -> tuple:
@@ -30,12 +32,14 @@ def _channel_shape(node) -> tuple:
     return (1, node.shape[1]) + (1,) * (len(node.shape) - 2)
 
 
-class Affine(AccumulatingKind):
+class Affine(LayerKind):
     name = "affine"
     ops = ("relax.subtract", "relax.add", "relax.multiply", "relax.divide")
     #: the bits of ``a``: one value per channel costs nothing to store, and pot weight scales
     #: (GWQ) would otherwise round ``a`` by up to 1/qmax
     weight_bits = 8
+    #: an affine after an affine is one node already (:meth:`~gwq_tvm.extract.Walker.fuse_affine`)
+    folds_input_affine = False
 
     def match(self, w, i, call) -> bool:
         from tvm import relax
@@ -57,16 +61,10 @@ class Affine(AccumulatingKind):
             weight = weight * (c if op == "relax.multiply" else 1.0 / c).reshape(-1, 1)
         else:
             bias = c if op == "relax.add" else -c
-        var = w.bindings[i].var
-        var, j, weight, bias = w.fuse_affine(var, i, weight, ndim, bias)
-        var, j, act = w.fuse_activation(var, j)
-        if bias is None:
-            bias = np.zeros(channels, np.float32)
-        w.add("affine", var, [x], weight=weight, bias=bias, act=act)
+        node = self.add_layer(w, i, x, weight, bias=bias)
+        if node.bias is None:
+            node.bias = np.zeros(channels, np.float32)
         return True
-
-    def accumulator(self, graph, node, plan) -> P.Accumulator:
-        return P.layer_accumulator(node, plan)
 
     def realize(self, em, node) -> None:
         from tvm.relax import op as R
@@ -82,20 +80,10 @@ class Affine(AccumulatingKind):
         a = em.const(em.weight(node).reshape(_channel_shape(node)))
         em.finish(node, em.bias(node, em.emit(R.multiply(em.values[node.inputs[0]], a)), len(node.shape)))
 
-    def qat(self, run, node) -> None:
-        wq, b, unit, acc_scale = run.layer(node)
+    def torch_layer(self, x, w, b, node):
         shape = _channel_shape(node)
-        v = run.x[node.inputs[0]] * wq.reshape(shape)
-        if b is not None:
-            v = v + b.reshape(shape)
-        run.finish_acc(node, v, run.round_int(v, unit), acc_scale, unit)
-
-    def float_torch(self, node, ins):
-        import torch
-
-        shape = _channel_shape(node)
-        y = ins[0] * torch.from_numpy(node.weight.astype(np.float32).reshape(shape))
-        return y + torch.from_numpy(node.bias.astype(np.float32).reshape(shape))
+        y = x * w.reshape(shape)
+        return y if b is None else y + b.reshape(shape)
 
     def to_onnx(self, writer, node, raw):
         n = node.name

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import program as P
 from . import register
-from .layer import AccumulatingKind, pads
+from .layer import ConvKind, pads
 
 
 def output_major(w: np.ndarray, groups: int) -> np.ndarray:
@@ -64,75 +63,28 @@ def _torch_conv_transpose(x, w, b, a):
     return y if b is None else y + b.reshape(1, -1, 1, 1)
 
 
-class ConvTranspose2d(AccumulatingKind):
+class ConvTranspose2d(ConvKind):
+    """The matcher, the backends and the ONNX export are :class:`~.layer.ConvKind`'s, with the kernel made output-channel first.
+
+    No input ``affine`` folds forward: an output near the border sums fewer
+    taps than one inside, so the input's shift ``b_c`` would not be one bias.
+    """
+
     name = "conv2d_transpose"
     ops = ("relax.nn.conv2d_transpose",)
+    layouts = ("NCHW", "IOHW")
+    onnx_op = "ConvTranspose"
+    extra_attrs = ("output_padding",)
+    folds_input_affine = False
 
-    def match(self, w, i, call) -> bool:
-        from tvm import relax
+    def kernel(self, weight, groups):
+        return output_major(weight, groups)
 
-        from ..ir import const_value
+    def relax_kernel(self, weight, groups):
+        return input_major(weight, groups)
 
-        weight = const_value(call.args[1])
-        a = call.attrs
-        if (
-            weight is None
-            or weight.ndim != 4
-            or not isinstance(call.args[0], relax.Var)
-            or a.data_layout != "NCHW"
-            or a.kernel_layout != "IOHW"
-            or (a.out_layout or "NCHW") != "NCHW"
-        ):
-            return False
-        groups = int(a.groups)
-        var, j, weight, bias = w.fuse_affine(w.bindings[i].var, i, output_major(weight, groups), 4)
-        var, j, act = w.fuse_activation(var, j)
-        attrs = dict(strides=[int(v) for v in a.strides], padding=[int(v) for v in a.padding],
-                     output_padding=[int(v) for v in a.output_padding], dilation=[int(v) for v in a.dilation],
-                     groups=groups)
-        w.add(self.name, var, [call.args[0]], attrs=attrs, weight=weight, bias=bias, act=act)
-        return True
-
-    def accumulator(self, graph, node, plan) -> P.Accumulator:
-        return P.layer_accumulator(node, plan)
-
-    def _relax(self, x, w, node, **kw):
-        from tvm.relax import op as R
-
-        a = node.attrs
-        return R.nn.conv2d_transpose(x, w, strides=a["strides"], padding=a["padding"], output_padding=a["output_padding"],
-                                     dilation=a["dilation"], groups=a["groups"], **kw)
-
-    def realize(self, em, node) -> None:
-        g = node.attrs["groups"]
-        em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: self._relax(x, w, node, out_dtype="int32"), arrange=lambda a: input_major(a, g))
-
-    def simulate(self, em, node) -> None:
-        y = em.emit(self._relax(em.values[node.inputs[0]], em.const(input_major(em.weight(node), node.attrs["groups"])), node))
-        em.finish(node, em.bias(node, y, 4))
-
-    def qat(self, run, node) -> None:
-        wq, b, unit, acc_scale = run.layer(node)
-        v = _torch_conv_transpose(run.x[node.inputs[0]], wq, b, node.attrs)
-        run.finish_acc(node, v, run.round_int(v, unit), acc_scale, unit)
-
-    def float_torch(self, node, ins):
-        import torch
-
-        w = torch.from_numpy(node.weight.astype(np.float32))
-        b = torch.from_numpy(node.bias.astype(np.float32)) if node.bias is not None else None
-        return _torch_conv_transpose(ins[0], w, b, node.attrs)
-
-    def to_onnx(self, writer, node, raw):
-        n, a = node.name, node.attrs
-        w = input_major(writer.weights[n], a["groups"])
-        args = list(node.inputs) + [writer.const(f"{n}_w", np.ascontiguousarray(w))]
-        if n in writer.biases:
-            args.append(writer.const(f"{n}_b", writer.biases[n]))
-        writer.node("ConvTranspose", args, raw, strides=list(a["strides"]), pads=list(a["padding"]),
-                    output_padding=list(a["output_padding"]), dilations=list(a["dilation"]), group=int(a["groups"]),
-                    kernel_shape=list(w.shape[2:]))
+    def torch_layer(self, x, w, b, node):
+        return _torch_conv_transpose(x, w, b, node.attrs)
 
 
 register(ConvTranspose2d())
