@@ -232,13 +232,15 @@ def table(rows: list[dict]) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=None, help="comma-separated rows (default: all)")
+    p.add_argument("--models", default=None, help="comma-separated rows (default: all; with --merge, those not yet run)")
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--calib", type=int, default=32)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per row")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the existing model_zoo.json in --out that this run does not re-run")
     p.add_argument("--row", help=argparse.SUPPRESS)
     p.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -247,8 +249,13 @@ def main():
         args.row_json.write_text(json.dumps(row))
         return
     names = args.models.split(",") if args.models else row_names()
+    if args.merge and not args.models and (args.out / "model_zoo.json").is_file():
+        done = {r["model"] for r in json.loads((args.out / "model_zoo.json").read_text())["rows"]}
+        names = [n for n in names if n not in done]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.merge and (args.out / "model_zoo.json").is_file():
+        rows = [r for r in json.loads((args.out / "model_zoo.json").read_text())["rows"] if r["model"] not in names]
     for name in names:
         with tempfile.TemporaryDirectory() as d:
             out = Path(d) / "row.json"
