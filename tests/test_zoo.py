@@ -82,3 +82,19 @@ def test_light_zoo_weights_are_seeded_not_placeholders():
     x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in inp.shape], dtype=np.float32)
     out = sess.run(None, {inp.name: x})
     assert np.isfinite(out[0]).all() and out[0].std() > 0
+
+
+def test_shufflenet_export_imports_with_its_chained_shape_reshapes(tmp_path):
+    """ShuffleNetV2's export computes each channel shuffle's Reshape target from ``Shape`` of the previous
+    Reshape's output, which shape inference cannot see until that target is folded.  Shape folding repeats its
+    rounds until nothing folds: before, import stopped at the first such ``Gather`` (``shape_of expects a
+    tensor input``).  Every shuffle becomes an integer permute, with a dynamic batch and with a fixed one."""
+    import gwq_tvm
+
+    path = zoo.export_onnx("shufflenet_v2", tmp_path / "shufflenet_v2.onnx", seed=1)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Shape") > 16 and ops.count("Transpose") == 16
+    for shape in (None, (2, 3, 64, 64)):
+        graph = gwq_tvm.extract_graph(gwq_tvm.load_model(path, input_shape=shape).mod)
+        kinds = [n.kind for n in graph.nodes.values()]
+        assert kinds.count("permute") == 16 and "float" not in kinds

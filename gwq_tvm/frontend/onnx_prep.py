@@ -110,7 +110,21 @@ _PROBES = (9973, 9967)
 
 
 def fold_shape_subgraphs(model) -> None:
-    """Replace (in place) the shape computations of ``model`` by initializers, with its input shape set.
+    """Fold the shape computations of ``model`` (in place) until none is left that can be folded.
+
+    One round (:func:`_fold_shape_round`) folds what shape inference can see.
+    A ``Reshape`` whose target is computed hides its output shape from shape
+    inference until that target is folded, so a chain of them (ShuffleNet's
+    channel shuffles, ``x.view(x.size(0), ...)`` after each block) folds one
+    link per round; rounds repeat while they fold something.
+    """
+    while _fold_shape_round(model):
+        pass
+
+
+def _fold_shape_round(model) -> bool:
+    """Replace (in place) the shape computations of ``model`` by initializers, with its input shape set;
+    return whether anything was replaced.
 
     ``Shape(t)`` is known when shape inference gives every dim of ``t``; a
     dim that is symbolic is probed with two batch sizes.  Nodes of
@@ -126,7 +140,7 @@ def fold_shape_subgraphs(model) -> None:
     try:
         inferred = shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - a graph shape inference rejects: leave it to TVM's importer
-        return
+        return False
     dims = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
@@ -187,7 +201,7 @@ def fold_shape_subgraphs(model) -> None:
             if list(diff) == [0] and a[0] == _PROBES[0] and b[0] == _PROBES[1]:
                 replace[name] = np.concatenate([[0], a[1:]]).astype(a.dtype)
     if not replace:
-        return
+        return False
     keep = [n for n in model.graph.node if not (set(n.output) <= set(replace))]
     model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in replace.items())
     del model.graph.node[:]
@@ -199,6 +213,7 @@ def fold_shape_subgraphs(model) -> None:
                 if a.name == "allowzero":
                     a.i = 0
     del model.graph.value_info[:]
+    return True
 
 
 def _evaluate(node, inputs: list, opset: int) -> list:
