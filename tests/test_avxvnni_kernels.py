@@ -147,3 +147,13 @@ def test_avxvnni_dense_bit_exact(dtype, batch, k, n):
     ex = _compile_avxvnni(mod)
     assert _YMM_DOT.search(_asm(ex))
     np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))
+
+
+def test_bundled_model_through_build_for_alderlake_is_vex_vpdpbusd(bundled_int8):
+    """gwq_tvm.build for the ``alderlake`` preset picks the family by itself: every conv/dense on VEX vpdpbusd ymm,
+    no zmm, no vpmaddwd.  Built, not run: the VEX encoding needs an AVX-VNNI CPU (the EVEX one is run above)."""
+    import gwq_tvm
+
+    asm = _asm(gwq_tvm.build(bundled_int8, resolve_target("alderlake")))
+    _vex_only(asm)
+    assert asm.count("{vex}\tvpdpbusd") >= 8 and "vpmaddwd" not in asm
