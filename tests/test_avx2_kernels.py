@@ -16,7 +16,7 @@ from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules.avx2 import AVX2_INTRIN, has_avx2, register_avx2_intrinsic
 from gwq_tvm.schedules.build import compile_packed
-from gwq_tvm.schedules.spec import X86_AVX2, X86_VNNI, kernel_spec
+from gwq_tvm.schedules.spec import X86_AVX2, X86_AVXVNNI, X86_VNNI, kernel_spec
 from gwq_tvm.schedules.targets import resolve_target
 
 from conftest import tensorized_dot_16x4
@@ -41,14 +41,14 @@ def _compile_avx2(mod):
 
 
 # --- detection -----------------------------------------------------------------
-@pytest.mark.parametrize("mcpu", ["haswell", "skylake", "alderlake", "znver2", "znver3"])
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake", "znver2", "znver3"])  # alderlake: x86-avxvnni
 def test_avx2_cpus_without_vnni_get_the_avx2_family(mcpu):
     assert kernel_spec(tvm.target.Target({"kind": "llvm", "mcpu": mcpu})) is X86_AVX2
 
 
 def test_avx2_detection_and_presets():
     assert kernel_spec(resolve_target("x86-avx2")) is X86_AVX2
-    assert kernel_spec(resolve_target("alderlake")) is X86_AVX2
+    assert kernel_spec(resolve_target("alderlake")) is X86_AVXVNNI  # AVX-VNNI beats AVX2 (test_avxvnni_kernels)
     assert kernel_spec(tvm.target.Target({"kind": "llvm", "mcpu": "znver4"})) is X86_VNNI  # VNNI wins
     assert kernel_spec(tvm.target.Target({"kind": "llvm", "mattr": ["+avx2"]})) is X86_AVX2
     assert kernel_spec(tvm.target.Target("llvm")) is None  # generic x86-64: no AVX2

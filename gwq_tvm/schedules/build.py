@@ -75,7 +75,7 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
     """Compile a realized integer program with the fast packed kernels of ``target``'s family.
 
     The family (:func:`gwq_tvm.schedules.spec.kernel_spec`) is x86 AVX-512
-    VNNI, x86 AVX2 (``vpmaddwd``), aarch64 dotprod (``sdot``) or aarch64 NEON; each packs the convs
+    VNNI, x86 AVX-VNNI (``vpdpbusd ymm``), x86 AVX2 (``vpmaddwd``), aarch64 dotprod (``sdot``) or aarch64 NEON; each packs the convs
     for its instruction and gets default schedules (or tuning records).
 
     Parameters

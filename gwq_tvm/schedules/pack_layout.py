@@ -5,7 +5,7 @@ before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight, and every such dense (``matmul`` by a constant, as the
 1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
-(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile

@@ -9,7 +9,8 @@ shared and read it:
 family         conv reads   k       inner step            targets
 ============== ============ ======= ===================== ===========================
 x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
-x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no AVX-512 VNNI
+x86-avxvnni    uint8        4       2 x ``vpdpbusd`` ymm  x86 with AVX-VNNI + AVX2, no AVX-512 VNNI
+x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no (AVX-)VNNI
 aarch64-sdot   int8         4       4 x ``sdot`` (16x4)   aarch64 ``+dotprod`` (A76, N1, rpi5)
 aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72, rpi4)
 ============== ============ ======= ===================== ===========================
@@ -33,7 +34,7 @@ import tvm
 from .arm import has_dotprod, has_neon, register_sdot_intrinsic
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import has_avx2, register_avx2_intrinsic
-from .vnni import has_vnni, register_vnni_intrinsic
+from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_intrinsic
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6
                       channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE)
 """x86 with AVX2 only: 16 ymm registers (2 per pixel's 16 accumulators), ``vpmaddwd`` on int16-widened operands."""
 
+X86_AVXVNNI = KernelSpec("x86-avxvnni", "uint8", 4, register_avxvnni_intrinsic, tile_limit=6, tile_min=4,
+                         tile_fallback=7, channel_pairs=False)
+"""x86 with AVX-VNNI but no AVX-512 (Alder Lake and later client cores): the VNNI layout and offset, 16 ymm
+registers tiled as the AVX2 family's (2 per pixel's 16 accumulators), ``vpdpbusd ymm`` (VEX) twice per step."""
+
 AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
                           tile_fallback=7, channel_pairs=False)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
@@ -118,17 +124,20 @@ AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=
                           channel_pairs=False)
 """aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
 
-FAMILIES = (X86_VNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
+FAMILIES = (X86_VNNI, X86_AVXVNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
 
 
 def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
     """The kernel family for ``target``, ``None`` when it has none (plain ``tvm.compile`` then).
 
     The one place where targets are told apart: x86 with AVX-512 VNNI,
-    x86 with AVX2 (no VNNI), aarch64 with dotprod, aarch64 with NEON only.
+    x86 with AVX-VNNI and AVX2 (no AVX-512 VNNI), x86 with AVX2 (no VNNI),
+    aarch64 with dotprod, aarch64 with NEON only.
     """
     if has_vnni(target):
         return X86_VNNI
+    if has_avxvnni(target) and has_avx2(target):
+        return X86_AVXVNNI
     if has_avx2(target):
         return X86_AVX2
     if has_dotprod(target):

@@ -20,6 +20,15 @@ Semantics of one call (both the description and ``vpdpbusd``)::
 
 Four u8 x s8 products fit in int32 without saturation, so the result is
 exact (``vpdpbusd``, not the saturating ``vpdpbusds``).
+
+256-bit form (the ``x86-avxvnni`` family)
+-----------------------------------------
+:func:`register_avxvnni_intrinsic` registers the same description with an
+implementation of two ``llvm.x86.avx512.vpdpbusd.256`` calls (``int32x8``
+accumulators, ``uint8x32`` / ``int8x32`` operands: lanes 0-7, then 8-15).
+LLVM encodes it as VEX ``{vex} vpdpbusd ymm`` when the target has AVX-VNNI
+but not AVX-512 VNNI (Alder Lake and later client cores, no AVX-512), and as
+EVEX ``vpdpbusd ymm`` on AVX-512 VL + VNNI CPUs; the arithmetic is the same.
 """
 
 from __future__ import annotations
@@ -66,6 +75,44 @@ def _dot_16x4_vnni_impl():
     return impl
 
 
+AVXVNNI_INTRIN = "gwq_dot_16x4_avxvnni"
+"""Our name for the same 16-lane, 4-deep uint8 x int8 -> int32 step as two 256-bit ``vpdpbusd``."""
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_avxvnni_impl():
+    """The 256-bit implementation, parsed from TVMScript on first use (as :func:`_dot_16x4_vnni_impl`)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+            for j in T.unroll(0, 2):
+                C[T.ramp(j * 8, 1, 8)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                    C.vload([j * 8], dtype="int32x8"),
+                    a_u8x32,
+                    B.vload([j * 8, 0], dtype="int8x32"),
+                    dtype="int32x8",
+                )
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register_avxvnni_intrinsic() -> str:
+    """Register :data:`AVXVNNI_INTRIN` (idempotent, cheap) and return its name."""
+    tvm.s_tir.TensorIntrin.register(AVXVNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_avxvnni_impl(), override=True)
+    return AVXVNNI_INTRIN
+
+
 @functools.lru_cache(maxsize=None)
 def register_vnni_intrinsic() -> str:
     """Register the fixed intrinsic under :data:`VNNI_INTRIN` (idempotent) and return that name.
@@ -100,9 +147,18 @@ def has_vnni(target: tvm.target.Target) -> bool:
     Asks LLVM for the target's CPU features, so ``mcpu``/``mattr`` are both
     honoured; non-LLVM and non-x86 targets answer ``False``.
     """
+    return _has_feature(target, "avx512vnni")
+
+
+def has_avxvnni(target: tvm.target.Target) -> bool:
+    """Does ``target`` have AVX-VNNI (VEX ``vpdpbusd`` on ymm registers; ``mcpu`` such as alderlake, or ``+avxvnni``)?"""
+    return _has_feature(target, "avxvnni")
+
+
+def _has_feature(target: tvm.target.Target, feature: str) -> bool:
     if target.kind.name != "llvm":
         return False
     try:
-        return bool(tvm.target.codegen.target_has_features("avx512vnni", target))
+        return bool(tvm.target.codegen.target_has_features(feature, target))
     except (RuntimeError, ValueError):  # pragma: no cover - feature query unsupported for this triple
         return False
