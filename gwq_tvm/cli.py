@@ -433,7 +433,7 @@ def cmd_train(args):
     from .plan.quantplan import QuantPlan
 
     try:
-        from .qat import QATModel, TrainConfig, evaluate, export_qat, train
+        from .qat import QATModel, TrainConfig, clip_options, evaluate, export_qat, train
     except ImportError as err:
         raise GwqError(f"gwq-tvm train needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
@@ -444,9 +444,11 @@ def cmd_train(args):
     x, y = _load_data(args.data, "training data", args.limit)
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
-    q = api.quantize(args.model, calib, _config(args, mode="gwq"), plan=plan, input_shape=args.input_shape,
-                     show_progress=not args.quiet)
-    model = QATModel(q.graph, q.plan)
+    cfg = _config(args, mode="gwq")
+    q = api.quantize(args.model, calib, cfg, plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    # GDRQ: filter groups (--weight-groups) come with the plan; Scale-Clip (--scale-clip, --scale-clip-k,
+    # --act-clip-k, or the given plan's recorded config) is trained with the weights
+    model = QATModel(q.graph, q.plan, **clip_options(plan.config if plan is not None else cfg))
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
     test = _load_data(args.test, "test data") if args.test else None
     if test is not None and test[1] is not None:
