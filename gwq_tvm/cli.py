@@ -412,9 +412,15 @@ def cmd_report(args):
     _check_outputs(args, args.output, Path(args.output).with_suffix(".json"))
     if args.data is not None and not args.layer_error:
         raise GwqError("--data names the --layer-error inputs: give --layer-error too, or drop --data")
+    _check_plan_options(args)
+    plan = None
+    if args.plan:
+        from .plan.quantplan import QuantPlan
+
+        plan = QuantPlan.load(args.plan)
     calib = _calibration(args)
     data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
-    q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
     if args.layer_error:
         from .layer_error import format_layer_error, layer_error
@@ -599,6 +605,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
+    p.add_argument("--plan", default=None, help="report this QuantPlan (e.g. a 'gwq-tvm train' export) instead of planning one")
     p.add_argument("--layer-error", action="store_true",
                    help="per-tensor error against the float model (accumulated SQNR, local SQNR, output KL of each "
                         "tensor alone, the SFC into it), worst first")

@@ -175,6 +175,15 @@ def test_cli_train_gdrq(tmp_path, capsys):
     assert plan.layers["conv2d_1"].block == (2, 1)
     rec = plan.provenance["qat_scale_clip"]
     assert rec["scale_clip"] == "mean-abs" and rec["act_clip_k"] == 6 and set(rec["weight_clip_k"].values()) == {2.0}
+    from gwq_tvm.report import weight_report
+
+    assert main(["--quiet", "report", str(tmp_path / "m.onnx"), "--plan", str(tmp_path / "m.plan.json"),
+                 "-o", str(tmp_path / "r.html")]) == 0
+    text = capsys.readouterr().out
+    assert "conv2d_1 2x1" in text and "Scale-Clip trained in QAT (mean-abs): weights at k*sigma (conv2d_0 2" in text
+    assert "activations capped at 6*sigma" in text
+    w = weight_report(plan)["conv2d_1"]
+    assert w["block"] == [2, 1] and w["pot_steps"] and w["scale_clip"] == {"rule": "mean-abs", "k": 2.0, "act_k": 6.0, "qat": True}
 
 
 @pytest.mark.parametrize("extra, match", [
