@@ -182,6 +182,11 @@ def test_cli_train_gdrq(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "conv2d_1 2x1" in text and "Scale-Clip trained in QAT (mean-abs): weights at k*sigma (conv2d_0 2" in text
     assert "activations capped at 6*sigma" in text
+    # a plan fixes the quantization: a quantization option beside it is one line, not silently ignored
+    assert main(["--quiet", "report", str(tmp_path / "m.onnx"), "--plan", str(tmp_path / "m.plan.json"),
+                 "-o", str(tmp_path / "r.html"), "--weight-groups", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--weight-groups cannot be combined with --plan" in err and len(err.strip().splitlines()) == 1
     w = weight_report(plan)["conv2d_1"]
     assert w["block"] == [2, 1] and w["pot_steps"] and w["scale_clip"] == {"rule": "mean-abs", "k": 2.0, "act_k": 6.0, "qat": True}
 
