@@ -57,6 +57,10 @@ SETTINGS = {"W4A4": (4, 4), "W2A4": (2, 4)}
 METHODS = ("lsq", "gdrq")
 MODES = ("per-layer", "gwq")
 TARGET = ("W4A4", "gdrq", 0.3)  # GDRQ W4A4 within 0.3 pt of fp32
+#: how QATModel picks each layer's weight k: ``literal`` (the clip applied before the starting steps, see
+#: QATModel._choose_clip_k); rows marked ``ptq-search`` were made before, with the post-training search's k
+#: (the same k in per-layer mode; at most 1.5-2 with gwq's rounded-up power-of-two steps)
+K_CHOICE = "literal"
 
 
 def quant_config(setting: str, method: str, mode: str, args) -> gwq_tvm.QuantConfig:
@@ -84,7 +88,7 @@ def run_row(setting, method, mode, args, data, log):
     q = gwq_tvm.quantize(str(bundled_model()), calib[:512], cfg)
     model = QATModel(q.graph, q.plan, **clip_options(cfg))
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, scale_lr=args.scale_lr, distill=args.distill, threads=args.threads)
-    work = WORK / f"{setting}_{method}_{mode}_e{args.epochs}_n{len(train_x)}"
+    work = WORK / f"{setting}_{method}_{mode}_e{args.epochs}_n{len(train_x)}" + (f"_k{K_CHOICE}" if method == "gdrq" else "")
     history = train(model, train_x, train_y, tcfg, work_dir=work, log=log)
     onnx_path, plan_path = export_qat(model, work / "model.onnx")
     q2 = gwq_tvm.quantize(str(onnx_path), plan=gwq_tvm.QuantPlan.load(plan_path))
@@ -100,6 +104,7 @@ def run_row(setting, method, mode, args, data, log):
                           for n, w in layers.items()},
         "pot_weight_steps": all(pot.values()),
         "weight_clip_k": model.clip_settings()["weight_clip_k"] if method == "gdrq" else None,
+        "clip_k_choice": K_CHOICE if method == "gdrq" else None,
         "act_clip_k": cfg.act_clip_k, "scale_clip": cfg.scale_clip,
         "epochs": args.epochs, "train_images": len(train_x), "train_seconds": sum(h["seconds"] for h in history),
         "row_seconds": time.time() - t0, "integer_only": bool(q2.integer_only.ok),
@@ -116,8 +121,9 @@ def table(rows, fp32, n_test) -> str:
     for r in rows:
         groups = sorted({str(v) for v in r["weight_groups"].values()})
         steps = ("G=" + "/".join(groups) if r["method"] == "gdrq" else "per channel") + (", pow2" if r["pot_weight_steps"] else ", free")
+        method = r["method"] + (" (k: post-training search)" if r.get("clip_k_choice") == "ptq-search" else "")
         lines.append(
-            f"| {r['setting']} | {r['method']} | {r['mode']}{' K=1' if r['mode'] == 'gwq' else ''} | "
+            f"| {r['setting']} | {method} | {r['mode']}{' K=1' if r['mode'] == 'gwq' else ''} | "
             f"{r['qat_accuracy'] * 100:.2f}% +- {r['stderr'] * 100:.2f} | {(r['qat_accuracy'] - fp32) * 100:+.2f} | "
             f"{r['shift_share'] * 100:.1f}% | {r['multiply_elements']} / {r['shift_elements']} | {steps} | "
             f"{r['epochs']} x {r['train_images']} | {r['train_seconds'] / 60:.1f} min |")
@@ -136,6 +142,13 @@ def table(rows, fp32, n_test) -> str:
         best = max(w2, key=lambda r: r["qat_accuracy"])
         lines.append(f"- W2A4: best {best['method']} {best['mode']}: {best['qat_accuracy'] * 100:.2f}%, "
                      f"{(fp32 - best['qat_accuracy']) * 100:.2f} pt below fp32")
+    for setting in SETTINGS:
+        ks = {json.dumps(r["weight_clip_k"], sort_keys=True): r for r in rows if r["setting"] == setting and r["weight_clip_k"]}
+        for r in ks.values():
+            lines.append(f"- GDRQ clip points, {setting} {r['mode']}: weights at k * {r['scale_clip']}(W) of each filter group "
+                         f"with k per layer (chosen on the starting weights) "
+                         + ", ".join(f"{n} {k:g}" for n, k in r["weight_clip_k"].items())
+                         + f"; activation ranges capped at {r['act_clip_k']:g} * sigma (running estimate)")
     lines.append("- In the gwq K=1 rows every weight step and GDRQ group step is a power of two (the layer's SFC inside the one "
                  "activation group must stay a shift, so QAT learns the group steps' log2 with a rounding STE); in the "
                  "per-layer rows the steps are free.  The filter-group steps fold into the per-channel SFC constants: the "
@@ -164,7 +177,7 @@ def main():
 
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / "gdrq_qat"
-    key = lambda r: (r["setting"], r["method"], r["mode"], r["epochs"], r["train_images"])  # noqa: E731
+    key = lambda r: (r["setting"], r["method"], r["mode"], r["epochs"], r["train_images"], r.get("clip_k_choice"))  # noqa: E731
     test_x, test_y = fashion_mnist("test")
     if not args.table_only:
         t0 = time.time()
@@ -184,7 +197,8 @@ def main():
         for setting in args.settings.split(","):
             for method in args.methods.split(","):
                 for mode in args.modes.split(","):
-                    if any(key(r) == (setting, method, mode, args.epochs, len(train_x)) for r in done):
+                    if any(key(r) == (setting, method, mode, args.epochs, len(train_x), K_CHOICE if method == "gdrq" else None)
+                           for r in done):
                         continue
                     tag = f"{setting} {method} {mode}"
                     row = run_row(setting, method, mode, args, (calib, train_x, train_y, test_x, test_y),
@@ -200,7 +214,7 @@ def main():
     data = json.loads(stem.with_suffix(".json").read_text())
     rows, fp32 = data["rows"], data["meta"]["fp32_accuracy"]
     rows.sort(key=lambda r: (list(SETTINGS).index(r["setting"]), METHODS.index(r["method"]), MODES.index(r["mode"]),
-                             r["epochs"], r["train_images"]))
+                             r["epochs"], r["train_images"], str(r.get("clip_k_choice"))))
     md = table(rows, fp32, data["meta"]["test_images"])
     stem.with_suffix(".md").write_text(f"# GDRQ QAT (Scale-Clip + filter groups) vs LSQ-style uniform QAT, bundled ResNet\n\n{md}\n")
     print(md)

@@ -132,6 +132,43 @@ def test_activation_ranges_are_capped_at_k_sigma(net):
     assert capped  # k = 2 is below the calibrated range somewhere
 
 
+def test_chosen_k_is_scored_with_the_clip_applied_before_the_starting_steps(net):
+    """gwq (power-of-two steps rounded up): each layer's k has the least literal-clip weight error of CLIP_KS,
+    computed here independently with numpy; the post-training search's k (scored by the step it implies) is no better."""
+    from gwq_tvm.plan import sublayer
+
+    fm, x, _ = net
+    q, m = _gdrq(net, "gwq", weight_bits=4, scale_clip_k=None)
+    for n, k in m.weight_clip_k.items():
+        w = q.graph.nodes[n].weight.astype(np.float64)
+        steps = P.weight_scale_map(q.graph.nodes[n], q.plan)
+        rows = w.reshape(w.shape[0], -1)
+        n_out = q.plan.layers[n].block[0] if q.plan.layers[n].block else w.shape[0]
+        sig = rows.reshape(n_out, -1).std(axis=1).repeat(w.shape[0] // n_out).reshape((-1,) + (1,) * (w.ndim - 1))
+
+        def err(kk):
+            c = np.minimum(kk * sig, np.abs(rows).reshape(n_out, -1).max(axis=1).repeat(w.shape[0] // n_out).reshape(sig.shape))
+            qi = S.quantize_weight(np.clip(w, -c, c), steps, q.plan.layers[n].bits)
+            return ((w - qi * steps) ** 2).sum()
+
+        errors = [err(kk) for kk in sublayer.CLIP_KS]
+        assert np.isclose(err(k), min(errors), rtol=1e-9), n
+        b = sublayer.blocks_of(q.graph.nodes[n].weight, n_out, 1)
+        ptq_k = sublayer.choose_clip_k(q.graph.nodes[n].weight, b, q.plan.layers[n].bits, True, "std", None)
+        assert err(k) <= err(ptq_k) * (1 + 1e-12), n
+
+
+def test_a_checkpoint_of_other_clip_settings_is_refused(net, tmp_path):
+    from gwq_tvm.errors import GwqError
+
+    fm, x, y = net
+    q, m = _gdrq(net, "per-layer")
+    train(m, x[:32], y[:32], TrainConfig(epochs=1, batch_size=32), work_dir=tmp_path)
+    other = QATModel(q.graph, q.plan, scale_clip="std", scale_clip_k=3.0, act_clip_k=2.0)
+    with pytest.raises(GwqError, match="other training settings"):
+        train(other, x[:32], y[:32], TrainConfig(epochs=1, batch_size=32), work_dir=tmp_path)
+
+
 def test_without_scale_clip_nothing_is_clipped(net):
     fm, x, _ = net
     q = gwq_tvm.quantize(fm, x, QuantConfig(weight_bits=4, weight_groups=2))

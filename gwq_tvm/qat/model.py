@@ -208,11 +208,26 @@ class QATModel(nn.Module):
         self.register_buffer("act_sigma", torch.full((len(self.act_clipped),), float("nan"), dtype=torch.float64))
 
     def _choose_clip_k(self, n: str) -> float:
+        """The ``k`` of :data:`~gwq_tvm.plan.sublayer.CLIP_KS` whose clip, applied literally before the plan's
+        starting steps ``s``, gives the least weight error ``sum (W - s * clamp(rint(clip(W, k*sigma) / s)))**2``.
+
+        (The post-training search, :func:`~gwq_tvm.plan.sublayer.choose_clip_k`, scores ``k`` by the step it
+        implies; with power-of-two steps rounded up, the clip there is the integer clamp at ``qmax * s``, not
+        ``k * sigma``, and it picks ``k`` as low as 1.5 at 4 bits.  QAT clips at ``k * sigma`` itself, so ``k`` is
+        scored that way; ``inf``, no clip, is the plan's own error.)
+        """
         layer, w = self.base_plan.layers[n], self.graph.nodes[n].weight
         n_out = 1 if layer.granularity == "tensor" else (w.shape[0] if layer.granularity == "channel" else layer.block[0])
         perm = np.asarray(layer.permutation) if layer.permutation is not None else None
-        return sublayer.choose_clip_k(w, sublayer.blocks_of(w, n_out, 1, perm), layer.bits, self.pot_weights[n],
-                                      self.scale_clip, perm)
+        blocks = sublayer.blocks_of(w, n_out, 1, perm)
+        steps = P.weight_scale_map(self.graph.nodes[n], self.base_plan)
+        w64 = w.astype(np.float64)
+        errors = []
+        for k in sublayer.CLIP_KS:
+            c = sublayer.expand(sublayer.block_clips(blocks, self.scale_clip, k), w.shape, perm)
+            q = S.quantize_weight(np.clip(w64, -c, c), steps, layer.bits).astype(np.float64)
+            errors.append(float(((w64 - q * steps) ** 2).sum()))
+        return sublayer.CLIP_KS[int(np.argmin(errors))]
 
     def clip_settings(self) -> dict:
         """The Scale-Clip the model trains with (recorded in the exported plan's provenance)."""
