@@ -88,7 +88,7 @@ def run_row(setting, method, mode, args, data, log):
     q = gwq_tvm.quantize(str(bundled_model()), calib[:512], cfg)
     model = QATModel(q.graph, q.plan, **clip_options(cfg))
     tcfg = TrainConfig(epochs=args.epochs, lr=args.lr, scale_lr=args.scale_lr, distill=args.distill, threads=args.threads)
-    work = WORK / f"{setting}_{method}_{mode}_e{args.epochs}_n{len(train_x)}" + (f"_k{K_CHOICE}" if method == "gdrq" else "")
+    work = WORK / (f"{setting}_{method}_{mode}_e{args.epochs}_n{len(train_x)}" + (f"_k{K_CHOICE}" if method == "gdrq" else ""))
     history = train(model, train_x, train_y, tcfg, work_dir=work, log=log)
     onnx_path, plan_path = export_qat(model, work / "model.onnx")
     q2 = gwq_tvm.quantize(str(onnx_path), plan=gwq_tvm.QuantPlan.load(plan_path))
