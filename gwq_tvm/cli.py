@@ -412,9 +412,15 @@ def cmd_report(args):
     _check_outputs(args, args.output, Path(args.output).with_suffix(".json"))
     if args.data is not None and not args.layer_error:
         raise GwqError("--data names the --layer-error inputs: give --layer-error too, or drop --data")
+    _check_plan_options(args)
+    plan = None
+    if args.plan:
+        from .plan.quantplan import QuantPlan
+
+        plan = QuantPlan.load(args.plan)
     calib = _calibration(args)
     data = calib if args.data is None else _load_data(args.data, "layer-error data")[0]
-    q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
+    q = api.quantize(args.model, calib, _config(args), plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     report = q.report()
     if args.layer_error:
         from .layer_error import format_layer_error, layer_error
@@ -433,7 +439,7 @@ def cmd_train(args):
     from .plan.quantplan import QuantPlan
 
     try:
-        from .qat import QATModel, TrainConfig, evaluate, export_qat, train
+        from .qat import QATModel, TrainConfig, clip_options, evaluate, export_qat, train
     except ImportError as err:
         raise GwqError(f"gwq-tvm train needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
@@ -444,9 +450,11 @@ def cmd_train(args):
     x, y = _load_data(args.data, "training data", args.limit)
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
-    q = api.quantize(args.model, calib, _config(args, mode="gwq"), plan=plan, input_shape=args.input_shape,
-                     show_progress=not args.quiet)
-    model = QATModel(q.graph, q.plan)
+    cfg = _config(args, mode="gwq")
+    q = api.quantize(args.model, calib, cfg, plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
+    # GDRQ: filter groups (--weight-groups) come with the plan; Scale-Clip (--scale-clip, --scale-clip-k,
+    # --act-clip-k, or the given plan's recorded config) is trained with the weights
+    model = QATModel(q.graph, q.plan, **clip_options(plan.config if plan is not None else cfg))
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
     test = _load_data(args.test, "test data") if args.test else None
     if test is not None and test[1] is not None:
@@ -597,6 +605,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", default="gwq_report.html", help="HTML file (the JSON is written beside it)")
+    p.add_argument("--plan", default=None, help="report this QuantPlan (e.g. a 'gwq-tvm train' export) instead of planning one")
     p.add_argument("--layer-error", action="store_true",
                    help="per-tensor error against the float model (accumulated SQNR, local SQNR, output KL of each "
                         "tensor alone, the SFC into it), worst first")

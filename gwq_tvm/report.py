@@ -84,12 +84,21 @@ def sfc_report(qmodel) -> dict:
 def weight_report(plan) -> dict:
     """Per layer: weight bits, granularity, PTQ-SL block grid, whether channels are reordered into the blocks, the
     number of steps, whether they are powers of two (as GWQ needs wherever the layer's SFC must stay a shift), and
-    the Scale-Clip settings of the search (provenance), and the codebook (``uniform`` or ``post``)."""
+    the Scale-Clip settings of the search (provenance; for a QAT export, the clip it trained with and each layer's
+    ``k``), and the codebook (``uniform`` or ``post``)."""
     config = plan.config
     clip = {"rule": config.scale_clip, "k": config.scale_clip_k, "act_k": config.act_clip_k} if config and config.scale_clip else None
+    trained = plan.provenance.get("qat_scale_clip")  # a QAT export: the clip it trained with, k per layer
+
+    def clip_of(n):
+        if not trained or not (trained.get("scale_clip") or trained.get("act_clip_k")):
+            return clip
+        return {"rule": trained.get("scale_clip"), "k": trained.get("weight_clip_k", {}).get(n),
+                "act_k": trained.get("act_clip_k"), "qat": True}
+
     return {n: {"bits": w.bits, "granularity": w.granularity, "block": list(w.block) if w.block else None,
                 "reordered": w.permutation is not None, "steps": len(w.scales), "codebook": w.codebook,
-                "pot_steps": bool(all(math.frexp(v)[0] == 0.5 for v in w.scales)), "scale_clip": clip}
+                "pot_steps": bool(all(math.frexp(v)[0] == 0.5 for v in w.scales)), "scale_clip": clip_of(n)}
             for n, w in plan.layers.items()}
 
 
@@ -135,6 +144,13 @@ def format_text(report: dict, max_members: int = 6) -> str:
               for n, w in report.get("weights", {}).items() if w["block"]]
     if blocks:
         lines.append("weight blocks (PTQ-SL / GDRQ groups): " + ", ".join(blocks))
+    trained = [(n, w["scale_clip"]) for n, w in report.get("weights", {}).items() if (w.get("scale_clip") or {}).get("qat")]
+    if trained:
+        c = trained[0][1]
+        ks = ", ".join(f"{n} {w['k']:g}" for n, w in trained[:max_members] if w["k"] is not None)
+        lines.append(f"Scale-Clip trained in QAT ({c['rule'] or 'std'}): weights at k*sigma ({ks or 'none'}"
+                     f"{', ...' if len(trained) > max_members else ''}); activations "
+                     + (f"capped at {c['act_k']:g}*sigma" if c["act_k"] else "not clipped"))
     post = [f"{n} W{w['bits']}" for n, w in report.get("weights", {}).items() if w.get("codebook") == "post"]
     if post:
         lines.append(f"POST weights (powers of sqrt 2, table lookup) on {len(post)} of {len(report['weights'])} layers: "

@@ -112,13 +112,18 @@ def export_qat(model, path) -> tuple[Path, Path]:
     """Write ``model`` (a :class:`~gwq_tvm.qat.model.QATModel`) as ``path`` (ONNX) and ``<stem>.plan.json``.
 
     The ONNX file is re-imported to check it reproduces the trained graph, and
-    the plan is stamped with its fingerprint.  Returns the two paths.
+    the plan is stamped with its fingerprint.  With Scale-Clip the ONNX holds
+    the clipped weights (:meth:`~gwq_tvm.qat.model.QATModel.effective_weight`),
+    so the compiler, quantizing them with the plan's steps, computes exactly
+    the trained integers; the plan's provenance records the clip settings.
+    Returns the two paths.
     """
     from ..frontend import load_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights = {n: p.detach().to("cpu").float().numpy() for n, p in model.weight.items()}
+    # the weights as the model quantizes them: with Scale-Clip, clipped at k * sigma (bit-identical float32 values)
+    weights = {n: model.effective_weight(n).detach().to("cpu").float().numpy() for n in model.weight}
     biases = {n: p.detach().to("cpu").float().numpy() for n, p in model.bias.items()}
     plan = model.plan()
     proto = graph_to_onnx(model.graph, weights, biases, plan.input_shape or (None,) + tuple(model.graph.nodes[model.graph.input].shape[1:]))

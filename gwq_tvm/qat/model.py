@@ -9,9 +9,27 @@ Its parameters are
 * one **mantissa** per plan group (``mantissa[g]``, LSQ-style gradient);
 * one real **exponent** per quantized tensor (``exponent[t]``), used as
   ``2**round(e)`` with a straight-through estimator;
-* per output channel, the weight scale's real log2 (power-of-two weights, the
-  GWQ/pot case, again rounded with an STE) or the weight scale itself (per-layer
-  plans with free weight scales).
+* per stored weight scale (one per tensor, per output channel, or per GDRQ
+  filter group: ``G x 1`` blocks), the scale's real log2 (power-of-two weights,
+  the GWQ/pot case, again rounded with an STE) or the scale itself (per-layer
+  plans with free weight scales).  A filter group's step is shared by its
+  channels (LSQ gradient summed over the group), so it folds into the
+  per-channel SFC of the compiled program like a per-channel scale.
+
+GDRQ Scale-Clip (seed 002) is trained with the weights when asked for:
+
+* weights: each scale block's weights are clipped at ``c = k * sigma(W_block)``
+  before quantization, ``sigma`` the standard deviation or mean ``|W|``,
+  recomputed from the current weights every step (no gradient through
+  ``sigma``; the weights' gradient is straight-through inside ``[-c, c]`` and
+  zero outside).  :meth:`QATModel.effective_weight` is the clipped weight, and
+  it is what :func:`~gwq_tvm.qat.export.export_qat` writes, so the compiler
+  quantizes exactly the integers the model trained with.
+* activations: a running estimate ``sigma_t`` (exponential average over the
+  training batches) caps each tensor's range: its exponent may not exceed
+  ``round(log2(k * sigma_t / (qmax * m)))`` (``m`` its group mantissa), so the
+  integer clamp of the program *is* the clip and nothing is added to the graph.
+  Below the cap the exponent is still learned.
 
 Every forward recomputes the plan from the parameters (:meth:`QATModel.plan`)
 and produces, next to each tensor's real value, its integers exactly as the
@@ -32,11 +50,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PlanError, UnsupportedOpError
+from ..errors import ConfigError, PlanError, UnsupportedOpError
 from ..graph import Graph, Node, kind_of
 from ..kinds import Kind
 from ..plan import program as P
 from ..plan import scales as S
+from ..plan import sublayer
 from ..plan.quantplan import QuantPlan, TensorQuant
 from .fakequant import apply_sfc, fake_quant, grad_scale, round_ste, ste
 
@@ -49,6 +68,63 @@ def _is_pot(scales) -> bool:
     return bool(np.all(S.is_power_of_two(np.asarray(scales, dtype=np.float64))))
 
 
+#: momentum of the running activation ``sigma`` of the activation Scale-Clip
+ACT_SIGMA_MOMENTUM = 0.1
+
+
+def scale_groups(layer, channels: int) -> np.ndarray:
+    """Index of the stored weight scale each output channel uses (``tensor``: all 0; ``channel``: itself;
+    ``G x 1`` blocks: its filter group, through the layer's permutation)."""
+    if layer.granularity == "tensor":
+        return np.zeros(channels, dtype=np.int64)
+    if layer.granularity == "channel":
+        return np.arange(channels, dtype=np.int64)
+    index = np.arange(layer.block[0], dtype=np.int64).repeat(channels // layer.block[0])
+    if layer.permutation is None:
+        return index
+    out = np.empty_like(index)
+    out[np.asarray(layer.permutation)] = index
+    return out
+
+
+def torch_sigma(values: torch.Tensor, rule: str, signed: bool) -> float:
+    """``sigma`` of an activation batch, as :func:`gwq_tvm.plan.sublayer.activation_sigma` defines it from a
+    histogram: ``E|x|`` (``mean-abs``), ``sqrt(E x**2 - (E x)**2)`` (``std``, non-negative tensor) or
+    ``sqrt(E x**2)`` (``std``, signed tensor: mean taken as 0)."""
+    v = values.detach().to(torch.float64)
+    if rule == "mean-abs":
+        return float(v.abs().mean())
+    m2 = float(v.square().mean())
+    m1 = 0.0 if signed else float(v.mean())
+    return math.sqrt(max(m2 - m1 * m1, 0.0))
+
+
+def check_clip_options(scale_clip, scale_clip_k, act_clip_k) -> None:
+    """The Scale-Clip options of :class:`QATModel` (the rules of :class:`~gwq_tvm.config.QuantConfig`).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the bad value.
+    """
+    from ..config import SIGMA_RULES
+
+    if scale_clip is not None and scale_clip not in SIGMA_RULES:
+        raise ConfigError(f"scale_clip must be one of {', '.join(SIGMA_RULES)}; got {scale_clip!r}")
+    for name, v in (("scale_clip_k", scale_clip_k), ("act_clip_k", act_clip_k)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ConfigError(f"{name} must be a positive number; got {v!r}")
+    if scale_clip_k is not None and scale_clip is None:
+        raise ConfigError("scale_clip_k needs scale_clip (std or mean-abs)")
+
+
+def clip_options(config) -> dict:
+    """The Scale-Clip keyword arguments of :class:`QATModel` that a :class:`~gwq_tvm.config.QuantConfig` asks for."""
+    if config is None:
+        return {}
+    return {"scale_clip": config.scale_clip, "scale_clip_k": config.scale_clip_k, "act_clip_k": config.act_clip_k}
+
+
 class QATModel(nn.Module):
     """Trainable fake-quant twin of the integer program of ``plan`` on ``graph``.
 
@@ -58,27 +134,44 @@ class QATModel(nn.Module):
         The quantizable graph (from :func:`gwq_tvm.extract_graph`).
     plan : QuantPlan
         A calibrated plan for ``graph``: it fixes bit-widths, signedness, the
-        group of every tensor and the initial mantissas, exponents and weight scales.
+        group of every tensor, the weight granularity (per tensor, per channel
+        or GDRQ filter groups ``G x 1``) and the initial mantissas, exponents
+        and weight scales.
+    scale_clip : {"std", "mean-abs"}, optional
+        Train with the weights' Scale-Clip at ``k * sigma`` of each scale block.
+    scale_clip_k : float, optional
+        Its ``k``; ``None`` picks it per layer once, on the initial weights, among
+        :data:`gwq_tvm.plan.sublayer.CLIP_KS` by the weight quantization error
+        (:func:`gwq_tvm.plan.sublayer.choose_clip_k`).
+    act_clip_k : float, optional
+        Cap each activation range at ``k * sigma_t`` (running estimate; the rule
+        of ``scale_clip``, ``std`` without one).
 
     Raises
     ------
     PlanError
         If ``plan`` was made for another graph.
     UnsupportedOpError
-        If the graph holds float-fallback ops (named).
+        If the graph holds float-fallback ops (named), or a layer's weights are
+        not uniform int8 per tensor, per channel or in ``G x 1`` filter groups.
+    ConfigError
+        Bad Scale-Clip options (one line).
     """
 
-    def __init__(self, graph: Graph, plan: QuantPlan):
+    def __init__(self, graph: Graph, plan: QuantPlan, *, scale_clip: str | None = None, scale_clip_k: float | None = None,
+                 act_clip_k: float | None = None):
         super().__init__()
         if plan.fingerprint != graph.fingerprint:
             raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
         unsupported = sorted({n.attrs.get("op", n.kind) for n in graph.nodes.values() if not trainable(kind_of(n))})
         if unsupported:
             raise UnsupportedOpError(f"QAT cannot train models with float-fallback ops: {', '.join(unsupported)}")
+        check_clip_options(scale_clip, scale_clip_k, act_clip_k)
         for n, w in plan.layers.items():
-            if w.granularity == "block" or w.codebook != "uniform" or w.storage != "int8":
-                raise UnsupportedOpError(f"QAT trains uniform int8 tensor/channel weights; layers.{n} is "
-                                         f"{w.granularity}/{w.codebook}/{w.storage}")
+            if (w.granularity == "block" and w.block[1] != 1) or w.codebook != "uniform" or w.storage != "int8":
+                shape = f" {w.block[0]}x{w.block[1]}" if w.block else ""
+                raise UnsupportedOpError(f"QAT trains uniform int8 weights per tensor, per channel or in Gx1 filter groups; "
+                                         f"layers.{n} is {w.granularity}{shape}/{w.codebook}/{w.storage}")
         self.graph, self.base_plan = graph, plan
         self.owners = graph.tensors()
         #: tensors the program actually quantizes (a final layer's output stays an int32 accumulator)
@@ -102,6 +195,103 @@ class QATModel(nn.Module):
                 for n in layers
             }
         )
+        #: the stored scale of each output channel (a buffer: moves with the model)
+        self.channel_scale = {n: torch.from_numpy(scale_groups(plan.layers[n], graph.nodes[n].weight.shape[0])) for n in layers}
+        self.scale_clip, self.act_clip_k = scale_clip, act_clip_k
+        #: Scale-Clip ``k`` of each layer's weights (``inf``: not clipped)
+        self.weight_clip_k = {n: float("inf") for n in layers}
+        if scale_clip is not None:
+            for n in layers:
+                self.weight_clip_k[n] = float(scale_clip_k) if scale_clip_k is not None else self._choose_clip_k(n)
+        #: tensors whose range the activation Scale-Clip caps, and their running sigma (NaN until the first batch)
+        self.act_clipped = [t for t in self.quantized] if act_clip_k is not None else []
+        self.register_buffer("act_sigma", torch.full((len(self.act_clipped),), float("nan"), dtype=torch.float64))
+
+    def _choose_clip_k(self, n: str) -> float:
+        """The ``k`` of :data:`~gwq_tvm.plan.sublayer.CLIP_KS` whose clip, applied literally before the plan's
+        starting steps ``s``, gives the least weight error ``sum (W - s * clamp(rint(clip(W, k*sigma) / s)))**2``.
+
+        (The post-training search, :func:`~gwq_tvm.plan.sublayer.choose_clip_k`, scores ``k`` by the step it
+        implies; with power-of-two steps rounded up, the clip there is the integer clamp at ``qmax * s``, not
+        ``k * sigma``, and it picks ``k`` as low as 1.5 at 4 bits.  QAT clips at ``k * sigma`` itself, so ``k`` is
+        scored that way; ``inf``, no clip, is the plan's own error.)
+        """
+        layer, w = self.base_plan.layers[n], self.graph.nodes[n].weight
+        n_out = 1 if layer.granularity == "tensor" else (w.shape[0] if layer.granularity == "channel" else layer.block[0])
+        perm = np.asarray(layer.permutation) if layer.permutation is not None else None
+        blocks = sublayer.blocks_of(w, n_out, 1, perm)
+        steps = P.weight_scale_map(self.graph.nodes[n], self.base_plan)
+        w64 = w.astype(np.float64)
+        errors = []
+        for k in sublayer.CLIP_KS:
+            c = sublayer.expand(sublayer.block_clips(blocks, self.scale_clip, k), w.shape, perm)
+            q = S.quantize_weight(np.clip(w64, -c, c), steps, layer.bits).astype(np.float64)
+            errors.append(float(((w64 - q * steps) ** 2).sum()))
+        return sublayer.CLIP_KS[int(np.argmin(errors))]
+
+    def clip_settings(self) -> dict:
+        """The Scale-Clip the model trains with (recorded in the exported plan's provenance)."""
+        return {"scale_clip": self.scale_clip, "weight_clip_k": {n: k for n, k in self.weight_clip_k.items() if math.isfinite(k)},
+                "act_clip_k": self.act_clip_k}
+
+    # --- Scale-Clip ---------------------------------------------------------
+    @torch.no_grad()
+    def weight_clip(self, n: str) -> torch.Tensor | None:
+        """Per output channel, the clip ``k * sigma`` of its scale block (float32, shape ``(C_out, 1, ...)``), or ``None``.
+
+        ``sigma`` (``std`` about the block mean, or mean ``|W|``) is computed in
+        float64 from the current weights over all weights sharing the channel's
+        scale, then rounded to float32 once, so float32 training, the float64
+        check and the export clip at the same value.
+        """
+        k = self.weight_clip_k[n]
+        if not math.isfinite(k):
+            return None
+        w = self.weight[n].detach().to(torch.float64)
+        rows = w.reshape(w.shape[0], -1)
+        idx = self.channel_scale[n]
+        nb = int(idx.max()) + 1
+        count = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, torch.full((rows.shape[0],), float(rows.shape[1]), dtype=torch.float64))
+        if self.scale_clip == "mean-abs":
+            sig = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, rows.abs().sum(1)) / count
+        else:
+            mean = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, rows.sum(1)) / count
+            var = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, (rows - mean[idx, None]).square().sum(1)) / count
+            sig = var.sqrt()
+        c = (k * sig)[idx].to(torch.float32)
+        return c.reshape((-1,) + (1,) * (w.ndim - 1))
+
+    def effective_weight(self, n: str, dtype=None) -> torch.Tensor:
+        """Layer ``n``'s weight as the program quantizes it: clipped at :meth:`weight_clip` (gradient zero outside)."""
+        w = self.weight[n]
+        c = self.weight_clip(n)
+        if c is not None:
+            c = c.to(w.dtype)
+            w = torch.clamp(w, -c, c)
+        return w if dtype is None else w.to(dtype)
+
+    @torch.no_grad()
+    def observe_activation(self, t: str, v: torch.Tensor) -> None:
+        """Fold batch values ``v`` of tensor ``t`` into its running sigma (training only)."""
+        if not self.training or t not in self.act_clipped:
+            return
+        i = self.act_clipped.index(t)
+        sig = torch_sigma(v, self.scale_clip or "std", self.base_plan.tensors[t].signed)
+        old = float(self.act_sigma[i])
+        self.act_sigma[i] = sig if math.isnan(old) else (1 - ACT_SIGMA_MOMENTUM) * old + ACT_SIGMA_MOMENTUM * sig
+
+    @torch.no_grad()
+    def cap_activation_exponents_(self) -> None:
+        """Lower each clipped tensor's exponent to ``round(log2(k * sigma_t / (qmax * m)))`` where it is above."""
+        for i, t in enumerate(self.act_clipped):
+            sig = float(self.act_sigma[i])
+            if not sig > 0:
+                continue
+            tq = self.base_plan.tensors[t]
+            m = float(self.mantissa[tq.group])
+            cap = round(math.log2(self.act_clip_k * sig / (S.qrange(tq.bits, tq.signed)[1] * m)))
+            if float(self.exponent[t]) > cap:
+                self.exponent[t].fill_(float(cap))
 
     def set_dtype(self, dtype: torch.dtype) -> "QATModel":
         """Cast the weights and biases (not the float64 scale parameters) to ``dtype``."""
@@ -131,7 +321,10 @@ class QATModel(nn.Module):
             p = self.weight_scale[n].detach().double().numpy()
             ws = np.exp2(np.round(p)) if self.pot_weights[n] else np.abs(p)
             layers[n] = dataclasses.replace(layer, scales=tuple(float(v) for v in ws))
-        return base.replace(groups=groups, tensors=tensors, layers=layers)
+        provenance = dict(base.provenance)
+        if self.scale_clip is not None or self.act_clip_k is not None:
+            provenance["qat_scale_clip"] = self.clip_settings()
+        return base.replace(groups=groups, tensors=tensors, layers=layers, provenance=provenance)
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -158,7 +351,8 @@ class QATModel(nn.Module):
         p = self.weight_scale[n].to(dtype)
         s = torch.exp2(round_ste(p)) if self.pot_weights[n] else p.abs()
         w = self.weight[n]
-        g = 1.0 / math.sqrt(w[0].numel() * S.weight_qmax(self.base_plan.layers[n].bits))
+        per_scale = w[0].numel() * (w.shape[0] // s.numel() if self.base_plan.layers[n].granularity == "block" else 1)
+        g = 1.0 / math.sqrt(per_scale * S.weight_qmax(self.base_plan.layers[n].bits))
         return grad_scale(s, g)
 
     # --- forward ----------------------------------------------------------
@@ -168,6 +362,8 @@ class QATModel(nn.Module):
         The integer outputs are what the compiled program dequantizes: the int32
         accumulator of a final conv/dense layer, else the output tensor's integers.
         """
+        if self.training and self.act_clipped:
+            self.cap_activation_exponents_()
         plan = self.plan()
         run = Run(self, plan, x.dtype, x)
         for node in self.graph.nodes.values():
@@ -206,6 +402,8 @@ class Run:
     def store(self, node: Node, v: torch.Tensor, q: torch.Tensor, qmin: int, qmax: int):
         """Record ``node``'s integers ``q`` and its fake-quantized value (LSQ gradient from ``v``)."""
         self.q[node.name] = q
+        if self.graph.tensor_of(node.name) == node.name:
+            self.m.observe_activation(node.name, v)
         self.x[node.name] = fake_quant(v, self.s(node.name), q, qmin, qmax)
 
     def layer(self, node: Node):
@@ -214,7 +412,9 @@ class Run:
         src = self.graph.tensor_of(node.inputs[0])
         layer = self.plan.layers[n]
         ws = self.m._weight_scale(n, self.dtype)
-        w = self.m.weight[n].to(self.dtype)
+        if layer.granularity == "block":  # G filter groups: each channel takes its group's step
+            ws = ws[self.m.channel_scale[n]]
+        w = self.m.effective_weight(n, self.dtype)
         shape = (-1,) + (1,) * (w.ndim - 1)
         qmax = S.weight_qmax(layer.bits)
         wq = ws.reshape(shape) * torch.clamp(round_ste(w / ws.reshape(shape)), -qmax, qmax)
@@ -278,9 +478,10 @@ def prepare_qat(model, calib_data, config, *, input_shape=None) -> QATModel:
 
     The module is imported through ``torch.export`` (batch norm folded into the
     convolutions); the user does not rewrite it.  Equivalent to
-    ``QATModel(q.graph, q.plan)`` with ``q = gwq_tvm.quantize(model, calib_data, config)``.
+    ``QATModel(q.graph, q.plan, **clip_options(config))`` with ``q = gwq_tvm.quantize(model, calib_data, config)``:
+    GDRQ filter groups come with the plan, the Scale-Clip settings of ``config`` are trained with.
     """
     from ..api import quantize
 
     q = quantize(model, calib_data, config, input_shape=input_shape)
-    return QATModel(q.graph, q.plan)
+    return QATModel(q.graph, q.plan, **clip_options(config))

@@ -156,6 +156,8 @@ def train(model: QATModel, images: np.ndarray, labels: np.ndarray, cfg: TrainCon
     opt = torch.optim.Adam(_param_groups(model, cfg))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     identity = {"fingerprint": model.base_plan.fingerprint, "plan": model.base_plan.to_dict(), "train": cfg.to_dict(), "samples": n}
+    if model.scale_clip is not None or model.act_clip_k is not None:  # GDRQ Scale-Clip: part of what is trained
+        identity["scale_clip"] = model.clip_settings()
     history, start = [], 0
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     if ckpt_path is not None:
