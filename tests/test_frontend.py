@@ -46,3 +46,31 @@ def test_onnx_clip_imports_as_relax_clip(opset):
 def test_onnx_clip_with_data_dependent_bound_still_imports():
     fm = gwq_tvm.load_model(_conv_clip_model(13, dynamic_bound=True))
     assert fm.mod["main"] is not None  # TVM's own converter handles it (kept in float by gwq-tvm)
+
+
+def test_old_ir_initializers_listed_as_inputs_stay_weights_when_folded(tmp_path):
+    """Graphs before IR version 4 list every initializer in ``graph.input``.  When import folds a computation on
+    one (here the opset upgrade makes ``Unsqueeze``'s axes an input, and shape folding evaluates the Unsqueeze of
+    the weight), the dropped initializer's ``graph.input`` entry goes with it.  Left behind, it became a model
+    input with no value: the onnx wheel's DenseNet-121 and Inception-v2 were refused as 5- and 27-input models."""
+    w = np.arange(1, 5, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["w"], ["u"], axes=[1, 2]), helper.make_node("Mul", ["x", "u"], ["y"])],
+        "old_ir",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    path = tmp_path / "old_ir.onnx"
+    path.write_bytes(model.SerializeToString())
+    fm = gwq_tvm.load_model(path)
+    assert fm.input_shape == (1, 4, 2, 2) and len(fm.mod["main"].params) == 1
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)
+    from tvm import relax
+    import tvm
+    from gwq_tvm.schedules.float import compile_float
+
+    got = relax.VirtualMachine(compile_float(fm.mod), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, x * w.reshape(4, 1, 1), rtol=1e-6)

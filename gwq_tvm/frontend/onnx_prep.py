@@ -224,7 +224,9 @@ def _evaluate(node, inputs: list, opset: int) -> list:
 
 
 def _remove_dead(model) -> None:
-    """Drop nodes none of whose outputs is used (repeatedly) and initializers nothing reads."""
+    """Drop nodes none of whose outputs is used (repeatedly) and initializers nothing reads, with their entries
+    in ``graph.input`` (graphs before IR version 4 list every initializer there: left behind, a dropped
+    initializer's entry would become a model input with no value)."""
     while True:
         used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
         keep = [n for n in model.graph.node if any(o in used for o in n.output)]
@@ -233,6 +235,10 @@ def _remove_dead(model) -> None:
         del model.graph.node[:]
         model.graph.node.extend(keep)
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    dropped = {i.name for i in model.graph.initializer if i.name not in used}
     inits = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)
+    inputs = [i for i in model.graph.input if i.name not in dropped]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
