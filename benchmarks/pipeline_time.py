@@ -70,7 +70,7 @@ def one_run(model: str, mode: str, calib: int) -> dict:
     """Seconds and peak MB of each stage of one quantize + build (in this process)."""
     import gwq_tvm
     from gwq_tvm.calibration import check_batch
-    from gwq_tvm.calibration.sensitivity import tensor_sensitivity
+    from gwq_tvm.calibration.sensitivity import SENSITIVITY_SAMPLES, tensor_sensitivity
     from gwq_tvm.config import QuantConfig
     from gwq_tvm.plan.planner import apply_end_bits
 
@@ -87,10 +87,13 @@ def one_run(model: str, mode: str, calib: int) -> dict:
     fm = stage("import", lambda: gwq_tvm.load_model(path))
     graph = gwq_tvm.extract_graph(fm.mod)
     config = apply_end_bits(graph, QuantConfig(mode="gwq") if mode == "gwq" else QuantConfig())
-    stats = stage("calibrate", lambda: gwq_tvm.calibrate(fm, data, config))
     sens = None
-    if mode == "gwq" and config.loss_aware:
-        sens = stage("sensitivity", lambda: tensor_sensitivity(fm, graph, stats, config, check_batch(data, fm.input_shape)))
+    if mode == "gwq" and config.loss_aware:  # as gwq_tvm.quantize: calibration keeps the fp32 logits sensitivity needs
+        stats, ref = stage("calibrate", lambda: gwq_tvm.calibrate(fm, data, config, keep_outputs=SENSITIVITY_SAMPLES))
+        sens = stage("sensitivity", lambda: tensor_sensitivity(fm, graph, stats, config, check_batch(data, fm.input_shape),
+                                                               reference=ref))
+    else:
+        stats = stage("calibrate", lambda: gwq_tvm.calibrate(fm, data, config))
     plan = stage("plan", lambda: gwq_tvm.build_plan(graph, stats, config, fm.input_shape, sens))
 
     def realize():

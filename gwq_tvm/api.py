@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 
 from .calibration import calibrate, check_batch, check_labels
-from .calibration.sensitivity import tensor_sensitivity
+from .calibration.sensitivity import SENSITIVITY_SAMPLES, tensor_sensitivity
 from .config import QuantConfig, ScaleMode
 from .errors import IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
 from .frontend import FloatModel, load_model
@@ -115,10 +115,12 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     if plan is None:
         if calib_data is None:
             raise PlanError("quantize needs calibration data or a QuantPlan")
-        stats = calibrate(fm, calib_data, config, show_progress=show_progress)
         images = check_batch(calib_data, fm.input_shape)
         if config.mode is ScaleMode.GWQ and config.loss_aware:
-            sensitivity = tensor_sensitivity(fm, graph, stats, config, images)
+            stats, reference = calibrate(fm, images, config, show_progress=show_progress, keep_outputs=SENSITIVITY_SAMPLES)
+            sensitivity = tensor_sensitivity(fm, graph, stats, config, images, reference=reference)
+        else:
+            stats = calibrate(fm, images, config, show_progress=show_progress)
         ctx = strategies.PlanContext(graph, stats, config, images, fm.input_shape, sensitivity, model=fm)
         search = "select" if config.mode is ScaleMode.GWQ and config.min_shift_share is not None else "grouping"
         if config.mixed_precision:

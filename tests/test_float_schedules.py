@@ -53,6 +53,22 @@ def test_pack_float_conv_weight_layout():
     assert float_lanes("float32") == 16 and float_lanes("float64") == 8
 
 
+@pytest.mark.parametrize("mcpu, lanes", [("haswell", 16), ("znver3", 16), ("znver4", 32), ("skylake-avx512", 32)])
+def test_float_conv_lanes_are_two_vector_registers_of_the_target(mcpu, lanes):
+    """Before/after the float kernel passes: the conv's weight is packed to ``L`` = two vector registers of the
+    target (32 float32 lanes with AVX-512, 16 with AVX2), and the scheduled kernel vectorizes those lanes."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    assert float_lanes("float32", target) == lanes and float_lanes("float64", target) == lanes // 2
+    w = np.random.default_rng(1).standard_normal((40, 8, 3, 3)).astype("float32")
+    before = _conv_module((1, 8, 12, 12), w, "float32", padding=(1, 1, 1, 1))
+    with target:
+        after = tvm.transform.Sequential(float_kernel_passes())(before)
+    (conv,) = [f for _, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and FLOAT_CONV_BLOCK in f.script()]
+    text = conv.script()
+    assert f"v_i1 // T.int64({lanes})" in text and f"v_i1 % T.int64({lanes})" in text  # the NCHW[L]c unpack
+    assert "T.vectorized" in text
+
+
 CASES = [  # (N, C, H, W), (O, KH, KW), strides, padding, dilation
     ((2, 3, 17, 19), (20, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
     ((1, 16, 14, 14), (32, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),

@@ -237,6 +237,30 @@ def test_segmented_simulator_is_the_whole_function(fmnist, name, dtype):
         np.testing.assert_array_equal(chain.run_from(k, cuts[k], chain.args(scales)), whole[:8])
 
 
+def test_sensitivity_reuses_the_calibration_run_as_its_fp32_reference(fmnist):
+    """``calibrate(..., keep_outputs=n)`` keeps the float model's logits of the first n samples; given them, the
+    output sensitivity does not run the float model again and finds the weights it finds on its own run."""
+    from gwq_tvm.calibration.sensitivity import tensor_sensitivity
+    from gwq_tvm.plan.planner import apply_end_bits
+    from gwq_tvm.runtime import run_batched
+    from gwq_tvm.schedules.float import compile_float
+
+    calib, _, _ = fmnist
+    fm = gwq_tvm.load_model(gwq_tvm.data.bundled_model())
+    graph = gwq_tvm.extract_graph(fm.mod)
+    cfg = apply_end_bits(graph, QuantConfig(weight_bits=4, act_bits=4, mode="gwq"))
+    x = calib[:96]
+    stats, ref = gwq_tvm.calibrate(fm, x, cfg, keep_outputs=64)
+    assert ref.shape == (64, 10)
+    assert stats.keys() == gwq_tvm.calibrate(fm, x, cfg).keys()
+    vm = tvm.relax.VirtualMachine(compile_float(fm.mod), tvm.cpu())
+    np.testing.assert_allclose(ref, run_batched(vm, x[:64], 32), rtol=1e-5, atol=1e-5)
+    own = tensor_sensitivity(fm, graph, stats, cfg, x, samples=64)
+    reused = tensor_sensitivity(fm, graph, stats, cfg, x, reference=ref)
+    assert own.keys() == reused.keys()
+    np.testing.assert_allclose([reused[k] for k in own], [own[k] for k in own], rtol=1e-3)
+
+
 def test_sensitivity_sampling_stops_when_the_mean_rise_is_known():
     """``settled``: at least MIN_SAMPLES, then a standard error at most REL_SE of the mean rise, a rise clearly
     below zero, or a rise that the whole budget would still leave within two standard errors of zero."""

@@ -116,7 +116,8 @@ def _batches(data: np.ndarray, batch: int, input_shape: tuple):
         yield data[i : i + step]
 
 
-def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, show_progress: bool = False) -> dict:
+def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, show_progress: bool = False,
+              keep_outputs: int = 0):
     """Collect :class:`TensorStats` of every node output by running ``model`` on TVM.
 
     Parameters
@@ -129,23 +130,38 @@ def calibrate(model: FloatModel, data, config: QuantConfig = QuantConfig(), *, s
         Uses ``calib_batch_size``.
     show_progress : bool
         Draw a progress bar on stderr.
+    keep_outputs : int
+        Also keep the model's (first) output on the first ``keep_outputs``
+        samples, the fp32 reference of GWQ's output sensitivity
+        (:func:`.sensitivity.tensor_sensitivity`), which then need not run the
+        float model over them a second time.
 
     Returns
     -------
     dict of str to TensorStats
+        With ``keep_outputs``: ``(stats, outputs)``, ``outputs`` a float32 array
+        of ``min(keep_outputs, samples calibrated)`` rows.
     """
     data = check_batch(data, model.input_shape)
     graph = extract_graph(model.mod)
     ex = compile_float(with_node_outputs(model.mod, graph), host_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     names = list(graph.nodes)
+    first_output = names.index(graph.outputs[0])
     stats = {n: TensorStats() for n in names}
+    kept, n_kept = [], 0
     batches = list(_batches(data, config.calib_batch_size, model.input_shape))
     for batch in progress(batches, desc="calibrate", enabled=show_progress):
         outs = vm["main"](tvm.runtime.tensor(batch))
-        for name, out in zip(names, outs):
+        for k, (name, out) in enumerate(zip(names, outs)):
             arr = out.numpy()
             if not np.isfinite(arr).all():
                 raise CalibrationDataError(f"the float model produced NaN/Inf at {name} on the calibration data")
             stats[name].observe(arr)
-    return {name: s.finalize() for name, s in stats.items()}
+            if k == first_output and n_kept < keep_outputs:
+                kept.append(arr[: keep_outputs - n_kept])
+                n_kept += len(kept[-1])
+    stats = {name: s.finalize() for name, s in stats.items()}
+    if keep_outputs:
+        return stats, np.concatenate(kept)
+    return stats

@@ -274,7 +274,12 @@ def settled(rise: np.ndarray, budget: int | None = None) -> bool:
     return se <= REL_SE * abs(mean) or mean + 2 * se < 0 or futile
 
 
-def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarray, *, samples: int = 256) -> dict:
+#: Calibration samples GWQ's output sensitivity uses at most.
+SENSITIVITY_SAMPLES = 256
+
+
+def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarray, *, samples: int = SENSITIVITY_SAMPLES,
+                       reference: np.ndarray | None = None) -> dict:
     """Output sensitivity of every materialized activation tensor, normalized to mean 1.
 
     All tensors sit at their best scale (the minimum of their error curve);
@@ -314,6 +319,10 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     config : QuantConfig
     data : numpy.ndarray
         Calibration inputs; at most the first ``samples`` are used.
+    reference : numpy.ndarray, optional
+        The fp32 model's (first) output on the first samples of ``data``
+        (``calibrate(..., keep_outputs=samples)``); only that many samples are
+        then used.  Without it the float model is compiled and run here.
 
     Returns
     -------
@@ -331,9 +340,11 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
         if node.weight is not None:
             lq = layer_quant(node, config)
             layers[n] = (lq.bits, lq.scale_map(node.weight.shape))
+    if reference is not None:
+        samples = min(samples, len(reference))
     x = np.asarray(data[:samples], dtype=np.float32)
     sim = FakeQuantSimulator(model, graph, ranges, layers, dtype="float32", segmented=True)
-    ref_vm = relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())
+    ref_vm = None if reference is not None else relax.VirtualMachine(compile_float(model.mod, host_target()), tvm.cpu())
     best = {n: curves[n].scale(curves[n].best_phase) for n in names}
     worst = {n: int(np.argmax(curves[n].added)) for n in names}
     added = {n: float(curves[n].added[worst[n]]) for n in names}
@@ -342,11 +353,16 @@ def tensor_sensitivity(model, graph: Graph, stats: dict, config, data: np.ndarra
     best_args = sim.args(best)
     probe_args = {n: sim.args({n: curves[n].scale(worst[n])}, best_args) for n in pending}
     fixed = model.input_shape[0]
+    done = 0
     for chunk, _ in batches(x, SIM_BATCH):
         if not pending:
             break
         for part, n_real in batches(chunk, fixed or len(chunk), padded=bool(fixed)):
-            ref = _first(ref_vm["main"](tvm.runtime.tensor(part))).numpy()[:n_real]
+            if ref_vm is None:
+                ref = reference[done : done + n_real]
+            else:
+                ref = _first(ref_vm["main"](tvm.runtime.tensor(part))).numpy()[:n_real]
+            done += n_real
             cuts, logits = sim.run_cuts(part, best_args)
             kl0 = per_sample_kl(ref, logits[:n_real])
             for n in pending:

@@ -150,6 +150,11 @@ def has_vnni(target: tvm.target.Target) -> bool:
     return _has_feature(target, "avx512vnni")
 
 
+def has_avx512(target: tvm.target.Target) -> bool:
+    """Does ``target`` have AVX-512F (32 zmm registers of 64 bytes)?"""
+    return _has_feature(target, "avx512f")
+
+
 def has_avxvnni(target: tvm.target.Target) -> bool:
     """Does ``target`` have AVX-VNNI (VEX ``vpdpbusd`` on ymm registers; ``mcpu`` such as alderlake, or ``+avxvnni``)?"""
     return _has_feature(target, "avxvnni")
