@@ -6,7 +6,10 @@ One script, one run.  Batch 1, 1 and 2 threads, the median of ``--runs``
 * ``resnet18``: a ResNet-18 at 224x224 with seeded random weights (``resnet18.py``),
   quantized with random calibration images;
 * ``bundled``: the bundled Fashion-MNIST ResNet (1x28x28);
-* ``mobilenetv3``: the bundled Fashion-MNIST MobileNetV3-Small (1x28x28; hardswish, squeeze-excitation).
+* ``mobilenetv3``: the bundled Fashion-MNIST MobileNetV3-Small (1x28x28; hardswish, squeeze-excitation);
+* ``mobilenet_v2``, ``mobilenet_v3_small``: the model zoo's MobileNetV2 and MobileNetV3-Small
+  (``gwq_tvm.models.zoo``, published layer definitions, seeded weights, settled batch norms) at 224x224,
+  quantized with random calibration images.
 
 Columns: gwq-tvm int8 with the untuned default schedules and tuned
 (MetaSchedule, XGBoost; ``--tuning-dir``, tuned here if missing), gwq-tvm in
@@ -46,7 +49,9 @@ OUT = HERE / "results" / "kernels_bench"
 CACHE = HERE / ".cache"
 sys.path.insert(0, str(HERE))
 
-MODELS = ("resnet18", "bundled", "mobilenetv3")
+MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "bundled", "mobilenetv3")
+#: zoo entries measured at 224x224
+ZOO_224 = ("mobilenet_v2", "mobilenet_v3_small")
 #: benchmark name -> bundled model name (gwq_tvm.data.BUNDLED_MODELS)
 BUNDLED = {"bundled": "fmnist_resnet", "mobilenetv3": "fmnist_mobilenetv3"}
 COLUMNS = [
@@ -71,6 +76,13 @@ def _model_data(name: str):
             from resnet18 import calibration_images, export_onnx
 
             export_onnx(p["onnx"])
+            calib, x = calibration_images(16), calibration_images(1, seed=99)
+        elif name in ZOO_224:
+            from resnet18 import calibration_images
+
+            from gwq_tvm.models import zoo
+
+            zoo.export_onnx(name, p["onnx"], input_shape=(1, 3, 224, 224))
             calib, x = calibration_images(16), calibration_images(1, seed=99)
         else:
             from gwq_tvm.data import bundled_model, fashion_mnist
@@ -256,6 +268,10 @@ def _torch_model(name: str):
         from resnet18 import resnet18
 
         return resnet18()
+    if name in ZOO_224:
+        from gwq_tvm.models import zoo
+
+        return zoo.seeded_module(name, input_shape=(1, 3, 224, 224))
     from gwq_tvm.models.fmnist_mobilenetv3 import FMNISTMobileNetV3
     from gwq_tvm.models.fmnist_resnet import FMNISTResNet
 

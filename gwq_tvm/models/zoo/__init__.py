@@ -104,8 +104,24 @@ def settle_batch_norm(module, input_shape, seed: int = 0, batches: int = 4, batc
     module.eval()
 
 
-def export_onnx(name: str, path, seed: int = 0, opset: int = 17) -> Path:
-    """Build zoo entry ``name`` with seed ``seed``, settle its batch norms and export it to ``path``.
+def seeded_module(name: str, seed: int = 0, input_shape: tuple | None = None):
+    """Zoo entry ``name`` built with seed ``seed``, its batch norms settled on ``input_shape``, in eval mode.
+
+    ``input_shape`` defaults to the entry's; a fully convolutional entry
+    (global pooling before its classifier) takes any image size, e.g. the
+    224-px MobileNets of the kernel benchmark.
+    """
+    import torch
+
+    entry = zoo()[name]
+    torch.manual_seed(seed)
+    module = entry.build()
+    settle_batch_norm(module, input_shape or entry.input_shape, seed)
+    return module
+
+
+def export_onnx(name: str, path, seed: int = 0, opset: int = 17, input_shape: tuple | None = None) -> Path:
+    """Build zoo entry ``name`` with seed ``seed`` (:func:`seeded_module`) and export it to ``path``.
 
     The batch dimension (and the entry's ``dynamic_dims``) are symbolic in the
     ONNX graph; outputs are named ``output`` or ``output<i>``.
@@ -114,10 +130,9 @@ def export_onnx(name: str, path, seed: int = 0, opset: int = 17) -> Path:
     import torch
 
     entry = zoo()[name]
-    torch.manual_seed(seed)
-    module = entry.build()
-    settle_batch_norm(module, entry.input_shape, seed)
-    example = torch.randn(entry.input_shape, generator=torch.Generator().manual_seed(seed))
+    input_shape = tuple(input_shape or entry.input_shape)
+    module = seeded_module(name, seed, input_shape)
+    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         outs = module(example)
     n_out = len(outs) if isinstance(outs, tuple) else 1
