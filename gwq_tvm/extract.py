@@ -162,6 +162,20 @@ def activation_bounds(call) -> tuple | None:
     return None
 
 
+def is_channel_shape(shape: tuple, channels: int, ndim: int) -> bool:
+    """Does a constant of ``shape`` broadcast along axis 1 only of a rank-``ndim`` tensor with ``channels`` channels?
+
+    Right-aligned as broadcasting aligns it, it must read ``(1, C, 1, ..., 1)``:
+    ``(C, 1, 1)`` (an ONNX ``Unsqueeze(axes=[1, 2])`` of a BN scale) and
+    ``(1, C, 1, 1)`` are per-channel of an NCHW tensor, ``(C,)`` is per-channel
+    of an ``(N, C)`` one only: against NCHW it scales the width axis.
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) > ndim:
+        return False
+    return (1,) * (ndim - len(shape)) + shape == (1, channels) + (1,) * (ndim - 2)
+
+
 def channel_constant(value, var, channels: int, ndim: int):
     """``(op, c)`` when ``value`` is ``var (+ - * /) c`` with ``c`` a per-channel (or scalar) constant.
 
@@ -170,12 +184,11 @@ def channel_constant(value, var, channels: int, ndim: int):
     """
     if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or value.op.name not in AFFINE_OPS:
         return None
-    shapes = {(channels,), (1, channels)} | ({(1, channels) + (1,) * (ndim - 2)} if ndim > 2 else set())
     lhs, rhs = value.args
     const = const_value(rhs) if lhs.same_as(var) else None
     if const is None and rhs.same_as(var) and value.op.name in ("relax.add", "relax.multiply"):
         const = const_value(lhs)
-    if const is None or (const.shape not in shapes and const.size != 1):
+    if const is None or (const.size != 1 and not is_channel_shape(const.shape, channels, ndim)):
         return None
     return value.op.name, np.broadcast_to(const.reshape(-1), (channels,)).astype(np.float64)
 

@@ -95,3 +95,37 @@ def mlp_concat(seed=2):
 
 
 NETS = {"convnet": convnet, "resnet": resnet, "mlp_concat": mlp_concat}
+
+
+def unsqueezed_bn(seed=3, width_scale=False):
+    """Conv -> Mul(s) -> Add(b) -> Relu -> Conv -> ... with ``s``, ``b`` of shape (C, 1, 1): the Caffe2-era
+    batch-norm form of the ONNX zoo's DenseNet-121 / Inception-v2 (``Unsqueeze(axes=[1, 2])`` of a (C,) vector).
+
+    ``width_scale``: also a Mul by a (W,) constant with W == C (8 channels on 8 columns), which scales
+    the width axis, not the channels.
+    """
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w0": _w(rng, 8, 1, 3, 3), "s": (rng.random((8, 1, 1)) + 0.5).astype(np.float32),
+        "b": (rng.random((8, 1, 1)) - 0.5).astype(np.float32), "w1": _w(rng, 8, 8, 3, 3),
+        "ws": (rng.random(8) + 0.5).astype(np.float32),
+        "wf": _w(rng, 10, 8 * 8 * 8), "bf": rng.standard_normal(10).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c0", "s"], ["m0"]),
+        helper.make_node("Add", ["m0", "b"], ["a0"]),
+        helper.make_node("Relu", ["a0"], ["r0"]),
+        helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[7, 7], strides=[3, 3]),  # 28 -> 8
+        helper.make_node("Conv", ["p0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+    ]
+    last = "c1"
+    if width_scale:
+        nodes.append(helper.make_node("Mul", ["c1", "ws"], ["c1w"]))
+        last = "c1w"
+    nodes += [helper.make_node("Relu", [last], ["r1"]),
+              helper.make_node("Flatten", ["r1"], ["f"], axis=1),
+              helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    if not width_scale:
+        del inits["ws"]
+    return _model(nodes, inits, "unsqueezed_bn")

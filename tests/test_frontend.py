@@ -74,3 +74,35 @@ def test_old_ir_initializers_listed_as_inputs_stay_weights_when_folded(tmp_path)
 
     got = relax.VirtualMachine(compile_float(fm.mod), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, x * w.reshape(4, 1, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("width_scale", [False, True])
+def test_caffe2_style_bn_with_unsqueezed_constants(tmp_path, width_scale):
+    """``Mul``/``Add`` by (C, 1, 1) constants after a conv (the ONNX zoo's DenseNet-121 / Inception-v2 batch
+    norm) are per-channel: they fold into the conv and the program is integer-only.  A (W,) constant scales
+    the width axis even when W == C: it must not be taken for a per-channel one (it stays a float op,
+    and the program still computes the float model's function)."""
+    import warnings
+
+    import onnx
+
+    from gwq_tvm.fidelity import sqnr_db
+
+    from conftest import compile_and_run
+    from onnx_nets import unsqueezed_bn
+
+    path = tmp_path / "m.onnx"
+    onnx.save(unsqueezed_bn(width_scale=width_scale), str(path))
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    fm = gwq_tvm.load_model(str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = gwq_tvm.quantize(str(path), x, QuantConfig())
+    assert q.integer_only.ok is not width_scale
+    if width_scale:
+        assert any("relax.multiply" in str(c.message) or "Mul" in str(c.message) for c in caught)
+    else:
+        assert not [n for n in gwq_tvm.extract_graph(fm.mod).float_nodes()]
+    ref = compile_and_run(fm.mod, x)
+    got = compile_and_run(q.mod, x)
+    assert float(np.median(sqnr_db(ref, got))) > 25
