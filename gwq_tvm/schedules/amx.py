@@ -36,6 +36,13 @@ and the call is the unit TVM's parallel loops hand to a thread; its cost
 (and the accumulators' round trip through memory) is what a future
 schedule keeping them in tiles across the reduction would save.
 
+The call is written once, as a tile program (:data:`_PROGRAM`: loads,
+``tdpbusd``, stores with their byte offsets and row strides, over the tile
+shapes of :func:`_tile_shapes`), and emitted either on the AMX instructions
+or, with ``emulate=True``, as scalar code that interprets the same program
+(:func:`_emit_emulated`); the emulation runs on any CPU, so the packing,
+tiling and tensorization are tested bit-exact where AMX is absent.
+
 Permission
 ----------
 Linux keeps AMX tile data (XSAVE feature 18, ``XFEATURE_XTILEDATA``) off
