@@ -206,8 +206,13 @@ def load_executable(path) -> relax.VirtualMachine:
     ModelError
         If the file is not a whole shared library (:func:`gwq_tvm.runtime.check_library`)
         or not a TVM Relax executable.
+
+    On an AMX CPU the process's tile-data permission is requested first
+    (through :func:`gwq_tvm.runtime.host_target`), as a module built for the
+    ``x86-amx`` family dies with SIGILL without it.
     """
     check_library(path)
+    host_target()
     try:
         return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
     except Exception as err:  # noqa: BLE001 - dlopen/TVM errors: the file is not a module gwq-tvm wrote

@@ -17,12 +17,32 @@ from .errors import ModelError
 
 @functools.lru_cache(maxsize=None)
 def host_target() -> tvm.target.Target:
-    """LLVM target for this machine's CPU (``mcpu`` auto-detected, all cores)."""
+    """LLVM target for this machine's CPU (``mcpu`` auto-detected, all cores), with AMX only where the OS grants it.
+
+    AMX-INT8 is in the target (so :func:`gwq_tvm.schedules.spec.kernel_spec`
+    picks the ``x86-amx`` family) exactly when ``/proc/cpuinfo`` lists it and
+    this process's ``arch_prctl`` request succeeds
+    (:func:`gwq_tvm.schedules.amx.host_amx_usable`); otherwise it is removed
+    and the host gets ``x86-vnni``.
+    """
+    from .schedules.amx import host_amx_usable
+
     mcpu = tvm.target.codegen.llvm_get_system_cpu()
+    return amx_reconciled(mcpu, host_amx_usable())
+
+
+def amx_reconciled(mcpu: str, amx_usable: bool) -> tvm.target.Target:
+    """The host target dict for CPU ``mcpu``, its AMX features set to ``amx_usable`` (whatever ``mcpu`` implies)."""
+    from .schedules.amx import has_amx
+
     cfg = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
     if mcpu and mcpu != "generic":
         cfg["mcpu"] = mcpu
-    return tvm.target.Target(cfg)
+    target = tvm.target.Target(cfg)
+    if has_amx(target) != amx_usable:
+        sign = "+" if amx_usable else "-"
+        target = tvm.target.Target({**cfg, "mattr": [f"{sign}amx-tile", f"{sign}amx-int8"]})
+    return target
 
 
 def progress(items, desc: str, enabled: bool):

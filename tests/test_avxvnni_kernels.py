@@ -20,7 +20,7 @@ import tvm
 from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules.build import compile_packed
-from gwq_tvm.schedules.spec import X86_AVX2, X86_AVXVNNI, X86_VNNI, kernel_spec
+from gwq_tvm.schedules.spec import X86_AMX, X86_AVX2, X86_AVXVNNI, X86_VNNI, kernel_spec
 from gwq_tvm.schedules.targets import resolve_target
 from gwq_tvm.schedules.vnni import AVXVNNI_INTRIN, has_avxvnni, has_vnni, register_avxvnni_intrinsic
 
@@ -67,7 +67,7 @@ def _vex_only(asm: str) -> None:
     ({"kind": "llvm", "mcpu": "raptorlake"}, X86_AVXVNNI),
     ({"kind": "llvm", "mcpu": "meteorlake"}, X86_AVXVNNI),
     ({"kind": "llvm", "mcpu": "haswell", "mattr": ["+avxvnni"]}, X86_AVXVNNI),
-    ({"kind": "llvm", "mcpu": "sapphirerapids"}, X86_VNNI),  # AVX-VNNI too, but AVX-512 VNNI wins
+    ({"kind": "llvm", "mcpu": "sapphirerapids"}, X86_AMX),  # AVX-VNNI too, but AVX-512 VNNI (and AMX) win
     ({"kind": "llvm", "mcpu": "znver5"}, X86_VNNI),
     ({"kind": "llvm", "mcpu": "znver4"}, X86_VNNI),
     ({"kind": "llvm", "mcpu": "haswell"}, X86_AVX2),

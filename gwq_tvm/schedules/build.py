@@ -5,6 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .amx import request_amx_permission
 from .default import ScheduleIntegerKernels
 from .pack_layout import PackInt8Layout
 from .spec import X86_VNNI, KernelSpec, kernel_spec
@@ -131,6 +132,8 @@ def compile_packed(mod: tvm.IRModule, target: tvm.target.Target, spec: KernelSpe
     """
     if spec.intrinsic is not None:
         spec.intrinsic()
+    if spec.tile_intrinsic is not None:  # the module may run in this process: ask for AMX tile data now (quietly, once)
+        request_amx_permission()
     if database is not None and _needs_stock_intrinsics(database):
         fix_stock_vnni_intrinsic()  # registers TVM's stock intrinsics (these traces use them), VNNI's fixed
     fused = packed_fused_module(mod, target, spec)

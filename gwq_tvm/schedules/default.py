@@ -28,6 +28,7 @@ import warnings
 import tvm
 from tvm import s_tir, tirx
 
+from .amx import TILE_N, tile_rows
 from .compute import CONV_BLOCK, CONV_INPUT_BLOCK, DW_BLOCK, DW_INPUT_BLOCK, FLOAT_CONV_BLOCK, FLOAT_CONV_INPUT_BLOCK
 from .spec import X86_VNNI, KernelSpec
 
@@ -96,7 +97,7 @@ def _epilogue_at(sch, anchor_loop) -> None:
         try:
             sch.reverse_compute_at(block, anchor_loop)
             lanes = sch.get_loops(block)[-1]
-            if _extent(sch, lanes) in (4, 8, 12, 16):
+            if _extent(sch, lanes) in (4, 8, 12, 16, TILE_N):
                 sch.vectorize(lanes)
         except _ERRORS:
             _parallel_stage(sch, block)
@@ -108,6 +109,9 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> N
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
     b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
+    if spec.tile_intrinsic is not None and _extent(sch, oi) == TILE_N:  # packed for matrix tiles (pack_layout)
+        _schedule_conv2d_tiles(sch, spec, block)
+        return
     owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
     oci = 2 if spec.channel_pairs and _extent(sch, o) % 2 == 0 and owi <= 14 else 1
     xo, xi = sch.split(x, [None, owi])
@@ -130,6 +134,29 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> N
         sch.tensorize(oi, intrin)
     sch.unroll(xi)
     sch.unroll(on)
+
+
+def _schedule_conv2d_tiles(sch: s_tir.Schedule, spec: KernelSpec, block) -> None:
+    """A conv packed for matrix tiles (AMX): ``M`` output pixels x 64 output channels x 64 input channels per step.
+
+    Loops ``(b, o, y) parallel, x/M, rc, ry, rx, [M, 64, 16, 4]``, the bracket
+    tensorized with ``spec.tile_intrinsic(M)`` (``M`` = largest divisor of
+    the output width up to 16); the accumulators are zeroed per tile and the
+    fused epilogue runs per tile, after the reduction.
+    """
+    b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
+    rows = tile_rows(_extent(sch, x))
+    intrin = spec.tile_intrinsic(rows)
+    xo, xi = sch.split(x, [None, rows])
+    sch.reorder(b, o, y, xo, rc, ry, rx, xi, oi, rb, r4)
+    sch.parallel(sch.fuse(b, o, y))
+    src = _find(sch, CONV_INPUT_BLOCK)
+    if src is not None:
+        _parallel_stage(sch, src)
+    _epilogue_at(sch, xo)
+    init = sch.decompose_reduction(block, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(xi if rows > 1 else oi, intrin)  # one row: the unit pixel loop stays outside (see amx._desc)
 
 
 def _row_tiles(sch, rows, x, owi, reduce, lanes, input_block: str):

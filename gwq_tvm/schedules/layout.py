@@ -6,6 +6,7 @@ and aarch64 ``sdot``, 1 for plain NEON multiply-accumulate)::
 
     activation   NCHW  -> (N, ceil(C/cb), H, W, cb)                  channel c at [c // cb, ..., c % cb]
     conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/k, 16, k)    "OIHW[cb/k]i16o[k]i"
+                         (AMX: 64 output channels per row, cb = 64: "OIHW16i64o4i")
     depthwise    C1HW  -> (Cp/cb, KH, KW, cb)
     channel const (1, C, 1, 1) -> (1, Cp/cb, 1, 1, cb)
     float conv weight OIHW -> (ceil(O/L), C, KH, KW, L)             L float lanes (two vector registers)
@@ -39,8 +40,8 @@ def padded(channels: int, block: int) -> int:
     return block * -(-channels // block)
 
 
-def pack_conv_weight(weight: np.ndarray, in_block: int, k_block: int = K_BLOCK) -> np.ndarray:
-    """OIHW int8 weight -> ``(Op/16, Cp/cb, KH, KW, cb/k, 16, k)``, zero-padded.
+def pack_conv_weight(weight: np.ndarray, in_block: int, k_block: int = K_BLOCK, out_block: int = OC_BLOCK) -> np.ndarray:
+    """OIHW int8 weight -> ``(Op/ob, Cp/cb, KH, KW, cb/k, ob, k)``, zero-padded (``ob = out_block``).
 
     Parameters
     ----------
@@ -50,12 +51,16 @@ def pack_conv_weight(weight: np.ndarray, in_block: int, k_block: int = K_BLOCK) 
     k_block : int
         Reduction depth innermost in the packed weight (4 for the dot-product
         instructions, 1 for lane-wise multiply-accumulate).
+    out_block : int
+        Output channels per packed row: 16 (one vector of int32 lanes), or 64
+        for the AMX family, whose ``B`` tile rows hold 64 channels x 4
+        (:mod:`gwq_tvm.schedules.amx`); the conv's output is then NCHW64c.
     """
     o, c, kh, kw = weight.shape
-    op, cp = padded(o, OC_BLOCK), padded(c, in_block)
+    op, cp = padded(o, out_block), padded(c, in_block)
     w = np.zeros((op, cp, kh, kw), weight.dtype)
     w[:o, :c] = weight
-    w = w.reshape(op // OC_BLOCK, OC_BLOCK, cp // in_block, in_block // k_block, k_block, kh, kw)
+    w = w.reshape(op // out_block, out_block, cp // in_block, in_block // k_block, k_block, kh, kw)
     return np.ascontiguousarray(w.transpose(0, 2, 5, 6, 3, 1, 4))
 
 

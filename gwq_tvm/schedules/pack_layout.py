@@ -5,12 +5,14 @@ before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight, and every such dense (``matmul`` by a constant, as the
 1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
-(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 AMX, x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
   time (``k`` = 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
-  lanes; int16 for AVX2, int8 otherwise);
+  lanes; int16 for AVX2, int8 otherwise); the convs an AMX family covers
+  (:func:`_tile_rows`) take NCHW64c inputs and ``OIHW16i64o4i`` weights and
+  give NCHW64c outputs, the others stay as above;
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
   global-average-pool sum stay in the packed layout, so consecutive convs
@@ -40,6 +42,7 @@ from tvm import relax
 from ..ir import const_value as _const
 from . import compute as C
 from . import layout as L
+from .amx import TILE_K, TILE_N, tile_rows
 from .spec import X86_VNNI, KernelSpec
 
 _ELEMENTWISE_UNARY = frozenset({"relax.astype", "relax.clip", "relax.nn.relu"})
@@ -103,6 +106,25 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
     return None
+
+
+def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
+    """Rows (output pixels) of the matrix tiles of a ``"packed"`` conv, ``None`` when ``spec`` has no tiles or
+    they do not fit it (then it is built as the vector families build it).
+
+    Tiles need: stride 1 (a tile's rows are consecutive input pixels, one
+    row stride apart), at least :data:`.amx.TILE_K` input channels (fewer
+    would mostly multiply padding), and an output width with a divisor from
+    4 to 16 for the rows, or a width below 4 (a dense's 1 row).
+    """
+    if spec.tile_intrinsic is None or w.shape[1] < TILE_K or tuple(int(s) for s in call.attrs.strides) != (1, 1):
+        return None
+    a = call.attrs
+    _, _, width = _static_nchw(call.args[0])
+    pad = [int(p) for p in a.padding]
+    out_w = C._out_size(width, pad[1], pad[3], w.shape[3], 1, int(a.dilation[1]))
+    rows = tile_rows(out_w)
+    return rows if rows >= min(out_w, 4) else None
 
 
 class _Packer:
@@ -198,28 +220,32 @@ class _Packer:
         a = call.attrs
         geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                         dilation=[int(d) for d in a.dilation])
-        src = self.packed_of(data)
+        tiles = kind == "packed" and _tile_rows(call, self.spec, w) is not None
+        src = self.packed_of(data, TILE_K if tiles else None)
         if kind == "depthwise":
             wp = self.packed_weight(w, lookup, lambda v: L.pack_depthwise_weight(v, src.block), "int8")
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
             return _Packed(y, w.shape[0], src.block)
+        in_block, out_block = (TILE_K, TILE_N) if tiles else (src.block, L.OC_BLOCK)
         offset = self.spec.input_offset(_dtype(data))
         wdtype = self.spec.weight_dtype
-        wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, src.block, self.spec.k_block), wdtype)
+        wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, in_block, self.spec.k_block, out_block), wdtype)
         y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, widen=self.spec.operand_dtype,
                             primfunc_name_hint="gwq_conv2d")
         if offset:
             comp = L.offset_compensation(w, offset).astype(np.int32).reshape(1, -1, 1, 1)
-            comp = L.pack_channel_const(comp, w.shape[0], L.OC_BLOCK)
+            comp = L.pack_channel_const(comp, w.shape[0], out_block)
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
-        return _Packed(y, w.shape[0], L.OC_BLOCK)
+        return _Packed(y, w.shape[0], out_block)
 
     def matmul(self, call) -> relax.Expr | None:
         """An int8 dense ``x[B, K] @ w[K, N]`` (constant ``w``) as the packed 1x1 conv of ``x[B, K, 1, 1]``.
 
         The same kernel and instruction as every conv; the result is unpacked
         back to ``[B, N]`` at once (the dense's epilogue and the network output
-        follow in the plain layout).
+        follow in the plain layout).  With matrix tiles (AMX) and a static batch
+        above 1, the batch becomes the conv's width instead, ``x.T[1, K, 1, B]``,
+        so that each tile row is one sample (a width-1 conv has 1-row tiles).
         """
         data, weight = call.args
         w, lookup = self.weight_of(weight)
@@ -231,7 +257,14 @@ class _Packer:
         w4 = np.ascontiguousarray(w.T).reshape(w.shape[1], w.shape[0], 1, 1)  # OIHW
         if not _accumulator_fits_int32(w4, self.spec):
             return None
-        x4 = self.bb.emit(relax.op.expand_dims(self.plain_of(data), axis=[2, 3]))
+        batch = ty.shape.values[0]
+        as_rows = (self.spec.tile_intrinsic is not None and isinstance(batch, tvm.tirx.IntImm) and int(batch) > 1
+                   and w.shape[0] >= TILE_K)
+        if as_rows:
+            xt = self.bb.emit(relax.op.permute_dims(self.plain_of(data), [1, 0]))
+            x4 = self.bb.emit(relax.op.reshape(xt, (1, w.shape[0], 1, int(batch))))
+        else:
+            x4 = self.bb.emit(relax.op.expand_dims(self.plain_of(data), axis=[2, 3]))
         self.plain[x4] = x4
         conv = relax.op.nn.conv2d(x4, relax.const(w4, "int8"), out_dtype="int32")
         if lookup is not None:
@@ -240,6 +273,9 @@ class _Packer:
         if y is None:
             return None
         plain = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
+        if as_rows:
+            plain = self.bb.emit(relax.op.reshape(plain, (y.channels, int(batch))))
+            return self.bb.emit(relax.op.permute_dims(plain, [1, 0]))
         return self.bb.emit(relax.op.squeeze(plain, axis=[2, 3]))
 
     def unary(self, call) -> _Packed | None:

@@ -8,6 +8,7 @@ shared and read it:
 ============== ============ ======= ===================== ===========================
 family         conv reads   k       inner step            targets
 ============== ============ ======= ===================== ===========================
+x86-amx        uint8        4       ``tdpbusd`` (Mx64x64) x86 with AMX-INT8 + AVX-512 VNNI, OS permitting
 x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
 x86-avxvnni    uint8        4       2 x ``vpdpbusd`` ymm  x86 with AVX-VNNI + AVX2, no AVX-512 VNNI
 x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no (AVX-)VNNI
@@ -22,6 +23,14 @@ The AVX2 family widens both operands to int16 instead (weights at compile
 time, activations in the conv's padded-input stage; see :mod:`.avx2`), which
 is exact for int8 and uint8 alike.  ``k`` is the reduction depth innermost
 in the packed weight.
+
+The AMX family covers the stride-1 convs with at least 64 input channels
+(and dense layers: 1x1 convs of width 1, or of the batch, see
+:mod:`.pack_layout`): input NCHW64c, weight rows of 64 output channels,
+output NCHW64c, one ``M x 64 x 64`` tile step per call
+(:mod:`.amx`).  Every other conv of the program (strided, thin, grouped,
+depthwise) is built exactly as the ``x86-vnni`` family builds it, from the
+same spec fields, so the AMX family is "VNNI plus tiles where they fit".
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Callable
 
 import tvm
 
+from .amx import has_amx, register_amx_intrinsic
 from .arm import has_dotprod, has_neon, register_sdot_intrinsic
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import has_avx2, register_avx2_intrinsic
@@ -66,6 +76,10 @@ class KernelSpec:
     operand_dtype : str or None
         Type both conv operands are widened to before the inner product
         (``"int16"`` for AVX2 ``vpmaddwd``); ``None``: the 8-bit values as they are.
+    tile_intrinsic : callable or None
+        ``rows -> name``: registers the ``rows x 64 x 64`` matrix-tile
+        intrinsic (AMX ``tdpbusd``, :func:`.amx.register_amx_intrinsic`) for the
+        convs it covers; ``None`` for the vector families.
     """
 
     name: str
@@ -77,6 +91,7 @@ class KernelSpec:
     tile_fallback: int
     channel_pairs: bool
     operand_dtype: str | None = None
+    tile_intrinsic: Callable[[int], str] | None = None
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
@@ -107,6 +122,11 @@ X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limi
                       channel_pairs=True)
 """x86 with AVX-512 VNNI: 32 zmm registers, ``vpdpbusd`` is uint8 x int8."""
 
+X86_AMX = KernelSpec("x86-amx", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_min=4, tile_fallback=16,
+                     channel_pairs=True, tile_intrinsic=register_amx_intrinsic)
+"""x86 with AMX-INT8 (Sapphire Rapids and later): ``tdpbusd`` tiles for the stride-1 convs of 64+ input channels and
+dense layers, the ``x86-vnni`` kernels (same fields) for every other conv."""
+
 X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6, tile_min=4, tile_fallback=7,
                       channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE)
 """x86 with AVX2 only: 16 ymm registers (2 per pixel's 16 accumulators), ``vpmaddwd`` on int16-widened operands."""
@@ -124,18 +144,22 @@ AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=
                           channel_pairs=False)
 """aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
 
-FAMILIES = (X86_VNNI, X86_AVXVNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
+FAMILIES = (X86_AMX, X86_VNNI, X86_AVXVNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
 
 
 def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
     """The kernel family for ``target``, ``None`` when it has none (plain ``tvm.compile`` then).
 
-    The one place where targets are told apart: x86 with AVX-512 VNNI,
+    The one place where targets are told apart: x86 with AMX-INT8 (and
+    AVX-512 VNNI), x86 with AVX-512 VNNI,
     x86 with AVX-VNNI and AVX2 (no AVX-512 VNNI), x86 with AVX2 (no VNNI),
     aarch64 with dotprod, aarch64 with NEON only.
+    The host's target carries AMX only where the OS grants it
+    (:func:`gwq_tvm.runtime.host_target`, :func:`.amx.host_amx_usable`), so
+    the host falls back to ``x86-vnni`` when the CPU or the kernel refuses AMX.
     """
     if has_vnni(target):
-        return X86_VNNI
+        return X86_AMX if has_amx(target) else X86_VNNI
     if has_avxvnni(target) and has_avx2(target):
         return X86_AVXVNNI
     if has_avx2(target):

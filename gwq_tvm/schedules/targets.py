@@ -17,6 +17,7 @@ PRESETS: dict[str, dict] = {
     "x86-64": {"kind": "llvm"},
     "x86-avx2": {"kind": "llvm", "mcpu": "haswell"},  # any x86-64 with AVX2 + FMA (x86-64-v3), no AVX-512
     "alderlake": {"kind": "llvm", "mcpu": "alderlake"},  # Intel client cores with AVX2 + AVX-VNNI, no AVX-512 (x86-avxvnni)
+    "sapphirerapids": {"kind": "llvm", "mcpu": "sapphirerapids"},  # Intel Xeon 4th gen: AVX-512 VNNI + AMX-INT8 (x86-amx)
     "znver3": {"kind": "llvm", "mcpu": "znver3"},  # AMD Zen 3: AVX2, no AVX-512
     "aarch64-neon": {**_AARCH64, "mattr": ["+neon"], "num-cores": 4},
     "aarch64-dotprod": {**_AARCH64, "mattr": ["+neon", "+dotprod"], "num-cores": 4},

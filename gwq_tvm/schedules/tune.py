@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,6 +38,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..atomic import write_text
 from ..errors import GwqError
+from .amx import register_amx_intrinsic
 from .build import compile_integer, kernel_module
 from .default import apply_default_schedule
 from .spec import FAMILIES, X86_VNNI, KernelSpec, kernel_spec
@@ -93,6 +95,19 @@ def make_builder(*, max_workers: int | None = None, timeout_sec: float = 60.0,
                                    f_build=build_candidate, f_export=_f_export(target))
 
 
+def runner_worker_init() -> None:
+    """Start of each local runner worker process: ask for AMX tile data first (refused quietly on other CPUs).
+
+    Candidates and default records of the ``x86-amx`` family run in these
+    processes, and a process that did not make the ``arch_prctl`` request
+    dies with SIGILL at its first tile instruction
+    (:func:`gwq_tvm.schedules.amx.request_amx_permission`).
+    """
+    from .amx import request_amx_permission
+
+    request_amx_permission()
+
+
 def make_runner(*, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50, rpc: tuple[str, str] | None = None,
                 session_timeout_sec: int = 120):
     """A runner reporting the mean of ``repeat`` timings of ``number`` runs each.
@@ -108,7 +123,7 @@ def make_runner(*, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50, rp
     config = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                        enable_cpu_cache_flush=False)
     if rpc is None:
-        return ms.runner.LocalRunner(evaluator_config=config)
+        return ms.runner.LocalRunner(evaluator_config=config, initializer=runner_worker_init)
     from ..remote.tracker import check_key, parse_address
 
     tracker, key = rpc
@@ -238,6 +253,8 @@ def open_database(work_dir) -> ms.database.JSONDatabase:
     text = records.read_bytes().decode("utf-8", errors="replace") if records.exists() else ""
     if f'"{STOCK_VNNI_INTRIN}"' in text:
         fix_stock_vnni_intrinsic()
+    for rows in sorted({int(r) for r in re.findall(r'"gwq_amx_tdpbusd_(\d+)x64x64"', text)}):
+        register_amx_intrinsic(rows)  # records of the x86-amx family (one intrinsic per tile height)
     if '"dot_4x4_' in text:  # MetaSchedule's aarch64 (NEON/sdot/udot) intrinsics, registered on import
         import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
     sanitize_database(work_dir)
