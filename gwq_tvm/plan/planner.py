@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..stats import TensorStats, choose_clip
 from ..config import Calibration, QuantConfig, ScaleMode, WeightGranularity
@@ -237,8 +240,44 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
         elif node.weight is not None:
             layers[name] = layer_quant(node, config)
     tensors = {name: tensors[name] for name in graph.nodes}  # graph order
-    return QuantPlan(graph.fingerprint, groups, tensors, layers, input_shape=input_shape,
-                     arithmetic=Arithmetic(config.add_precision_bits), provenance=provenance(config))
+    return fit_bias_scales(QuantPlan(graph.fingerprint, groups, tensors, layers, input_shape=input_shape,
+                                     arithmetic=Arithmetic(config.add_precision_bits), provenance=provenance(config)), graph)
+
+
+def fit_bias_scales(plan: QuantPlan, graph: Graph) -> QuantPlan:
+    """``plan`` with weight scales raised where a channel's bias would not fit the int32 accumulator.
+
+    A channel whose weights are tiny next to its bias (a batch norm with
+    ``gamma ~ 0`` folded in: the channel is nearly the constant ``b_c``) has a
+    tiny max-calibrated ``s_w,c`` and ``q_b = b_c / (s_in s_w,c)`` beyond int32
+    (:func:`gwq_tvm.plan.program.layer_accumulator`).  Its scale becomes::
+
+        s_w,c = max(s_w,c, |b_c| / (s_in * BIAS_LIMIT))
+
+    rounded up to a power of two where the layer's scales are powers of two
+    (pot, GWQ), so the shift SFCs stay shifts.  The channel's weights then
+    quantize to (nearly) zero and it outputs its bias, as the float channel
+    does up to its tiny weights.  Per-tensor scales rise together; a layer
+    with sub-layer blocks is left as it is (compiling it names the channel).
+    """
+    layers = dict(plan.layers)
+    for name, wq in plan.layers.items():
+        node = graph.nodes.get(name)
+        if node is None or node.bias is None or wq.granularity not in ("tensor", "channel"):
+            continue
+        s_in = plan.scale(node.inputs[0])
+        floor = np.abs(np.asarray(node.bias, np.float64)) / (s_in * S.BIAS_LIMIT) * (1 + 1e-9)
+        scales = np.asarray(wq.scales, np.float64)
+        if wq.granularity == "tensor":
+            floor = np.array([floor.max()])
+        if np.all(scales >= floor):
+            continue
+        pot = bool(S.is_power_of_two(scales).all())
+        if pot:
+            floor = np.exp2(np.ceil(np.log2(np.maximum(floor, np.finfo(np.float64).tiny))))
+        raised = np.maximum(scales, floor)
+        layers[name] = dataclasses.replace(wq, scales=tuple(float(v) for v in raised))
+    return plan if layers == plan.layers else dataclasses.replace(plan, layers=layers)
 
 
 @strategies.register("grouping")

@@ -155,7 +155,13 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     if grid.shape[1] > 1:
         return input_block_partials(node, wq, grid, s_in, in_mag)
     acc_scale = s_in * grid[:, 0]
-    bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
+    try:
+        bq = S.quantize_bias(node.bias, acc_scale) if node.bias is not None else None
+    except OverflowError:
+        c = int(np.argmax(np.abs(node.bias) / acc_scale))
+        raise PlanError(f"layers.{node.name}: channel {c}'s bias {float(node.bias[c]):.4g} does not fit the int32 "
+                        f"accumulator at weight scale {float(grid[c, 0]):.4g} (input scale {s_in:.4g}); its weight scale "
+                        f"must be at least {abs(float(node.bias[c])) / (s_in * S.BIAS_LIMIT):.4g}") from None
     per_channel = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1) * in_mag
     bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
     if bound > INT32_MAX:

@@ -98,10 +98,14 @@ def quantize_weight(weight: np.ndarray, scales: np.ndarray, bits: int) -> np.nda
     return np.clip(q, -qmax, qmax).astype(np.int8)
 
 
+#: Largest ``|q_b|`` a bias takes in the int32 accumulator: half its range, the products get the rest.
+BIAS_LIMIT = np.iinfo(np.int32).max // 2
+
+
 def quantize_bias(bias: np.ndarray, acc_scales: np.ndarray) -> np.ndarray:
-    """``rint(b / (s_in * s_w,c))`` as int32; raises if it does not fit int32."""
+    """``rint(b / (s_in * s_w,c))`` as int32; raises ``OverflowError`` when some ``|q_b| >`` :data:`BIAS_LIMIT`."""
     q = np.rint(bias.astype(np.float64) / acc_scales)
-    if np.any(np.abs(q) > np.iinfo(np.int32).max // 2):
+    if np.any(np.abs(q) > BIAS_LIMIT):
         raise OverflowError("bias does not fit the int32 accumulator at this scale")
     return q.astype(np.int32)
 
