@@ -19,6 +19,8 @@ from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules import layout as L
 from gwq_tvm.schedules.build import compile_integer, packed_fused_module
+from gwq_tvm.schedules.default import ScheduleIntegerKernels
+from gwq_tvm.schedules.spec import X86_VNNI, kernel_spec
 from gwq_tvm.schedules.vnni import VNNI_INTRIN, has_vnni, register_vnni_intrinsic
 
 from conftest import tensorized_dot_16x4
@@ -211,6 +213,29 @@ def test_lookup_and_gate_stay_packed_and_bit_exact():
     assert not any(n.startswith(("gwq_lookup", "take")) for n in fused)
     assert any("gwq_conv2d" in n and "gwq_lookup" in n for n in fused)  # fused into the conv kernel
     np.testing.assert_array_equal(_run(_compile_strict(mod), x), run_reference(mod, x))
+
+
+def _scheduled_kernels(mod) -> dict:
+    """Kernel name -> scheduled TIR script of ``mod`` packed, fused and default-scheduled for the host."""
+    fused = packed_fused_module(mod, host_target())
+    with host_target():
+        done = ScheduleIntegerKernels(kernel_spec(host_target()) or X86_VNNI)(fused)
+    return {gv.name_hint: f.script() for gv, f in done.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_parallel_grain_keeps_small_kernels_serial():
+    """A kernel below ``PARALLEL_MIN_US`` gets no parallel loop (no thread-pool launch); a large conv keeps one.
+
+    Before, every kernel was parallel: MobileNetV3-Small's ~75 kernels, most a few microseconds long, each
+    paid a launch and a barrier, and 2 threads ran slower than 1 (benchmarks/results/layer_profile).
+    """
+    small, _ = _conv_module(16, 16, 4, 3, 1, 1, 1, "uint8")  # 16x4x4 maps: ~0.04 MMAC per conv
+    large, _ = _conv_module(64, 64, 56, 3, 1, 1, 1, "uint8")  # 64x56x56: ~116 MMAC
+    for mod, parallel in ((small, False), (large, True)):
+        kernels = _scheduled_kernels(mod)
+        conv3x3 = next(s for n, s in kernels.items() if "gwq_conv2d_" in n)  # the first conv, with its epilogue
+        assert ("T.parallel" in conv3x3) == parallel
+        assert "T.vectorized" in conv3x3
 
 
 @needs_vnni
