@@ -73,7 +73,7 @@ def _shape(ty, batch: int) -> tuple:
     return tuple(batch if not hasattr(d, "value") else int(d.value) for d in ty.shape.values)
 
 
-def _kernel_kind(name: str, func, in_shapes: list, out_shape: tuple) -> str:
+def _kernel_kind(name: str, in_shapes: list, out_shape: tuple) -> str:
     """Layer kind of one fused kernel from its name and argument shapes."""
     if "gwq_dwconv2d" in name:
         _, kh, kw, _ = in_shapes[1]
@@ -84,7 +84,7 @@ def _kernel_kind(name: str, func, in_shapes: list, out_shape: tuple) -> str:
         if (kh, kw) != (1, 1):
             return "conv kxk"
         return "dense/1x1@1x1" if out_shape[2] * out_shape[3] == 1 else "conv 1x1"
-    if name.startswith("take") or "_take" in name:
+    if name.startswith(("take", "gwq_lookup")) or "_take" in name:
         return "lookup"
     if "sum" in name or "pool" in name:
         return "pool"
@@ -97,6 +97,7 @@ def _kernel_kind(name: str, func, in_shapes: list, out_shape: tuple) -> str:
 
 def kernel_calls(mod, batch: int = 1) -> list:
     """``[(kernel name, [(shape, dtype, constant or None)...], [(out shape, dtype)...])]`` for every call_tir of main."""
+    import tvm
     from tvm import relax
 
     from gwq_tvm.ir import const_value
@@ -105,7 +106,7 @@ def kernel_calls(mod, batch: int = 1) -> list:
     for blk in mod["main"].body.blocks:
         for b in blk.bindings:
             v = b.value
-            if not (isinstance(v, relax.Call) and isinstance(v.op, tvm_ir().Op) and v.op.name == "relax.call_tir"):
+            if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.call_tir"):
                 continue
             args = []
             for a in v.args[1].fields:
@@ -115,12 +116,6 @@ def kernel_calls(mod, batch: int = 1) -> list:
             outs = [(_shape(t, batch), str(t.dtype)) for t in (oty.fields if isinstance(oty, relax.TupleType) else [oty])]
             calls.append((v.args[0].name_hint, args, outs))
     return calls
-
-
-def tvm_ir():
-    import tvm
-
-    return tvm.ir
 
 
 def _random(shape, dtype, rng):
@@ -159,7 +154,7 @@ def profile_ours(mod, target, batch: int = 1) -> list:
                 targs[1] = tvm.runtime.tensor(rng.integers(0, args[0][0][0], size=args[1][0]).astype(args[1][1]), dev)
             touts = [tvm.runtime.empty(s, d, dev) for s, d in outs]
             cache[key] = _time_ms(lib, name, targs + touts, dev)
-        kind = _kernel_kind(name, mod[name], [s for s, _, _ in args], outs[0][0])
+        kind = _kernel_kind(name, [s for s, _, _ in args], outs[0][0])
         macs = _macs(name, [s for s, _, _ in args], outs[0][0])
         rows.append({"kernel": name, "kind": kind, "ms": cache[key], "in": [list(s) for s, _, _ in args[:1]],
                      "out": list(outs[0][0]), "mmac": macs / 1e6})
