@@ -30,10 +30,35 @@ def fuse_passes(fold: bool = True) -> list:
     return [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        MarkElementwise(),
         *([relax.transform.FoldConstant()] if fold else []),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
+
+
+@tvm.transform.module_pass(opt_level=0, name="MarkElementwise")
+class MarkElementwise:
+    """Give the kernels tagged :data:`.compute.ELEMENTWISE_ATTR` the elementwise fusion pattern.
+
+    ``AnnotateTIROpPattern`` calls a gather by data (the table lookup of a packed lookup activation,
+    :func:`.compute.lookup`) opaque, so ``FuseOps`` would run it as a kernel of its own that reads the
+    conv's int32 output back from memory; it is elementwise in its tensor operand, so it may fuse into
+    the producing conv's epilogue (``FuseOps`` fuses a conv only with elementwise consumers).  Run right
+    after ``AnnotateTIROpPattern`` (which re-analyses a pattern of 0, so the tag cannot be the pattern).
+    """
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        from .compute import ELEMENTWISE_ATTR
+
+        marked = {gv: f for gv, f in mod.functions_items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get(ELEMENTWISE_ATTR, False)}
+        if not marked:
+            return mod
+        mod = mod.clone()
+        for gv, f in marked.items():
+            mod.update_func(gv, f.with_attr("op_pattern", 0))  # kElemWise
+        return mod
 
 
 def has_weight_lookups(mod: tvm.IRModule) -> bool:

@@ -6,7 +6,8 @@ them after ``FuseOps``/``FuseTIR`` merged the SFC epilogue into the kernel:
 * ``gwq_conv2d_nchwc`` / ``gwq_conv_input``: the packed conv (VNNI / sdot / NEON lanes) and its padded (and offset) input;
 * ``gwq_dwconv2d_nchwc`` / ``gwq_dw_input``: the depthwise conv and its padded input;
 * ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms;
-* ``gwq_fconv2d`` / ``gwq_fconv_input``: the float conv of :mod:`gwq_tvm.schedules.float` and its padded input.
+* ``gwq_fconv2d`` / ``gwq_fconv_input``: the float conv of :mod:`gwq_tvm.schedules.float` and its padded input;
+* ``gwq_lookup``: an elementwise table lookup (a lookup activation on a packed tensor).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ DW_BLOCK = "gwq_dwconv2d_nchwc"
 DW_INPUT_BLOCK = "gwq_dw_input"
 FLOAT_CONV_BLOCK = "gwq_fconv2d"
 FLOAT_CONV_INPUT_BLOCK = "gwq_fconv_input"
+LOOKUP_BLOCK = "gwq_lookup"
+ELEMENTWISE_ATTR = "gwq.elementwise"
+"""PrimFunc attribute of a kernel that is elementwise in its tensor operand although TVM's pattern analysis
+cannot see it (a gather by data); :func:`gwq_tvm.schedules.build.fuse_passes` marks such kernels elementwise."""
 
 
 def _out_size(size, lo, hi, kernel, stride, dilation):
@@ -179,3 +184,13 @@ def unpack_nchwc(data, channels: int):
     n, _, h, w, cb = data.shape
     block = int(cb)
     return te.compute((n, channels, h, w), lambda b, c, y, x: data[b, c // block, y, x, c % block], name="gwq_unpack")
+
+
+def lookup(table, index):
+    """``out[i] = table[clip(index[i], 0, n - 1)]`` for every element ``i`` of ``index`` (``table`` of length ``n``).
+
+    The same values as ``relax.op.take(table, index, axis=0, mode="clip")`` of a 1-D table, as a TE
+    compute the packed program can fuse into the kernel that produces ``index``.
+    """
+    n = int(table.shape[0])
+    return te.compute(index.shape, lambda *i: table[tvm.te.max(tvm.te.min(index(*i), n - 1), 0)], name=LOOKUP_BLOCK)

@@ -18,6 +18,9 @@ gets one of:
 * **generic**: elementwise chains inlined, outer loops parallel, the
   innermost static loop vectorized (reductions keep their lane loop innermost).
 
+Parallel grain: a kernel whose estimated single-core time (:func:`estimated_us`) is below
+:data:`PARALLEL_MIN_US` runs serially (no ``parallel`` loop, so no thread-pool launch and barrier).
+
 A kernel whose schedule fails keeps its plain loops (with a warning): never a crash.
 """
 
@@ -79,17 +82,59 @@ def _inline_elementwise(sch, keep) -> None:
             pass
 
 
-def _parallel_stage(sch, block) -> None:
+#: Kernels estimated to run shorter than this on one core stay single-threaded: TVM's parallel launch and
+#: its barrier cost a few microseconds on an idle machine and far more when the other core is busy (the
+#: second thread waits for a time slice), which made MobileNetV3-Small 5x slower at 2 threads than at 1
+#: (benchmarks/results/layer_profile).
+PARALLEL_MIN_US = 25.0
+
+#: Single-core rates behind :func:`estimated_us`, per microsecond (Zen 4, benchmarks/layer_profile.py):
+#: packed conv ~50 GMAC/s, depthwise ~8 GMAC/s, float conv ~20 GFLOP/s; other reductions and the
+#: kernel's outputs (elementwise chains are inlined into them) ~2 G iterations/s.
+_RATE_PER_US = {CONV_BLOCK: 50e3, DW_BLOCK: 8e3, FLOAT_CONV_BLOCK: 20e3}
+_OTHER_RATE_PER_US = 2e3
+
+
+def estimated_us(sch: s_tir.Schedule) -> float:
+    """Rough single-core time in microseconds of a (fused, not yet scheduled) kernel, per image.
+
+    ``sum over counted blocks of iterations(block) / rate(block)``; counted are the conv blocks (at
+    their rates in :data:`_RATE_PER_US`), other reductions and the output blocks (at
+    :data:`_OTHER_RATE_PER_US`; inner elementwise blocks are inlined into those).  A block's
+    iterations are the product of its iteration extents, a symbolic batch counting as 1.
+    """
+    outputs = {_name(sch, b) for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    total = 0.0
+    for block in _blocks(sch):
+        node = sch.get(block)
+        rate = _RATE_PER_US.get(node.name_hint)
+        if rate is None and not (node.name_hint in outputs or _is_reduction(sch, block)):
+            continue
+        n = 1
+        for iv in node.iter_vars:
+            ext = iv.dom.extent
+            n *= int(ext) if isinstance(ext, tirx.IntImm) else 1
+        total += n / (rate or _OTHER_RATE_PER_US)
+    return total
+
+
+def _parallel(sch, loop, parallel: bool) -> None:
+    """Mark ``loop`` parallel when the kernel is above the grain (``parallel``)."""
+    if parallel:
+        sch.parallel(loop)
+
+
+def _parallel_stage(sch, block, parallel: bool = True) -> None:
     """A root-level injective stage: outer loops fused and parallel, static innermost loop vectorized."""
     loops = sch.get_loops(block)
     if len(loops) > 1 and _extent(sch, loops[-1]) is not None and _extent(sch, loops[-1]) <= 64:
         sch.vectorize(loops[-1])
         loops = loops[:-1]
     if loops:
-        sch.parallel(sch.fuse(*loops[: max(1, min(3, len(loops)))]))
+        _parallel(sch, sch.fuse(*loops[: max(1, min(3, len(loops)))]), parallel)
 
 
-def _epilogue_at(sch, anchor_loop) -> None:
+def _epilogue_at(sch, anchor_loop, parallel: bool = True) -> None:
     """Move the (single, inlined) output epilogue under ``anchor_loop`` and vectorize its lanes."""
     for block in sch.get_output_blocks(sch.get_sblock("root")):
         if _name(sch, block) in (CONV_BLOCK, DW_BLOCK, FLOAT_CONV_BLOCK):
@@ -100,10 +145,10 @@ def _epilogue_at(sch, anchor_loop) -> None:
             if _extent(sch, lanes) in (4, 8, 12, 16, TILE_N):
                 sch.vectorize(lanes)
         except _ERRORS:
-            _parallel_stage(sch, block)
+            _parallel_stage(sch, block, parallel)
 
 
-def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, parallel: bool = True) -> None:
     """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel of family ``spec`` (tensorized, or vector lanes)."""
     intrin = spec.intrinsic() if spec.intrinsic is not None else None
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
@@ -121,11 +166,11 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> N
     else:  # k == 1: lanes innermost, one broadcast activation per lane vector
         sch.reorder(b, oo, y, xo, rc, ry, rx, rb, r4, xi, on, oi)
     outer = sch.fuse(b, oo, y)
-    sch.parallel(outer)
+    _parallel(sch, outer, parallel)
     src = _find(sch, CONV_INPUT_BLOCK)
     if src is not None:
-        _parallel_stage(sch, src)
-    _epilogue_at(sch, xo)
+        _parallel_stage(sch, src, parallel)
+    _epilogue_at(sch, xo, parallel)
     if intrin is None:  # before decompose_reduction: vectorize needs the block's init to see a reduction
         sch.vectorize(oi)
     init = sch.decompose_reduction(block, rc)
@@ -159,7 +204,7 @@ def _schedule_conv2d_tiles(sch: s_tir.Schedule, spec: KernelSpec, block) -> None
     sch.tensorize(xi if rows > 1 else oi, intrin)  # one row: the unit pixel loop stays outside (see amx._desc)
 
 
-def _row_tiles(sch, rows, x, owi, reduce, lanes, input_block: str):
+def _row_tiles(sch, rows, x, owi, reduce, lanes, input_block: str, parallel: bool = True):
     """Tile the output width by ``owi`` under parallel ``rows``: ``rows, x/owi, reduce..., owi, lanes``.
 
     The padded-input stage ``input_block`` (if any) becomes a parallel stage and
@@ -167,11 +212,11 @@ def _row_tiles(sch, rows, x, owi, reduce, lanes, input_block: str):
     """
     xo, xi = sch.split(x, [None, owi])
     sch.reorder(*rows, xo, *reduce, xi, lanes)
-    sch.parallel(sch.fuse(*rows))
+    _parallel(sch, sch.fuse(*rows), parallel)
     src = _find(sch, input_block)
     if src is not None:
-        _parallel_stage(sch, src)
-    _epilogue_at(sch, xo)
+        _parallel_stage(sch, src, parallel)
+    _epilogue_at(sch, xo, parallel)
     return xi
 
 
@@ -182,36 +227,36 @@ def _row_tiles(sch, rows, x, owi, reduce, lanes, input_block: str):
 FLOAT_TILE = dict(limit=6, minimum=2, fallback=7)
 
 
-def schedule_float_conv(sch: s_tir.Schedule) -> None:
+def schedule_float_conv(sch: s_tir.Schedule, parallel: bool = True) -> None:
     """Schedule a (fused) ``gwq_fconv2d`` kernel: ``[ow tile] x [L lanes]`` FMA register tile, parallel rows."""
     _inline_elementwise(sch, keep={FLOAT_CONV_BLOCK, FLOAT_CONV_INPUT_BLOCK})
     block = sch.get_sblock(FLOAT_CONV_BLOCK)
     b, o, y, x, lane, rc, ry, rx = sch.get_loops(block)
     owi = _register_tile(_extent(sch, x), FLOAT_TILE["limit"], FLOAT_TILE["minimum"], FLOAT_TILE["fallback"])
-    xi = _row_tiles(sch, (b, o, y), x, owi, (rc, ry, rx), lane, FLOAT_CONV_INPUT_BLOCK)
+    xi = _row_tiles(sch, (b, o, y), x, owi, (rc, ry, rx), lane, FLOAT_CONV_INPUT_BLOCK, parallel)
     sch.vectorize(lane)
     init = sch.decompose_reduction(block, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
 
 
-def schedule_depthwise_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+def schedule_depthwise_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, parallel: bool = True) -> None:
     """Schedule a (fused) ``gwq_dwconv2d_nchwc`` kernel: channel lanes vectorized, a register tile of ``spec``'s size."""
     _inline_elementwise(sch, keep={DW_BLOCK, DW_INPUT_BLOCK})
     block = sch.get_sblock(DW_BLOCK)
     b, c, y, x, ci, ry, rx = sch.get_loops(block)
     owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
-    xi = _row_tiles(sch, (b, c, y), x, owi, (ry, rx), ci, DW_INPUT_BLOCK)
+    xi = _row_tiles(sch, (b, c, y), x, owi, (ry, rx), ci, DW_INPUT_BLOCK, parallel)
     sch.unroll(xi)
     sch.vectorize(ci)
 
 
-def schedule_generic(sch: s_tir.Schedule) -> None:
+def schedule_generic(sch: s_tir.Schedule, parallel: bool = True) -> None:
     """Elementwise/pooling/reduction kernels: inline chains, parallel outer loops, vector lanes."""
     _inline_elementwise(sch, keep=set())
     for block in _blocks(sch):
         if not _is_reduction(sch, block):
-            _parallel_stage(sch, block)
+            _parallel_stage(sch, block, parallel)
             continue
         loops = sch.get_loops(block)
         kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
@@ -225,10 +270,10 @@ def schedule_generic(sch: s_tir.Schedule) -> None:
             outer = [lp for lp in sch.get_loops(block) if not any(sch.get(lp).same_as(r) for r in reduce_stmts)][:-1]
             sch.reorder(*outer, *reduce, lane)
             if outer:
-                sch.parallel(sch.fuse(*outer[: min(3, len(outer))]))
+                _parallel(sch, sch.fuse(*outer[: min(3, len(outer))]), parallel)
             sch.vectorize(lane)
         elif len(spatial) > 1:
-            sch.parallel(sch.fuse(*spatial[: min(2, len(spatial) - 1)]))
+            _parallel(sch, sch.fuse(*spatial[: min(2, len(spatial) - 1)]), parallel)
 
 
 def _lane_loop(sch, spatial):
@@ -247,27 +292,31 @@ def _lane_loop(sch, spatial):
     return sch.split(spatial[-1], [None, lanes])[1]
 
 
-def apply_default_schedule(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI) -> None:
+def apply_default_schedule(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, grain_us: float = PARALLEL_MIN_US) -> None:
     """Dispatch ``sch`` (one PrimFunc ``main``) to its kernel's schedule; raises if a primitive fails.
 
     ``spec`` is the kernel family the module was packed for (it decides how the conv is
-    tensorized and the register tiles).
+    tensorized and the register tiles).  A kernel whose :func:`estimated_us` (per image: a symbolic
+    batch counts as 1) is below ``grain_us`` gets no parallel loop; ``grain_us=0`` parallelizes every
+    kernel (the float programs, which calibration runs on batches).
     """
+    parallel = estimated_us(sch) >= grain_us
     if _find(sch, CONV_BLOCK) is not None:
-        schedule_conv2d_nchwc(sch, spec)
+        schedule_conv2d_nchwc(sch, spec, parallel)
     elif _find(sch, DW_BLOCK) is not None:
-        schedule_depthwise_nchwc(sch, spec)
+        schedule_depthwise_nchwc(sch, spec, parallel)
     elif _find(sch, FLOAT_CONV_BLOCK) is not None:
-        schedule_float_conv(sch)
+        schedule_float_conv(sch, parallel)
     else:
-        schedule_generic(sch)
+        schedule_generic(sch, parallel)
 
 
-def schedule_primfunc(func: tirx.PrimFunc, spec: KernelSpec = X86_VNNI) -> tirx.PrimFunc | None:
+def schedule_primfunc(func: tirx.PrimFunc, spec: KernelSpec = X86_VNNI,
+                      grain_us: float = PARALLEL_MIN_US) -> tirx.PrimFunc | None:
     """The default schedule of one PrimFunc (``None``, with a warning, when it could not be scheduled)."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
-        apply_default_schedule(sch, spec)
+        apply_default_schedule(sch, spec, grain_us)
     except _ERRORS as err:
         warnings.warn(f"default schedule failed, kernel left unscheduled: {str(err).splitlines()[-1]}", stacklevel=2)
         return None
@@ -285,17 +334,21 @@ class ScheduleIntegerKernels:
     ----------
     spec : KernelSpec
         The kernel family the module was packed for (default x86 VNNI).
+    grain_us : float
+        Kernels estimated below this many microseconds per image stay single-threaded
+        (:data:`PARALLEL_MIN_US`; 0 parallelizes every kernel).
     """
 
-    def __init__(self, spec: KernelSpec = X86_VNNI):
+    def __init__(self, spec: KernelSpec = X86_VNNI, grain_us: float = PARALLEL_MIN_US):
         self.spec = spec
+        self.grain_us = grain_us
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
                 continue
-            scheduled = schedule_primfunc(func, self.spec)
+            scheduled = schedule_primfunc(func, self.spec, self.grain_us)
             if scheduled is not None:
                 updates[gv] = scheduled
         if not updates:

@@ -87,7 +87,9 @@ def float_kernel_passes() -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        ScheduleIntegerKernels(),  # the shared default schedules; the float conv has its own (schedule_float_conv)
+        # the shared default schedules (the float conv has its own, schedule_float_conv), every kernel parallel:
+        # calibration and the analyses run this program on batches, where no kernel is too small for two threads
+        ScheduleIntegerKernels(grain_us=0.0),
     ]
 
 

@@ -289,7 +289,8 @@ class _Packer:
     def binary(self, call) -> _Packed | None:
         lhs, rhs = call.args
         first = next((a for a in (lhs, rhs) if isinstance(a, relax.Var) and a in self.packed), None)
-        chw = _static_nchw(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+        shapes = [_static_nchw(a) for a in (lhs, rhs) if isinstance(a, relax.Var)]
+        chw = max((s for s in shapes if s is not None), key=lambda s: s[1] * s[2], default=None)  # the result's
         if first is None or chw is None:
             return None
         ref = self.packed[first]
@@ -299,14 +300,31 @@ class _Packer:
         return _Packed(self.bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args)), ref.channels, ref.block)
 
     def _binary_arg(self, arg, chw, ref: _Packed):
-        """One operand of a packed elementwise op: same-shaped tensor or scalar/per-channel constant."""
+        """One operand of a packed elementwise op: a tensor of the result's shape, a per-channel tensor
+        ``(N, C, 1, 1)`` (the squeeze-excitation gate, broadcast over the map in NCHW[cb]c just as in NCHW),
+        or a scalar/per-channel constant."""
         value = _const(arg)
         if value is not None:
             packed = L.pack_channel_const(value, ref.channels, ref.block)
             return None if packed is None else relax.const(packed, str(value.dtype))
-        if isinstance(arg, relax.Var) and _static_nchw(arg) == chw:
+        if isinstance(arg, relax.Var) and _static_nchw(arg) in (chw, (chw[0], 1, 1)):
             return self.packed_of(arg, ref.block).expr
         return None
+
+    def take(self, call) -> _Packed | None:
+        """``take(table, x, mode="clip")`` of a constant 1-D table by a packed ``x`` (a lookup activation,
+        :mod:`gwq_tvm.kinds.lut`) as the elementwise :func:`.compute.lookup`: it stays packed and fuses
+        into the producing kernel's epilogue.  Padded channels look up whatever they hold (clipped into the
+        table) and are never read back."""
+        table, src = call.args
+        t = _const(table)
+        if (t is None or t.ndim != 1 or not isinstance(src, relax.Var) or src not in self.packed
+                or (call.attrs.axis is not None and int(call.attrs.axis) != 0) or call.attrs.mode != "clip"):
+            return None
+        p = self.packed[src]
+        y = self.bb.emit_te(C.lookup, table, p.expr, primfunc_name_hint=C.LOOKUP_BLOCK,
+                            primfunc_attrs={C.ELEMENTWISE_ATTR: True})
+        return _Packed(y, p.channels, p.block)
 
     def max_pool2d(self, call) -> _Packed | None:
         src = call.args[0]
@@ -349,6 +367,7 @@ _HANDLERS = {
     "relax.matmul": _Packer.matmul,
     "relax.nn.max_pool2d": _Packer.max_pool2d,
     "relax.sum": _Packer.sum,
+    "relax.take": _Packer.take,
     **{name: _Packer.unary for name in _ELEMENTWISE_UNARY},
     **{name: _Packer.binary for name in _ELEMENTWISE_BINARY},
 }
