@@ -155,7 +155,8 @@ def table(results: dict, limit: int, fp32: dict, out: Path = OUT) -> str:
              "Input, first and last weight layers at 8 bits.  "
              "SE: paired standard error (pt) of the difference to `per-channel` of the same model, mode and setting.  "
              "exact: bit-exact against the numpy reference on the first N test images (`-`: row measured on 2026-12-02, "
-             "before the script checked it).  "
+             "before the script checked it; `rechecked, a/b same`: such a row rebuilt later, checked, and its "
+             "correct/wrong agreeing with the stored row on a of the first b test images).  "
              "latency: batch-1 median (ms) at the 1-minute load average given (`-`: not recorded); see the notes.", ""]
     for model in fp32:
         for setting in SETTINGS:
@@ -175,6 +176,8 @@ def table(results: dict, limit: int, fp32: dict, out: Path = OUT) -> str:
                         se = f"{paired_se(np.array(r['correct']), np.array(base['correct'])):.2f}"
                     load = f"{r['load']:.1f}" if "load" in r else "-"
                     exact = (f"{'yes' if r['bit_exact'] else 'NO'} ({r['exact_images']})" if "bit_exact" in r else "-")
+                    if "recheck" in r:
+                        exact += f" rechecked, {r['recheck']['same_correctness']}/{r['recheck']['images']} same"
                     lines.append(f"| {label} | {r['accuracy'] * 100:.2f} | {gap} | {se} | {r['shift_share'] * 100:.1f}% | "
                                  f"{r['weight_bits'] / 8192:.1f} | {r['latency_ms']:.3f} | {load} | {exact} | "
                                  f"{fitted(r['blocks'])} |")
@@ -193,6 +196,9 @@ def main():
     ap.add_argument("--labels", default=None, help="only these row labels (comma-separated; default all)")
     ap.add_argument("--search-rounds", type=int, default=1)
     ap.add_argument("--exact", type=int, default=16, help="test images checked bit-exact against the numpy reference")
+    ap.add_argument("--recheck", type=int, default=0, metavar="IMAGES",
+                    help="also rebuild rows measured before the bit-exact check, check them bit-exact and compare "
+                         "their correct/wrong on the first IMAGES test images with the stored row")
     ap.add_argument("--table-only", action="store_true", help="rewrite the .md from the JSON and stop")
     ap.add_argument("--merge", type=Path, nargs="*", default=(),
                     help="add the rows of these subl_gdrq.json files (same --limit; e.g. a run in another --out) and stop")
@@ -215,7 +221,8 @@ def main():
     for other in map(migrate, (json.loads(Path(m).read_text()) for m in args.merge)):
         if other["limit"] != args.limit:
             raise SystemExit(f"subl_gdrq: --merge rows are on {other['limit']} test images, not {args.limit}")
-        results.update({k: v for k, v in other["rows"].items() if k not in results})
+        results.update({k: v for k, v in other["rows"].items()  # new rows, and rows the other run rechecked
+                        if k not in results or ("bit_exact" in v and "bit_exact" not in results[k])})
         fp32s.update({k: v for k, v in other["fp32"].items() if k not in fp32s})
     if args.merge:
         write_text(path, json.dumps({"limit": args.limit, "fp32": fp32s, "rows": results}) + "\n")
@@ -238,7 +245,7 @@ def main():
                 if args.labels is not None and label not in args.labels.split(","):
                     continue
                 key = f"{args.model}|{setting}|{mode}|{label}"
-                if key in results:
+                if key in results and not (args.recheck and "bit_exact" not in results[key]):
                     continue
                 t0 = time.time()
                 cfg = QuantConfig(weight_bits=wb, act_bits=ab, end_bits=8, loss_aware=False, **MODES[mode], **changes)
@@ -251,22 +258,29 @@ def main():
                 if not check.ok:
                     raise SystemExit(f"subl_gdrq: {key}: the realized program is not integer-only: {check}")
                 ex = gwq_tvm.build(mod)
-                logits = gwq_tvm.predict(relax.VirtualMachine(ex, tvm.cpu()), test_x, fm.input_shape)
+                images = min(args.recheck, len(test_x)) if key in results else len(test_x)
+                logits = gwq_tvm.predict(relax.VirtualMachine(ex, tvm.cpu()), test_x[:images], fm.input_shape)
                 n = min(args.exact, len(test_x))
                 if not np.array_equal(logits[:n], np.asarray(run_reference(mod, test_x[:n]))):
                     raise SystemExit(f"subl_gdrq: {key}: the compiled program differs from the numpy reference "
                                      f"on the first {n} test images")
-                correct = np.argmax(logits, axis=1) == test_y
-                s = sfc_summary(sfc_sites(graph, plan))
-                results[key] = {"accuracy": float(correct.mean()), "shift_share": s["shift_share"],
-                                "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
-                                "weight_bits": weight_bits(graph, plan), "latency_ms": latency_ms(ex, fm.input_shape),
-                                "load": os.getloadavg()[0], "integer_only": True, "bit_exact": True, "exact_images": n,
-                                "seconds": time.time() - t0, "correct": correct.astype(int).tolist(),
-                                "blocks": {name: list(w.block) if w.block else w.granularity
-                                           for name, w in plan.layers.items()}}
-                print(f"{key}: {correct.mean() * 100:.2f}%  shift {s['shift_share'] * 100:.1f}%  "
-                      f"{time.time() - t0:.0f}s  load {os.getloadavg()[0]:.1f}", flush=True)
+                correct = np.argmax(logits, axis=1) == test_y[:images]
+                if key in results:  # a row measured before the bit-exact check: check it, keep its measurement
+                    agree = int((np.array(results[key]["correct"][:images], dtype=bool) == correct).sum())
+                    results[key].update(integer_only=True, bit_exact=True, exact_images=n,
+                                        recheck={"images": images, "same_correctness": agree})
+                    print(f"{key}: rechecked, bit-exact on {n}, same correct/wrong on {agree}/{images}", flush=True)
+                else:
+                    s = sfc_summary(sfc_sites(graph, plan))
+                    results[key] = {"accuracy": float(correct.mean()), "shift_share": s["shift_share"],
+                                    "multiply_elements": s["multiply_elements"], "shift_elements": s["shift_elements"],
+                                    "weight_bits": weight_bits(graph, plan), "latency_ms": latency_ms(ex, fm.input_shape),
+                                    "load": os.getloadavg()[0], "integer_only": True, "bit_exact": True,
+                                    "exact_images": n, "seconds": time.time() - t0, "correct": correct.astype(int).tolist(),
+                                    "blocks": {name: list(w.block) if w.block else w.granularity
+                                               for name, w in plan.layers.items()}}
+                    print(f"{key}: {correct.mean() * 100:.2f}%  shift {s['shift_share'] * 100:.1f}%  "
+                          f"{time.time() - t0:.0f}s  load {os.getloadavg()[0]:.1f}", flush=True)
                 write_text(path, json.dumps({"limit": args.limit, "fp32": fp32s, "rows": results}) + "\n")
                 write_text(args.out / "subl_gdrq.md", table(results, args.limit, fp32s, args.out))
 
