@@ -243,6 +243,21 @@ def test_report_shows_blocks_reordering_and_clip(net):
     assert "dense_0 2x2 reordered" in format_text(r)
 
 
+@pytest.mark.parametrize("shape, blocks, fitted", [
+    ((96, 1, 5, 5), (4, 4), (4, 1)),  # MobileNetV3 depthwise 5x5: K = 25 taps, odd: blocks over output channels only
+    ((72, 1, 3, 3), (8, 2), (8, 1)),  # depthwise 3x3: K = 9
+    ((16, 1, 3, 3), (4, 3), (4, 3)),  # a grid that divides the taps does split them (one partial per tap group)
+    ((24, 72, 1, 1), (4, 4), (4, 4)),  # pointwise: K = C_in
+])
+def test_depthwise_blocks_under_gcd_fit(shape, blocks, fitted):
+    """A depthwise conv's ``K`` is its ``kh*kw`` taps; the gcd fit gives odd kernels ``NIN = 1`` (the benchmark's
+    MobileNetV3 rows), and the strict fit names the layer instead of fitting."""
+    assert sublayer.block_shape("dw", shape, blocks, "gcd") == fitted
+    if fitted != blocks:
+        with pytest.raises(PlanError, match=r"^dw: weight blocks .* do not divide its"):
+            sublayer.block_shape("dw", shape, blocks, "strict")
+
+
 @pytest.mark.parametrize("blocks, message", [
     ((3, 1), "do not divide its 8x27 weight"),
     ((16, 1), "larger than its 8x27 weight"),
