@@ -16,8 +16,8 @@ Every row is quantized from 512 calibration images, compiled (integer-only)
 and evaluated on the 10k Fashion-MNIST test images: "PTQ accuracy".  The
 learned rows and the uniform W4A8/W4A4 rows (the uniform policies of equal or
 larger size than every budget) are also fine-tuned with QAT from the float
-weights (``gwq_tvm.qat.train``, the same short schedule for all:
-``QAT_EPOCHS`` x ``QAT_IMAGES`` training images), exported, compiled and
+weights (``gwq_tvm.qat.train``, the same short schedule for all rows of a model:
+``QAT_EPOCHS`` x ``QAT_IMAGES[model]`` training images), exported, compiled and
 evaluated: "QAT accuracy".  Columns: packed weight bytes
 (``bits * count / 8``), BitOps per sample (``MACs * w_bits * a_bits``), both
 also in % of W8A8, the ILP/greedy solve time, the importance time (loaded
@@ -48,8 +48,10 @@ UNIFORM_QAT = ("W4A8", "W4A4")
 CALIB = 512
 #: joint indicator training: images of the 60k training set, epochs
 INDICATOR_IMAGES, INDICATOR_EPOCHS = 20000, 1
-#: QAT fine-tuning of the chosen policies
-QAT_IMAGES, QAT_EPOCHS = 10000, 1
+#: QAT fine-tuning of the chosen policies: epochs, training images per model (MobileNetV3's steps cost ~7x the
+#: ResNet's here, and the shared machine gave each process about a fifth of a core)
+QAT_EPOCHS = 1
+QAT_IMAGES = {"fmnist_resnet": 10000, "fmnist_mobilenetv3": 5000}
 
 
 def figures(q) -> dict:
@@ -76,7 +78,7 @@ def compiled_accuracy(q, test_x, test_y) -> float:
     return gwq_tvm.accuracy(gwq_tvm.predict(vm, test_x, q.float_model.input_shape), test_y)
 
 
-def qat_accuracy(q, work: Path, train, test) -> dict:
+def qat_accuracy(q, work: Path, train, test, images: int) -> dict:
     """Fine-tune ``q``'s plan from the float weights, export, compile, evaluate (the ``gwq-tvm train`` flow)."""
     import gwq_tvm
     from gwq_tvm.plan.quantplan import QuantPlan
@@ -84,12 +86,12 @@ def qat_accuracy(q, work: Path, train, test) -> dict:
 
     t0 = time.time()
     model = QATModel(q.graph, q.plan)
-    hist = qat_train(model, train[0][:QAT_IMAGES], train[1][:QAT_IMAGES], TrainConfig(epochs=QAT_EPOCHS))
+    hist = qat_train(model, train[0][:images], train[1][:images], TrainConfig(epochs=QAT_EPOCHS))
     onnx_path, plan_path = export_qat(model, work / "qat.onnx")
     q2 = gwq_tvm.quantize(str(onnx_path), plan=QuantPlan.load(plan_path))
     assert {n: w.bits for n, w in q2.plan.layers.items()} == {n: w.bits for n, w in q.plan.layers.items()}
     return {"qat_accuracy": compiled_accuracy(q2, *test), "qat_seconds_loaded": time.time() - t0,
-            "qat_schedule": f"{QAT_EPOCHS} x {QAT_IMAGES} images", "qat_loss": hist[-1]["loss"]}
+            "qat_schedule": f"{QAT_EPOCHS} x {images} images", "qat_loss": hist[-1]["loss"]}
 
 
 def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
@@ -118,7 +120,9 @@ def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     return path
 
 
-def run_model(name: str) -> None:
+def run_model(name: str, phase: str = "all") -> None:
+    """Measure ``name``'s rows: ``phase`` ``ptq`` (quantize, compile, evaluate), ``qat`` (fine-tune the rows that
+    take QAT and have none yet) or ``all`` (both, row by row)."""
     import torch
 
     import gwq_tvm
@@ -144,7 +148,10 @@ def run_model(name: str) -> None:
             label = f"{'greedy' if search == 'greedy' else 'ILP'} {kind} size {budget}"
             todo.append((label, dict(mixed_precision=True, size_budget=budget, importance=kind, mp_search=search), kind, budget))
     for label, kw, kind, budget in todo:
-        if label in rows:
+        wants_qat = phase != "ptq" and (kind == "learned" or label in UNIFORM_QAT)
+        if label in rows and not (wants_qat and "qat_accuracy" not in rows[label]):
+            continue
+        if label not in rows and phase == "qat":
             continue
         imp_seconds = None
         if kind is not None:
@@ -154,14 +161,22 @@ def run_model(name: str) -> None:
         t0 = time.time()
         q = gwq_tvm.quantize(model_path, calib, QuantConfig(**kw))
         mp = q.plan.provenance.get("mixed_precision")
+        if label in rows:  # the QAT phase of a measured row: the same plan again (same calibration, same indicators)
+            assert {n: w.bits for n, w in q.plan.layers.items()} == rows[label]["weight_bits"]
+            rows[label].update(qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
+                                            QAT_IMAGES[name]))
+            save()
+            print(f"{name} {label}: QAT {rows[label]['qat_accuracy'] * 100:.2f}%", flush=True)
+            continue
         row = {"config": kw, "importance": kind, "search": kw.get("mp_search", "ilp") if kind else None,
                "budget": budget, "ptq_accuracy": compiled_accuracy(q, *test), **figures(q),
                "weight_bits": {n: w.bits for n, w in q.plan.layers.items()},
                "act_bits": ({t: q.plan.tensors[t].bits for t in mp["act_bits"]} if mp else None),
                "solve_seconds": mp["solve_seconds"] if mp else None, "importance_seconds": imp_seconds,
                "ptq_seconds_loaded": time.time() - t0}
-        if kind == "learned" or label in UNIFORM_QAT:
-            row.update(qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test))
+        if wants_qat:
+            row.update(qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
+                                    QAT_IMAGES[name]))
         rows[label] = row
         save()
         qat = f", QAT {row['qat_accuracy'] * 100:.2f}%" if "qat_accuracy" in row else ""
@@ -184,7 +199,8 @@ def table() -> None:
     lines = ["# Mixed precision: LIMPQ's ILP (learned / proxy / HAWQ indicators) and a greedy baseline against uniform policies", "",
              f"Bundled models, Fashion-MNIST: every accuracy is of the **compiled integer program** on the 10k test images "
              f"(binomial standard error about 0.3 pt). PTQ: quantized from {CALIB} calibration images. QAT: fine-tuned from the "
-             f"float weights with the row's plan ({QAT_EPOCHS} epoch x {QAT_IMAGES} training images, LSQ-style `gwq_tvm.qat`), "
+             f"float weights with the row's plan ({QAT_EPOCHS} epoch x the first {', '.join(f'{v} ({k})' for k, v in QAT_IMAGES.items())} "
+             "training images, LSQ-style `gwq_tvm.qat`), "
              "exported and compiled. Learned indicators: one joint QAT run over all candidate widths "
              f"({INDICATOR_EPOCHS} epoch x {INDICATOR_IMAGES} training images). The first and last layers' weights and the "
              "model input stay at 8 bits in every ILP/greedy policy (not in the uniform rows). Size: packed weight bytes "
@@ -226,10 +242,12 @@ def table() -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
+    ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
+                    help="ptq: every row's PTQ figures first; qat: then the QAT of the rows that take it; all: row by row")
     ap.add_argument("--table", action="store_true", help="merge the per-model results into mixed_precision.{json,md}")
     args = ap.parse_args()
     if args.model:
-        run_model(args.model)
+        run_model(args.model, args.phase)
     if args.table or not args.model:
         table()
 

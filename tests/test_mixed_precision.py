@@ -345,3 +345,26 @@ def test_cli_plan_learned_trains_once_and_reuses_the_indicators(tmp_path, capsys
     mp = QuantPlan.load(tmp_path / "n.plan.json").provenance["mixed_precision"]
     assert mp["importance"]["weights"] == {n: {str(b): v for b, v in d.items()} for n, d in rec["weights"].items()}
     assert mp["size_bytes"] <= 0.4 * mp["size_w8a8_bytes"] * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_cli_plan_writes_missing_proxy_indicators_and_reuses_them(tmp_path, capsys):
+    from gwq_tvm.cli import main
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.qat.importance import load_importance
+
+    imp = tmp_path / "p.json"
+    common = ["--quiet", "plan", str(gwq_tvm.data.bundled_model()), "--mixed-precision", "--calib-samples", "64",
+              "--importance-file", str(imp)]
+    assert main([*common, "--size-budget", "50%", "-o", str(tmp_path / "a.plan.json")]) == 0
+    assert f"wrote {imp} (proxy indicators" in capsys.readouterr().out
+    rec = load_importance(imp)
+    first = QuantPlan.load(tmp_path / "a.plan.json").provenance["mixed_precision"]
+    assert rec["kind"] == "proxy" and rec["seconds"] == first["importance_seconds"]
+    # the greedy baseline on the same indicators: read, not measured again
+    assert main([*common, "--size-budget", "40%", "--mp-search", "greedy", "-o", str(tmp_path / "b.plan.json")]) == 0
+    assert "indicators" not in capsys.readouterr().out
+    mp = QuantPlan.load(tmp_path / "b.plan.json").provenance["mixed_precision"]
+    assert mp["search"] == "greedy" and mp["importance_source"]["file"] == str(imp)
+    assert mp["importance"]["weights"] == first["importance"]["weights"]
+    assert mp["size_bytes"] <= 0.4 * mp["size_w8a8_bytes"] * (1 + 1e-9)
