@@ -290,7 +290,10 @@ def _importance_file(args, calib):
     args.importance_file = str(path)  # validate the rest of the options before training
     cfg = _config(args)
     x, y = _load_data(args.train_data, "training data", args.train_limit)
-    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    from .qat.importance import INDICATOR_SCALE_LR
+
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                       scale_lr=args.scale_lr if args.scale_lr is not None else INDICATOR_SCALE_LR)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))  # noqa: E731
     rec = learn_importance(args.model, calib, x, y, cfg, tcfg, input_shape=args.input_shape, log=log)
     save_importance(path, rec)
@@ -656,6 +659,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N samples only")
     t.add_argument("--epochs", type=_positive_int, default=1, help="epochs of the joint run (default 1)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--scale-lr", type=float, default=None,
+                   help="Adam learning rate of the log step sizes (default 1e-2: relative change per step)")
     t.add_argument("--seed", type=int, default=0)
     _add_quant_options(p)
     p.set_defaults(func=cmd_plan)
