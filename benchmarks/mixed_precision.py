@@ -134,6 +134,11 @@ def run_model(name: str, phase: str = "all") -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / f"{name}.json"
     rows = json.loads(out.read_text())["rows"] if out.exists() else {}
+    # the QAT phase writes its own file (it may run beside the PTQ phase of the same model); --table merges them
+    qat_out = OUT / f"{name}.qat.json"
+    qat_rows = json.loads(qat_out.read_text()) if qat_out.exists() else {}
+    if phase == "qat":
+        rows = {k: {**v, **qat_rows.get(k, {})} for k, v in rows.items()}
     calib = fashion_mnist("calib")[0][:CALIB]
     test = fashion_mnist("test")
     train = fashion_mnist("train")
@@ -163,10 +168,10 @@ def run_model(name: str, phase: str = "all") -> None:
         mp = q.plan.provenance.get("mixed_precision")
         if label in rows:  # the QAT phase of a measured row: the same plan again (same calibration, same indicators)
             assert {n: w.bits for n, w in q.plan.layers.items()} == rows[label]["weight_bits"]
-            rows[label].update(qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
-                                            QAT_IMAGES[name]))
-            save()
-            print(f"{name} {label}: QAT {rows[label]['qat_accuracy'] * 100:.2f}%", flush=True)
+            qat_rows[label] = qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
+                                           QAT_IMAGES[name])
+            write_text(qat_out, json.dumps(qat_rows, indent=1) + "\n")
+            print(f"{name} {label}: QAT {qat_rows[label]['qat_accuracy'] * 100:.2f}%", flush=True)
             continue
         row = {"config": kw, "importance": kind, "search": kw.get("mp_search", "ilp") if kind else None,
                "budget": budget, "ptq_accuracy": compiled_accuracy(q, *test), **figures(q),
@@ -191,10 +196,34 @@ def bits_summary(bits: dict) -> str:
     return ", ".join(f"{values.count(b)}x{b}" for b in sorted(set(values), reverse=True))
 
 
+def learned_movement(name: str) -> str | None:
+    """How far the joint run moved the learned weight steps from their LSQ start (``2 mean|W| / sqrt(qmax)``)."""
+    import gwq_tvm
+    from gwq_tvm.data import bundled_model
+    from gwq_tvm.extract import extract_graph
+    from gwq_tvm.qat.importance import load_importance, lsq_init
+
+    path = OUT / f"{name}.learned.importance.json"
+    if not path.exists():
+        return None
+    rec = load_importance(path)
+    graph = extract_graph(gwq_tvm.load_model(bundled_model(name)).mod)
+    ratios = [v / lsq_init(graph.nodes[n].weight, b) for n, d in rec["weights"].items() for b, v in d.items()]
+    st = rec["settings"]
+    return (f"{st['steps']} joint steps ({st['images']} images, {rec['seconds']:.0f} s loaded) left every learned weight "
+            f"step within {min(ratios):.2f}x to {max(ratios):.2f}x of its LSQ start 2 mean|W| / sqrt(qmax), so the "
+            "indicators mostly rank the layers by their mean |W| (a longer run or a larger step learning rate would let "
+            "them move further).")
+
+
 def table() -> None:
     from gwq_tvm.atomic import write_text
 
     results = {m: json.loads((OUT / f"{m}.json").read_text()) for m in MODELS if (OUT / f"{m}.json").exists()}
+    for m, res in results.items():
+        if (OUT / f"{m}.qat.json").exists():
+            for label, fields in json.loads((OUT / f"{m}.qat.json").read_text()).items():
+                res["rows"][label].update(fields)
     write_text(OUT / "mixed_precision.json", json.dumps(results, indent=1) + "\n")
     lines = ["# Mixed precision: LIMPQ's ILP (learned / proxy / HAWQ indicators) and a greedy baseline against uniform policies", "",
              f"Bundled models, Fashion-MNIST: every accuracy is of the **compiled integer program** on the 10k test images "
@@ -218,6 +247,9 @@ def table() -> None:
             acts = bits_summary(r["act_bits"]) if r["act_bits"] else "-"
             lines.append(f"| {label} | {r['ptq_accuracy'] * 100:.2f}% | {qat} | {r['size_bytes']:.0f} | {r['size_percent']:.1f}% | "
                          f"{r['bitops_percent']:.1f}% | {solve} | {imp} | {bits_summary(r['weight_bits'])} | {acts} |")
+        moved = learned_movement(m)
+        if moved:
+            lines += ["", f"Learned indicators: {moved}"]
         lines += ["", "Target: at every size budget the learned mixed policy (after QAT) is more accurate than every uniform "
                   "policy of equal or larger size (compared after QAT where the uniform row has one, else PTQ):", ""]
         for budget in BUDGETS:
