@@ -120,9 +120,10 @@ def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     return path
 
 
-def run_model(name: str, phase: str = "all") -> None:
+def run_model(name: str, phase: str = "all", also_qat=(), only=()) -> None:
     """Measure ``name``'s rows: ``phase`` ``ptq`` (quantize, compile, evaluate), ``qat`` (fine-tune the rows that
-    take QAT and have none yet) or ``all`` (both, row by row)."""
+    take QAT and have none yet) or ``all`` (both, row by row).  ``also_qat``: label prefixes of further rows to
+    fine-tune (e.g. ``"ILP proxy"``: is it the policy or the short QAT?)."""
     import torch
 
     import gwq_tvm
@@ -153,7 +154,9 @@ def run_model(name: str, phase: str = "all") -> None:
             label = f"{'greedy' if search == 'greedy' else 'ILP'} {kind} size {budget}"
             todo.append((label, dict(mixed_precision=True, size_budget=budget, importance=kind, mp_search=search), kind, budget))
     for label, kw, kind, budget in todo:
-        wants_qat = phase != "ptq" and (kind == "learned" or label in UNIFORM_QAT)
+        if only and not label.startswith(tuple(only)):
+            continue
+        wants_qat = phase != "ptq" and (kind == "learned" or label in UNIFORM_QAT or label.startswith(tuple(also_qat)))
         if label in rows and not (wants_qat and "qat_accuracy" not in rows[label]):
             continue
         if label not in rows and phase == "qat":
@@ -170,7 +173,8 @@ def run_model(name: str, phase: str = "all") -> None:
             assert {n: w.bits for n, w in q.plan.layers.items()} == rows[label]["weight_bits"]
             qat_rows[label] = qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
                                            QAT_IMAGES[name])
-            write_text(qat_out, json.dumps(qat_rows, indent=1) + "\n")
+            merged = json.loads(qat_out.read_text()) if qat_out.exists() else {}  # another QAT process may have written
+            write_text(qat_out, json.dumps({**merged, label: qat_rows[label]}, indent=1) + "\n")
             print(f"{name} {label}: QAT {qat_rows[label]['qat_accuracy'] * 100:.2f}%", flush=True)
             continue
         row = {"config": kw, "importance": kind, "search": kw.get("mp_search", "ilp") if kind else None,
@@ -267,6 +271,8 @@ def table() -> None:
             lines.append(f"- {budget}: learned {learned['qat_accuracy'] * 100:.2f}% (size {learned['size_percent']:.1f}%) vs "
                          + ", ".join(verdicts) + w8s)
         lines.append("")
+    if (OUT / "notes.md").exists():  # the hand-written reading of the numbers
+        lines += [(OUT / "notes.md").read_text()]
     write_text(OUT / "mixed_precision.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -276,10 +282,13 @@ def main():
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
     ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
                     help="ptq: every row's PTQ figures first; qat: then the QAT of the rows that take it; all: row by row")
+    ap.add_argument("--also-qat", nargs="*", default=[], metavar="PREFIX",
+                    help="fine-tune these rows too (label prefixes, e.g. 'ILP proxy')")
+    ap.add_argument("--only", nargs="*", default=[], metavar="PREFIX", help="only the rows with these label prefixes")
     ap.add_argument("--table", action="store_true", help="merge the per-model results into mixed_precision.{json,md}")
     args = ap.parse_args()
     if args.model:
-        run_model(args.model, args.phase)
+        run_model(args.model, args.phase, args.also_qat, args.only)
     if args.table or not args.model:
         table()
 
