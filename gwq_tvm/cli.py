@@ -74,7 +74,7 @@ _PLAN_FIXED = {
     "weights": "weights",
     # mixed precision (branch limpq)
     "mixed_precision": "mixed_precision", "size_budget": "size_budget", "bitops_budget": "bitops_budget",
-    "importance": "importance",
+    "importance": "importance", "importance_file": "importance_file", "mp_search": "mp_search",
 }
 
 
@@ -263,15 +263,65 @@ def cmd_tune(args):
     print(f"compile with: gwq-tvm compile {args.model} --plan {work / 'model.plan.json'} --tuning-db {work}{tgt} -o model.so")
 
 
+def _importance_file(args, calib):
+    """``plan --mixed-precision``: the indicator file to read, and the one to write after planning.
+
+    ``--importance learned`` trains LIMPQ's indicators (one joint QAT run on
+    ``--train-data``) unless ``--importance-file`` (default ``<plan stem>.importance.json``)
+    already holds them.  For ``proxy``/``hessian`` a missing ``--importance-file``
+    is written from the measured indicators, so that later budgets reuse them.
+    Returns ``(read, write)`` paths (either may be ``None``).
+    """
+    if not getattr(args, "mixed_precision", None):
+        return None, None
+    kind = args.importance or "proxy"
+    path = Path(args.importance_file) if args.importance_file else None
+    if kind != "learned":
+        return (path, None) if path is None or path.exists() else (None, path)
+    path = path or Path(args.output).with_name(Path(args.output).name.removesuffix(".json").removesuffix(".plan") + ".importance.json")
+    if path.exists():
+        return path, None
+    try:
+        from .qat import TrainConfig
+        from .qat.importance import learn_importance, save_importance
+    except ImportError as err:
+        raise GwqError(f"--importance learned needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
+    _check_outputs(args, path)
+    args.importance_file = str(path)  # validate the rest of the options before training
+    cfg = _config(args)
+    x, y = _load_data(args.train_data, "training data", args.train_limit)
+    from .qat.importance import INDICATOR_SCALE_LR
+
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                       scale_lr=args.scale_lr if args.scale_lr is not None else INDICATOR_SCALE_LR)
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))  # noqa: E731
+    rec = learn_importance(args.model, calib, x, y, cfg, tcfg, input_shape=args.input_shape, log=log)
+    save_importance(path, rec)
+    print(f"wrote {path} (learned indicators: {rec['settings']['steps']} steps, {rec['seconds']:.0f} s)")
+    return path, None
+
+
 def cmd_plan(args):
     from . import api
 
     _check_outputs(args, args.output)
     calib = _calibration(args)
+    read, write = _importance_file(args, calib)
+    args.importance_file = str(read) if read is not None else None
+    if write is not None:
+        _check_outputs(args, write)
     q = api.quantize(args.model, calib, _config(args), input_shape=args.input_shape, show_progress=not args.quiet)
     q.plan.save(args.output)
     _print_summary(q)
     print(f"wrote {args.output}")
+    if write is not None:
+        from .qat.importance import record, save_importance
+
+        mp = q.plan.provenance["mixed_precision"]
+        save_importance(write, record(mp["importance_kind"], q.graph, _config(args), mp["importance"]["weights"],
+                                      mp["importance"]["tensors"], seconds=mp["importance_seconds"],
+                                      settings=mp["importance_source"]))
+        print(f"wrote {write} ({mp['importance_kind']} indicators: rerun with --importance-file {write} for other budgets)")
 
 
 def _write_json(path, payload) -> None:
@@ -516,9 +566,14 @@ def _add_quant_options(p):
                    help="packed weight bytes (bits*count/8), absolute or a percentage of W8A8, e.g. 60%%")
     m.add_argument("--bitops-budget", default=None, metavar="BITOPS|P%",
                    help="BitOps per sample (MACs*w_bits*a_bits), absolute or a percentage of W8A8")
-    m.add_argument("--importance", default=None, choices=("proxy", "learned"),
+    m.add_argument("--importance", default=None, choices=("proxy", "learned", "hessian"),
                    help="proxy (default): output divergence of each layer/tensor alone at each width on the "
-                        "calibration images; learned (joint QAT indicators) is not built yet")
+                        "calibration images; learned: LIMPQ's step sizes from one joint QAT run (plan trains them, "
+                        "or give --importance-file); hessian: HAWQ's Hessian trace x quantization perturbation")
+    m.add_argument("--importance-file", default=None, metavar="JSON",
+                   help="indicators of an earlier run (plan writes them): the ILP reruns for any budget at once")
+    m.add_argument("--mp-search", default=None, choices=("ilp", "greedy"),
+                   help="ilp (default) | greedy: lower the least sensitive layer until the budgets hold (a baseline)")
     g = p.add_argument_group("sub-layerwise weights (PTQ-SL) and distribution reshaping (GDRQ)")
     g.add_argument("--weight-blocks", type=_blocks, default=None, metavar="NOUTxNIN",
                    help="one weight scale per block of the (C_out, C_in/groups*kh*kw) weight: 1x1 per-tensor, Cx1 "
@@ -598,6 +653,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--calib", default=None, help="calibration inputs (default: bundled:calib)")
     p.add_argument("-o", "--output", required=True)
+    t = p.add_argument_group("learned importance (--mixed-precision --importance learned)")
+    t.add_argument("--train-data", default="bundled:train", help="labelled training .npz for the indicators' joint QAT run "
+                   "(default bundled:train, Fashion-MNIST 60k)")
+    t.add_argument("--train-limit", type=_positive_int, default=None, help="train on the first N samples only")
+    t.add_argument("--epochs", type=_positive_int, default=1, help="epochs of the joint run (default 1)")
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--scale-lr", type=float, default=None,
+                   help="Adam learning rate of the log step sizes (default 1e-2: relative change per step)")
+    t.add_argument("--seed", type=int, default=0)
     _add_quant_options(p)
     p.set_defaults(func=cmd_plan)
 

@@ -125,8 +125,11 @@ def _check_weights(cfg) -> None:
 
 
 #: the mixed-precision options (written by :meth:`QuantConfig.to_dict` only when set)
-MIXED_FIELDS = ("mixed_precision", "size_budget", "bitops_budget", "importance", "mp_weight_bits", "mp_act_bits")
-IMPORTANCES = ("proxy", "learned")
+MIXED_FIELDS = ("mixed_precision", "size_budget", "bitops_budget", "importance", "mp_weight_bits", "mp_act_bits",
+                "importance_file", "mp_search")
+IMPORTANCES = ("proxy", "learned", "hessian")
+#: how the bit-widths are chosen from the importance
+MP_SEARCHES = ("ilp", "greedy")
 
 
 def _bit_choices(value, name) -> tuple:
@@ -151,14 +154,19 @@ def _check_mixed(cfg, set_) -> None:
     set_("mp_act_bits", _bit_choices(cfg.mp_act_bits, "mp_act_bits"))
     if cfg.importance not in IMPORTANCES:
         raise ConfigError(f"importance must be one of {', '.join(IMPORTANCES)}; got {cfg.importance!r}")
+    if cfg.mp_search not in MP_SEARCHES:
+        raise ConfigError(f"mp_search must be one of {', '.join(MP_SEARCHES)}; got {cfg.mp_search!r}")
+    if cfg.importance_file is not None:
+        if not isinstance(cfg.importance_file, str) or not cfg.importance_file:
+            raise ConfigError(f"importance_file must be a path; got {cfg.importance_file!r}")
     if not cfg.mixed_precision:
         given = [k for k in MIXED_FIELDS[1:] if getattr(cfg, k) != QuantConfig.__dataclass_fields__[k].default]
         if given:
             raise ConfigError(f"{given[0]} applies with mixed_precision only")
         return
-    if cfg.importance == "learned":
-        raise ConfigError("importance 'learned' (LIMPQ's indicators from one joint QAT run) is not built yet; "
-                          "use importance 'proxy' (post-training, measured on the calibration images)")
+    if cfg.importance == "learned" and cfg.importance_file is None:
+        raise ConfigError("importance 'learned' reads LIMPQ's indicators from an importance_file (written by "
+                          "'gwq-tvm plan --mixed-precision --importance learned' or gwq_tvm.qat.importance.learn_importance)")
     if cfg.size_budget is None and cfg.bitops_budget is None:
         raise ConfigError("mixed_precision needs a size_budget or a bitops_budget (or both)")
     if cfg.bits:
@@ -293,8 +301,19 @@ class QuantConfig:
     importance : str
         ``proxy``: each layer's and tensor's output divergence when it alone is
         quantized at each width, measured on the calibration images
-        (:func:`gwq_tvm.calibration.sensitivity.bit_importance`).  ``learned``
-        (LIMPQ's jointly trained indicators) is not built and is refused.
+        (:func:`gwq_tvm.calibration.sensitivity.bit_importance`).  ``learned``:
+        LIMPQ's step sizes from one joint QAT run over all candidate widths
+        (:mod:`gwq_tvm.qat.importance`; needs ``importance_file``, training needs
+        labelled data).  ``hessian``: HAWQ's Hutchinson trace of each layer's
+        Hessian times its quantization perturbation (a baseline; needs torch).
+    importance_file : str, optional
+        An indicator file (:func:`gwq_tvm.qat.importance.save_importance`) of this
+        model and these candidate widths: the ILP reads the indicators from it
+        instead of measuring them (so it reruns for any budget at once).
+    mp_search : str
+        ``ilp`` (LIMPQ's integer program) or ``greedy`` (a baseline: from all at
+        the widest, lower the least sensitive layer until the budgets hold;
+        :meth:`gwq_tvm.plan.mixed_precision.Problem.greedy`).
     mp_weight_bits, mp_act_bits : tuple of int
         Candidate widths of weights (default 2, 3, 4, 8) and activations (4, 8).
     weight_groups : int, optional
@@ -359,6 +378,8 @@ class QuantConfig:
     importance: str = "proxy"
     mp_weight_bits: tuple = (2, 3, 4, 8)
     mp_act_bits: tuple = (4, 8)
+    importance_file: str | None = None
+    mp_search: str = "ilp"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

@@ -177,3 +177,194 @@ def test_proxy_importance_quantizes_every_conv_kinds_weights(net):
     assert net in {graph.nodes[n].kind for n in layers}
     iw, _ = bit_importance(fm, graph, calibrate(fm, x), QuantConfig(), x, layers, [], [2], [8], samples=8)
     assert all(iw[n][2] > 0 for n in layers), iw
+
+
+# --- LIMPQ's learned indicators, the HAWQ-style and greedy baselines, indicator files ----------------------------------
+@pytest.fixture(scope="module")
+def resnet_parts():
+    """The bundled ResNet's graph, calibration statistics (64 images) and the ILP's free layers and tensors."""
+    from gwq_tvm.calibration import calibrate
+    from gwq_tvm.calibration.mixed_precision import free_names, problem_layers
+    from gwq_tvm.data import fashion_mnist
+    from gwq_tvm.extract import extract_graph
+
+    calib, _ = fashion_mnist("calib")
+    fm = gwq_tvm.load_model(gwq_tvm.data.bundled_model())
+    graph = extract_graph(fm.mod)
+    cfg = QuantConfig(mixed_precision=True, size_budget="50%")
+    layers, fixed_w, fixed_a = problem_layers(graph, cfg)
+    free_layers, free_tensors = free_names(layers, fixed_w, fixed_a)
+    return graph, calibrate(fm, calib[:64], QuantConfig()), free_layers, free_tensors, fixed_w, fixed_a
+
+
+def test_joint_training_gives_one_finite_step_per_candidate_width(resnet_parts):
+    import torch
+
+    from gwq_tvm.data import fashion_mnist
+    from gwq_tvm.qat import TrainConfig
+    from gwq_tvm.qat.importance import JointModel, train_indicators
+
+    graph, stats, free_layers, free_tensors, fixed_w, fixed_a = resnet_parts
+    torch.manual_seed(0)
+    model = JointModel(graph, stats, QuantConfig(), free_layers, free_tensors, (2, 3, 4, 8), (4, 8),
+                       fixed_weights=fixed_w, fixed_acts=fixed_a)
+    # fake-quantized weights lie on the grid of the drawn width: s * k, |k| <= 2**(b-1) - 1
+    policy = model.sample_(np.random.default_rng(1))
+    for n in free_layers:
+        b = policy["w"][n]
+        k = (model.quant_weight(n, torch.float64) / model.step(n, b, "w", torch.float64)).detach().numpy()
+        np.testing.assert_allclose(k, np.rint(k), atol=1e-6)
+        assert np.abs(np.rint(k)).max() <= 2 ** (b - 1) - 1
+    model.draws = dict.fromkeys(model.draws, 0)
+    x, y = fashion_mnist("calib")
+    run = train_indicators(model, x[:96], y[:96], TrainConfig(epochs=1, batch_size=32, distill=0.0, seed=3))
+    iw, ia = model.indicators()
+    assert list(iw) == free_layers and list(ia) == free_tensors
+    assert all(sorted(v) == [2, 3, 4, 8] and all(np.isfinite(s) and s > 0 for s in v.values()) for v in iw.values())
+    assert all(sorted(v) == [4, 8] and all(np.isfinite(s) and s > 0 for s in v.values()) for v in ia.values())
+    # one sampled width per free layer/tensor per step; a width never drawn keeps its initial step exactly,
+    # a drawn one has been moved by Adam
+    assert run["steps"] == 3
+    for n in free_layers:
+        assert sum(run["draws"]["weights"][n].values()) == 3
+        for b, count in run["draws"]["weights"][n].items():
+            moved = float(model.log_step[model.key(n, b, "w")].detach()) != model.initial[model.key(n, b, "w")]
+            assert moved == (count > 0), (n, b, count)
+    for t in free_tensors:
+        assert sum(run["draws"]["tensors"][t].values()) == 3
+    # the fixed layers (first, last) have their fixed width only
+    assert all(model.layer_bits[n] == (8,) for n in fixed_w)
+
+
+def test_importance_file_reruns_the_ilp_for_any_budget(tmp_path, fmnist):
+    """Indicators read from a file: each budget's policy is the ILP's on those values (no measuring);
+    a file of another kind or model is one line."""
+    from gwq_tvm.calibration.mixed_precision import free_names, problem_layers
+    from gwq_tvm.errors import ConfigError
+    from gwq_tvm.plan.mixed_precision import monotone
+    from gwq_tvm.qat.importance import load_importance, record, save_importance
+
+    calib, _, _ = fmnist
+    fm = gwq_tvm.load_model(gwq_tvm.data.bundled_model())
+    from gwq_tvm.extract import extract_graph
+
+    graph = extract_graph(fm.mod)
+    base = QuantConfig(mixed_precision=True, size_budget="50%", importance="learned", importance_file=str(tmp_path / "i.json"))
+    layers, fixed_w, fixed_a = problem_layers(graph, base)
+    free_layers, free_tensors = free_names(layers, fixed_w, fixed_a)
+    rng = np.random.default_rng(0)
+    iw = {n: dict(zip((2, 3, 4, 8), rng.random(4))) for n in free_layers}  # not monotone: the strategy levels it
+    ia = {t: dict(zip((4, 8), rng.random(2))) for t in free_tensors}
+    save_importance(tmp_path / "i.json", record("learned", graph, base, iw, ia, seconds=1.5))
+    rec = load_importance(tmp_path / "i.json")
+    assert rec["weights"] == iw and rec["tensors"] == ia
+    for budget in ("40%", "60%"):
+        q = gwq_tvm.quantize(fm, calib[:64], base.replace(size_budget=budget))
+        mp = q.plan.provenance["mixed_precision"]
+        want = Problem(layers, {n: monotone(v) for n, v in iw.items()}, {t: monotone(v) for t, v in ia.items()},
+                       fixed_weights=fixed_w, fixed_acts=fixed_a).solve(parse_budget(budget, "size"))
+        assert mp["weight_bits"] == want.weight_bits and mp["act_bits"] == want.act_bits
+        assert {n: w.bits for n, w in q.plan.layers.items()} == want.weight_bits
+        assert mp["importance_kind"] == "learned" and mp["importance_seconds"] == 1.5
+    with pytest.raises(ConfigError, match=r"holds learned indicators; importance is 'hessian'$"):
+        gwq_tvm.quantize(fm, calib[:64], base.replace(importance="hessian"))
+    save_importance(tmp_path / "j.json", {**rec, "fingerprint": "0" * 16})
+    with pytest.raises(ConfigError, match="was made for graph 0000000000000000"):
+        gwq_tvm.quantize(fm, calib[:64], base.replace(importance_file=str(tmp_path / "j.json")))
+    with pytest.raises(ConfigError, match="needs an importance_file|reads LIMPQ's indicators from an importance_file"):
+        QuantConfig(mixed_precision=True, size_budget="50%", importance="learned")
+
+
+def test_greedy_baseline_lowers_the_least_sensitive_layer_first():
+    # A: 100 weights, I = {8: 0, 4: 1, 2: 1.1}; B: 100 weights, I = {8: 0, 4: 1.05, 2: 10}; one shared tensor at 8.
+    # Size <= 60% of 200 = 120 bytes.  Greedy from (8, 8) = 200: A 8->4 (+1, 150), A 4->2 (+0.1, 125), B 8->4
+    # (+1.05, 75): (2, 4), objective 2.15.  The ILP finds (4, 4): 100 bytes, objective 2.05.
+    p = Problem([Layer("A", "t", 100, 1000), Layer("B", "t", 100, 1000)],
+                {"A": {8: 0.0, 4: 1.0, 2: 1.1}, "B": {8: 0.0, 4: 1.05, 2: 10.0}}, {"t": {8: 0.0, 4: 4.0}},
+                weight_bits=(2, 4, 8), act_bits=(4, 8))
+    g = p.greedy(parse_budget("60%", "size"))
+    assert (g.weight_bits, g.act_bits, g.size_bytes) == ({"A": 2, "B": 4}, {"t": 8}, 75.0)
+    assert g.objective == pytest.approx(2.15)
+    ilp = p.solve(parse_budget("60%", "size"))
+    assert (ilp.weight_bits, ilp.objective) == ({"A": 4, "B": 4}, pytest.approx(2.05))
+    # BitOps <= 50% of 2000 MACs * 64 = 64000: lowering t (+4) is never the cheapest move: A 8->4 (+1, 96000),
+    # A 4->2 (+0.1, 80000), B 8->4 (+1.05, 48000)
+    g = p.greedy(None, parse_budget("50%", "bitops"))
+    assert (g.weight_bits, g.act_bits, g.bitops) == ({"A": 2, "B": 4}, {"t": 8}, 48000.0)
+    # with t cheap to lower (+0.5) it goes first and alone halves the BitOps
+    p.ia["t"] = {8: 0.0, 4: 0.5}
+    g = p.greedy(None, parse_budget("50%", "bitops"))
+    assert (g.weight_bits, g.act_bits, g.bitops) == ({"A": 8, "B": 8}, {"t": 4}, 64000.0)
+    with pytest.raises(PlanError, match=r"^size budget 10% is infeasible: the smallest feasible size is 25% \(50 bytes\)$"):
+        p.greedy(parse_budget("10%", "size"))
+
+
+def test_hessian_importance_is_trace_times_perturbation(resnet_parts, fmnist):
+    """HAWQ's indicator factorises: I_w[l][b] / ||Q_b(W_l) - W_l||^2 is one (non-negative) trace per layer,
+    whatever b; the same seed gives the same estimate."""
+    from gwq_tvm.plan import scales as S
+    from gwq_tvm.plan.planner import layer_quant
+    from gwq_tvm.qat.importance import hessian_importance
+
+    graph, stats, free_layers, free_tensors, _, _ = resnet_parts
+    calib, _, _ = fmnist
+    args = (graph, stats, QuantConfig(), calib, free_layers[:3], free_tensors[:2], (2, 4, 8), (4, 8))
+    iw, ia = hessian_importance(*args, samples=8, probes=2)
+    for n, d in iw.items():
+        w = graph.nodes[n].weight.astype(np.float64)
+        ratios = []
+        for b, v in d.items():
+            smap = layer_quant(graph.nodes[n], QuantConfig(weight_bits=b)).scale_map(w.shape)
+            err = float(((S.quantize_weight(w, smap, b) * smap - w) ** 2).sum())
+            ratios.append(v / err)
+        assert np.isfinite(ratios).all() and min(ratios) >= 0
+        np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
+    assert set(ia) == set(free_tensors[:2]) and all(sorted(v) == [4, 8] and min(v.values()) >= 0 for v in ia.values())
+    assert hessian_importance(*args, samples=8, probes=2) == (iw, ia)
+
+
+@pytest.mark.slow
+def test_cli_plan_learned_trains_once_and_reuses_the_indicators(tmp_path, capsys):
+    from gwq_tvm.cli import main
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.qat.importance import load_importance
+
+    model = str(gwq_tvm.data.bundled_model())
+    common = ["--quiet", "plan", model, "--mixed-precision", "--importance", "learned", "--calib-samples", "64"]
+    assert main([*common, "--size-budget", "50%", "--train-data", "bundled:calib", "--train-limit", "64",
+                 "--batch-size", "32", "-o", str(tmp_path / "m.plan.json")]) == 0
+    out = capsys.readouterr().out
+    imp = tmp_path / "m.importance.json"
+    assert f"wrote {imp} (learned indicators: 2 steps" in out
+    rec = load_importance(imp)
+    assert rec["kind"] == "learned" and rec["settings"]["images"] == 64
+    # another budget: the indicators are read, not trained again
+    assert main([*common, "--size-budget", "40%", "--importance-file", str(imp), "-o", str(tmp_path / "n.plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "learned indicators:" not in out and "mixed precision (learned importance; size budget 40%)" in out
+    mp = QuantPlan.load(tmp_path / "n.plan.json").provenance["mixed_precision"]
+    assert mp["importance"]["weights"] == {n: {str(b): v for b, v in d.items()} for n, d in rec["weights"].items()}
+    assert mp["size_bytes"] <= 0.4 * mp["size_w8a8_bytes"] * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_cli_plan_writes_missing_proxy_indicators_and_reuses_them(tmp_path, capsys):
+    from gwq_tvm.cli import main
+    from gwq_tvm.plan.quantplan import QuantPlan
+    from gwq_tvm.qat.importance import load_importance
+
+    imp = tmp_path / "p.json"
+    common = ["--quiet", "plan", str(gwq_tvm.data.bundled_model()), "--mixed-precision", "--calib-samples", "64",
+              "--importance-file", str(imp)]
+    assert main([*common, "--size-budget", "50%", "-o", str(tmp_path / "a.plan.json")]) == 0
+    assert f"wrote {imp} (proxy indicators" in capsys.readouterr().out
+    rec = load_importance(imp)
+    first = QuantPlan.load(tmp_path / "a.plan.json").provenance["mixed_precision"]
+    assert rec["kind"] == "proxy" and rec["seconds"] == first["importance_seconds"]
+    # the greedy baseline on the same indicators: read, not measured again
+    assert main([*common, "--size-budget", "40%", "--mp-search", "greedy", "-o", str(tmp_path / "b.plan.json")]) == 0
+    assert "indicators" not in capsys.readouterr().out
+    mp = QuantPlan.load(tmp_path / "b.plan.json").provenance["mixed_precision"]
+    assert mp["search"] == "greedy" and mp["importance_source"]["file"] == str(imp)
+    assert mp["importance"]["weights"] == first["importance"]["weights"]
+    assert mp["size_bytes"] <= 0.4 * mp["size_w8a8_bytes"] * (1 + 1e-9)

@@ -1,10 +1,13 @@
-"""The ``mixed_precision`` planning strategy: proxy importance, LIMPQ's ILP, an ordinary QuantPlan (runs on TVM).
+"""The ``mixed_precision`` planning strategy: importance, LIMPQ's ILP, an ordinary QuantPlan (runs on TVM).
 
-1. :func:`~gwq_tvm.calibration.sensitivity.bit_importance` measures each
-   layer's and each input tensor's output divergence at every candidate
-   width on the calibration images;
+1. the importance of each layer's weights and each input tensor at every
+   candidate width: read from ``config.importance_file`` when given (any kind;
+   the only source of ``learned`` indicators, which need labelled training:
+   :mod:`gwq_tvm.qat.importance`), else measured on the calibration images:
+   ``proxy``, the output divergence (:func:`~gwq_tvm.calibration.sensitivity.bit_importance`),
+   or ``hessian``, HAWQ's trace times perturbation (:func:`~gwq_tvm.qat.importance.hessian_importance`);
 2. :class:`~gwq_tvm.plan.mixed_precision.Problem` picks the widths under the
-   size and BitOps budgets;
+   size and BitOps budgets (``mp_search="greedy"``: the greedy baseline instead of the ILP);
 3. the widths become per-node ``bits`` of an ordinary configuration and
    :func:`~gwq_tvm.plan.planner.build_plan` makes the plan, so the compiler
    sees nothing new.  ``plan.provenance["config"]`` is that ordinary
@@ -18,6 +21,7 @@ from __future__ import annotations
 import time
 
 from ..config import QuantConfig
+from ..errors import ConfigError
 from ..graph import Graph, kind_of
 from ..plan import mixed_precision as M
 from ..plan import strategies
@@ -59,7 +63,55 @@ def problem_layers(graph: Graph, config: QuantConfig) -> tuple[list, dict, dict]
 def ordinary_config(config: QuantConfig) -> QuantConfig:
     """``config`` without its mixed-precision options (the settings every candidate plan shares)."""
     return config.replace(mixed_precision=False, size_budget=None, bitops_budget=None, importance="proxy",
-                          mp_weight_bits=QuantConfig.mp_weight_bits, mp_act_bits=QuantConfig.mp_act_bits, end_bits=None)
+                          mp_weight_bits=QuantConfig.mp_weight_bits, mp_act_bits=QuantConfig.mp_act_bits, end_bits=None,
+                          importance_file=None, mp_search="ilp")
+
+
+def free_names(layers, fixed_w: dict, fixed_a: dict) -> tuple[list, list]:
+    """The layers and the tensors the ILP chooses widths for (graph order)."""
+    return ([l.name for l in layers if l.name not in fixed_w],
+            list(dict.fromkeys(l.tensor for l in layers if l.tensor not in fixed_a)))
+
+
+def read_importance(path, graph: Graph, config: QuantConfig, free_layers: list, free_tensors: list) -> dict:
+    """The indicator file ``path`` checked against this graph, importance kind and candidate widths.
+
+    Raises
+    ------
+    ConfigError
+        One line: a file of another model, kind or widths, or without a free layer/tensor.
+    """
+    from ..errors import ConfigError
+    from ..qat.importance import load_importance
+
+    rec = load_importance(path)
+    if rec["kind"] != config.importance:
+        raise ConfigError(f"importance file {path} holds {rec['kind']} indicators; importance is {config.importance!r}")
+    if rec["fingerprint"] != graph.fingerprint:
+        raise ConfigError(f"importance file {path} was made for graph {rec['fingerprint']}, this model is {graph.fingerprint}")
+    for names, got, bits, what in ((free_layers, rec["weights"], config.mp_weight_bits, "layer"),
+                                   (free_tensors, rec["tensors"], config.mp_act_bits, "tensor")):
+        for n in names:
+            if n not in got or any(b not in got[n] for b in bits):
+                raise ConfigError(f"importance file {path} has no indicator of {what} {n} at every width {tuple(bits)}")
+    return rec
+
+
+def measure_importance(ctx, base: QuantConfig, free_layers: list, free_tensors: list) -> tuple[dict, dict, float]:
+    """``(I_w, I_a, seconds)`` of ``ctx.config.importance`` (proxy or hessian) measured on the calibration images."""
+    cfg = ctx.config
+    t0 = time.perf_counter()
+    if cfg.importance == "hessian":
+        try:
+            from ..qat.importance import hessian_importance
+        except ImportError as err:
+            raise ConfigError(f"importance 'hessian' needs torch ({err}): pip install 'gwq-tvm[torch]'") from None
+        iw, ia = hessian_importance(ctx.graph, ctx.stats, base, ctx.images, free_layers, free_tensors,
+                                    cfg.mp_weight_bits, cfg.mp_act_bits, samples=PROXY_SAMPLES)
+    else:
+        iw, ia = bit_importance(ctx.model, ctx.graph, ctx.stats, base, ctx.images, free_layers, free_tensors,
+                                cfg.mp_weight_bits, cfg.mp_act_bits, samples=PROXY_SAMPLES)
+    return iw, ia, time.perf_counter() - t0
 
 
 @strategies.register("mixed_precision")
@@ -68,28 +120,31 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
     cfg, graph = ctx.config, ctx.graph
     base = ordinary_config(cfg)
     layers, fixed_w, fixed_a = problem_layers(graph, cfg)
-    free_layers = [l.name for l in layers if l.name not in fixed_w]
-    free_tensors = list(dict.fromkeys(l.tensor for l in layers if l.tensor not in fixed_a))
+    free_layers, free_tensors = free_names(layers, fixed_w, fixed_a)
     size = M.parse_budget(cfg.size_budget, "size_budget") if cfg.size_budget is not None else None
     bitops = M.parse_budget(cfg.bitops_budget, "bitops_budget") if cfg.bitops_budget is not None else None
     # feasibility does not depend on the importance: refuse an impossible budget before measuring it
     zero_w, zero_a = {n: dict.fromkeys(cfg.mp_weight_bits, 0.0) for n in free_layers}, {t: dict.fromkeys(cfg.mp_act_bits, 0.0) for t in free_tensors}
     M.Problem(layers, zero_w, zero_a, weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits,
               fixed_weights=fixed_w, fixed_acts=fixed_a).solve(size, bitops)
-    t0 = time.perf_counter()
-    iw, ia = bit_importance(ctx.model, graph, ctx.stats, base, ctx.images, free_layers, free_tensors,
-                            cfg.mp_weight_bits, cfg.mp_act_bits, samples=PROXY_SAMPLES)
-    importance_seconds = time.perf_counter() - t0
+    if cfg.importance_file is not None:
+        rec = read_importance(cfg.importance_file, graph, cfg, free_layers, free_tensors)
+        iw = {n: {b: rec["weights"][n][b] for b in cfg.mp_weight_bits} for n in free_layers}
+        ia = {t: {a: rec["tensors"][t][a] for a in cfg.mp_act_bits} for t in free_tensors}
+        importance_seconds, source = rec["seconds"], {"file": str(cfg.importance_file), "settings": rec.get("settings", {})}
+    else:
+        iw, ia, importance_seconds = measure_importance(ctx, base, free_layers, free_tensors)
+        source = {"samples": min(PROXY_SAMPLES, len(ctx.images))}
     problem = M.Problem(layers, {n: M.monotone(v) for n, v in iw.items()}, {t: M.monotone(v) for t, v in ia.items()},
                         weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits, fixed_weights=fixed_w, fixed_acts=fixed_a)
-    policy = problem.solve(size, bitops)
+    policy = problem.greedy(size, bitops) if cfg.mp_search == "greedy" else problem.solve(size, bitops)
     bits = {}
     for n in set(policy.weight_bits) | set(policy.act_bits):
         bits[n] = (policy.weight_bits.get(n, base.weight_bits), policy.act_bits.get(n, base.act_bits))
     chosen = base.replace(bits=bits)
     plan = build_plan(graph, ctx.stats, chosen, ctx.input_shape, ctx.sensitivity)
     record = {
-        "config": cfg.to_dict(), "importance_kind": cfg.importance, "importance_samples": min(PROXY_SAMPLES, len(ctx.images)),
+        "config": cfg.to_dict(), "importance_kind": cfg.importance, "importance_source": source, "search": cfg.mp_search,
         "objective": "sum_l alpha*I_w[l,b_w] + sum_t I_a[t,b_a], alpha=1 (LIMPQ, one activation indicator per tensor)",
         "budgets": policy.budgets,
         "size_bytes": policy.size_bytes, "size_w8a8_bytes": policy.size_w8a8,

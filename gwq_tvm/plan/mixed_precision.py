@@ -319,6 +319,90 @@ class Problem:
         return Policy(wbits, abits, pairs, float(row @ v + k), float(self.bitops_row() @ v), size8, bitops8,
                       float(self.objective_row() @ v), seconds, budgets)
 
+    def _policy(self, wbits: dict, abits: dict, objective: float, seconds: float, size_budget, bitops_budget,
+                smax, bmax) -> Policy:
+        size8, bitops8 = self.w8a8()
+        wbits = {**self.fixed_w, **wbits}
+        used = {l.tensor for l in self.layers}
+        abits = {**{t: a for t, a in self.fixed_a.items() if t in used}, **abits}
+        pairs = {l.name: (wbits[l.name], abits[l.tensor]) for l in self.layers}
+        size = sum(weight_bytes(l.weights, wbits[l.name]) for l in self.layers)
+        bitops = float(sum(l.macs * wbits[l.name] * abits[l.tensor] for l in self.layers))
+        budgets = {}
+        if size_budget is not None:
+            budgets["size"] = {"given": str(size_budget), "bytes": smax}
+        if bitops_budget is not None:
+            budgets["bitops"] = {"given": str(bitops_budget), "bitops": bmax}
+        return Policy(wbits, abits, pairs, size, bitops, size8, bitops8, objective, seconds, budgets)
+
+    def greedy(self, size_budget: Budget | None = None, bitops_budget: Budget | None = None) -> Policy:
+        """The greedy baseline: from every free choice at its widest, repeatedly lower the least sensitive one.
+
+        While a budget is exceeded, among the moves "one free layer's weights (or
+        one free tensor) to its next lower candidate width" that reduce an
+        exceeded figure, take the one whose importance rises least
+        (``alpha * (I_w[l][b'] - I_w[l][b])`` or ``I_a[t][a'] - I_a[t][a]``; ties:
+        the larger reduction, then graph order).  No look-ahead: it can stop
+        above a budget the ILP meets only if every choice is already at its
+        lowest width, which is infeasible for the ILP too.
+
+        Raises
+        ------
+        PlanError
+            As :meth:`solve` for an infeasible budget.
+        """
+        t0 = time.perf_counter()
+        size8, bitops8 = self.w8a8()
+        smax = size_budget.resolve(size8) if size_budget is not None else None
+        bmax = bitops_budget.resolve(bitops8) if bitops_budget is not None else None
+        sbound = smax * (1 + 1e-9) if smax is not None else None
+        bbound = bmax * (1 + 1e-9) if bmax is not None else None
+        wbits = {l.name: self.wb[-1] for l in self.free_layers}
+        abits = {t: self.ab[-1] for t in self.tensors}
+
+        def figures():
+            wb, ab = {**self.fixed_w, **wbits}, {**self.fixed_a, **abits}
+            return (sum(weight_bytes(l.weights, wb[l.name]) for l in self.layers),
+                    sum(l.macs * wb[l.name] * ab[l.tensor] for l in self.layers))
+
+        while True:
+            size, bitops = figures()
+            over_size = sbound is not None and size > sbound
+            over_bitops = bbound is not None and bitops > bbound
+            if not (over_size or over_bitops):
+                break
+            best = None
+            for i, l in enumerate(self.free_layers):
+                b = wbits[l.name]
+                if b == self.wb[0]:
+                    continue
+                lower = self.wb[self.wb.index(b) - 1]
+                wbits[l.name] = lower
+                s2, o2 = figures()
+                wbits[l.name] = b
+                gain = (size - s2 if over_size else 0.0) + (bitops - o2 if over_bitops else 0.0) / max(bitops8, 1.0) * size8
+                if gain > 0:
+                    cost = self.alpha * (self.iw[l.name][lower] - self.iw[l.name][b])
+                    best = min(best or (np.inf,), (cost, -gain, i, "w", l.name, lower))
+            if over_bitops:
+                for j, t in enumerate(self.tensors):
+                    a = abits[t]
+                    if a == self.ab[0]:
+                        continue
+                    lower = self.ab[self.ab.index(a) - 1]
+                    abits[t] = lower
+                    _, o2 = figures()
+                    abits[t] = a
+                    if bitops - o2 > 0:
+                        cost = self.ia[t][lower] - self.ia[t][a]
+                        best = min(best or (np.inf,), (cost, -(bitops - o2) / max(bitops8, 1.0) * size8, len(self.free_layers) + j, "a", t, lower))
+            if best is None:
+                raise PlanError(self._infeasible(size_budget, bitops_budget, smax, bmax, sbound, bbound, size8, bitops8))
+            _, _, _, what, name, lower = best
+            (wbits if what == "w" else abits)[name] = lower
+        objective = sum(self.alpha * self.iw[n][b] for n, b in wbits.items()) + sum(self.ia[t][a] for t, a in abits.items())
+        return self._policy(wbits, abits, float(objective), time.perf_counter() - t0, size_budget, bitops_budget, smax, bmax)
+
     def _infeasible(self, size_budget, bitops_budget, smax, bmax, sbound, bbound, size8, bitops8) -> str:
         def show(value, budget, w8a8, unit):
             pct = 100.0 * value / w8a8

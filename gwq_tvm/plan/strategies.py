@@ -15,8 +15,8 @@ grouping    :mod:`gwq_tvm.plan.planner`      per-layer / pot / GWQ grouping by e
 select      :mod:`gwq_tvm.qat.select`        GWQ grouping by calibration KL (``min_shift_share``)
 refine      :mod:`gwq_tvm.qat.refine`        post-training refinement of ``ctx.plan`` (``refine_steps``)
 subl_search :mod:`gwq_tvm.plan.block_search` PTQ-SL block scales of ``ctx.plan`` on the layer-output error
-mixed_prec. :mod:`gwq_tvm.calibration.       per-layer bits by LIMPQ's ILP on proxy importance
-            mixed_precision`                 (``mixed_precision``, ``size_budget``, ``bitops_budget``)
+mixed_prec. :mod:`gwq_tvm.calibration.       per-layer bits by LIMPQ's ILP (or greedy) on proxy, hessian or
+            mixed_precision`                 learned importance (``mixed_precision``, ``size_budget``, ...)
 =========== ================================ ==========================================
 """
 

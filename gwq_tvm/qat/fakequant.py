@@ -46,6 +46,18 @@ def fake_quant(v: torch.Tensor, s: torch.Tensor, q: torch.Tensor, qmin: int, qma
     return s * ste(torch.clamp(v / s, qmin, qmax), q.to(v.dtype))
 
 
+def lsq(v: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """LSQ fake-quantization ``s * clamp(round(v / s), qmin, qmax)`` (round half to even).
+
+    Gradients (straight-through rounding): ``d/dv`` is 1 inside ``[qmin * s, qmax * s]``
+    and 0 outside; ``d/ds`` is ``round(v/s) - v/s`` inside and ``qmin``/``qmax`` outside
+    (Esser et al., "Learned Step Size Quantization").  The QAT model's weights
+    (:class:`~gwq_tvm.qat.model.Run`) and LIMPQ's candidate quantizers
+    (:mod:`gwq_tvm.qat.importance`) both quantize through it.
+    """
+    return s * torch.clamp(round_ste(v / s), qmin, qmax)
+
+
 def _channel(values: np.ndarray, ndim: int) -> torch.Tensor | int:
     values = np.asarray(values, dtype=np.int64).reshape(-1)
     if values.size == 1 or np.all(values == values[0]):

@@ -57,7 +57,7 @@ from ..plan import program as P
 from ..plan import scales as S
 from ..plan import sublayer
 from ..plan.quantplan import QuantPlan, TensorQuant
-from .fakequant import apply_sfc, fake_quant, grad_scale, round_ste, ste
+from .fakequant import apply_sfc, fake_quant, grad_scale, lsq, round_ste, ste
 
 def trainable(kind: Kind) -> bool:
     """Does ``kind`` have a torch lowering (float-fallback regions cannot be trained)?"""
@@ -417,7 +417,7 @@ class Run:
         w = self.m.effective_weight(n, self.dtype)
         shape = (-1,) + (1,) * (w.ndim - 1)
         qmax = S.weight_qmax(layer.bits)
-        wq = ws.reshape(shape) * torch.clamp(round_ste(w / ws.reshape(shape)), -qmax, qmax)
+        wq = lsq(w, ws.reshape(shape), -qmax, qmax)
         unit = self.s(src) * ws
         b = None
         if n in self.m.bias:
