@@ -5,11 +5,11 @@ before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight, and every such dense (``matmul`` by a constant, as the
 1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
-(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 i8mm, sdot, NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
-  time (``k`` = 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
+  time (``k`` = 8 for i8mm, 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
   lanes; int16 for AVX2, int8 otherwise);
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
@@ -142,7 +142,7 @@ class _Packer:
             return p
         x = self.plain_of(var)
         channels = _static_nchw(x)[0]
-        block = block or L.channel_block(channels)
+        block = block or L.channel_block(channels, self.spec.k_block)
         expr = self.bb.emit_te(C.pack_nchwc, x, block, primfunc_name_hint="gwq_pack")
         p = _Packed(expr, channels, block)
         if var not in self.packed:
