@@ -179,6 +179,24 @@ def test_tuning_tasks_extract_for_i8mm():
 
 
 @pytest.mark.slow
+def test_metaschedule_design_spaces_tensorize_i8mm_tasks_with_usmmla(tmp_path):
+    """MetaSchedule searches i8mm tasks with usmmla: the family's design space (TVM's stock aarch64 rules know only
+    sdot) tensorizes every space of a packed conv task with our one-pixel step, and each builds to usmmla."""
+    from gwq_tvm.schedules import tune as T
+
+    target = tvm.target.Target({**PRESETS[I8MM], "num-cores": 1})
+    mod, _ = _conv_module(16, 32, 10, 3, 1, 1, 1, "uint8")
+    task = next(t for t in T.extract_tuning_tasks(mod, target) if t.task_name.startswith("fused_gwq_conv2d"))
+    (ctx,), _ = T.tune_contexts([task], tmp_path, seed=1)
+    spaces = ctx.generate_design_space()
+    assert spaces
+    for space in spaces:
+        assert f'"{AARCH64_I8MM.intrinsic()}"' in str(space.trace)
+        assert all(postproc.apply(space) for postproc in ctx.space_generator.postprocs)  # RewriteTensorize
+        assert USMMLA.search(T.build_candidate(space.mod, target).inspect_source("asm"))
+
+
+@pytest.mark.slow
 def test_compile_with_an_i8mm_tuning_database(tmp_path):
     """compile_integer applies i8mm records (the default schedules committed as records) and keeps usmmla.
 

@@ -76,6 +76,10 @@ class KernelSpec:
         (:func:`gwq_tvm.schedules.intrin.dot_2x16xk_desc`) and returns its
         name; the conv schedule uses it whenever the output width has an
         even register tile, ``intrinsic`` otherwise.  ``None``: one pixel per step.
+    tune_intrinsic : bool
+        MetaSchedule's stock rules have no rule for this family's intrinsic:
+        tuning adds one that tensorizes with ``intrinsic``
+        (:func:`gwq_tvm.schedules.tune.design_space`).
     """
 
     name: str
@@ -88,6 +92,7 @@ class KernelSpec:
     channel_pairs: bool
     operand_dtype: str | None = None
     pair_intrinsic: Callable[[int], str] | None = None
+    tune_intrinsic: bool = False
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
@@ -128,7 +133,8 @@ X86_AVXVNNI = KernelSpec("x86-avxvnni", "uint8", 4, register_avxvnni_intrinsic, 
 registers tiled as the AVX2 family's (2 per pixel's 16 accumulators), ``vpdpbusd ymm`` (VEX) twice per step."""
 
 AARCH64_I8MM = KernelSpec("aarch64-i8mm", "uint8", 8, register_usmmla_intrinsic, tile_limit=6, tile_min=2,
-                          tile_fallback=7, channel_pairs=False, pair_intrinsic=register_usmmla_pair_intrinsic)
+                          tile_fallback=7, channel_pairs=False, pair_intrinsic=register_usmmla_pair_intrinsic,
+                          tune_intrinsic=True)
 """aarch64 with i8mm: ``usmmla`` (uint8 x int8, as VNNI: no offset after a ReLU), 2 pixels x 2 channels x 8 deep
 per instruction; register tiles as sdot's (4 q registers per pixel's 16 accumulators), of even width where possible."""
 
