@@ -223,34 +223,6 @@ def test_compile_with_an_i8mm_tuning_database(tmp_path):
 
 
 # --- on the emulated board ----------------------------------------------------------
-@pytest.mark.slow
-def test_tune_on_the_board_measures_usmmla_candidates_and_stays_bit_exact(aarch64_board, aarch64_remote, tmp_path):
-    """A tiny MetaSchedule tune measured on the emulated board: beside the default (two-pixel) records, searched
-    candidates tensorized with the one-pixel usmmla step run there; the tuned build is bit-exact and uses usmmla.
-
-    qemu's timings say nothing about an i8mm core's speed; this checks that the search works end to end.
-    """
-    import json
-
-    from gwq_tvm.schedules import tune as T
-
-    target = tvm.target.Target({**PRESETS[I8MM], "num-cores": 1})
-    mod, x = _conv_module(16, 32, 10, 3, 1, 1, 1, "uint8")
-    rpc = (aarch64_board.tracker_address, aarch64_board.key)
-    tasks = T.extract_tuning_tasks(mod, target)
-    T.tune(mod, target, tmp_path, trials=len(tasks) + 2, num_trials_per_iter=2, max_workers=1, seed=0, rpc=rpc,
-           population_size=8, genetic_num_iters=1, min_task_share=0.5)
-    searched = [json.loads(line) for line in (tmp_path / T.RECORD_FILE).read_text().splitlines()
-                if f'"{AARCH64_I8MM.intrinsic()}"' in line]
-    print("searched records:", [rec[1][1] for rec in searched])
-    assert any(max(float(s) for s in rec[1][1]) < 1.0 for rec in searched)  # measured on the board, not failed
-    ex = T.compile_tuned(mod, target, tmp_path)
-    assert USMMLA.search(_asm(ex))
-    got = _run_remote(aarch64_remote, ex, x, I8MM, tmp_path / "tuned.so")
-    np.testing.assert_array_equal(got, run_reference(mod, x))
-
-
-
 def _load_on_board(remote, lib, tmp_path, name):
     path = tmp_path / f"{name}.so"
     lib.export_library(str(path), fcompile=export_compiler(resolve_target(I8MM)))

@@ -20,7 +20,7 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
   output, outputs, any op this pass does not know).
 
 Activations of the other signedness than the family's instruction takes
-(int8 for VNNI's uint8 x int8: the network input, residual sums without
+(int8 for VNNI's and i8mm usmmla's uint8 x int8: the network input, residual sums without
 ReLU; uint8 for sdot's int8 x int8: everything after a ReLU) take the same
 kernel: it reads ``x + offset`` (offset +128 / -128) padded with ``offset``,
 and the pass subtracts ``offset * sum(w)`` per output channel, which is exact.
