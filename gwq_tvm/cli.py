@@ -607,7 +607,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="use this QuantPlan JSON instead of calibrating")
     p.add_argument("-o", "--output", required=True, help="output .so (the plan is written beside it)")
     p.add_argument("--target", default="host",
-                   help="'host' (default), a preset (rpi4, rpi5, cortex-a76, neoverse-n1, aarch64-neon, aarch64-dotprod, x86-64), "
+                   help="'host' (default), a preset (rpi4, rpi5, cortex-a76, neoverse-n1, aarch64-neon, aarch64-dotprod, aarch64-i8mm, graviton3, x86-64, ...), "
                         "or a TVM target JSON; aarch64 targets export through aarch64-linux-gnu-gcc")
     p.add_argument("--tuning-db", default=None, help="apply the MetaSchedule records 'gwq-tvm tune' wrote to this directory")
     _add_quant_options(p)

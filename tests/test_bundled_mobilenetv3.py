@@ -48,10 +48,11 @@ def test_integer_only_and_bit_exact(data, mode, tmp_path):
 
 
 @pytest.mark.slow
-def test_on_the_emulated_aarch64_board_bit_exact(aarch64_board, tmp_path, capsys):
-    """Must-show: MobileNetV3-Small compiled for aarch64 (+neon,+dotprod) runs bit-exact on the board."""
+@pytest.mark.parametrize("preset", ["aarch64-dotprod", "aarch64-i8mm"])
+def test_on_the_emulated_aarch64_board_bit_exact(aarch64_board, tmp_path, capsys, preset):
+    """Must-show: MobileNetV3-Small compiled for aarch64 (sdot: +dotprod; usmmla: +i8mm) runs bit-exact on the board."""
     arm = tmp_path / "mnv3_arm.so"
-    assert main(["--quiet", "compile", str(bundled_model(NAME)), "--calib-samples", "64", "--target", "aarch64-dotprod",
+    assert main(["--quiet", "compile", str(bundled_model(NAME)), "--calib-samples", "64", "--target", preset,
                  "-o", str(arm)]) == 0
     out_json = tmp_path / "bench.json"
     rc = main(["bench", str(arm), "--rpc-tracker", aarch64_board.tracker_address, "--rpc-key", aarch64_board.key,

@@ -8,7 +8,8 @@ gets one of:
 
 * **conv** (a ``gwq_conv2d_nchwc`` block): register tile of ``ow`` x 16/32
   output channels, reductions outside the tile, the 16-lane inner product
-  tensorized with the kernel family's intrinsic (``vpdpbusd``, ``sdot``) or,
+  tensorized with the kernel family's intrinsic (``vpdpbusd``, ``sdot``,
+  ``usmmla`` on pixel pairs) or,
   without one, its 16 lanes vectorized (NEON multiply-accumulate), the fused
   SFC epilogue computed per tile right after its accumulators, the
   padded/offset input as a parallel stage;
@@ -30,6 +31,7 @@ import warnings
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.sym.pattern import detect_linear_equation
 
 from .amx import TILE_N, tile_rows
 from .compute import CONV_BLOCK, CONV_INPUT_BLOCK, DW_BLOCK, DW_INPUT_BLOCK, FLOAT_CONV_BLOCK, FLOAT_CONV_INPUT_BLOCK
@@ -148,20 +150,51 @@ def _epilogue_at(sch, anchor_loop, parallel: bool = True) -> None:
             _parallel_stage(sch, block, parallel)
 
 
+def _input_stride(sch, block) -> int | None:
+    """The conv's horizontal stride: the coefficient of the output column in its input read (``None`` if not static)."""
+    stmt = sch.get(block)
+    x = stmt.iter_vars[3].var
+    for region in stmt.reads:
+        if len(region.region) == 5:  # the (padded) input; the weight is 7-d
+            coeff = detect_linear_equation(region.region[3].min, [x])
+            if len(coeff) == 2 and isinstance(coeff[0], tirx.IntImm):
+                return int(coeff[0])
+    return None
+
+
+def _even_tile(width: int, limit: int) -> int | None:
+    """Largest even divisor of the output width up to ``limit`` (``None``: none, e.g. odd widths)."""
+    return max((d for d in range(2, limit + 1, 2) if width % d == 0), default=None)
+
+
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, parallel: bool = True) -> None:
-    """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel of family ``spec`` (tensorized, or vector lanes)."""
+    """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel of family ``spec`` (tensorized, or vector lanes).
+
+    With a two-pixel step (``spec.pair_intrinsic``, i8mm) and an output width
+    that has an even register tile, the tile's pixels are taken in pairs and
+    each pair's ``[2] x [16] x [k]`` is tensorized; otherwise one pixel's
+    ``[16] x [k]`` is.
+    """
     intrin = spec.intrinsic() if spec.intrinsic is not None else None
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
+    stride = _input_stride(sch, block)
     b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
     if spec.tile_intrinsic is not None and _extent(sch, oi) == TILE_N:  # packed for matrix tiles (pack_layout)
         _schedule_conv2d_tiles(sch, spec, block)
         return
-    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
+    width = _extent(sch, x)
+    owi = _register_tile(width, spec.tile_limit, spec.tile_min, spec.tile_fallback)
+    pair = None
+    if spec.pair_intrinsic is not None and stride is not None and _even_tile(width, spec.tile_limit) is not None:
+        owi, pair = _even_tile(width, spec.tile_limit), spec.pair_intrinsic(stride)
     oci = 2 if spec.channel_pairs and _extent(sch, o) % 2 == 0 and owi <= 14 else 1
     xo, xi = sch.split(x, [None, owi])
     oo, on = sch.split(o, [None, oci])
-    if intrin is not None:  # the intrinsic consumes [16 lanes] x [k]
+    if pair is not None:  # the intrinsic consumes [2 pixels] x [16 lanes] x [k]
+        xi, xp = sch.split(xi, [None, 2])
+        sch.reorder(b, oo, y, xo, rc, ry, rx, rb, xi, on, xp, oi, r4)
+    elif intrin is not None:  # the intrinsic consumes [16 lanes] x [k]
         sch.reorder(b, oo, y, xo, rc, ry, rx, rb, xi, on, oi, r4)
     else:  # k == 1: lanes innermost, one broadcast activation per lane vector
         sch.reorder(b, oo, y, xo, rc, ry, rx, rb, r4, xi, on, oi)
@@ -175,7 +208,9 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, para
         sch.vectorize(oi)
     init = sch.decompose_reduction(block, rc)
     sch.vectorize(sch.get_loops(init)[-1])
-    if intrin is not None:
+    if pair is not None:
+        sch.tensorize(xp, pair)
+    elif intrin is not None:
         sch.tensorize(oi, intrin)
     sch.unroll(xi)
     sch.unroll(on)

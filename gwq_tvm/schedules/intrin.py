@@ -1,4 +1,4 @@
-"""What the 16-lane dot-product intrinsics compute (shared by x86 VNNI, x86 AVX2 and aarch64 sdot).
+"""What the 16-lane dot-product intrinsics compute (shared by x86 VNNI, x86 AVX2, aarch64 sdot and i8mm).
 
 All the instructions are described by the same block, differing only in the
 operand dtypes and the reduction depth ``k``::
@@ -8,7 +8,13 @@ operand dtypes and the reduction depth ``k``::
 
 * VNNI ``vpdpbusd`` and aarch64 ``sdot``: ``K = 4``, 8-bit operands, so one
   packed weight layout (``[16o][4i]``) serves both;
-* AVX2 ``vpmaddwd``: ``K = 2``, int16 operands (8-bit values widened).
+* AVX2 ``vpmaddwd``: ``K = 2``, int16 operands (8-bit values widened);
+* aarch64 ``usmmla`` (i8mm) for one output pixel: ``K = 8``.
+
+The i8mm family also has a two-pixel step (:func:`dot_2x16xk_desc`), the
+same sum for two output pixels whose inputs are ``stride`` rows apart::
+
+    C[p, i] += sum_k int32(A[p * stride, k]) * int32(B[i, k])     p < 2, i < 16, k < K
 
 The implementations (the instructions) live in :mod:`.vnni`, :mod:`.avx2` and :mod:`.arm`.
 """
@@ -45,3 +51,29 @@ def dot_16xk_desc(a_dtype: str, b_dtype: str = "int8", k: int = 4):
 def dot_16x4_desc(a_dtype: str):
     """The TensorIntrin description of ``C[16] += A[4] . B[16, 4]`` with ``A`` of ``a_dtype`` (uint8 or int8), ``B`` int8."""
     return dot_16xk_desc(a_dtype, "int8", 4)
+
+
+@functools.lru_cache(maxsize=None)
+def dot_2x16xk_desc(a_dtype: str, b_dtype: str, k: int, stride: int):
+    """The TensorIntrin description of ``C[p, 16] += A[p * stride, k] . B[16, k]`` for two pixels ``p``.
+
+    ``A`` spans ``stride + 1`` input pixels (rows) of which rows ``0`` and
+    ``stride`` are read: the conv's input pixels of two adjacent output pixels
+    at horizontal stride ``stride``.
+    """
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((stride + 1, k), a_dtype, offset_factor=1),
+        B: T.Buffer((16, k), b_dtype, offset_factor=1),
+        C: T.Buffer((2, 16), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:16], A[0:stride + 1, 0:k], B[0:16, 0:k])
+            T.writes(C[0:2, 0:16])
+            for p, i, r in T.grid(2, 16, k):
+                with T.sblock("update"):
+                    vp, vi, vk = T.axis.remap("SSR", [p, i, r])
+                    C[vp, vi] = C[vp, vi] + T.cast(A[vp * stride, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc

@@ -1,8 +1,9 @@
 """Pure numpy: the packed NCHW[x]c activation layout and the compile-time weight packing.
 
 Layouts (``cb`` = channel block of the data, 16 output-channel lanes,
-``k`` = reduction depth of one lane's dot product: 4 for VNNI ``vpdpbusd``
-and aarch64 ``sdot``, 1 for plain NEON multiply-accumulate)::
+``k`` = reduction depth of one lane's dot product: 8 for aarch64 ``usmmla``,
+4 for VNNI ``vpdpbusd`` and aarch64 ``sdot``, 2 for AVX2, 1 for plain NEON
+multiply-accumulate)::
 
     activation   NCHW  -> (N, ceil(C/cb), H, W, cb)                  channel c at [c // cb, ..., c % cb]
     conv weight  OIHW  -> (ceil(O/16), Cp/cb, KH, KW, cb/k, 16, k)    "OIHW[cb/k]i16o[k]i"
@@ -26,13 +27,15 @@ K_BLOCK = 4
 """Reduction depth of one ``vpdpbusd`` / ``sdot`` lane (4 8-bit products)."""
 
 
-def channel_block(channels: int) -> int:
+def channel_block(channels: int, k_block: int = K_BLOCK) -> int:
     """Channel block for a tensor with ``channels`` channels: 16, or 4/8/12 for thin inputs.
 
     A thin tensor (the network input with 1 or 3 channels) is packed with the
-    smallest multiple of 4 so the first conv does not multiply 16x padding.
+    smallest multiple of ``max(4, k_block)`` (a conv's reduction steps must
+    tile the block: 8 for i8mm) so the first conv does not multiply 16x padding.
     """
-    return OC_BLOCK if channels > 12 else K_BLOCK * -(-channels // K_BLOCK)
+    step = max(K_BLOCK, k_block)
+    return OC_BLOCK if channels > 12 else min(OC_BLOCK, step * -(-channels // step))
 
 
 def padded(channels: int, block: int) -> int:

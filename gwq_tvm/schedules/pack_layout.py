@@ -5,11 +5,11 @@ before ``LegalizeOps``.  Every int8/uint8 x int8 -> int32 ``nn.conv2d`` with
 a constant weight, and every such dense (``matmul`` by a constant, as the
 1x1 conv of ``x[B, K, 1, 1]``), becomes a ``call_tir`` of a packed kernel
 (:mod:`gwq_tvm.schedules.compute`), shaped for a kernel family
-(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 AMX, x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 sdot, aarch64 NEON):
+(:class:`gwq_tvm.schedules.spec.KernelSpec`: x86 AMX, x86 VNNI, x86 AVX-VNNI, x86 AVX2, aarch64 i8mm, sdot, NEON):
 
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
-  time (``k`` = 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
+  time (``k`` = 8 for i8mm, 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
   lanes; int16 for AVX2, int8 otherwise); the convs an AMX family covers
   (:func:`_tile_rows`) take NCHW64c inputs and ``OIHW16i64o4i`` weights and
   give NCHW64c outputs, the others stay as above;
@@ -22,7 +22,7 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
   output, outputs, any op this pass does not know).
 
 Activations of the other signedness than the family's instruction takes
-(int8 for VNNI's uint8 x int8: the network input, residual sums without
+(int8 for VNNI's and i8mm usmmla's uint8 x int8: the network input, residual sums without
 ReLU; uint8 for sdot's int8 x int8: everything after a ReLU) take the same
 kernel: it reads ``x + offset`` (offset +128 / -128) padded with ``offset``,
 and the pass subtracts ``offset * sum(w)`` per output channel, which is exact.
@@ -164,7 +164,7 @@ class _Packer:
             return p
         x = self.plain_of(var)
         channels = _static_nchw(x)[0]
-        block = block or L.channel_block(channels)
+        block = block or L.channel_block(channels, self.spec.k_block)
         expr = self.bb.emit_te(C.pack_nchwc, x, block, primfunc_name_hint="gwq_pack")
         p = _Packed(expr, channels, block)
         if var not in self.packed:

@@ -12,6 +12,7 @@ x86-amx        uint8        4       ``tdpbusd`` (Mx64x64) x86 with AMX-INT8 + AV
 x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
 x86-avxvnni    uint8        4       2 x ``vpdpbusd`` ymm  x86 with AVX-VNNI + AVX2, no AVX-512 VNNI
 x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no (AVX-)VNNI
+aarch64-i8mm   uint8        8       8 x ``usmmla``        aarch64 ``+i8mm`` (A710, N2, V1/Graviton3)
 aarch64-sdot   int8         4       4 x ``sdot`` (16x4)   aarch64 ``+dotprod`` (A76, N1, rpi5)
 aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72, rpi4)
 ============== ============ ======= ===================== ===========================
@@ -22,7 +23,9 @@ and compensated exactly (:func:`gwq_tvm.schedules.layout.offset_compensation`).
 The AVX2 family widens both operands to int16 instead (weights at compile
 time, activations in the conv's padded-input stage; see :mod:`.avx2`), which
 is exact for int8 and uint8 alike.  ``k`` is the reduction depth innermost
-in the packed weight.
+in the packed weight.  The i8mm family's step covers two output pixels
+(``[2] x [16] x [8]``, see :mod:`.arm`), with a one-pixel step for output
+widths that have no even register tile.
 
 The AMX family covers the stride-1 convs with at least 64 input channels
 (and dense layers: 1x1 convs of width 1, or of the batch, see
@@ -41,7 +44,8 @@ from typing import Callable
 import tvm
 
 from .amx import has_amx, register_amx_intrinsic
-from .arm import has_dotprod, has_neon, register_sdot_intrinsic
+from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_intrinsic, register_usmmla_intrinsic,
+                  register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import has_avx2, register_avx2_intrinsic
 from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_intrinsic
@@ -58,9 +62,9 @@ class KernelSpec:
         Activation type the conv's inner product takes (``"uint8"``,
         ``"int8"``), ``None`` when both are taken as they are.
     k_block : int
-        Reduction depth innermost in the packed weight: 4 for a 16x4
-        dot-product intrinsic, 2 for AVX2's int16 pairs, 1 for lane-wise
-        multiply-accumulate.
+        Reduction depth innermost in the packed weight: 8 for i8mm's 2x8x2
+        matrix step, 4 for a 16x4 dot-product intrinsic, 2 for AVX2's int16
+        pairs, 1 for lane-wise multiply-accumulate.
     intrinsic : callable or None
         Registers the tensor intrinsic for one ``[16 lanes] x [k_block]`` step
         (cheap, idempotent) and returns its name; ``None``: the lanes are
@@ -80,6 +84,16 @@ class KernelSpec:
         ``rows -> name``: registers the ``rows x 64 x 64`` matrix-tile
         intrinsic (AMX ``tdpbusd``, :func:`.amx.register_amx_intrinsic`) for the
         convs it covers; ``None`` for the vector families.
+    pair_intrinsic : callable or None
+        ``pair_intrinsic(stride)`` registers the step of two adjacent output
+        pixels at horizontal conv stride ``stride``
+        (:func:`gwq_tvm.schedules.intrin.dot_2x16xk_desc`) and returns its
+        name; the conv schedule uses it whenever the output width has an
+        even register tile, ``intrinsic`` otherwise.  ``None``: one pixel per step.
+    tune_intrinsic : bool
+        MetaSchedule's stock rules have no rule for this family's intrinsic:
+        tuning adds one that tensorizes with ``intrinsic``
+        (:func:`gwq_tvm.schedules.tune.design_space`).
     """
 
     name: str
@@ -92,12 +106,14 @@ class KernelSpec:
     channel_pairs: bool
     operand_dtype: str | None = None
     tile_intrinsic: Callable[[int], str] | None = None
+    pair_intrinsic: Callable[[int], str] | None = None
+    tune_intrinsic: bool = False
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
             raise ValueError(f"input_dtype must be int8, uint8 or None, not {self.input_dtype!r}")
-        if self.k_block not in (1, 2, 4):
-            raise ValueError(f"k_block must be 1, 2 or 4, not {self.k_block}")
+        if self.k_block not in (1, 2, 4, 8):
+            raise ValueError(f"k_block must be 1, 2, 4 or 8, not {self.k_block}")
         if self.operand_dtype not in (None, "int16"):
             raise ValueError(f"operand_dtype must be int16 or None, not {self.operand_dtype!r}")
 
@@ -136,6 +152,12 @@ X86_AVXVNNI = KernelSpec("x86-avxvnni", "uint8", 4, register_avxvnni_intrinsic, 
 """x86 with AVX-VNNI but no AVX-512 (Alder Lake and later client cores): the VNNI layout and offset, 16 ymm
 registers tiled as the AVX2 family's (2 per pixel's 16 accumulators), ``vpdpbusd ymm`` (VEX) twice per step."""
 
+AARCH64_I8MM = KernelSpec("aarch64-i8mm", "uint8", 8, register_usmmla_intrinsic, tile_limit=6, tile_min=2,
+                          tile_fallback=7, channel_pairs=False, pair_intrinsic=register_usmmla_pair_intrinsic,
+                          tune_intrinsic=True)
+"""aarch64 with i8mm: ``usmmla`` (uint8 x int8, as VNNI: no offset after a ReLU), 2 pixels x 2 channels x 8 deep
+per instruction; register tiles as sdot's (4 q registers per pixel's 16 accumulators), of even width where possible."""
+
 AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
                           tile_fallback=7, channel_pairs=False)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
@@ -144,7 +166,7 @@ AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=
                           channel_pairs=False)
 """aarch64 NEON without dotprod: widening multiply-accumulate over 16 output-channel lanes."""
 
-FAMILIES = (X86_AMX, X86_VNNI, X86_AVXVNNI, X86_AVX2, AARCH64_SDOT, AARCH64_NEON)
+FAMILIES = (X86_AMX, X86_VNNI, X86_AVXVNNI, X86_AVX2, AARCH64_I8MM, AARCH64_SDOT, AARCH64_NEON)
 
 
 def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
@@ -153,7 +175,7 @@ def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
     The one place where targets are told apart: x86 with AMX-INT8 (and
     AVX-512 VNNI), x86 with AVX-512 VNNI,
     x86 with AVX-VNNI and AVX2 (no AVX-512 VNNI), x86 with AVX2 (no VNNI),
-    aarch64 with dotprod, aarch64 with NEON only.
+    aarch64 with i8mm, aarch64 with dotprod (no i8mm), aarch64 with NEON only.
     The host's target carries AMX only where the OS grants it
     (:func:`gwq_tvm.runtime.host_target`, :func:`.amx.host_amx_usable`), so
     the host falls back to ``x86-vnni`` when the CPU or the kernel refuses AMX.
@@ -164,6 +186,8 @@ def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
         return X86_AVXVNNI
     if has_avx2(target):
         return X86_AVX2
+    if has_i8mm(target):
+        return AARCH64_I8MM
     if has_dotprod(target):
         return AARCH64_SDOT
     if has_neon(target):

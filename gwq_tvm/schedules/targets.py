@@ -25,6 +25,13 @@ PRESETS: dict[str, dict] = {
     "rpi5": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
     "cortex-a76": {**_AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
     "neoverse-n1": {**_AARCH64, "mcpu": "neoverse-n1", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    # Armv8.2 cores with dotprod but no i8mm (LLVM's cortex-a78 and the Arm TRM agree): the sdot family
+    "cortex-a78": {**_AARCH64, "mcpu": "cortex-a78", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
+    # FEAT_I8MM (usmmla): the aarch64-i8mm family
+    "aarch64-i8mm": {**_AARCH64, "mattr": ["+v8.2a", "+neon", "+dotprod", "+i8mm"], "num-cores": 4},
+    "cortex-a710": {**_AARCH64, "mcpu": "cortex-a710", "mattr": ["+neon", "+dotprod", "+i8mm"], "num-cores": 4},
+    "neoverse-n2": {**_AARCH64, "mcpu": "neoverse-n2", "mattr": ["+neon", "+dotprod", "+i8mm"], "num-cores": 4},
+    "graviton3": {**_AARCH64, "mcpu": "neoverse-v1", "mattr": ["+neon", "+dotprod", "+i8mm"], "num-cores": 4},
 }
 
 #: Cross compilers by target triple prefix.

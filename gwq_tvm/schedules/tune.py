@@ -166,10 +166,32 @@ def _foreign_log_handlers_detached():
 def tune_contexts(tasks, work_dir, **kwargs):
     """``ms.relax_integration.extracted_tasks_to_tune_contexts`` with the logger workaround above.
 
-    Returns TVM's ``(contexts, weights)``; ``kwargs`` go to it unchanged.
+    Returns TVM's ``(contexts, weights)``; ``kwargs`` go to it unchanged,
+    except that without a ``space`` the tasks' kernel family may bring its own
+    (:func:`design_space`).
     """
+    if "space" not in kwargs and tasks:
+        space = design_space(_spec(tasks[0].target))
+        if space is not None:
+            kwargs["space"] = space
     with _foreign_log_handlers_detached():
         return ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(work_dir), **kwargs)
+
+
+def design_space(spec: KernelSpec):
+    """MetaSchedule's space generator for family ``spec``: ``None`` (TVM's own for the target) or, for a family
+    whose intrinsic MetaSchedule's stock rules do not know (``spec.tune_intrinsic``: aarch64 i8mm's ``usmmla``),
+    TVM's generic LLVM rules after a ``MultiLevelTilingWithIntrin`` that tensorizes with it, as TVM's x86 VNNI
+    rule does (``SSRSRS`` tiles, the accumulators written back at the outer two levels)."""
+    if not spec.tune_intrinsic or spec.intrinsic is None:
+        return None
+    tiling = ms.schedule_rule.MultiLevelTilingWithIntrin(
+        spec.intrinsic(), "SSRSRS", max_innermost_factor=64,
+        reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"))
+    return ms.space_generator.PostOrderApply(
+        sch_rules=[tiling, *ms.ScheduleRule.create("llvm")],
+        postprocs=[*ms.Postproc.create("llvm"), ms.postproc.RewriteTensorize(vectorize_init_loop=True)],
+        mutator_probs=ms.Mutator.create("llvm"))
 
 
 # --- the database ----------------------------------------------------------
