@@ -137,6 +137,10 @@ class Emitter:
         return self.emit(R.astype(x, dtype))
 
     def requantize(self, acc, rq: P.Requant, node: Node):
+        if rq.pre_clip is not None:  # result-preserving; keeps the int32 multiply from wrapping
+            ndim = len(node.shape)
+            acc = self.emit(R.maximum(R.astype(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
+            acc = self.emit(R.minimum(acc, channel_const(rq.pre_clip[1], ndim, rq.work_dtype)))
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 

@@ -28,7 +28,7 @@ from ..errors import PlanError
 from . import post
 from . import scales as S
 from .quantplan import QuantPlan, TensorQuant
-from .sfc import SFC, make_sfc
+from .sfc import SFC, int32_multiply, make_sfc
 
 if TYPE_CHECKING:
     from ..graph import Graph, Node
@@ -228,13 +228,19 @@ def accumulator(node: "Node", graph: "Graph", plan: QuantPlan) -> Accumulator:
 
 @dataclass(frozen=True)
 class Requant:
-    """An SFC into an activation tensor plus its clip and container dtypes."""
+    """An SFC into an activation tensor plus its clip and container dtypes.
+
+    ``pre_clip`` (per-channel ``(lo, hi)``, int32 multiplies only) clips the
+    accumulator before the multiply; it changes no result and keeps the
+    product inside int32 (:func:`gwq_tvm.plan.sfc.int32_multiply`).
+    """
 
     sfc: SFC
     qmin: int
     qmax: int
     dtype: str
     work_dtype: str
+    pre_clip: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _work_dtype(sfc: SFC, bound: int) -> str:
@@ -248,10 +254,21 @@ def _work_dtype(sfc: SFC, bound: int) -> str:
 
 
 def requant(node: "Node", acc: Accumulator, plan: QuantPlan) -> Requant:
-    """The SFC from ``node``'s accumulator to its planned output tensor: ``M_c = acc.scale_c / s_out``."""
+    """The SFC from ``node``'s accumulator to its planned output tensor: ``M_c = acc.scale_c / s_out``.
+
+    A multiply runs in int32 with a ``Q<b>`` mantissa, ``b >= 12``, where the
+    accumulator bound allows (:func:`gwq_tvm.plan.sfc.int32_multiply`), else in
+    int64 with the Q31 one.  A bound of 0 means "not known" (QAT's simulation,
+    whose weights move): the Q31 multiply is kept.
+    """
     sfc = make_sfc(acc.scale / plan.scale(node.name))
     qmin, qmax = out_range(node, plan)
-    return Requant(sfc, qmin, qmax, container(plan.tensors[node.name]), _work_dtype(sfc, acc.bound))
+    dtype = container(plan.tensors[node.name])
+    if sfc.kind == "multiply" and acc.bound > 0:
+        narrow = int32_multiply(sfc, acc.bound, qmin, qmax)
+        if narrow is not None:
+            return Requant(narrow[0], qmin, qmax, dtype, "int32", pre_clip=narrow[1])
+    return Requant(sfc, qmin, qmax, dtype, _work_dtype(sfc, acc.bound))
 
 
 def add_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:

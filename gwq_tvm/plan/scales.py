@@ -123,10 +123,11 @@ def exact_log2(x: np.ndarray) -> np.ndarray:
     return (e - 1).astype(np.int64)
 
 
-def quantize_multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dyadic form ``ratio ~= m * 2**-shift`` with a Q31 mantissa ``m``.
+def quantize_multiplier(ratio: np.ndarray, bits: int = Q_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """Dyadic form ``ratio ~= m * 2**-shift`` with a Q31 (or ``Q<bits>``) mantissa ``m``.
 
-    Returns int64 arrays ``(m, shift)`` with ``m`` in ``[2**30, 2**31)`` and
+    Returns int64 arrays ``(m, shift)`` with ``m`` in ``[2**(bits-1), 2**bits)``
+    (relative error of ``m * 2**-shift`` at most ``2**-bits``) and
     ``1 <= shift <= MAX_SHIFT`` (``m == 0`` for a zero ratio).  Ratios so
     small that ``shift`` would exceed ``MAX_SHIFT`` lose low mantissa bits.
 
@@ -137,13 +138,13 @@ def quantize_multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.any(r < 0) or not np.all(np.isfinite(r)):
         raise ValueError("SFC ratios must be finite and non-negative")
     frac, exp = np.frexp(r)  # r = frac * 2**exp, frac in [0.5, 1)
-    m = np.rint(frac * (1 << Q_BITS)).astype(np.int64)
-    shift = (Q_BITS - exp).astype(np.int64)
-    carry = m == (1 << Q_BITS)  # rounding up to 1.0
+    m = np.rint(frac * (1 << bits)).astype(np.int64)
+    shift = (bits - exp).astype(np.int64)
+    carry = m == (1 << bits)  # rounding up to 1.0
     m = np.where(carry, m >> 1, m)
     shift = np.where(carry, shift - 1, shift)
     if np.any((shift < 1) & (m > 0)):
-        raise ValueError(f"SFC ratio too large for a Q31 multiplier: {r.max()}")
+        raise ValueError(f"SFC ratio too large for a Q{bits} multiplier: {r.max()}")
     excess = np.maximum(shift - MAX_SHIFT, 0)
     m = m >> np.minimum(excess, 62)
     shift = shift - excess
