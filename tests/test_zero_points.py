@@ -259,3 +259,30 @@ def test_qat_refuses_zero_points_in_one_line(quantized):
     with pytest.raises(UnsupportedOpError, match=r"QAT keeps activations symmetric; tensors\.\S+ has zero point \d+: "
                                                   r"plan with symmetric_activations=True"):
         QATModel(q.graph, q.plan)
+
+
+@pytest.mark.parametrize("preset", [None, "x86-avx2", "x86-64"], ids=["host-vnni", "avx2", "x86-64"])
+def test_zero_point_program_is_bit_exact_on_the_x86_kernel_families(quantized, net, preset):
+    """The packed kernels on this host (AVX-512 VNNI: the uint8 codes as they are, the zero points in the folded
+    bias), AVX2 (widened to int16) and plain x86-64."""
+    import tvm
+    from tvm import relax
+
+    from gwq_tvm.schedules.targets import resolve_target
+
+    q, x = quantized["per-layer"], net[2]
+    vm = relax.VirtualMachine(gwq_tvm.build(q, resolve_target(preset)) if preset else gwq_tvm.build(q), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+    np.testing.assert_array_equal(out.numpy(), run_reference(q.mod, x))
+
+
+@pytest.mark.slow
+def test_zero_point_program_is_bit_exact_on_the_emulated_aarch64_board(aarch64_remote, quantized, net, tmp_path):
+    from test_arm_kernels import _run_remote
+
+    from gwq_tvm.schedules.targets import resolve_target
+
+    q, x = quantized["gwq"], net[2][:3]
+    for preset in ("aarch64-dotprod", "rpi4"):
+        got = _run_remote(aarch64_remote, gwq_tvm.build(q, resolve_target(preset)), x, preset, tmp_path / f"zp_{preset}.so")
+        np.testing.assert_array_equal(got, run_reference(q.mod, x))
