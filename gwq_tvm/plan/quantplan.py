@@ -5,7 +5,8 @@ it was chosen:
 
 * every quantized activation tensor (a node output): :class:`TensorQuant`,
   ``bits``, ``signed`` and a static scale ``groups[group] * 2**exponent``
-  (or, with ``dynamic``, a per-sample step produced by a named node);
+  (or, with ``dynamic``, a per-sample step produced by a named node), and on
+  unsigned tensors an optional ``zero_point`` (``r = s * (q - z)``);
 * every layer with weights: :class:`WeightQuant`, a value object of bits,
   granularity (``tensor``, ``channel`` or ``block`` ``n_out x n_in``, with an
   optional output-channel permutation), codebook (``uniform``, ``pot``,
