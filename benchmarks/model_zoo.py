@@ -14,7 +14,11 @@ is that row's result, not the benchmark's) and measures, at W8A8:
 * **fidelity** against the fp32 ONNX model run by ONNX Runtime, on ``--samples``
   seeded N(0, 1) inputs (calibration uses a disjoint seeded set):
   top-1 agreement of output 0 (per pixel for dense-prediction outputs) and the
-  mean logit SQNR over all outputs (:mod:`gwq_tvm.fidelity`);
+  logit SQNR over all outputs, pooled over the samples
+  (:func:`gwq_tvm.fidelity.pooled_sqnr_db`: ``10 log10(sum signal**2 / sum noise**2)``,
+  not a mean of per-sample values, which is ``inf`` once one sample is exact);
+* the per-layer program with **symmetric activations** (``symmetric_activations``:
+  no zero points), for comparison with the default asymmetric W8A8 plan;
 * the same for **ONNX Runtime int8** (``quantize_static``, QDQ, per-channel,
   u8 activations / s8 weights, the same calibration inputs);
 * **latency** at batch 1 (median of ``--runs`` calls, ``--threads`` threads for
@@ -124,7 +128,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
 
     import gwq_tvm
     from gwq_tvm.config import QuantConfig
-    from gwq_tvm.fidelity import sqnr_db
+    from gwq_tvm.fidelity import pooled_sqnr_db
 
     row: dict = {"model": name}
     path = onnx_path(name)
@@ -144,14 +148,15 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
 
     def score(outs):
         return {"agreement": _agreement(ref, outs, agree_kind),
-                "sqnr_db": float(np.mean(sqnr_db(_flat(ref), _flat(outs))))}
+                "sqnr_db": pooled_sqnr_db(_flat(ref), _flat(outs)), "sqnr": "pooled"}
 
-    for mode in ("per_layer", "gwq"):
+    for mode in ("per_layer", "gwq", "per_layer_symmetric"):
         t0 = time.time()
         try:
             with __import__("warnings").catch_warnings(record=True):
-                q = gwq_tvm.quantize(str(path), calib, QuantConfig(mode="gwq" if mode == "gwq" else "per-layer"),
-                                     input_shape=shape)
+                cfg = QuantConfig(mode="gwq" if mode == "gwq" else "per-layer",
+                                  symmetric_activations=mode == "per_layer_symmetric")
+                q = gwq_tvm.quantize(str(path), calib, cfg, input_shape=shape)
             ex = gwq_tvm.build(q)
         except Exception as err:  # noqa: BLE001 - the row records what gwq-tvm said
             row[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}"[:300]}
@@ -172,6 +177,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
                "float_ops": sorted(set(q.float_ops)), "bit_exact": bool(exact), "reference_error": ref_error,
                **score(outs),
                "latency_ms": _median_ms(run, xs[:1], runs)}
+        res["zero_points"] = sum(1 for t in q.plan.tensors.values() if t.zero_point)
         if mode == "gwq":
             res["shift_share"] = float(q.sfc["shift_share"])
             res["groups"] = len(q.plan.groups)
@@ -209,23 +215,26 @@ def _fmt(v, spec="{:.1f}"):
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | per-layer | int-only | float ops | bit-exact | agree % | SQNR dB | GWQ agree % | GWQ SQNR dB "
+    head = ("| model | per-layer | int-only | float ops | bit-exact | agree % | SQNR dB | sym SQNR dB | GWQ agree % | GWQ SQNR dB "
             "| shift % | ORT int8 agree % | ORT SQNR dB | ms pl / gwq / ORT8 / ORT32 | compile s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pl, g, o = r.get("per_layer", {}), r.get("gwq", {}), r.get("ort_int8", {})
         if "error" in r or "error" in pl:
             err = r.get("error") or pl.get("error")
-            lines.append(f"| {r['model']} | **fails**: {err} |" + " |" * 13)
+            lines.append(f"| {r['model']} | **fails**: {err} |" + " |" * 14)
             continue
         lat = " / ".join(_fmt(v, "{:.2f}") for v in (pl.get("latency_ms"), g.get("latency_ms"), o.get("latency_ms"),
                                                     r.get("ort_fp32_ms")))
         pct = lambda v: _fmt(None if v is None else 100 * v)  # noqa: E731
+        sym = r.get("per_layer_symmetric", {})
+        old = "" if pl.get("sqnr") == "pooled" else " †"
         lines.append(
             f"| {r['model']} | ok | {'yes' if pl['integer_only'] else 'no'} | {', '.join(pl['float_ops']) or '—'} "
             f"| {'yes' if pl['bit_exact'] and g.get('bit_exact', False) else 'NO'} | {pct(pl['agreement'])} "
-            f"| {_fmt(pl['sqnr_db'])} | {pct(g.get('agreement'))} | {_fmt(g.get('sqnr_db'))} | {pct(g.get('shift_share'))} "
-            f"| {pct(o.get('agreement')) if 'error' not in o else 'fails'} | {_fmt(o.get('sqnr_db'))} | {lat} "
+            f"| {_fmt(pl['sqnr_db'])}{old} | {_fmt(sym.get('sqnr_db'))} | {pct(g.get('agreement'))} | {_fmt(g.get('sqnr_db'))}{old} "
+            f"| {pct(g.get('shift_share'))} "
+            f"| {pct(o.get('agreement')) if 'error' not in o else 'fails'} | {_fmt(o.get('sqnr_db'))}{old} | {lat} "
             f"| {_fmt(pl['compile_s'], '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
@@ -302,7 +311,10 @@ def _report(result: dict) -> str:
             f"{sum(r['per_layer']['integer_only'] for r in ok)} integer-only; "
             f"{sum(r['per_layer']['bit_exact'] and r.get('gwq', {}).get('bit_exact', False) for r in ok)} bit-exact "
             f"(per-layer and GWQ).  Agreement and SQNR are against the fp32 ONNX model on ONNX Runtime; ORT int8 is "
-            f"`quantize_static` QDQ per-channel u8/s8.\n\n" + table(rows))
+            f"`quantize_static` QDQ per-channel u8/s8.  W8A8 plans give asymmetric tensors (swish outputs) uint8 with a "
+            f"zero point; *sym SQNR* is the per-layer program with `symmetric_activations`.  SQNR is pooled over the "
+            f"samples (10 log10 of summed signal over summed noise power); † marks rows last run before that change "
+            f"(mean of per-sample values) and before zero points.\n\n" + table(rows))
 
 
 if __name__ == "__main__":

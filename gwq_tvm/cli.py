@@ -72,6 +72,8 @@ _PLAN_FIXED = {
     "weight_groups": "weight_groups", "scale_clip": "scale_clip", "scale_clip_k": "scale_clip_k", "act_clip_k": "act_clip_k",
     # ASQ POST weights (branch asq)
     "weights": "weights",
+    # zero points (branch zp)
+    "symmetric_activations": "symmetric_activations",
     # mixed precision (branch limpq)
     "mixed_precision": "mixed_precision", "size_budget": "size_budget", "bitops_budget": "bitops_budget",
     "importance": "importance", "importance_file": "importance_file", "mp_search": "mp_search",
@@ -501,6 +503,8 @@ def cmd_train(args):
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
     cfg = _config(args, mode="gwq")
+    if plan is None:  # QAT trains symmetric activations (QATModel refuses zero points)
+        cfg = dataclasses.replace(cfg, symmetric_activations=True)
     q = api.quantize(args.model, calib, cfg, plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     # GDRQ: filter groups (--weight-groups) come with the plan; Scale-Clip (--scale-clip, --scale-clip-k,
     # --act-clip-k, or the given plan's recorded config) is trained with the weights
@@ -554,6 +558,9 @@ def _add_quant_options(p):
                         "(ASQ POST, post-training; needs --weight-bits 2-5; layers at more bits stay uniform)")
     p.add_argument("--end-bits", type=int, default=None,
                    help="bits of the model input and of the first and last layers' weights (the usual low-bit protocol)")
+    p.add_argument("--symmetric-activations", action="store_true", default=None,
+                   help="keep every activation symmetric (no zero points; by default W8A8 gives asymmetric tensors "
+                        "such as swish outputs uint8 with a zero point)")
     p.add_argument("--strict", action="store_true", help="fail instead of keeping unsupported ops in float")
     p.add_argument("--input-shape", type=_shape, default=None, help="e.g. N,3,224,224 for models without static shapes")
     p.add_argument("--calib-samples", type=_positive_int, default=None, help="calibration samples used (default 512)")

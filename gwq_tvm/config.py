@@ -73,6 +73,8 @@ def _bits(value, name):
 #: the PTQ-SL / GDRQ options (written by :meth:`QuantConfig.to_dict` only when set)
 SUBLAYER_FIELDS = ("weights", "weight_blocks", "weight_blocks_fit", "reorder_channels", "block_search", "search_metric",
                    "search_rounds", "weight_groups", "scale_clip", "scale_clip_k", "act_clip_k")
+#: options written by :meth:`QuantConfig.to_dict` only when set
+ACTIVATION_FIELDS = ("symmetric_activations",)
 #: values of the PTQ-SL / GDRQ options
 BLOCK_FITS = ("strict", "gcd")
 SEARCH_METRICS = ("l2", "cosine", "weighted-l2")
@@ -259,6 +261,13 @@ class QuantConfig:
         The usual low-bit protocol: the model input and the weights of the first and
         last weight layers use this many bits whatever ``weight_bits``/``act_bits``
         say (explicit ``bits`` overrides still win).  ``None``: no exception.
+    symmetric_activations : bool
+        Keep every activation symmetric (zero point 0).  ``False`` (default):
+        at W8A8 (8-bit weights and activations, no mixed precision) a signed
+        8-bit tensor whose calibrated range is asymmetric becomes uint8 with a
+        zero point where that lowers its step and every node reading it takes
+        zero points (:func:`gwq_tvm.plan.planner.zero_point_choice`).  QAT
+        keeps activations symmetric.
     add_precision_bits : int
         Extra fractional bits kept while adding rescaled residual inputs (0-12).
     allow_float_fallback : bool
@@ -358,6 +367,7 @@ class QuantConfig:
     bits: Mapping[str, tuple] = field(default_factory=dict)
     end_bits: int | None = None
     add_precision_bits: int = 8
+    symmetric_activations: bool = False
     allow_float_fallback: bool = True
     calib_batch_size: int = 64
     refine_steps: int = 0
@@ -414,6 +424,8 @@ class QuantConfig:
             _bits(self.end_bits, "end_bits")
         if not isinstance(self.add_precision_bits, int) or not 0 <= self.add_precision_bits <= 12:
             raise ConfigError(f"add_precision_bits must be an integer from 0 to 12; got {self.add_precision_bits!r}")
+        if not isinstance(self.symmetric_activations, bool):
+            raise ConfigError(f"symmetric_activations must be true or false; got {self.symmetric_activations!r}")
         if isinstance(self.calib_batch_size, bool) or not isinstance(self.calib_batch_size, int) or self.calib_batch_size < 1:
             raise ConfigError(f"calib_batch_size must be a positive integer; got {self.calib_batch_size!r}")
         if isinstance(self.refine_steps, bool) or not isinstance(self.refine_steps, int) or not 0 <= self.refine_steps <= MAX_REFINE_STEPS:
@@ -445,7 +457,7 @@ class QuantConfig:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in SUBLAYER_FIELDS + MIXED_FIELDS and v == f.default:
+            if f.name in SUBLAYER_FIELDS + MIXED_FIELDS + ACTIVATION_FIELDS and v == f.default:
                 continue
             if isinstance(v, tuple) and f.name in MIXED_FIELDS:
                 v = list(v)

@@ -4,8 +4,9 @@ ONNX Runtime's QDQ executor (or TensorRT, or a board vendor's converter)
 then runs the same quantization as the gwq-tvm integer program:
 
 * every activation tensor ``t`` of the plan gets ``Q -> DQ`` with the
-  per-tensor scale ``s_t = mu_g * 2**e_t`` (:meth:`QuantPlan.scale`), zero
-  point 0, ``uint8`` when the plan says unsigned, ``int8`` otherwise;
+  per-tensor scale ``s_t = mu_g * 2**e_t`` (:meth:`QuantPlan.scale`) and the
+  plan's zero point (0 unless the tensor is asymmetric), ``uint8`` when the plan
+  says unsigned, ``int8`` otherwise;
 * weights are stored as the program's integers ``w_q = clip(rint(w / s_c))``
   behind a per-channel ``DequantizeLinear`` on axis 0: as int8 with zero point
   0 (the default, what TensorRT requires), or as uint8 ``w_q + 128`` with zero
@@ -268,12 +269,12 @@ class _Builder:
         dtype = np.int8 if tq.signed else np.uint8
         src = onnx_name
         if tq.bits < 8:
-            lo = self.init(f"{tensor}_qmin", np.float32(qmin * np.float64(scale)))
-            hi = self.init(f"{tensor}_qmax", np.float32(qmax * np.float64(scale)))
+            lo = self.init(f"{tensor}_qmin", np.float32((qmin - tq.zero_point) * np.float64(scale)))
+            hi = self.init(f"{tensor}_qmax", np.float32((qmax - tq.zero_point) * np.float64(scale)))
             self.node("Clip", [src, lo, hi], [f"{tensor}_clipped"])
             src = f"{tensor}_clipped"
         s = self.init(f"{tensor}_scale", scale)
-        z = self.init(f"{tensor}_zero_point", np.zeros((), dtype))
+        z = self.init(f"{tensor}_zero_point", np.asarray(tq.zero_point, dtype))
         self.node("QuantizeLinear", [src, s, z], [f"{tensor}_q"])
         self.node("DequantizeLinear", [f"{tensor}_q", s, z], [f"{tensor}_dq"])
         self.rename[onnx_name] = f"{tensor}_dq"

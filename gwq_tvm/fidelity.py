@@ -47,6 +47,19 @@ def sqnr_db(ref, test) -> np.ndarray:
         return 10.0 * (np.log10(signal) - np.log10(noise))
 
 
+def pooled_sqnr_db(ref, test) -> float:
+    """SQNR over all samples at once: ``10 log10(sum_i sum(r_i**2) / sum_i sum((r_i - q_i)**2))``.
+
+    Unlike the mean of :func:`sqnr_db`, one exactly matched sample does not make it infinite
+    (it is ``inf`` only when every sample matches).
+    """
+    ref, test = _flat(ref), _flat(test)
+    if ref.shape != test.shape:
+        raise ValueError(f"shapes differ: {ref.shape} vs {test.shape}")
+    signal, noise = float((ref ** 2).sum()), float(((ref - test) ** 2).sum())
+    return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """Agreement of quantized outputs with the float model's (see the module docstring)."""

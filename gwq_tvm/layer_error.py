@@ -162,6 +162,7 @@ def layer_error(qmodel, data, *, samples: int = DEFAULT_SAMPLES) -> dict:
                "sfc": sfc[name], "sqnr_db": _mean_db(sqnr_db(r, q)), "local_sqnr_db": None, "alone_kl": None}
         if name in names:
             qmin, qmax = out_range(node, plan)
+            qmin, qmax = qmin - tq.zero_point, qmax - tq.zero_point  # the codes less the zero point: r = s * (q - z)
             sim = FakeQuantSimulator(fm, graph, {name: (qmin, qmax)}, layers)
             row["alone_kl"] = kl_divergence(ref_logits, sim.run(x, {name: plan.scale(name)}))
             row["local_sqnr_db"] = _mean_db(_local_error(r, plan.scale(name), qmin, qmax))

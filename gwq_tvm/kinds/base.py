@@ -34,6 +34,8 @@ class Kind:
 
     Attributes
     ----------
+    zero_point_out : bool
+        See :meth:`accepts_zero_point`.
     name : str
         The registry key, ``Node.kind``.
     ops : tuple of str
@@ -49,6 +51,18 @@ class Kind:
     ops: tuple = ()
     passthrough: bool = False
     accumulates: bool = False
+    #: can the node's output carry a nonzero zero point (its program adds ``z_out`` exactly)?
+    zero_point_out: bool = False
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        """Does the node stay exact when its inputs carry nonzero zero points?
+
+        ``layers`` maps layer names to their :class:`~gwq_tvm.plan.quantplan.WeightQuant`.
+        The planner gives a tensor a zero point only when its producer has
+        :attr:`zero_point_out` and every reader (through passthrough readers)
+        accepts it (:func:`gwq_tvm.plan.program.zero_point_blocker`).
+        """
+        return False
 
     # --- frontend ----------------------------------------------------------
     def match(self, walker, index: int, call) -> bool:

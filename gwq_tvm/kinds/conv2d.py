@@ -17,6 +17,7 @@ class Conv2d(ConvKind):
     name = "conv2d"
     ops = ("relax.nn.conv2d",)
     layouts = ("NCHW", "OIHW")
+    input_zero_point = True
 
     def torch_layer(self, x, w, b, node):
         """``F.conv2d``; an uneven padding (ONNX allows it, torch does not) is an explicit ``F.pad`` first."""

@@ -15,6 +15,7 @@ from .layer import LayerKind
 class Dense(LayerKind):
     name = "dense"
     ops = ("relax.matmul",)
+    input_zero_point = True
 
     def match(self, w, i, call) -> bool:
         from tvm import relax

@@ -1,6 +1,6 @@
 """An op gwq-tvm cannot quantize: kept in float between explicit dequantize/quantize boundaries.
 
-Its inputs are dequantized (``q * s``), the original Relax call is re-emitted
+Its inputs are dequantized (``(q - z) * s``), the original Relax call is re-emitted
 on them, and a consumer that needs integers quantizes its output again.
 """
 
@@ -12,6 +12,11 @@ from .base import Kind
 
 class FloatOp(Kind):
     name = "float"
+    #: inputs dequantize as ``(q - z) * s``, the output quantizes as ``floor(x / s + 1/2) + z``
+    zero_point_out = True
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True
 
     def realize(self, em, node) -> None:
         from ..ir import float_call

@@ -40,7 +40,10 @@ class GlobalAvgPool(AccumulatingKind):
         return src.shape[2] * src.shape[3]
 
     def accumulator(self, graph, node, plan) -> P.Accumulator:
-        return P.pool_accumulator(node, plan, self.window(graph, node))
+        return P.pool_accumulator(node, plan, self.window(graph, node), zero_points=True)
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True
 
     def realize(self, em, node) -> None:
         from tvm.relax import op as R

@@ -12,6 +12,8 @@ from .base import Kind
 
 class Input(Kind):
     name = "input"
+    #: the program quantizes the input as ``floor(x / s + 1/2) + z``
+    zero_point_out = True
 
     def realize(self, em, node) -> None:
         em.set_float(node, em.param)

@@ -25,6 +25,8 @@ from .base import Kind
 
 class AccumulatingKind(Kind):
     accumulates = True
+    #: the requantization adds the output's zero point: ``q = clip(SFC(acc) + z_out)``
+    zero_point_out = True
 
     def window(self, graph, node) -> int:
         """Inputs summed per output element with unit weight (pools); 1 for layers with weights."""
@@ -52,6 +54,14 @@ class AccumulatingKind(Kind):
 
 class LayerKind(AccumulatingKind):
     """A layer with a weight (output channels first), an optional bias and a fused activation."""
+
+    #: does the layer fold an input zero point into its bias (conv2d, dense: ``-z * sum(q_w,c)``)?
+    input_zero_point = False
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        """Conv2d and dense fold the input zero point into the bias, unless the weight has input blocks."""
+        wq = layers.get(node.name)
+        return self.input_zero_point and (wq is None or wq.granularity != "block" or wq.block[1] == 1)
 
     #: may an ``affine`` node that only this layer reads fold into it
     #: (:meth:`~gwq_tvm.extract.Walker.fold_input_affine`, which also requires no padding)?
@@ -138,9 +148,14 @@ class ConvKind(LayerKind):
                                         groups=a["groups"], **{k: a[k] for k in self.extra_attrs}, **kw)
 
     def realize(self, em, node) -> None:
+        from dataclasses import replace
+
         groups = node.attrs["groups"]
-        em.accumulate(node, self.accumulator(em.graph, node, em.plan),
-                      lambda x, w: self.relax_op(x, w, node, out_dtype="int32"),
+        acc = self.accumulator(em.graph, node, em.plan)
+        conv = node
+        if acc.pad_value:  # Emitter.accumulate pads with the input's zero point; the conv itself then pads nothing
+            conv = replace(node, attrs={**node.attrs, "padding": [0] * len(node.attrs["padding"])})
+        em.accumulate(node, acc, lambda x, w: self.relax_op(x, w, conv, out_dtype="int32"),
                       arrange=lambda w: np.asarray(self.relax_kernel(w, groups)))
 
     def simulate(self, em, node) -> None:

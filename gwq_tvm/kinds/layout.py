@@ -14,6 +14,9 @@ from .base import Kind
 class LayoutKind(Kind):
     passthrough = True
 
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True  # the integers move, the zero point with them
+
     def relax_op(self, x, node):
         """The node's Relax op on ``x`` (integers or float)."""
         raise NotImplementedError

@@ -263,6 +263,12 @@ class Lut(Kind):
         """``f`` of the node in float64 numpy."""
         return lambda x: evaluate(node.attrs["steps"], x, NUMPY_OPS)
 
+    zero_point_out = True
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        """The table is indexed by the code; the zero points only change its values."""
+        return True
+
     def recipe(self, graph, node, plan) -> P.Table:
         return P.lookup_table(node, plan, self.function(node))
 

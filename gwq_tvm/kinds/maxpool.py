@@ -12,6 +12,9 @@ class MaxPool(Kind):
     ops = ("relax.nn.max_pool2d",)
     passthrough = True
 
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True  # max is monotonic in the code; padding takes the lowest code
+
     def match(self, w, i, call) -> bool:
         a = call.attrs
         if a.layout != "NCHW" or a.out_layout != "NCHW":

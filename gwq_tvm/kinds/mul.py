@@ -2,7 +2,7 @@
 
 Integer program (:func:`gwq_tvm.plan.program.product_accumulator`)::
 
-    acc = int32(q_a) * int32(q_b)                  (scale s_a * s_b, |acc| <= |q_a|max * |q_b|max)
+    acc = (int32(q_a) - z_a) * (int32(q_b) - z_b)  (scale s_a * s_b, zero points z_a, z_b)
     q   = clip(SFC(acc, M = s_a * s_b / s_out))
 
 ``b`` may broadcast against ``a`` (the ``N, C, 1, 1`` gate of an SE block over
@@ -67,6 +67,9 @@ class Mul(AccumulatingKind):
             return []
         return [P.SfcEdge(node.name, "out", graph.tensor_of(node.inputs[0]), node.name, node.elements)]
 
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True
+
     def unit_scale_inputs(self, graph, node) -> list:
         return [graph.tensor_of(node.inputs[1])]
 
@@ -74,6 +77,11 @@ class Mul(AccumulatingKind):
         from tvm.relax import op as R
 
         a, b = (em.emit(R.astype(em.as_int(n), "int32")) for n in node.inputs)
+        za, zb = (P.zero_point(em.plan, n) for n in node.inputs)
+        if za:
+            a = em.emit(R.subtract(a, em.const(za, "int32")))
+        if zb:
+            b = em.emit(R.subtract(b, em.const(zb, "int32")))
         em.finish_acc(node, em.emit(R.multiply(a, b)), self.accumulator(em.graph, node, em.plan))
 
     def simulate(self, em, node) -> None:

@@ -39,6 +39,9 @@ class Pad(Kind):
     ops = ("relax.nn.pad",)
     passthrough = True
 
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True  # the pad value's code includes the zero point (PadRecipe)
+
     def match(self, w, i, call) -> bool:
         from tvm import relax
 
@@ -56,11 +59,11 @@ class Pad(Kind):
     def recipe(self, graph, node, plan) -> PadRecipe:
         from ..plan.scales import qrange
 
-        if node.attrs["mode"] != "constant" or node.attrs["value"] == 0.0:
-            return PadRecipe(0)
         tq = plan.tensors[graph.tensor_of(node.name)]
+        if node.attrs["mode"] != "constant" or node.attrs["value"] == 0.0:
+            return PadRecipe(tq.zero_point)
         qmin, qmax = qrange(tq.bits, tq.signed)
-        code = math.floor(node.attrs["value"] / plan.scale(graph.tensor_of(node.name)) + 0.5)
+        code = math.floor(node.attrs["value"] / plan.scale(graph.tensor_of(node.name)) + 0.5) + tq.zero_point
         return PadRecipe(int(min(max(code, qmin), qmax)))
 
     @staticmethod

@@ -13,6 +13,9 @@ class Reshape(Kind):
     ops = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims")
     passthrough = True
 
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True  # the integers move, the zero point with them
+
     def match(self, w, i, call) -> bool:
         from tvm import relax
 

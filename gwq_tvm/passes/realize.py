@@ -105,15 +105,21 @@ class Emitter:
                     x = self.emit(R.clip(x, relax.prim_value(node.act[0]), relax.prim_value(min(node.act[1], 3.0e38))))
             else:
                 scale = const(self.plan.scale(name), "float32")
-                x = self.emit(R.multiply(R.astype(v.int_expr, "float32"), scale))
+                x = self.emit(R.astype(v.int_expr, "float32"))
+                z = P.zero_point(self.plan, name)
+                if z:
+                    x = self.emit(R.subtract(x, const(z, "float32")))
+                x = self.emit(R.multiply(x, scale))
             v.float_expr = x
         return v.float_expr
 
     def quantize(self, x, name: str):
-        """``clip(floor(x / s + 1/2), qmin, qmax)`` into the tensor's container (a float boundary)."""
+        """``clip(floor(x / s + 1/2) + z, qmin, qmax)`` into the tensor's container (a float boundary)."""
         tq = self.plan.tensors[name]
         qmin, qmax = qrange(tq.bits, tq.signed)
         y = R.floor(R.add(R.divide(x, const(self.plan.scale(name), "float32")), const(0.5, "float32")))
+        if tq.zero_point:
+            y = R.add(y, const(tq.zero_point, "float32"))
         y = R.clip(y, relax.prim_value(qmin), relax.prim_value(qmax))
         return self.emit(R.astype(y, P.container(tq)))
 
@@ -137,11 +143,14 @@ class Emitter:
         return self.emit(R.astype(x, dtype))
 
     def requantize(self, acc, rq: P.Requant, node: Node):
+        """``clip(SFC(acc) + z_out)`` into the output's container (:class:`~gwq_tvm.plan.program.Requant`)."""
         if rq.pre_clip is not None:  # result-preserving; keeps the int32 multiply from wrapping
             ndim = len(node.shape)
             acc = self.emit(R.maximum(R.astype(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
             acc = self.emit(R.minimum(acc, channel_const(rq.pre_clip[1], ndim, rq.work_dtype)))
         x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
+        if rq.zero_point:
+            x = self.emit(R.add(x, const(rq.zero_point, rq.work_dtype)))
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
 
     def layer_weight(self, acc: P.Accumulator, arrange=np.asarray):
@@ -161,6 +170,10 @@ class Emitter:
         sum of each partial, sliced along the input's channels and rescaled by its SFC
         (:func:`gwq_tvm.plan.program.input_block_partials`)."""
         x = self.as_int(node.inputs[0])
+        if acc.pad_value:  # the input has a zero point: pad with its code explicitly (the conv itself pads with 0)
+            top, left, bottom, right = (int(p) for p in node.attrs.get("padding", (0, 0, 0, 0)))
+            if top or left or bottom or right:
+                x = self.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", float(acc.pad_value)))
         if not acc.partials:
             return self.finish_acc(node, self.emit(op(x, self.layer_weight(acc, arrange))), acc)
         ndim, y = len(node.shape), None
@@ -213,6 +226,12 @@ class RealizeIntegerProgram:
         dynamic = [n for n, t in self.plan.tensors.items() if t.dynamic is not None]
         if dynamic:
             raise PlanError(f"tensors.{dynamic[0]}.dynamic: per-sample scales are not realized by this gwq-tvm yet")
+        for name in graph.tensors():
+            z = self.plan.tensors[name].zero_point
+            blocker = P.zero_point_blocker(graph, name, self.plan.layers) if z else None
+            if blocker is not None:
+                raise PlanError(f"tensors.{name}.zero_point: {z}, but {graph.nodes[blocker].kind} node {blocker} "
+                                f"does not take zero points (plan the tensor symmetric)")
         func = mod["main"]
         old = func.params[0]
         bb = relax.BlockBuilder()

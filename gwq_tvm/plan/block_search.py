@@ -21,6 +21,8 @@ its consumer layers), for ``search_rounds`` rounds.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -263,7 +265,7 @@ def search_plan(model, graph: Graph, plan: QuantPlan, images: np.ndarray, *, met
             best = BETAS[int(np.argmin(errs))]
             mantissa, exponent = S.split_scale(s0 * best)
             groups[t] = mantissa
-            tensors[t] = TensorQuant(tensors[t].bits, tensors[t].signed, t, exponent, tensors[t].dynamic)
+            tensors[t] = dataclasses.replace(tensors[t], group=t, exponent=exponent)
             for name, tq in list(tensors.items()):  # passthrough nodes share their owner's entry
                 if graph.tensor_of(name) == t and name != t:
                     tensors[name] = tensors[t]

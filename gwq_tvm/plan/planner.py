@@ -15,7 +15,7 @@ from ..graph import Graph, Node, kind_of
 from . import scales as S
 from . import post, strategies, sublayer
 from .grouping import ErrorCurve, Grouping, error_curve, group_tensors
-from .program import needs_integer_output, sfc_edges
+from .program import materialized, needs_integer_output, sfc_edges, zero_point_blocker
 from .quantplan import Arithmetic, QuantPlan, TensorQuant, WeightQuant
 
 
@@ -233,15 +233,91 @@ def build_plan(graph: Graph, stats: dict, config: QuantConfig = QuantConfig(), i
             mantissa, exponent = S.split_scale(ch.scale)
             groups[name] = mantissa
             tensors[name] = TensorQuant(ch.bits, ch.signed, name, exponent)
-    layers: dict[str, WeightQuant] = {}
+    layers = {name: layer_quant(node, config) for name, node in graph.nodes.items()
+              if node.weight is not None and not kind_of(node).passthrough}
+    if uses_zero_points(config):
+        for name in list(tensors):
+            tensors, groups = _with_zero_point(graph, name, stats[name], tensors, groups, layers, config.mode)
     for name, node in graph.nodes.items():
         if kind_of(node).passthrough:
             tensors[name] = tensors[graph.tensor_of(name)]
-        elif node.weight is not None:
-            layers[name] = layer_quant(node, config)
     tensors = {name: tensors[name] for name in graph.nodes}  # graph order
     return fit_bias_scales(QuantPlan(graph.fingerprint, groups, tensors, layers, input_shape=input_shape,
                                      arithmetic=Arithmetic(config.add_precision_bits), provenance=provenance(config)), graph)
+
+
+#: a zero point is taken only where it lowers the tensor's step at least this much (a symmetric range
+#: would otherwise gain the 255/254 of one more level)
+ZERO_POINT_GAIN = 0.9
+
+
+def uses_zero_points(config: QuantConfig) -> bool:
+    """Does ``config`` plan asymmetric activations (W8A8 without mixed precision and not ``symmetric_activations``)?"""
+    return (not config.symmetric_activations and not config.mixed_precision and config.weight_bits == 8
+            and config.act_bits == 8)
+
+
+def zero_point_choice(lo: float, hi: float, scale: float, bits: int, fixed_mantissa: bool = False,
+                      stats: TensorStats | None = None):
+    """The unsigned step and zero point of a signed tensor calibrated to ``[lo, hi]`` (``lo < 0 < hi``), or ``None``.
+
+    The symmetric tensor has step ``scale`` (``hi <= (2**(b-1) - 1) * scale``).  Held in
+    ``b``-bit unsigned codes with ``r = s' (q - z)``, ``z = clip(round(-lo / s'), 0, 2**b - 1)``:
+
+    * free scale (per-layer mode): ``s' = (hi - lo) / (2**b - 1)``, taken when
+      ``s' <= ZERO_POINT_GAIN * scale``;
+    * ``fixed_mantissa`` (pot, GWQ: the group decides the mantissa, and zero points do
+      not change whether an SFC is a shift): ``s' = scale / 2``, whose codes reach
+      ``top = (2**b - 1 - z) s'`` only.  Taken when the squared error this adds by
+      clipping the values above ``top`` (from ``stats``' histogram of ``|x|``: above
+      ``top >= -lo`` every counted value is positive), per element, is below what the
+      finer step saves, ``(s**2 - s'**2) / 12``.
+
+    Returns
+    -------
+    (float, int) or None
+        ``(s', z)``.
+    """
+    levels = (1 << bits) - 1
+    if not (lo < 0 < hi) or not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    step = scale / 2 if fixed_mantissa else (hi - lo) / levels
+    if not step <= ZERO_POINT_GAIN * scale:
+        return None
+    z = int(min(max(round(-lo / step), 0), levels))
+    if fixed_mantissa:
+        top = (levels - z) * step
+        if stats is None or top < -lo:
+            return None
+        centers = (np.asarray(stats.bin_edges[:-1]) + np.asarray(stats.bin_edges[1:])) / 2
+        counts = np.asarray(stats.hist, dtype=np.float64)
+        above = centers > top
+        extra = np.square(centers[above] - top) - np.square(np.maximum(centers[above] - hi, 0))
+        if float((counts[above] * extra).sum()) / max(counts.sum(), 1.0) >= (scale ** 2 - step ** 2) / 12:
+            return None
+    return step, z
+
+
+def _with_zero_point(graph: Graph, name: str, st: TensorStats, tensors: dict, groups: dict, layers: dict, mode):
+    """``(tensors, groups)`` with tensor ``name`` made unsigned with a zero point where
+    :func:`zero_point_choice` says so and its producer and readers take one (:func:`~gwq_tvm.plan.program.zero_point_blocker`)."""
+    tq = tensors[name]
+    if not tq.signed or tq.bits != 8 or tq.dynamic is not None or not materialized(graph, name):
+        return tensors, groups
+    m = groups[tq.group]
+    scale = math.ldexp(m, tq.exponent)
+    clip = scale * S.qrange(tq.bits, True)[1]
+    choice = zero_point_choice(max(st.min, -clip), min(st.max, clip), scale, tq.bits, mode is not ScaleMode.PER_LAYER, st)
+    if choice is None or zero_point_blocker(graph, name, layers) is not None:
+        return tensors, groups
+    step, z = choice
+    groups = dict(groups)
+    if mode is ScaleMode.PER_LAYER:
+        mantissa, exponent = S.split_scale(step)
+        groups[tq.group] = mantissa
+    else:
+        exponent = tq.exponent - 1
+    return {**tensors, name: dataclasses.replace(tq, signed=False, exponent=exponent, zero_point=z)}, groups
 
 
 def fit_bias_scales(plan: QuantPlan, graph: Graph) -> QuantPlan:

@@ -14,6 +14,19 @@ only turn recipes into ops.
   ``P = plan.arithmetic.add_precision_bits``), then
   ``q = clip((t_a + t_b + 2**(P-1)) >> P)`` (:func:`add_inputs`).
 * concat: each input ``SFC(q_i, s_i / s_out)``, clipped, then concatenated.
+
+**Zero points.**  A tensor may hold ``r = s * (q - z)`` (uint8, ``z =
+TensorQuant.zero_point``).  The kinds that accept one on their inputs
+(:meth:`~gwq_tvm.kinds.base.Kind.accepts_zero_point`) stay exact:
+
+* conv2d / dense: ``conv(q - z, q_w) = conv(q, q_w) - z * sum(q_w,c)``, so the
+  bias becomes ``q_b - z * sum(q_w,c)`` (int32, :func:`layer_accumulator`) and the
+  padding holds the code ``z`` (real 0) instead of 0 (``Accumulator.pad_value``);
+* global average pool: ``sum(q - z) = sum(q) - window * z`` (the bias);
+* product: ``(q_a - z_a) * (q_b - z_b)`` (the kind subtracts before multiplying);
+* lookup tables: the table is indexed by the code, only its values change
+  (:func:`lookup_table`);
+* every output through an SFC: ``q = clip(SFC(acc) + z_out)`` (:func:`requant`).
 """
 
 from __future__ import annotations
@@ -48,15 +61,21 @@ def container(tq: TensorQuant) -> str:
 
 
 def out_range(node: "Node", plan: QuantPlan) -> tuple[int, int]:
-    """Integer clip range of ``node``'s output: the dtype range narrowed by a fused ReLU/ReLU6."""
+    """Integer clip range of ``node``'s output: the dtype range narrowed by a fused ReLU/ReLU6
+    (the real bound ``lo`` is the code ``ceil(lo / s - 1/2) + z``, ``hi`` is ``floor(hi / s + 1/2) + z``)."""
     tq = plan.tensors[node.name]
     qmin, qmax = S.qrange(tq.bits, tq.signed)
     if node.act is not None:
-        s = plan.scale(node.name)
+        s, z = plan.scale(node.name), tq.zero_point
         lo, hi = node.act
-        qmin = max(qmin, math.ceil(lo / s - 0.5)) if math.isfinite(lo) else qmin
-        qmax = min(qmax, math.floor(hi / s + 0.5)) if math.isfinite(hi) else qmax
+        qmin = max(qmin, math.ceil(lo / s - 0.5) + z) if math.isfinite(lo) else qmin
+        qmax = min(qmax, math.floor(hi / s + 0.5) + z) if math.isfinite(hi) else qmax
     return qmin, qmax
+
+
+def zero_point(plan: QuantPlan, name: str) -> int:
+    """The zero point of tensor ``name`` (0 for a symmetric tensor)."""
+    return plan.tensors[name].zero_point
 
 
 def magnitude(tq: TensorQuant) -> int:
@@ -107,6 +126,9 @@ class Accumulator:
     #: the int8 table with ``weight == table[codes]``; the program computes the weight by that lookup
     codes: np.ndarray | None = None
     table: np.ndarray | None = None
+    #: the code a conv pads its input with: the input's zero point (real 0); with a nonzero one the conv's
+    #: padding is an explicit pad by this code before an unpadded conv
+    pad_value: int = 0
 
 
 def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
@@ -143,6 +165,10 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     if unsupported:
         raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
     grid = layer.block_scales(node.weight.shape[0])
+    z_in = zero_point(plan, src)
+    if z_in and (node.kind not in ("conv2d", "dense") or grid.shape[1] > 1):
+        raise PlanError(f"tensors.{src}.zero_point: {node.kind} layer {node.name} does not take an input zero point"
+                        + (" with input weight blocks" if node.kind in ("conv2d", "dense") else "") + " (plan it symmetric)")
     codes = table = None
     if layer.codebook == "post":
         if node.kind not in ("conv2d", "dense") or grid.shape[1] > 1 or not 2 <= layer.bits <= 5:
@@ -162,11 +188,18 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
         raise PlanError(f"layers.{node.name}: channel {c}'s bias {float(node.bias[c]):.4g} does not fit the int32 "
                         f"accumulator at weight scale {float(grid[c, 0]):.4g} (input scale {s_in:.4g}); its weight scale "
                         f"must be at least {abs(float(node.bias[c])) / (s_in * S.BIAS_LIMIT):.4g}") from None
+    if z_in:  # conv(q - z, q_w) + q_b = conv(q, q_w) + (q_b - z * sum(q_w,c)), padded with the code z
+        folded = -z_in * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+        if bq is not None:
+            folded = folded + bq.astype(np.int64)
+        if np.abs(folded).max() > INT32_MAX:
+            raise PlanError(f"layers.{node.name}: the bias with the input zero point {z_in} folded in does not fit int32")
+        bq = folded.astype(np.int32)
     per_channel = np.abs(wq.reshape(wq.shape[0], -1).astype(np.int64)).sum(axis=1) * in_mag
     bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
     if bound > INT32_MAX:
         raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
-    return Accumulator(acc_scale, bound, wq, bq, codes=codes, table=table)
+    return Accumulator(acc_scale, bound, wq, bq, codes=codes, table=table, pad_value=z_in)
 
 
 def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: float, in_mag: int) -> Accumulator:
@@ -212,10 +245,20 @@ def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: f
     return Accumulator(acc_scale, bound, wq, bq, partials=tuple(partials))
 
 
-def pool_accumulator(node: "Node", plan: QuantPlan, window: int) -> Accumulator:
-    """The accumulator of a pool summing ``window`` inputs: scale ``s_in / window``."""
+def pool_accumulator(node: "Node", plan: QuantPlan, window: int, zero_points: bool = False) -> Accumulator:
+    """The accumulator of a pool summing ``window`` inputs: scale ``s_in / window``.
+
+    With ``zero_points`` (a pool whose every window holds ``window`` real inputs: the global
+    average pool) the input's zero point ``z`` is the bias ``-window * z``: ``sum(q - z) = sum(q) - window * z``.
+    Other pools refuse a nonzero ``z``.
+    """
     src = node.inputs[0]
-    return Accumulator(np.array([plan.scale(src) / window]), window * magnitude(plan.tensors[src]), window=window)
+    z = zero_point(plan, src)
+    if z and not zero_points:
+        raise PlanError(f"tensors.{src}.zero_point: {node.kind} {node.name} does not take an input zero point (plan it symmetric)")
+    bias = np.array([-window * z], dtype=np.int32) if z else None
+    return Accumulator(np.array([plan.scale(src) / window]), window * (magnitude(plan.tensors[src]) + z), bias=bias,
+                       window=window)
 
 
 def accumulator(node: "Node", graph: "Graph", plan: QuantPlan) -> Accumulator:
@@ -228,7 +271,7 @@ def accumulator(node: "Node", graph: "Graph", plan: QuantPlan) -> Accumulator:
 
 @dataclass(frozen=True)
 class Requant:
-    """An SFC into an activation tensor plus its clip and container dtypes.
+    """An SFC into an activation tensor plus its clip and container dtypes: ``q = clip(SFC(acc) + zero_point)``.
 
     ``pre_clip`` (per-channel ``(lo, hi)``, int32 multiplies only) clips the
     accumulator before the multiply; it changes no result and keeps the
@@ -241,6 +284,7 @@ class Requant:
     dtype: str
     work_dtype: str
     pre_clip: tuple[np.ndarray, np.ndarray] | None = None
+    zero_point: int = 0
 
 
 def _work_dtype(sfc: SFC, bound: int) -> str:
@@ -264,11 +308,12 @@ def requant(node: "Node", acc: Accumulator, plan: QuantPlan) -> Requant:
     sfc = make_sfc(acc.scale / plan.scale(node.name))
     qmin, qmax = out_range(node, plan)
     dtype = container(plan.tensors[node.name])
-    if sfc.kind == "multiply" and acc.bound > 0:
-        narrow = int32_multiply(sfc, acc.bound, qmin, qmax)
+    z = zero_point(plan, node.name)
+    if sfc.kind == "multiply" and acc.bound > 0:  # the int32 form clips SFC(acc) to the range before + z
+        narrow = int32_multiply(sfc, acc.bound, qmin - z, qmax - z)
         if narrow is not None:
-            return Requant(narrow[0], qmin, qmax, dtype, "int32", pre_clip=narrow[1])
-    return Requant(sfc, qmin, qmax, dtype, _work_dtype(sfc, acc.bound))
+            return Requant(narrow[0], qmin, qmax, dtype, "int32", pre_clip=narrow[1], zero_point=z)
+    return Requant(sfc, qmin, qmax, dtype, _work_dtype(sfc, acc.bound + z), zero_point=z)
 
 
 def add_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
@@ -288,6 +333,30 @@ def concat_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
     """The SFC of each concat input into the output scale: ``s_i / s_out``."""
     s_out = plan.scale(node.name)
     return [make_sfc(plan.scale(src) / s_out) for src in node.inputs]
+
+
+def zero_point_blocker(graph: "Graph", owner: str, layers) -> str | None:
+    """The first node that cannot hold tensor ``owner`` with a nonzero zero point, ``None`` when none.
+
+    That is ``owner`` itself when its kind cannot add ``z_out``
+    (:attr:`~gwq_tvm.kinds.base.Kind.zero_point_out`), else a reader that does not
+    :meth:`~gwq_tvm.kinds.base.Kind.accepts_zero_point` (passthrough readers share the
+    tensor, so theirs count too).  ``layers``: the plan's weight quantization by layer.
+    """
+    if not _kind(graph.nodes[owner]).zero_point_out:
+        return owner
+    todo, seen = [owner], set()
+    while todo:
+        for reader in graph.consumers(todo.pop()):
+            if reader.name in seen:
+                continue
+            seen.add(reader.name)
+            kind = _kind(reader)
+            if not kind.accepts_zero_point(graph, reader, layers):
+                return reader.name
+            if kind.passthrough:
+                todo.append(reader.name)
+    return None
 
 
 def needs_integer_output(graph: "Graph", name: str) -> bool:
@@ -388,9 +457,10 @@ class Table:
 def lookup_table(node: "Node", plan: QuantPlan, fn) -> Table:
     """The table of an elementwise function ``fn`` (float64 numpy) of ``node``'s single input.
 
-    ``values[q - qmin_in] = clip(floor(fn(q * s_in) / s_out + 1/2), qmin_out, qmax_out)`` for every
-    input code ``q``: the correctly rounded output code of every input the tensor can hold, so the
-    table is exact by construction (error at most half an output step inside the output range).
+    ``values[q - qmin_in] = clip(floor(fn((q - z_in) * s_in) / s_out + 1/2) + z_out, qmin_out, qmax_out)``
+    for every input code ``q``: the correctly rounded output code of every input the tensor can hold, so the
+    table is exact by construction (error at most half an output step inside the output range).  The zero
+    points change only the values: the table is indexed by the code.
 
     Raises
     ------
@@ -402,20 +472,22 @@ def lookup_table(node: "Node", plan: QuantPlan, fn) -> Table:
     qmin_in, qmax_in = S.qrange(tq_in.bits, tq_in.signed)
     codes = np.arange(qmin_in, qmax_in + 1, dtype=np.int64)
     with np.errstate(all="ignore"):
-        y = np.asarray(fn(codes.astype(np.float64) * plan.scale(src)), dtype=np.float64)
-        q = np.floor(y / plan.scale(node.name) + 0.5)
+        x = (codes - tq_in.zero_point).astype(np.float64) * plan.scale(src)
+        y = np.asarray(fn(x), dtype=np.float64)
+        q = np.floor(y / plan.scale(node.name) + 0.5) + zero_point(plan, node.name)
     if np.isnan(q).any():
-        raise PlanError(f"{node.name}: the function is undefined (NaN) at input {codes[np.isnan(q)][0] * plan.scale(src):g}")
+        raise PlanError(f"{node.name}: the function is undefined (NaN) at input {x[np.isnan(q)][0]:g}")
     qmin, qmax = out_range(node, plan)
     dtype = container(plan.tensors[node.name])
     return Table(np.clip(q, qmin, qmax).astype(dtype), -qmin_in, dtype)
 
 
 def product_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
-    """The accumulator of an elementwise product of two tensors: ``acc = q_a * q_b``, scale ``s_a * s_b``."""
+    """The accumulator of an elementwise product of two tensors: ``acc = (q_a - z_a) * (q_b - z_b)``, scale ``s_a * s_b``."""
     a, b = node.inputs
     scale = np.array([plan.scale(a) * plan.scale(b)])
-    return Accumulator(scale, magnitude(plan.tensors[a]) * magnitude(plan.tensors[b]))
+    za, zb = zero_point(plan, a), zero_point(plan, b)
+    return Accumulator(scale, (magnitude(plan.tensors[a]) + za) * (magnitude(plan.tensors[b]) + zb))
 
 
 #: fractional bits of the PReLU slopes: ``q_alpha = rint(alpha * 2**SLOPE_BITS)``

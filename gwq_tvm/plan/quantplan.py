@@ -5,7 +5,8 @@ it was chosen:
 
 * every quantized activation tensor (a node output): :class:`TensorQuant`,
   ``bits``, ``signed`` and a static scale ``groups[group] * 2**exponent``
-  (or, with ``dynamic``, a per-sample step produced by a named node);
+  (or, with ``dynamic``, a per-sample step produced by a named node), and on
+  unsigned tensors an optional ``zero_point`` (``r = s * (q - z)``);
 * every layer with weights: :class:`WeightQuant`, a value object of bits,
   granularity (``tensor``, ``channel`` or ``block`` ``n_out x n_in``, with an
   optional output-channel permutation), codebook (``uniform``, ``pot``,
@@ -56,10 +57,13 @@ STORAGES = ("int8", "int4")
 
 @dataclass(frozen=True)
 class TensorQuant:
-    """Quantization of one activation tensor: ``r = groups[group] * 2**exponent * q``.
+    """Quantization of one activation tensor: ``r = groups[group] * 2**exponent * (q - zero_point)``.
 
     ``dynamic`` names the node that produces a per-sample multiplier of this
-    step (ASQ); ``None`` for a static scale.
+    step (ASQ); ``None`` for a static scale.  ``zero_point`` (an integer code of
+    the container, 0 by default) is nonzero only on unsigned tensors: an
+    asymmetric range ``[min, max]`` held in uint8 (see
+    :func:`gwq_tvm.plan.planner.zero_point_choice`).
     """
 
     bits: int
@@ -67,6 +71,7 @@ class TensorQuant:
     group: str
     exponent: int
     dynamic: str | None = None
+    zero_point: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,8 @@ def _tensor_dict(t: TensorQuant) -> dict:
     out = {"bits": t.bits, "signed": t.signed, "group": t.group, "exponent": t.exponent}
     if t.dynamic is not None:
         out["dynamic"] = t.dynamic
+    if t.zero_point:
+        out["zero_point"] = t.zero_point
     return out
 
 
@@ -339,7 +346,7 @@ def _ints(v, path: str) -> tuple:
 #: the keys of a version 2 plan and of its entries
 _KEYS = {
     "plan": {"format", "version", "fingerprint", "arithmetic", "groups", "tensors", "layers", "input_shape", "provenance"},
-    "tensor": {"bits", "signed", "group", "exponent", "dynamic"},
+    "tensor": {"bits", "signed", "group", "exponent", "dynamic", "zero_point"},
     "layer": {"bits", "granularity", "scales", "block", "codebook", "storage", "permutation"},
     "arithmetic": {"add_precision_bits"},
 }
@@ -364,7 +371,7 @@ def _read_v2(d: Mapping) -> QuantPlan:
         _known(t, "tensor", p)
         dyn = _get(t, "dynamic", str, p, None)
         tensors[name] = TensorQuant(_get(t, "bits", int, p), _get(t, "signed", bool, p), _get(t, "group", str, p),
-                                    _get(t, "exponent", int, p), dyn)
+                                    _get(t, "exponent", int, p), dyn, _get(t, "zero_point", int, p, 0))
     for name, w in _get(d, "layers", Mapping, "plan", {}).items():
         p = f"layers.{name}"
         if not isinstance(w, Mapping):
@@ -466,6 +473,12 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"tensors.{name}.group: unknown group {t.group!r}")
         if t.dynamic is not None and t.dynamic not in plan.tensors:
             raise PlanError(f"tensors.{name}.dynamic: unknown node {t.dynamic!r}")
+        if isinstance(t.zero_point, bool) or not isinstance(t.zero_point, int):
+            raise PlanError(f"tensors.{name}.zero_point must be an integer; got {t.zero_point!r}")
+        if t.zero_point and t.signed:
+            raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} on a signed tensor (zero points are for unsigned tensors only)")
+        if not 0 <= t.zero_point <= (1 << t.bits) - 1:
+            raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} is outside the {t.bits}-bit unsigned range 0..{(1 << t.bits) - 1}")
     for name, w in plan.layers.items():
         p = f"layers.{name}"
         if not 2 <= w.bits <= 8:

@@ -2,7 +2,9 @@
 
 Conventions, used everywhere in gwq-tvm:
 
-* A real value is ``r = s * q`` (zero point 0 throughout).
+* A real value is ``r = s * q``; an asymmetric activation tensor (uint8 with a
+  plan zero point ``z``, :class:`~gwq_tvm.plan.quantplan.TensorQuant`) is
+  ``r = s * (q - z)`` (:mod:`gwq_tvm.plan.program` says how each kind keeps it exact).
 * An unsigned ``b``-bit tensor holds ``q`` in ``[0, 2**b - 1]`` (``uint8``
   container); a signed one holds ``q`` in ``[-2**(b-1), 2**(b-1) - 1]`` (``int8``).
   Weights are narrow-symmetric: ``[-(2**(b-1) - 1), 2**(b-1) - 1]``.

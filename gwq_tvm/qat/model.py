@@ -167,6 +167,10 @@ class QATModel(nn.Module):
         if unsupported:
             raise UnsupportedOpError(f"QAT cannot train models with float-fallback ops: {', '.join(unsupported)}")
         check_clip_options(scale_clip, scale_clip_k, act_clip_k)
+        zp = next((t for t, tq in plan.tensors.items() if tq.zero_point), None)
+        if zp is not None:
+            raise UnsupportedOpError(f"QAT keeps activations symmetric; tensors.{zp} has zero point "
+                                     f"{plan.tensors[zp].zero_point}: plan with symmetric_activations=True (--symmetric-activations)")
         for n, w in plan.layers.items():
             if (w.granularity == "block" and w.block[1] != 1) or w.codebook != "uniform" or w.storage != "int8":
                 shape = f" {w.block[0]}x{w.block[1]}" if w.block else ""
