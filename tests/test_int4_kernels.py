@@ -6,6 +6,9 @@ dot-product instruction.  Bit-exact against the independent numpy
 reference, on x86 (VNNI) and, slow, on the emulated aarch64 board.
 """
 
+import re
+import shutil
+import uuid
 import warnings
 
 import numpy as np
@@ -16,10 +19,12 @@ from tvm import relax
 from gwq_tvm.ir import const_value
 from gwq_tvm.plan import post
 from gwq_tvm.reference import run_reference
+from gwq_tvm.remote.bench import upload
 from gwq_tvm.runtime import host_target
 from gwq_tvm.schedules import layout as L
 from gwq_tvm.schedules.build import compile_integer
 from gwq_tvm.schedules.pack_layout import PackInt8Layout
+from gwq_tvm.schedules.targets import export_compiler, resolve_target
 from gwq_tvm.schedules.vnni import has_vnni
 
 VNNI = has_vnni(host_target())
@@ -181,3 +186,38 @@ def test_int4_kernel_decodes_in_registers():
     asm = _asm(ex)
     assert "vpdpbusd" in asm and "vpshufb" in asm
     np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+# --- aarch64 sdot: tbl + sdot; bit-exact on the emulated board (slow) --------
+needs_cross_gcc = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                                     reason="apt-get install gcc-aarch64-linux-gnu")
+DOTPROD = "aarch64-dotprod"
+
+
+def test_int4_kernel_on_aarch64_holds_tbl_and_sdot():
+    """Cross-compiled for a dotprod board the int4 conv and dense are tbl (the table lookup) feeding sdot."""
+    for mod in (conv_module(16, 32, 8, 3, 1, 1, "uint8", "post")[0], dense_module(1, 64, 24, "uint8", "int4")[0]):
+        asm = _asm(_compile_strict(mod, resolve_target(DOTPROD)))
+        assert re.search(r"\ttbl\tv\d+\.16b", asm) and re.search(r"\tsdot\tv\d+\.4s", asm)
+
+
+def _run_remote(remote, ex, x, path):
+    path = path.with_name(f"{path.stem}_{uuid.uuid4().hex[:8]}.so")
+    ex.export_library(str(path), fcompile=export_compiler(resolve_target(DOTPROD)))
+    vm = relax.VirtualMachine(remote.load_module(upload(remote, path)), remote.cpu())
+    vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x), device=remote.cpu()))
+    vm.invoke_stateful("main")
+    out = vm.get_outputs("main")
+    return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+
+
+@pytest.mark.slow
+@needs_cross_gcc
+@pytest.mark.parametrize("form", ["int4", "post"])
+def test_int4_bit_exact_on_board(aarch64_remote, tmp_path, form):
+    """int4 / POST-4-bit convs (odd channels, strides, int8 and uint8 inputs) and a dense, on the emulated board."""
+    cases = [conv_module(*shape, form) for shape in SHAPES[:4]] + [dense_module(1, 64, 10, "uint8", form),
+                                                                   dense_module(3, 17, 24, "int8", form)]
+    for i, (mod, x) in enumerate(cases):
+        got = _run_remote(aarch64_remote, _compile_strict(mod, resolve_target(DOTPROD)), x, tmp_path / f"m{i}.so")
+        np.testing.assert_array_equal(got, run_reference(mod, x))

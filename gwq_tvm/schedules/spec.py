@@ -44,7 +44,7 @@ from typing import Callable
 import tvm
 
 from .amx import has_amx, register_amx_intrinsic
-from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_intrinsic, register_usmmla_intrinsic,
+from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic, register_sdot_intrinsic, register_usmmla_intrinsic,
                   register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import has_avx2, register_avx2_intrinsic
@@ -166,7 +166,7 @@ AARCH64_I8MM = KernelSpec("aarch64-i8mm", "uint8", 8, register_usmmla_intrinsic,
 per instruction; register tiles as sdot's (4 q registers per pixel's 16 accumulators), of even width where possible."""
 
 AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
-                          tile_fallback=7, channel_pairs=False)
+                          tile_fallback=7, channel_pairs=False, int4_intrinsic=register_sdot_int4_intrinsic)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
 
 AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=2, tile_fallback=7,
