@@ -221,3 +221,22 @@ def test_int4_bit_exact_on_board(aarch64_remote, tmp_path, form):
     for i, (mod, x) in enumerate(cases):
         got = _run_remote(aarch64_remote, _compile_strict(mod, resolve_target(DOTPROD)), x, tmp_path / f"m{i}.so")
         np.testing.assert_array_equal(got, run_reference(mod, x))
+
+
+# --- the plan's storage "int4" -------------------------------------------------
+@needs_vnni
+def test_plan_storage_int4_compiles_to_packed_int4_and_bit_exact(bundled_int8, fmnist):
+    """A 4-bit layer with storage int4 in the QuantPlan realizes, packs two weights per byte and stays exact."""
+    import dataclasses
+
+    import gwq_tvm
+
+    plan = bundled_int8.plan
+    edited = plan.replace(layers={**plan.layers, **{n: dataclasses.replace(l, bits=4, storage="int4")
+                                                    for n, l in plan.layers.items() if n != "conv2d_0"}})
+    mod = gwq_tvm.RealizeIntegerProgram(edited)(bundled_int8.float_model.mod)
+    assert _int4_kernels(mod) >= 2
+    x = fmnist[1][:2]
+    ex = _compile_strict(mod)
+    np.testing.assert_array_equal(np.concatenate([_run(ex, v[None]) for v in x]),
+                                  np.concatenate([run_reference(mod, v[None]) for v in x]))
