@@ -220,8 +220,8 @@ class _Packer:
         fewer, :attr:`gwq_tvm.plan.quantplan.WeightQuant.storage` ``"int4"``) becomes nibble codes with
         the sign extension table.  Either way ``table16[codes] == w`` exactly, so the rewrite is lossless.
         """
-        if not self.int4 or self.spec.int4_intrinsic is None:
-            return None
+        if not self.int4 or self.spec.int4_intrinsic is None or self.spec.intrinsic is None:
+            return None  # (a family with its dot-product step removed, e.g. an aarch64 layout run on x86, has no int4 step)
         if lookup is not None:
             table, codes = lookup
             if table.size > 16 or (codes.size and codes.max() >= table.size):
