@@ -179,12 +179,19 @@ def test_int4_dense_bit_exact(batch, k, n, dtype, form):
 
 
 @needs_vnni
-def test_int4_kernel_decodes_in_registers():
-    """The int4 conv holds vpdpbusd fed by vpshufb (the table lookup) and no int8 copy of the weight."""
-    mod, x = conv_module(16, 32, 8, 3, 1, 1, "uint8", "post")
-    ex = _compile_strict(mod)
+@pytest.mark.parametrize("mcpu, form, decode", [
+    ("znver4", "int4", ["vgf2p8affineqb"]),               # GFNI: one affine op sign-extends both nibble halves
+    ("znver4", "post", ["vgf2p8affineqb", "vpshufb"]),    # GFNI splits the codes, vpshufb looks them up
+    ("cascadelake", "int4", ["vpshufb"]),                 # no GFNI: mask, shift, concatenate, vpshufb
+    ("cascadelake", "post", ["vpshufb"]),
+])
+def test_int4_kernel_decodes_in_registers(mcpu, form, decode):
+    """The int4 conv holds vpdpbusd fed by the in-register decode (and no vgf2p8affineqb without GFNI); exact."""
+    mod, x = conv_module(16, 32, 8, 3, 1, 1, "uint8", form)
+    ex = _compile_strict(mod, tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
     asm = _asm(ex)
-    assert "vpdpbusd" in asm and "vpshufb" in asm
+    assert "vpdpbusd" in asm and all(op in asm for op in decode)
+    assert ("vgf2p8affineqb" in asm) == (mcpu == "znver4")
     np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
 
 
