@@ -7,14 +7,18 @@ a dense ``x[1, K] @ W[K, N]``) compiled with the packed kernels of this CPU
 * ``int8``: ``W`` a stored int8 constant (full range: the int8 kernel);
 * ``int4``: ``W`` in [-8, 7] (a uniform weight at 4 bits): stored as packed
   nibble codes, two per byte (:func:`gwq_tvm.schedules.layout.pack_conv_weight_int4`),
-  decoded in registers (mask, shift, ``vpshufb`` over the sign extension
-  table) and fed to the same ``vpdpbusd``;
+  decoded in registers (with GFNI one ``vgf2p8affineqb`` that splits and
+  sign-extends both nibble halves; without, mask, shift and ``vpshufb``
+  over the sign extension table) and fed to the same ``vpdpbusd``;
 * ``post``: a POST weight ``take(table, codes)`` at 4 bits, fused the same
   way (``vpshufb`` over the POST level table): no weight is materialized;
 * ``post-take``: the previous POST path, the lookup ``take(table, codes)``
   run per call into a full int8 weight, then the int8 kernel (the family's
   int4 step switched off).
 
+Each form is timed warm (the same call repeated: weights stay in cache) and
+cold (a 64 MiB buffer written before each call: weights come from memory,
+as in a batch-1 network whose earlier layers evicted them).
 Every form is checked bit for bit against :func:`gwq_tvm.reference.run_reference`
 and its weight bytes (the packed constant the module stores) are recorded.
 1 and 2 threads, each in a fresh subprocess (TVM's pool size is fixed at
@@ -91,6 +95,19 @@ def _median_ms(fn, runs: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def _cold_median_ms(fn, runs: int, scratch: np.ndarray) -> float:
+    """Median of ``runs`` calls, each after writing ``scratch`` (larger than the last-level cache share), so
+    that the call reads its weights from memory, as a batch-1 network does once earlier layers evicted them."""
+    fn()
+    times = []
+    for _ in range(runs):
+        scratch += 1
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
 def _weight_bytes(mod, spec) -> int:
     """Bytes of the constants the packed module stores (the packed weight, plus any table)."""
     from tvm import relax
@@ -117,6 +134,7 @@ def worker(threads: int, runs: int, out: Path) -> None:
     spec = kernel_spec(target)
     no_int4 = dataclasses.replace(spec, int4_intrinsic=None)
     rows = {}
+    scratch = np.zeros(64 << 20, np.uint8)  # 64 MiB: twice the L3 of this Zen 4
     for shape in SHAPES:
         row = {}
         for form in FORMS:
@@ -127,6 +145,7 @@ def worker(threads: int, runs: int, out: Path) -> None:
             row[f"{form} exact"] = bool(np.array_equal(vm["main"](arg).numpy(), run_reference(mod, x)))
             row[f"{form} bytes"] = _weight_bytes(mod, use)
             row[form] = _median_ms(lambda: vm["main"](arg), runs)
+            row[f"{form} cold"] = _cold_median_ms(lambda: vm["main"](arg), max(10, runs // 4), scratch)
         rows[shape[0]] = row
         print(f"threads={threads} {shape[0]}: {row}", file=sys.stderr, flush=True)
     out.write_text(json.dumps({"family": spec.name, "rows": rows}))
@@ -161,20 +180,23 @@ def main(argv=None) -> None:
             f"{meta['load_average'][0]:.1f} on 2 cores at the end): compare ratios, not absolute figures.**\n\n"
             if args.loaded else "")
     lines = [f"# Packed int4 weight kernels vs int8 ({family}, batch 1, median ms)", "",
-             note + "`int4`: uniform weights in [-8, 7] stored two per byte, decoded in registers (vpshufb) into "
-             "vpdpbusd; `post`: POST 4-bit codes, same kernel with the POST table; `post-take`: the old POST path "
+             note + "`int4`: uniform weights in [-8, 7] stored two per byte, decoded in registers (GFNI vgf2p8affineqb on "
+             "this CPU) into vpdpbusd; `post`: POST 4-bit codes, same kernel with the POST table; `post-take`: the old POST path "
              "(take(table, codes) per call, then the int8 kernel). Ratios are against `int8`; "
-             "weight KiB = the packed constants the module stores.", ""]
+             "weight KiB = the packed constants the module stores. Warm: the call repeated (weights in cache); "
+             "cold: a 64 MiB buffer written before each call (weights from memory).", ""]
     for t, rows in results.items():
         lines += [f"## {t} thread(s)", "",
                   "| layer | int8 | int4 | int4/int8 | post | post/int8 | post-take | post-take/int8 "
-                  "| weight KiB int8 / int4 | exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| cold int8 | cold int4 | cold int4/int8 | cold post/int8 | weight KiB int8 / int4 | exact |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             exact = all(r[f"{f} exact"] for f in FORMS)
             lines.append(f"| {name} | {r['int8']:.4f} | {r['int4']:.4f} | {r['int4'] / r['int8']:.2f} | "
                          f"{r['post']:.4f} | {r['post'] / r['int8']:.2f} | {r['post-take']:.4f} | "
-                         f"{r['post-take'] / r['int8']:.2f} | {r['int8 bytes'] / 1024:.1f} / {r['int4 bytes'] / 1024:.1f} "
-                         f"| {exact} |")
+                         f"{r['post-take'] / r['int8']:.2f} | {r['int8 cold']:.4f} | {r['int4 cold']:.4f} | "
+                         f"{r['int4 cold'] / r['int8 cold']:.2f} | {r['post cold'] / r['int8 cold']:.2f} | "
+                         f"{r['int8 bytes'] / 1024:.1f} / {r['int4 bytes'] / 1024:.1f} | {exact} |")
         lines.append("")
     write_text(OUT / "int4_kernels.md", "\n".join(lines))
 
