@@ -5,9 +5,14 @@ a dense) compiled with :func:`gwq_tvm.schedules.build.compile_integer` for
 this CPU (the VNNI packed kernels here), in three forms:
 
 * ``int8``: ``W`` a stored int8 constant (uniform weights);
-* ``post-lut``: ``W = take(table, codes)``, the POST layer as gwq-tvm emits it
-  (stored uint8 codes, the 16-entry table looked up per call, then the same
-  packed int8 kernel);
+* ``post-lut``: ``W = take(table, codes)``, the POST layer as gwq-tvm emits it,
+  compiled as the fused int4 lookup-table kernel: the codes stored two per
+  byte and looked up in registers (``vpshufb`` / ``tbl`` over the 16-entry
+  table) right before the dot product, no weight materialized
+  (:func:`gwq_tvm.schedules.compute.int4_weight`);
+* ``post-take``: the previous path, kept for comparison: the lookup
+  ``take(table, codes)`` run per call into a full int8 weight, then the
+  packed int8 kernel (the family's int4 step switched off);
 * ``post-shift`` (the alternative, weight decode only): the int8 weights made
   from the signed index ``j`` by ``sign(j) * ((64 >> e) * q) >> 6`` with
   ``e = (|j|-1) >> 1`` and ``q = 45`` (Q6 ``1/sqrt 2``) for odd ``|j|-1``, else 64:
@@ -58,7 +63,7 @@ def _module(shape, form: str, seed: int = 0):
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            if form == "int8":
+            if form == "int8":  # "post": the lookup take(table, codes)
                 w = relax.const(np.ascontiguousarray(table[codes].T if dense else table[codes]), "int8")
             else:
                 w = bb.emit(R.take(relax.const(table, "int8"), relax.const(np.ascontiguousarray(codes.T if dense else codes),
@@ -118,16 +123,21 @@ def worker(threads: int, runs: int, out: Path) -> None:
 
     from gwq_tvm.reference import run_reference
     from gwq_tvm.runtime import host_target
-    from gwq_tvm.schedules.build import compile_integer
+    import dataclasses
+
+    from gwq_tvm.schedules.build import compile_packed
+    from gwq_tvm.schedules.spec import kernel_spec
 
     target = host_target()
+    spec = kernel_spec(target)
     rows = {}
     for shape in SHAPES:
         row = {}
         ref = None
-        for form in ("int8", "post-lut"):
-            mod, x = _module(shape, form)
-            vm = relax.VirtualMachine(compile_integer(mod, target), tvm.cpu())
+        for form in ("int8", "post-lut", "post-take"):
+            mod, x = _module(shape, "int8" if form == "int8" else "post")
+            use = dataclasses.replace(spec, int4_intrinsic=None) if form == "post-take" else spec
+            vm = relax.VirtualMachine(compile_packed(mod, target, use), tvm.cpu())
             arg = tvm.runtime.tensor(np.ascontiguousarray(x))
             got = vm["main"](arg).numpy()
             ref = run_reference(mod, x) if ref is None else ref
@@ -168,14 +178,18 @@ def main(argv=None) -> None:
     write_text(OUT / "post_kernel.json", json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     note = ("**Taken on a shared machine under heavy load from other jobs: the ratios, not the absolute "
             "figures, are the information.**\n\n" if args.loaded else "")
-    lines = ["# POST lookup kernel vs int8 (batch 1, median ms)", "", note + "`post-lut`: take(table, codes) per call "
-             "then the same packed int8 kernel; `decode lut`/`decode shift`: the weight decode alone.", ""]
+    lines = ["# POST lookup kernel vs int8 (batch 1, median ms)", "", note + "`post-lut`: the fused int4 lookup-table "
+             "kernel (codes two per byte, vpshufb/tbl in registers, then the dot product); `post-take`: the old path, "
+             "take(table, codes) per call then the packed int8 kernel; `decode lut`/`decode shift`: the weight decode "
+             "alone (as take / as shift and multiply).", ""]
     for t, rows in results.items():
-        lines += [f"## {t} thread(s)", "", "| layer | int8 | post-lut | ratio | decode lut | decode shift | exact |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {t} thread(s)", "", "| layer | int8 | post-lut | ratio | post-take | ratio | decode lut "
+                  "| decode shift | exact |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
+            exact = r['int8 exact'] and r['post-lut exact'] and r['post-take exact']
             lines.append(f"| {name} | {r['int8']:.4f} | {r['post-lut']:.4f} | {r['post-lut'] / r['int8']:.2f} | "
-                         f"{r['decode lut']:.4f} | {r['decode shift']:.4f} | {r['int8 exact'] and r['post-lut exact']} |")
+                         f"{r['post-take']:.4f} | {r['post-take'] / r['int8']:.2f} | "
+                         f"{r['decode lut']:.4f} | {r['decode shift']:.4f} | {exact} |")
         lines.append("")
     write_text(OUT / "post_kernel.md", "\n".join(lines))
 

@@ -75,7 +75,7 @@ def test_reference_catches_int64_overflow():
 @pytest.mark.parametrize("change, message", [
     # post is realized since ASQ (tests/test_post.py); pot is not
     (dict(codebook="pot"), "codebook pot is not realized"),
-    (dict(storage="int4", bits=4), "storage int4 is not realized"),
+    # storage int4 is realized since the packed int4 kernels (tests/test_int4_kernels.py)
     # permutations and input blocks are realized since PTQ-SL (tests/test_subl_gdrq.py); 2 input blocks
     # cannot split conv2d_0's 1*3*3 weight columns
     (dict(granularity="block", block=(2, 2), scales=(0.01,) * 4), "do not divide the 9 weight columns"),

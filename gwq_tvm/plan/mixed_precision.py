@@ -32,9 +32,12 @@ subject to any of
 
 Layers and tensors with a fixed width (the first and last layers and the
 model input, as ``end_bits`` does) enter as constants.  ``size`` counts
-``bits * count / 8`` bytes of weights (a 4-bit weight is half a byte, as if
-packed two per byte; today's compiled modules still hold them in int8
-containers: int4 storage is not built), biases excluded.
+``bits * count / 8`` bytes of weights, biases excluded.  The compiled
+modules store 4-bit weights packed two per byte on the families with an
+int4 step (x86 VNNI/AMX, aarch64 sdot; :mod:`gwq_tvm.schedules.pack_layout`),
+so 4 and 8 bits are counted as stored there; 2- and 3-bit weights take a
+4-bit nibble each and 5- to 7-bit ones an int8 byte, so for those widths
+(and on families without an int4 step) this size is below the real one.
 """
 
 from __future__ import annotations

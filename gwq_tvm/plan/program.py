@@ -160,8 +160,10 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     src = node.inputs[0]
     s_in, in_mag = plan.scale(src), magnitude(plan.tensors[src])
     layer = plan.layers[node.name]
-    unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook not in ("uniform", "post")),
-                                   ("storage " + layer.storage, layer.storage != "int8")) if on]
+    # storage "int4" (bits <= 4, checked by the plan) realizes as storage "int8": the weights' values lie in
+    # [-8, 7] (POST: codes below 16), and the kernel families with an int4 step store them two per byte
+    # (gwq_tvm.schedules.pack_layout, Packer.int4_weight); the others keep int8 containers.
+    unsupported = [f for f, on in (("codebook " + layer.codebook, layer.codebook not in ("uniform", "post")),) if on]
     if unsupported:
         raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
     grid = layer.block_scales(node.weight.shape[0])

@@ -64,7 +64,7 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
-from .intrin import dot_2x16xk_desc, dot_16x4_desc, dot_16xk_desc
+from .intrin import dot_2x16xk_desc, dot_16x4_desc, dot_16x4_int4_desc, dot_16xk_desc
 
 SDOT_INTRIN = "gwq_dot_16x4_sdot"
 """Our name for the 16-lane, 4-deep int8 x int8 -> int32 ``sdot`` intrinsic."""
@@ -103,6 +103,61 @@ def register_sdot_intrinsic() -> str:
     """Register :data:`SDOT_INTRIN` (idempotent, cheap) and return its name."""
     tvm.s_tir.TensorIntrin.register(SDOT_INTRIN, dot_16x4_desc("int8"), _dot_16x4_sdot_impl(), override=True)
     return SDOT_INTRIN
+
+
+SDOT_INT4_INTRIN = "gwq_dot_16x4_int4_sdot"
+"""Name prefix of the packed int4 ``sdot`` steps (one per code table)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_int4_sdot_impl(table: tuple):
+    """The packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`, int8 activations) in registers.
+
+    Two 16-byte loads of codes (rows 0-3 and 4-7 of ``B``); their low nibbles
+    (``& 15``) are the weights of lanes 0-3 / 4-7, their high nibbles
+    (``>> 4``) those of lanes 8-11 / 12-15; each 16-code vector becomes 16 int8
+    weights by ``tbl`` (``llvm.aarch64.neon.tbl1``) over the 16-entry table
+    held in one q register, and feeds one ``sdot`` as the int8 step's do.
+    """
+    entries = [tvm.tirx.const(int(t), "int8") for t in table]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((8, 4), "uint8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+            tab = T.Shuffle(entries, list(range(16)))
+            for h, j in T.grid(2, 2):  # nibble h of rows 4j..4j+3: lanes 8h + 4j .. 8h + 4j + 3
+                codes = T.bitwise_and(T.shift_right(B.vload([j * 4, 0], dtype="uint8x16"),
+                                                    T.broadcast(T.Cast("uint8", h * 4), 16)),
+                                      T.broadcast(T.uint8(15), 16))
+                C[T.ramp(h * 8 + j * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([h * 8 + j * 4], dtype="int32x4"),
+                    a_i8x16,
+                    T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.tbl1.v16i8"), tab,
+                                            T.reinterpret(codes, dtype="int8x16"), dtype="int8x16"),
+                    dtype="int32x4",
+                )
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register_sdot_int4_intrinsic(table: tuple) -> str:
+    """Register the int4 ``sdot`` step of code table ``table`` (16 ints; idempotent, cheap) and return its name."""
+    from .vnni import table_key
+
+    name = f"{SDOT_INT4_INTRIN}_{table_key(table)}"
+    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("int8", table), _dot_16x4_int4_sdot_impl(table),
+                                    override=True)
+    return name
 
 
 USMMLA_INTRIN = "gwq_dot_16x8_usmmla"

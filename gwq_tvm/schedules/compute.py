@@ -58,8 +58,34 @@ def _padded_input(data, padding, offset: int, name: str, widen: str | None = Non
     return te.compute((n, cc, h + pt + pb, w + pl + pr, cb), value, name=name)
 
 
-def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0, widen: str | None = None):
-    """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight.
+INT4_TABLE_ATTR = "gwq.int4_table"
+"""Annotation of a packed int4 conv block: its 16-entry code table, ``"t0,t1,...,t15"`` (the schedule picks the
+tensor intrinsic registered for that table, :func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`)."""
+
+
+def int4_weight(byte, lane, table):
+    """The int8 weight of output lane ``lane`` (0..15) held in packed ``byte``: ``table[(byte >> 4 * (lane // 8)) & 15]``.
+
+    ``byte`` is the packed weight at row ``lane % 8`` (layout
+    :func:`gwq_tvm.schedules.layout.pack_conv_weight_int4`); ``table`` is a
+    tuple of 16 int8 values, compile-time constants of the kernel, so the
+    lookup is written as a chain of selects on the code (a TIR load from a
+    table buffer by a loaded index could not be matched by ``tensorize``: two
+    data-dependent indices are never provably equal).  The one TIR
+    description of the nibble decode: the conv compute below and the int4
+    tensor intrinsics' description both build it here, so they match structurally.
+    """
+    shift = (lane // 8 * 4).astype("uint8")
+    code = tvm.tirx.bitwise_and(tvm.tirx.shift_right(byte, shift), tvm.tirx.const(15, "uint8"))
+    value = tvm.tirx.const(int(table[15]), "int8")
+    for u in range(14, -1, -1):
+        value = tvm.tirx.Select(code == tvm.tirx.const(u, "uint8"), tvm.tirx.const(int(table[u]), "int8"), value)
+    return value
+
+
+def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0, widen: str | None = None,
+                      table=None):
+    """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight (or its packed int4 form).
 
     Parameters
     ----------
@@ -78,6 +104,12 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0,
         Store the padded input in this wider type (``"int16"``: the AVX2
         family multiplies int16 operands); the input stage is then always
         materialized.
+    table : sequence of 16 ints, optional
+        ``weight`` is packed int4, ``(O/16, C/cb, KH, KW, cb/4, 8, 4)`` uint8
+        (two codes per byte), and the weight of lane ``oi`` is
+        ``table[code]`` (:func:`int4_weight`): the sign extension table for
+        uniform int4 weights, the POST level table for POST codes.  The
+        block carries the table as annotation :data:`INT4_TABLE_ATTR`.
 
     Returns
     -------
@@ -85,6 +117,8 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0,
     """
     n, _, h, w, _ = data.shape
     occ, icc, kh, kw, icb4, ocb, k4 = (int(v) for v in weight.shape)
+    if table is not None:
+        ocb *= 2
     sh, sw = (int(s) for s in strides)
     dh, dw = (int(d) for d in dilation)
     pt, pl, pb, pr = (int(p) for p in padding)
@@ -99,9 +133,12 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0,
 
     def acc(b, o, y, x, oi):
         a = src[b, rc, y * sh + ry * dh, x * sw + rx * dw, rb * k4 + r4]
-        return te.sum(a.astype("int32") * weight[o, rc, ry, rx, rb, oi, r4].astype("int32"), axis=[rc, ry, rx, rb, r4])
+        wv = (weight[o, rc, ry, rx, rb, oi, r4] if table is None
+              else int4_weight(weight[o, rc, ry, rx, rb, oi % 8, r4], oi, table))
+        return te.sum(a.astype("int32") * wv.astype("int32"), axis=[rc, ry, rx, rb, r4])
 
-    return te.compute((n, occ, oh, ow, ocb), acc, name=CONV_BLOCK)
+    attrs = None if table is None else {INT4_TABLE_ATTR: ",".join(str(int(t)) for t in table)}
+    return te.compute((n, occ, oh, ow, ocb), acc, name=CONV_BLOCK, attrs=attrs)
 
 
 def conv2d_float_packed_weight(data, weight, strides, padding, dilation):

@@ -34,7 +34,7 @@ from tvm import s_tir, tirx
 from tvm.sym.pattern import detect_linear_equation
 
 from .amx import TILE_N, tile_rows
-from .compute import CONV_BLOCK, CONV_INPUT_BLOCK, DW_BLOCK, DW_INPUT_BLOCK, FLOAT_CONV_BLOCK, FLOAT_CONV_INPUT_BLOCK
+from .compute import INT4_TABLE_ATTR, CONV_BLOCK, CONV_INPUT_BLOCK, DW_BLOCK, DW_INPUT_BLOCK, FLOAT_CONV_BLOCK, FLOAT_CONV_INPUT_BLOCK
 from .spec import X86_VNNI, KernelSpec
 
 _DATA_PAR, _REDUCE = 0, 2
@@ -175,9 +175,12 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, para
     each pair's ``[2] x [16] x [k]`` is tensorized; otherwise one pixel's
     ``[16] x [k]`` is.
     """
-    intrin = spec.intrinsic() if spec.intrinsic is not None else None
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
+    intrin = spec.intrinsic() if spec.intrinsic is not None else None
+    table = sch.get(block).annotations.get(INT4_TABLE_ATTR)
+    if table is not None:  # packed int4 (pack_layout does so only for families with an int4 step)
+        intrin = spec.int4_intrinsic(tuple(int(t) for t in str(table).split(",")))
     stride = _input_stride(sch, block)
     b, o, y, x, oi, rc, ry, rx, rb, r4 = sch.get_loops(block)
     if spec.tile_intrinsic is not None and _extent(sch, oi) == TILE_N:  # packed for matrix tiles (pack_layout)

@@ -77,3 +77,36 @@ def dot_2x16xk_desc(a_dtype: str, b_dtype: str, k: int, stride: int):
                     C[vp, vi] = C[vp, vi] + T.cast(A[vp * stride, vk], "int32") * T.cast(B[vi, vk], "int32")
 
     return desc
+
+
+@functools.lru_cache(maxsize=None)
+def dot_16x4_int4_desc(a_dtype: str, table: tuple):
+    """The TensorIntrin description of one packed int4 step with code table ``table`` (16 int8 constants).
+
+    ::
+
+        C[i] += sum_k int32(A[k]) * int32(table[(B[i % 8, k] >> 4 * (i // 8)) & 15])     i < 16, k < 4,
+        A: a_dtype[4], B: uint8[8, 4] (two codes per byte), C: int32[16]
+
+    (the decode is :func:`gwq_tvm.schedules.compute.int4_weight`, shared with the conv compute; int64
+    iterators, as the legalized Relax kernels have).
+    """
+    from .compute import int4_weight
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, 4), "uint8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(T.int64(0), T.int64(16)):
+                for r in T.serial(T.int64(0), T.int64(4)):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, r])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
+                            int4_weight(B[vi % T.int64(8), vk], vi, table), "int32")
+
+    return desc

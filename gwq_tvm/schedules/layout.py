@@ -130,3 +130,43 @@ def offset_compensation(weight: np.ndarray, offset: int) -> np.ndarray:
 def signed_input_compensation(weight: np.ndarray) -> np.ndarray:
     """``128 * sum(w)`` per output channel: :func:`offset_compensation` of the VNNI path (int8 read as uint8)."""
     return offset_compensation(weight, 128)
+
+
+INT4_ROWS = OC_BLOCK // 2
+"""Bytes per ``k``-row of one packed int4 step: byte ``[i, k]`` holds lane ``i`` (low nibble) and lane ``i + 8``
+(high nibble), so the low nibbles of a step's 32 bytes are lanes 0-7 and the high nibbles lanes 8-15, each in the
+``[16o][4i]`` order of the int8 step: unpacking is a mask, a shift and one concatenation of the two halves."""
+
+
+def sign_extension_table() -> np.ndarray:
+    """The 16-entry int8 table of a two's-complement nibble: ``table[u] = u - 16 * (u >= 8)`` (0..7, -8..-1)."""
+    u = np.arange(16)
+    return (u - 16 * (u >= 8)).astype(np.int8)
+
+
+def int4_codes(weight: np.ndarray) -> np.ndarray:
+    """The nibble codes ``u = w mod 16`` (uint8) of int4 weights ``-8 <= w <= 7`` (``sign_extension_table()[u] = w``)."""
+    w = np.asarray(weight)
+    if w.size and (w.min() < -8 or w.max() > 7):
+        raise ValueError(f"int4 weights must lie in [-8, 7], got [{w.min()}, {w.max()}]")
+    return (w.astype(np.int16) & 15).astype(np.uint8)
+
+
+def pack_conv_weight_int4(codes: np.ndarray, in_block: int, k_block: int = K_BLOCK) -> np.ndarray:
+    """OIHW nibble codes (uint8, ``< 16``) -> ``(Op/16, Cp/cb, KH, KW, cb/k, 8, k)`` uint8, two codes per byte.
+
+    ``packed[..., i, r] = codes16[..., i, r] | codes16[..., i + 8, r] << 4`` where ``codes16`` is
+    :func:`pack_conv_weight` of the codes (``[16o][k i]`` per step, zero-padded: code 0 is the level 0 of every
+    table in use).  The weight takes half the bytes of the int8 one; the kernel turns a code ``u`` into
+    ``table[u]`` in registers (:func:`gwq_tvm.schedules.compute.conv2d_nchwc_int8` with a ``table``).
+    """
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8 or (codes.size and codes.max() > 15):
+        raise ValueError("int4 codes must be uint8 values below 16")
+    w = pack_conv_weight(codes, in_block, k_block)
+    return np.ascontiguousarray(w[..., :INT4_ROWS, :] | (w[..., INT4_ROWS:, :] << 4))
+
+
+def unpack_conv_weight_int4(packed: np.ndarray) -> np.ndarray:
+    """Inverse of the nibble packing of :func:`pack_conv_weight_int4`: ``(..., 8, k)`` uint8 -> ``(..., 16, k)`` codes."""
+    return np.concatenate([packed & 15, packed >> 4], axis=-2)

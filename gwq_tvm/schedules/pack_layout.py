@@ -130,9 +130,10 @@ def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
 class _Packer:
     """Re-emits ``main``'s bindings, keeping each tensor in NCHW, packed, or both (lazily)."""
 
-    def __init__(self, bb: relax.BlockBuilder, spec: KernelSpec):
+    def __init__(self, bb: relax.BlockBuilder, spec: KernelSpec, int4: bool = True):
         self.bb = bb
         self.spec = spec
+        self.int4 = int4
         self.plain: dict = {}
         self.packed: dict = {}
         #: POST weights ``take(table, codes)`` of constants: var -> (table, codes), emitted only where used unpacked
@@ -211,6 +212,25 @@ class _Packer:
         table, codes = lookup
         return self.bb.emit(_lookup(table.astype(dtype), pack(codes)))
 
+    def int4_weight(self, w: np.ndarray, lookup) -> tuple | None:
+        """``(table16, codes)`` when this family has an int4 step and the weight fits 4-bit codes, else ``None``.
+
+        A POST weight ``take(table, codes)`` with at most 16 levels keeps its codes and its table (padded
+        to 16 entries); a stored weight whose values all lie in [-8, 7] (a uniform weight at 4 bits or
+        fewer, :attr:`gwq_tvm.plan.quantplan.WeightQuant.storage` ``"int4"``) becomes nibble codes with
+        the sign extension table.  Either way ``table16[codes] == w`` exactly, so the rewrite is lossless.
+        """
+        if not self.int4 or self.spec.int4_intrinsic is None or self.spec.intrinsic is None:
+            return None  # (a family with its dot-product step removed, e.g. an aarch64 layout run on x86, has no int4 step)
+        if lookup is not None:
+            table, codes = lookup
+            if table.size > 16 or (codes.size and codes.max() >= table.size):
+                return None
+            return np.concatenate([table, np.zeros(16 - table.size, np.int8)]).astype(np.int8), codes
+        if w.size and (w.min() < -8 or w.max() > 7):
+            return None
+        return L.sign_extension_table(), L.int4_codes(w)
+
     def conv2d(self, call, weight=None) -> _Packed | None:
         data = call.args[0]
         w, lookup = weight if weight is not None else self.weight_of(call.args[1])
@@ -228,10 +248,18 @@ class _Packer:
             return _Packed(y, w.shape[0], src.block)
         in_block, out_block = (TILE_K, TILE_N) if tiles else (src.block, L.OC_BLOCK)
         offset = self.spec.input_offset(_dtype(data))
-        wdtype = self.spec.weight_dtype
-        wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, in_block, self.spec.k_block, out_block), wdtype)
-        y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset, widen=self.spec.operand_dtype,
-                            primfunc_name_hint="gwq_conv2d")
+        nibbles = None if tiles else self.int4_weight(w, lookup)
+        if nibbles is not None:  # two codes per byte, decoded in the kernel's registers
+            table, codes = nibbles
+            wp = relax.const(L.pack_conv_weight_int4(codes, in_block), "uint8")
+            y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset,
+                                table=tuple(int(t) for t in table), primfunc_name_hint="gwq_conv2d_int4")
+        else:
+            wdtype = self.spec.weight_dtype
+            wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, in_block, self.spec.k_block, out_block),
+                                    wdtype)
+            y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset,
+                                widen=self.spec.operand_dtype, primfunc_name_hint="gwq_conv2d")
         if offset:
             comp = L.offset_compensation(w, offset).astype(np.int32).reshape(1, -1, 1, 1)
             comp = L.pack_channel_const(comp, w.shape[0], out_block)
@@ -380,13 +408,13 @@ def _rewritable(func) -> bool:
             and all(isinstance(b, relax.VarBinding) for blk in func.body.blocks for b in blk.bindings))
 
 
-def _pack_function(func: relax.Function, spec: KernelSpec) -> tvm.IRModule:
+def _pack_function(func: relax.Function, spec: KernelSpec, int4: bool = True) -> tvm.IRModule:
     """A module holding the rewritten ``main`` and the packed kernels it calls."""
     bb = relax.BlockBuilder()
     attrs = dict(func.attrs.items()) if func.attrs is not None else None
     with bb.function("main", list(func.params), attrs=attrs):
         with bb.dataflow():
-            packer = _Packer(bb, spec)
+            packer = _Packer(bb, spec, int4)
             for p in func.params:
                 packer.plain[p] = p
             for blk in func.body.blocks:
@@ -411,16 +439,21 @@ class PackInt8Layout:
     spec : KernelSpec
         The kernel family (:func:`gwq_tvm.schedules.spec.kernel_spec` of the
         target); default x86 VNNI.
+    int4 : bool
+        Store weights that fit 4-bit codes (uniform values in [-8, 7], POST
+        codes of at most 16 levels) packed two per byte, for families with an
+        int4 step (``spec.int4_intrinsic``); ``False`` keeps every weight int8.
     """
 
-    def __init__(self, spec: KernelSpec = X86_VNNI):
+    def __init__(self, spec: KernelSpec = X86_VNNI, int4: bool = True):
         self.spec = spec
+        self.int4 = int4
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         func = mod["main"] if any(gv.name_hint == "main" for gv in mod.get_global_vars()) else None
         if not _rewritable(func):
             return mod
-        new_mod = _pack_function(func, self.spec)
+        new_mod = _pack_function(func, self.spec, self.int4)
         for gv, f in mod.functions_items():
             if gv.name_hint != "main":
                 new_mod[gv] = f

@@ -44,11 +44,11 @@ from typing import Callable
 import tvm
 
 from .amx import has_amx, register_amx_intrinsic
-from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_intrinsic, register_usmmla_intrinsic,
+from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic, register_sdot_intrinsic, register_usmmla_intrinsic,
                   register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import has_avx2, register_avx2_intrinsic
-from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_intrinsic
+from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_int4_intrinsic, register_vnni_intrinsic
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ class KernelSpec:
         MetaSchedule's stock rules have no rule for this family's intrinsic:
         tuning adds one that tensorizes with ``intrinsic``
         (:func:`gwq_tvm.schedules.tune.design_space`).
+    int4_intrinsic : callable or None
+        ``table -> name``: registers the packed int4 step with 16-entry code table ``table`` (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`:
+        32 bytes of nibble codes decoded through a 16-entry table in
+        registers, then the family's dot product) and returns its name;
+        ``None``: the family keeps int4 weights as int8.
     """
 
     name: str
@@ -108,6 +113,7 @@ class KernelSpec:
     tile_intrinsic: Callable[[int], str] | None = None
     pair_intrinsic: Callable[[int], str] | None = None
     tune_intrinsic: bool = False
+    int4_intrinsic: Callable[[tuple], str] | None = None
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
@@ -135,11 +141,12 @@ class KernelSpec:
 
 
 X86_VNNI = KernelSpec("x86-vnni", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_min=4, tile_fallback=16,
-                      channel_pairs=True)
+                      channel_pairs=True, int4_intrinsic=register_vnni_int4_intrinsic)
 """x86 with AVX-512 VNNI: 32 zmm registers, ``vpdpbusd`` is uint8 x int8."""
 
 X86_AMX = KernelSpec("x86-amx", "uint8", 4, register_vnni_intrinsic, tile_limit=8, tile_min=4, tile_fallback=16,
-                     channel_pairs=True, tile_intrinsic=register_amx_intrinsic)
+                     channel_pairs=True, tile_intrinsic=register_amx_intrinsic,
+                     int4_intrinsic=register_vnni_int4_intrinsic)
 """x86 with AMX-INT8 (Sapphire Rapids and later): ``tdpbusd`` tiles for the stride-1 convs of 64+ input channels and
 dense layers, the ``x86-vnni`` kernels (same fields) for every other conv."""
 
@@ -159,7 +166,7 @@ AARCH64_I8MM = KernelSpec("aarch64-i8mm", "uint8", 8, register_usmmla_intrinsic,
 per instruction; register tiles as sdot's (4 q registers per pixel's 16 accumulators), of even width where possible."""
 
 AARCH64_SDOT = KernelSpec("aarch64-sdot", "int8", 4, register_sdot_intrinsic, tile_limit=6, tile_min=2,
-                          tile_fallback=7, channel_pairs=False)
+                          tile_fallback=7, channel_pairs=False, int4_intrinsic=register_sdot_int4_intrinsic)
 """aarch64 with the dot-product extension: 32 q registers (4 per pixel's 16 accumulators), ``sdot`` is int8 x int8."""
 
 AARCH64_NEON = KernelSpec("aarch64-neon", None, 1, None, tile_limit=5, tile_min=2, tile_fallback=7,

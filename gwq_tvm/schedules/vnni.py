@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import tvm
 from tvm.script import tirx as T
 
-from .intrin import dot_16x4_desc
+from .intrin import dot_16x4_desc, dot_16x4_int4_desc
 
 VNNI_INTRIN = "gwq_dot_16x4_vnni"
 """Our name for the fixed 16-lane, 4-deep uint8 x int8 -> int32 intrinsic (default schedules use it)."""
@@ -139,6 +141,144 @@ def fix_stock_vnni_intrinsic() -> str:
     register_vnni_intrinsic()
     tvm.s_tir.TensorIntrin.register(STOCK_VNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_vnni_impl(), override=True)
     return STOCK_VNNI_INTRIN
+
+
+VNNI_INT4_INTRIN = "gwq_dot_16x4_int4_vnni"
+"""Name prefix of the packed int4 steps (one per code table): 32 bytes of codes -> 64 int8 weights in registers
+-> ``vpdpbusd``."""
+
+_CONCAT = list(range(64))
+
+
+def table_key(table) -> str:
+    """A name suffix for a 16-entry code table (``-8_-7_..``-free: offset by 128, two hex digits each)."""
+    return "".join(f"{int(t) + 128:02x}" for t in table)
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_int4_vnni_impl(table: tuple):
+    """The packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`) in registers.
+
+    One 32-byte load of codes; low nibbles (``& 15``: lanes 0-7) and high
+    nibbles (``>> 4``: lanes 8-15) concatenated into 64 indices; ``vpshufb``
+    (``llvm.x86.avx512.pshuf.b.512``) looks them up in the 16-entry table, a
+    constant vector repeated in the four 128-bit lanes (indices below 16 never
+    set bit 7, so no byte is zeroed); the 64 int8 weights feed ``vpdpbusd`` as
+    the int8 step's do.
+    """
+    entries = [tvm.tirx.const(int(t), "int8") for t in table] * 4
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((8, 4), "uint8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            packed = B.vload([0, 0], dtype="uint8x32")
+            low = T.bitwise_and(packed, T.broadcast(T.uint8(15), 32))
+            high = T.shift_right(packed, T.broadcast(T.uint8(4), 32))
+            codes = T.reinterpret(T.Shuffle([low, high], _CONCAT), dtype="int8x64")
+            weights = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"), T.Shuffle(entries, _CONCAT), codes,
+                dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                weights,
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def _gf2_matrix(sources) -> int:
+    """The ``gf2p8affineqb`` matrix (one qword) whose output bit ``i`` is input bit ``sources[i]`` (``None``: 0).
+
+    ``gf2p8affineqb`` sets output bit ``i`` of each byte to the parity of ``byte & A.byte[7 - i]``.
+    """
+    return sum((1 << k) << (8 * (7 - i)) for i, k in enumerate(sources) if k is not None)
+
+
+#: low / high nibble as a code 0..15, and low / high nibble sign-extended to int8 (a linear bit map over GF(2))
+_LOW_CODE = _gf2_matrix([0, 1, 2, 3, None, None, None, None])
+_HIGH_CODE = _gf2_matrix([4, 5, 6, 7, None, None, None, None])
+_LOW_SIGNED = _gf2_matrix([0, 1, 2, 3, 3, 3, 3, 3])
+_HIGH_SIGNED = _gf2_matrix([4, 5, 6, 7, 7, 7, 7, 7])
+
+
+def _qword_bytes(low: int, high: int) -> list:
+    """64 int8 constants: qwords 0-3 hold matrix ``low``, qwords 4-7 matrix ``high`` (the two 256-bit halves)."""
+    out = []
+    for m in (low,) * 4 + (high,) * 4:
+        out += [tvm.tirx.const(int(np.int8(np.uint8((m >> (8 * b)) & 255))), "int8") for b in range(8)]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_int4_gfni_impl(table: tuple):
+    """The packed int4 step with GFNI: the 32 code bytes loaded into both 256-bit halves, one ``vgf2p8affineqb``
+    whose per-qword matrices take the low nibbles in the lower half and the high nibbles in the upper half.
+
+    For the sign extension table (uniform int4) the matrices sign-extend the nibble (bit 3 / bit 7 copied into
+    the upper bits: a linear map over GF(2)), so that one instruction gives the 64 int8 weights; for any other
+    table they give the codes, looked up by ``vpshufb`` as in :func:`_dot_16x4_int4_vnni_impl`.
+    """
+    signed = tuple(int(t) for t in table) == tuple(range(8)) + tuple(range(-8, 0))
+    matrix = _qword_bytes(*((_LOW_SIGNED, _HIGH_SIGNED) if signed else (_LOW_CODE, _HIGH_CODE)))
+    entries = [tvm.tirx.const(int(t), "int8") for t in table] * 4
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((8, 4), "uint8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
+            packed = T.reinterpret(B.vload([0, 0], dtype="uint8x32"), dtype="int8x32")
+            decoded = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.vgf2p8affineqb.512"), T.Shuffle([packed, packed], _CONCAT),
+                T.Shuffle(matrix, _CONCAT), T.int8(0), dtype="int8x64")
+            weights = decoded if signed else T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"), T.Shuffle(entries, _CONCAT), decoded,
+                dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                weights,
+                dtype="int32x16",
+            )
+
+    return impl
+
+
+def register_vnni_int4_intrinsic(table: tuple) -> str:
+    """Register the int4 step of code table ``table`` (16 ints; idempotent, cheap) and return its name.
+
+    With GFNI in the current target (``tvm.target.Target.current()``, set while compiling; Ice Lake, Zen 4)
+    the nibbles are split by one ``vgf2p8affineqb`` (:func:`_dot_16x4_int4_gfni_impl`), else by mask,
+    shift and concatenation (:func:`_dot_16x4_int4_vnni_impl`, Cascade Lake).
+    """
+    target = tvm.target.Target.current(allow_none=True)
+    return _register_int4(tuple(int(t) for t in table), target is not None and _has_feature(target, "gfni"))
+
+
+@functools.lru_cache(maxsize=None)
+def _register_int4(table: tuple, gfni: bool) -> str:
+    name = f"{VNNI_INT4_INTRIN}{'_gfni' if gfni else ''}_{table_key(table)}"
+    impl = _dot_16x4_int4_gfni_impl(table) if gfni else _dot_16x4_int4_vnni_impl(table)
+    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), impl, override=True)
+    return name
 
 
 def has_vnni(target: tvm.target.Target) -> bool:
