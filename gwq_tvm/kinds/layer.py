@@ -46,7 +46,7 @@ class AccumulatingKind(Kind):
         acc = self.accumulator(graph, node, plan)
         out = {f"partial{j}": part.sfc for j, part in enumerate(acc.partials)}
         if P.needs_integer_output(graph, node.name):
-            out["out"] = P.requant(node, acc, plan).sfc
+            out["out"] = P.dynamic_requant(graph, node, acc, plan).sfc  # ASQ: a per-sample multiply
         return out
 
 
