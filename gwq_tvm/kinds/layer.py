@@ -84,7 +84,10 @@ class LayerKind(AccumulatingKind):
 
     def qat(self, run, node) -> None:
         wq, b, unit, acc_scale = run.layer(node)
-        v = self.torch_layer(run.x[node.inputs[0]], wq, b, node)
+        if b is not None and b.ndim > 1:  # ASQ: a per-sample bias (the input's step is dynamic)
+            v = self.torch_layer(run.x[node.inputs[0]], wq, None, node) + b
+        else:
+            v = self.torch_layer(run.x[node.inputs[0]], wq, b, node)
         run.finish_acc(node, v, run.round_int(v, unit), acc_scale, unit)
 
     def float_torch(self, node, ins):
