@@ -508,7 +508,10 @@ def cmd_train(args):
     q = api.quantize(args.model, calib, cfg, plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     # GDRQ: filter groups (--weight-groups) come with the plan; Scale-Clip (--scale-clip, --scale-clip-k,
     # --act-clip-k, or the given plan's recorded config) is trained with the weights
-    model = QATModel(q.graph, q.plan, **clip_options(plan.config if plan is not None else cfg))
+    adaptive = None
+    if args.adaptive_step is not None:  # ASQ: "all" (the flag alone) or a comma list of tensors / conv layers
+        adaptive = "all" if args.adaptive_step == "all" else [n for n in args.adaptive_step.split(",") if n]
+    model = QATModel(q.graph, q.plan, **clip_options(plan.config if plan is not None else cfg), adaptive_step=adaptive)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
     test = _load_data(args.test, "test data") if args.test else None
     if test is not None and test[1] is not None:
@@ -701,6 +704,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", type=float, default=0.5, help="weight of distillation from the float model, 0-1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
+    p.add_argument("--adaptive-step", nargs="?", const="all", default=None, metavar="LAYERS",
+                   help="ASQ: learn a per-sample activation step (adapter GAP-FC-ReLU-FC-ReLU, compiled as an integer "
+                        "side branch) for the inputs of these conv layers (comma list of layers or tensors; alone: every "
+                        "conv input that is a conv output read only by conv/dense layers)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -287,6 +287,8 @@ _OPS = {
     "relax.multiply": _binary(np.multiply),
     "relax.divide": lambda a, at, dt, n: np.divide(a[0], a[1]).astype(dt),
     "relax.right_shift": _binary(np.right_shift),
+    # ASQ: the per-sample ratio beta_in / beta_out and bias (integer floor division)
+    "relax.floor_divide": _binary(np.floor_divide),
     "relax.left_shift": _binary(np.left_shift),
     "relax.floor": lambda a, at, dt, n: np.floor(a[0]).astype(dt),
     "relax.clip": _clip,

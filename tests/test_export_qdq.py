@@ -146,7 +146,11 @@ def test_inexpressible_features_are_named(bundled_int8, change, message):
 
 def test_dynamic_steps_are_named(bundled_int8):
     plan = bundled_int8.plan
-    edited = plan.replace(tensors={**plan.tensors, "add_0": dataclasses.replace(plan.tensors["add_0"], dynamic="conv2d_0")})
+    from gwq_tvm.plan.quantplan import AdapterQuant
+
+    adapter = AdapterQuant(((0.0,),), (0.0,), (0.0,), 1.0, 1.0)  # a dynamic step names one of the plan's adapters
+    edited = plan.replace(tensors={**plan.tensors, "add_0": dataclasses.replace(plan.tensors["add_0"], dynamic="a")},
+                          adapters={"a": adapter})
     with pytest.raises(QdqExportError, match="dynamic"):
         check_expressible(edited)
 

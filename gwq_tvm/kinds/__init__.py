@@ -26,6 +26,8 @@ _BUILTIN = (
     # kinds2 branch: transposed and 1-D convolution
     "conv_transpose", "conv1d",
     "float_op",
+    # adapter branch: ASQ's per-sample step (no Relax op; called by the requantization of dynamic tensors)
+    "adapter",
 )
 
 

@@ -48,7 +48,7 @@ class AccumulatingKind(Kind):
         acc = self.accumulator(graph, node, plan)
         out = {f"partial{j}": part.sfc for j, part in enumerate(acc.partials)}
         if P.needs_integer_output(graph, node.name):
-            out["out"] = P.requant(node, acc, plan).sfc
+            out["out"] = P.dynamic_requant(graph, node, acc, plan).sfc  # ASQ: a per-sample multiply
         return out
 
 
@@ -94,7 +94,10 @@ class LayerKind(AccumulatingKind):
 
     def qat(self, run, node) -> None:
         wq, b, unit, acc_scale = run.layer(node)
-        v = self.torch_layer(run.x[node.inputs[0]], wq, b, node)
+        if b is not None and b.ndim > 1:  # ASQ: a per-sample bias (the input's step is dynamic)
+            v = self.torch_layer(run.x[node.inputs[0]], wq, None, node) + b
+        else:
+            v = self.torch_layer(run.x[node.inputs[0]], wq, b, node)
         run.finish_acc(node, v, run.round_int(v, unit), acc_scale, unit)
 
     def float_torch(self, node, ins):

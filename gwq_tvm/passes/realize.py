@@ -71,6 +71,8 @@ class Emitter:
     def __init__(self, bb: relax.BlockBuilder, graph: Graph, plan: QuantPlan, param):
         self.bb, self.graph, self.plan, self.param = bb, graph, plan, param
         self.values: dict[str, Value] = {}
+        #: ASQ: each dynamic tensor's per-sample fixed-point ``B`` (int64, shape ``(N,)``)
+        self.betas: dict = {}
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -88,7 +90,13 @@ class Emitter:
         if v.int_expr is None:
             node = self.graph.nodes[name]
             if v.acc_expr is not None:
-                v.int_expr = self.requantize(v.acc_expr, P.requant(node, v.acc, self.plan), node)
+                rq = P.dynamic_requant(self.graph, node, v.acc, self.plan)
+                if rq.dynamic is not None and rq.dynamic.beta_out is not None:  # ASQ: q0, the adapter's B, then q
+                    from ..kinds.adapter import ADAPTER
+
+                    q0 = self.requantize(v.acc_expr, P.dynamic_requant(self.graph, node, v.acc, self.plan, static_out=True), node)
+                    self.betas[name] = ADAPTER.realize_branch(self, P.adapter_recipe(self.graph, name, self.plan), q0)
+                v.int_expr = self.requantize(v.acc_expr, rq, node)
             else:
                 v.int_expr = self.quantize(v.float_expr, name)
         return v.int_expr
@@ -144,14 +152,37 @@ class Emitter:
 
     def requantize(self, acc, rq: P.Requant, node: Node):
         """``clip(SFC(acc) + z_out)`` into the output's container (:class:`~gwq_tvm.plan.program.Requant`)."""
-        if rq.pre_clip is not None:  # result-preserving; keeps the int32 multiply from wrapping
-            ndim = len(node.shape)
-            acc = self.emit(R.maximum(R.astype(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
-            acc = self.emit(R.minimum(acc, channel_const(rq.pre_clip[1], ndim, rq.work_dtype)))
-        x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
+        if rq.dynamic is not None:
+            x = self.apply_dynamic(acc, rq.dynamic, len(node.shape))
+        else:
+            if rq.pre_clip is not None:  # result-preserving; keeps the int32 multiply from wrapping
+                ndim = len(node.shape)
+                acc = self.emit(R.maximum(R.astype(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
+                acc = self.emit(R.minimum(acc, channel_const(rq.pre_clip[1], ndim, rq.work_dtype)))
+            x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         if rq.zero_point:
             x = self.emit(R.add(x, const(rq.zero_point, rq.work_dtype)))
         return self.clip_cast(x, rq.qmin, rq.qmax, rq.dtype)
+
+    def beta(self, name):
+        """``B`` of dynamic tensor ``name`` as int64 ``(N,)``, or ``None`` (static: ``2**F``)."""
+        return None if name is None else self.betas[name]
+
+    def apply_dynamic(self, acc, d: P.DynamicRequant, ndim: int):
+        """ASQ's per-sample requantization (:class:`~gwq_tvm.plan.program.DynamicRequant`), unclipped int64."""
+        i64 = lambda v: const(v, "int64")  # noqa: E731
+        one = i64(1 << P.BETA_FRAC_BITS)
+        b_in, b_out = self.beta(d.beta_in), self.beta(d.beta_out)
+        num = self.emit(R.multiply(b_in if b_in is not None else one, i64(1 << P.RHO_FRAC_BITS)))
+        den = b_out if b_out is not None else one
+        rho = self.emit(R.floor_divide(self.emit(R.add(num, self.emit(R.right_shift(den, i64(1))))), den))
+        rho = self.emit(R.reshape(rho, [-1] + [1] * (ndim - 1)))  # (N, 1, ...)
+        mb = self.emit(R.multiply(rho, channel_const(d.multiplier, ndim, "int64")))
+        mb = self.emit(R.right_shift(self.emit(R.add(mb, i64(1 << (P.RHO_FRAC_BITS - 1)))), i64(P.RHO_FRAC_BITS)))
+        x = self.emit(R.multiply(self.emit(R.astype(acc, "int64")), mb))
+        rounding = (np.int64(1) << d.right.astype(np.int64)) >> 1
+        x = self.emit(R.add(x, channel_const(rounding, ndim, "int64")))
+        return self.emit(R.right_shift(x, channel_const(d.right, ndim, "int64")))
 
     def layer_weight(self, acc: P.Accumulator, arrange=np.asarray):
         """The int8 weight of a layer as a Relax value: a constant, or for POST weights the lookup
@@ -192,7 +223,16 @@ class Emitter:
     def finish_acc(self, node: Node, y, acc: P.Accumulator) -> None:
         """Record ``y`` (int32) as ``node``'s accumulator, with the recipe's bias added."""
         if acc.bias is not None:
-            y = self.emit(R.add(y, channel_const(acc.bias, len(node.shape), "int32")))
+            src = P.dynamic_input(self.graph, node, self.plan)
+            if src is None:
+                y = self.emit(R.add(y, channel_const(acc.bias, len(node.shape), "int32")))
+            else:  # ASQ: the bias at the per-sample unit s_in * beta * s_w (plan.program.dynamic_bias)
+                b = self.beta(src)
+                bias = self.emit(R.reshape(b, [-1, 1]))
+                qb = const(acc.bias.astype(np.int64).reshape(1, -1) * (1 << P.BETA_FRAC_BITS), "int64")
+                bias = self.emit(R.floor_divide(self.emit(R.add(qb, self.emit(R.right_shift(bias, const(1, "int64"))))), bias))
+                bias = self.emit(R.reshape(bias, [-1, int(acc.bias.size)] + [1] * (len(node.shape) - 2)))
+                y = self.emit(R.add(y, self.emit(R.astype(bias, "int32"))))
         self.values[node.name] = Value(acc_expr=y, acc=acc)
 
 
@@ -225,7 +265,7 @@ class RealizeIntegerProgram:
             raise PlanError(f"the QuantPlan has no entry for tensors {', '.join(missing[:5])}")
         dynamic = [n for n, t in self.plan.tensors.items() if t.dynamic is not None]
         if dynamic:
-            raise PlanError(f"tensors.{dynamic[0]}.dynamic: per-sample scales are not realized by this gwq-tvm yet")
+            P.check_adaptive(graph, dynamic, what="tensors.{}.dynamic")
         for name in graph.tensors():
             z = self.plan.tensors[name].zero_point
             blocker = P.zero_point_blocker(graph, name, self.plan.layers) if z else None

@@ -41,7 +41,7 @@ from ..errors import PlanError
 from . import post
 from . import scales as S
 from .quantplan import QuantPlan, TensorQuant
-from .sfc import SFC, int32_multiply, make_sfc
+from .sfc import SFC, apply_sfc, int32_multiply, make_sfc
 
 if TYPE_CHECKING:
     from ..graph import Graph, Node
@@ -287,6 +287,8 @@ class Requant:
     work_dtype: str
     pre_clip: tuple[np.ndarray, np.ndarray] | None = None
     zero_point: int = 0
+    #: ASQ: the per-sample form (:func:`dynamic_requant`); ``None`` for a static SFC
+    dynamic: "DynamicRequant | None" = None
 
 
 def _work_dtype(sfc: SFC, bound: int) -> str:
@@ -512,3 +514,228 @@ def prelu_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     if bound > INT32_MAX:
         raise PlanError(f"{node.name}: PReLU slope {np.abs(alpha).max():g} overflows the int32 accumulator")
     return Accumulator(np.array([math.ldexp(plan.scale(src), -SLOPE_BITS)]), bound, q_alpha.astype(np.int32))
+
+
+# --- ASQ: the adapter's integer side branch and the per-sample requantization (seed 004) -----------------
+#
+# A tensor ``t`` whose plan entry is ``dynamic`` has the real value ``s_t * beta * q`` with a per-sample
+# ``beta``.  The program computes, per sample (all in integers):
+#
+# 1. ``q0``: ``t`` at its static step ``s_t`` (the plain program's integers), from its producer's accumulator;
+# 2. the adapter on ``q0``: ``g = clip(SFC(sum_hw q0, 2**(8-b)/HW))`` (8-bit mean at ``s_g = s_t * 2**(b-8)``),
+#    ``h = clip(SFC(W1q g + b1q, s_g * s1_j / s_h), 0, 255)`` (uint8 hidden, ReLU),
+#    ``B = clip(SFC(w2q . h, s_h * s2 * 2**F) + rint(b2 * 2**F), B_MIN, B_MAX)``: ``beta = B * 2**-F``;
+# 3. ``q = clip(round(acc * M_c * beta_in / beta_out))`` (:func:`dynamic_multiplier`), where ``beta_out``
+#    is ``t``'s and ``beta_in`` that of the producer's input when it is dynamic too (its consumers see integers
+#    at step ``s * beta``, so every layer reading a dynamic tensor rescales by ``beta_in``, its bias included).
+#
+# With ``B == 2**F`` (``beta == 1``) every step equals the static program's exactly.
+
+#: fractional bits of the fixed-point ``beta``: ``beta = B * 2**-BETA_FRAC_BITS``
+BETA_FRAC_BITS = 12
+#: ``beta`` is clipped to ``[2**-BETA_RANGE_BITS, 2**BETA_RANGE_BITS]`` (the integer bounds below)
+BETA_RANGE_BITS = 4
+B_MIN, B_MAX = 1 << (BETA_FRAC_BITS - BETA_RANGE_BITS), 1 << (BETA_FRAC_BITS + BETA_RANGE_BITS)
+#: fractional bits of the per-sample ratio ``rho = beta_in / beta_out``
+RHO_FRAC_BITS = 22
+#: bits of the adapter's pooled input ``g`` and of its int8 weights
+GAP_BITS, ADAPTER_WEIGHT_QMAX = 8, 127
+INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class AdapterRecipe:
+    """The integer constants of one adapter branch (see the block comment above).
+
+    ``gap`` turns the int32 spatial sum of ``q0`` into the 8-bit mean ``g``
+    (range ``gap_range``); ``w1`` (int8 ``(H, C)``), ``b1`` (int32) and ``sfc1``
+    give the uint8 hidden layer; ``w2`` (int8 ``(H,)``) and ``sfc2`` plus ``b2``
+    (int, ``Q BETA_FRAC_BITS``) give ``B`` in ``[B_MIN, B_MAX]``.  ``scales``
+    keeps the real steps ``(s_g, s1 (H,), s_h, s2)`` for the float twin.
+    """
+
+    name: str
+    window: int
+    gap: SFC
+    gap_range: tuple
+    w1: np.ndarray
+    b1: np.ndarray
+    sfc1: SFC
+    w2: np.ndarray
+    sfc2: SFC
+    b2: int
+    scales: tuple
+
+
+def adapter_weight_scale(w: np.ndarray) -> np.ndarray:
+    """Symmetric int8 steps ``max|w_row| / 127`` of each row of ``w`` (1.0 for an all-zero row)."""
+    m = np.abs(np.asarray(w, dtype=np.float64)).max(axis=-1)
+    return np.where(m > 0, m / ADAPTER_WEIGHT_QMAX, 1.0)
+
+
+def adapter_recipe(graph: "Graph", name: str, plan: QuantPlan) -> AdapterRecipe:
+    """The integer constants of the adapter of tensor ``name`` (its ``dynamic`` entry).
+
+    ``w1`` rows are quantized at ``s1_j = max|w1_j|/127``, ``w2`` at ``s2 = max|w2|/127``
+    (``rint``, half to even); ``b1q = rint(b1 / (s_g * s1_j))``.
+
+    Raises
+    ------
+    PlanError
+        The adapter's width differs from the tensor's channels, or a bias leaves int32.
+    """
+    tq = plan.tensors[name]
+    a = plan.adapters[tq.dynamic]
+    node = graph.nodes[name]
+    w1, b1, w2 = a.arrays()
+    channels = int(node.shape[1])
+    if w1.shape[1] != channels:
+        raise PlanError(f"adapters.{tq.dynamic}.w1: {w1.shape[1]} columns for tensor {name} of {channels} channels")
+    window = int(np.prod(node.shape[2:])) if len(node.shape) > 2 else 1
+    s_t = plan.scale(name)
+    s_g = math.ldexp(s_t, tq.bits - GAP_BITS)
+    gap_range = S.qrange(GAP_BITS, tq.signed)
+    gap = make_sfc(math.ldexp(1.0, GAP_BITS - tq.bits) / window)
+    s1 = adapter_weight_scale(w1)
+    w1q = np.clip(np.rint(w1 / s1[:, None]), -ADAPTER_WEIGHT_QMAX, ADAPTER_WEIGHT_QMAX).astype(np.int8)
+    b1q = np.rint(b1 / (s_g * s1))
+    if np.abs(b1q).max() > INT32_MAX >> 1:
+        raise PlanError(f"adapters.{tq.dynamic}.b1: the bias does not fit the int32 accumulator")
+    s_h = a.hidden_scale
+    sfc1 = make_sfc(s_g * s1 / s_h)
+    s2 = float(adapter_weight_scale(w2[None, :])[0])
+    w2q = np.clip(np.rint(w2 / s2), -ADAPTER_WEIGHT_QMAX, ADAPTER_WEIGHT_QMAX).astype(np.int8)
+    sfc2 = make_sfc(math.ldexp(s_h * s2, BETA_FRAC_BITS))
+    b2q = int(np.clip(np.rint(math.ldexp(a.b2, BETA_FRAC_BITS)), -INT32_MAX, INT32_MAX))
+    return AdapterRecipe(tq.dynamic, window, gap, gap_range, w1q, b1q.astype(np.int32), sfc1, w2q, sfc2, b2q,
+                         (s_g, s1, s_h, s2))
+
+
+def adapter_beta(q0: np.ndarray, r: AdapterRecipe) -> np.ndarray:
+    """The numpy semantics of the branch: ``B`` (int64, one per sample) of integers ``q0`` (N, C, ...)."""
+    q0 = np.asarray(q0, dtype=np.int64)
+    g = q0.reshape(q0.shape[0], q0.shape[1], -1).sum(axis=2)
+    g = np.clip(apply_sfc(g, r.gap), *r.gap_range)
+    acc1 = g @ r.w1.astype(np.int64).T + r.b1.astype(np.int64)
+    h = np.clip(apply_sfc(acc1, r.sfc1), 0, 255)
+    acc2 = h @ r.w2.astype(np.int64)
+    return np.clip(apply_sfc(acc2[:, None], r.sfc2)[:, 0] + r.b2, B_MIN, B_MAX)
+
+
+@dataclass(frozen=True)
+class DynamicRequant:
+    """A per-sample requantization ``q = clip(round(acc * M_c * beta_in / beta_out))`` (integers).
+
+    ``multiplier``/``right``: the static ratio ``M_c ~= m_c * 2**-n_c`` (Q31, per channel; a power of two
+    ``2**-k`` is ``m = 2**30, n = k + 30``).  ``beta_in``/``beta_out`` name the tensors whose ``B`` the
+    ratio uses (``None``: static, ``B = 2**F``).  Per sample::
+
+        rho   = floor((B_in * 2**RHO + floor(B_out / 2)) / B_out)        # beta_in / beta_out, Q22
+        mb_c  = (m_c * rho + 2**(RHO-1)) >> RHO                           # int64
+        q     = clip((acc * mb_c + 2**(n_c-1)) >> n_c)
+
+    and when ``beta_in`` is dynamic the layer's bias is ``floor((q_b * 2**F + floor(B_in/2)) / B_in)``
+    (:func:`dynamic_bias`).  With ``B_in = B_out`` (both ``2**F`` included) ``rho = 2**RHO`` and
+    ``mb = m``: the static program exactly.
+    """
+
+    multiplier: np.ndarray
+    right: np.ndarray
+    beta_in: str | None
+    beta_out: str | None
+
+
+def dynamic_input(graph: "Graph", node: "Node", plan: QuantPlan) -> str | None:
+    """The dynamic tensor ``node`` reads (its first input's owner), or ``None``."""
+    if not node.inputs:
+        return None
+    src = graph.tensor_of(node.inputs[0])
+    return src if src in plan.tensors and plan.tensors[src].dynamic is not None else None
+
+
+def dynamic_requant(graph: "Graph", node: "Node", acc: Accumulator, plan: QuantPlan, static_out: bool = False) -> Requant:
+    """The requantization of a layer that reads or writes a dynamic tensor (``static_out``: into the output's
+    static step, the ``q0`` the adapter reads).  Its ``sfc`` is the static ``M_c`` in multiply form (what the
+    SFC reports count: a per-sample multiply), ``dynamic`` the per-sample form.
+
+    Raises
+    ------
+    PlanError
+        The product ``acc * mb`` could leave int64, or the per-sample bias int32.
+    """
+    rq = requant(node, acc, plan)
+    beta_in = dynamic_input(graph, node, plan)
+    beta_out = None if static_out or plan.tensors[node.name].dynamic is None else node.name
+    if beta_in is None and beta_out is None:
+        return rq
+    m, n = S.quantize_multiplier(rq.sfc.ratio)
+    sfc = SFC("multiply", rq.sfc.ratio, multiplier=m, right=n)
+    growth = (1 << (2 * BETA_RANGE_BITS)) if beta_in and beta_out else (1 << BETA_RANGE_BITS)
+    bias = int(np.abs(acc.bias.astype(np.int64)).max()) if acc.bias is not None else 0
+    bound = acc.bound + (bias * ((1 << BETA_RANGE_BITS) - 1) if beta_in else 0)
+    if bound > INT32_MAX:
+        raise PlanError(f"{node.name}: the per-sample bias (up to {1 << BETA_RANGE_BITS}x) can overflow the int32 accumulator")
+    if bound * (int(m.max()) * growth + 1) + (1 << int(n.max())) > INT64_MAX:
+        raise PlanError(f"{node.name}: the per-sample requantization acc * M * beta_in / beta_out can overflow int64")
+    return Requant(sfc, rq.qmin, rq.qmax, rq.dtype, "int64", DynamicRequant(m, n, beta_in, beta_out))
+
+
+def dynamic_rho(b_in, b_out) -> np.ndarray:
+    """``rho = floor((B_in * 2**RHO + floor(B_out/2)) / B_out)`` (int64; ``None`` stands for ``2**F``)."""
+    one = np.int64(1 << BETA_FRAC_BITS)
+    b_in = one if b_in is None else np.asarray(b_in, dtype=np.int64)
+    b_out = one if b_out is None else np.asarray(b_out, dtype=np.int64)
+    return (b_in * (np.int64(1) << RHO_FRAC_BITS) + (b_out >> 1)) // b_out
+
+
+def apply_dynamic(acc: np.ndarray, d: DynamicRequant, b_in=None, b_out=None) -> np.ndarray:
+    """Numpy semantics of :class:`DynamicRequant` on ``acc`` (N, C, ...) (int64, unclipped)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    rho = np.broadcast_to(dynamic_rho(b_in, b_out), (acc.shape[0],)).reshape((-1, 1))
+    c = d.multiplier.size
+    mb = S.round_shift(np.asarray(d.multiplier, dtype=np.int64).reshape(1, c) * rho, RHO_FRAC_BITS)
+    shape = (acc.shape[0], c) + (1,) * (acc.ndim - 2) if c > 1 else (acc.shape[0],) + (1,) * (acc.ndim - 1)
+    right = np.asarray(d.right, dtype=np.int64).reshape((1, c) + (1,) * (acc.ndim - 2) if c > 1 else (1,) * acc.ndim)
+    return S.round_shift(acc * mb.reshape(shape), right)
+
+
+def dynamic_bias(bias: np.ndarray, b_in) -> np.ndarray:
+    """``floor((q_b * 2**F + floor(B/2)) / B)``: the int32 bias at the per-sample unit ``s_in * beta * s_w`` (N, C)."""
+    b = np.asarray(b_in, dtype=np.int64).reshape(-1, 1)
+    return (np.asarray(bias, dtype=np.int64).reshape(1, -1) * (1 << BETA_FRAC_BITS) + (b >> 1)) // b
+
+
+def adaptive_candidates(graph: "Graph") -> list[str]:
+    """Tensors an adapter may scale: conv outputs (NCHW) that only conv2d/dense layers with integer
+    outputs read, at least one of them a conv2d (ASQ adapts conv inputs)."""
+    out = []
+    for name, node in graph.nodes.items():
+        if node.kind != "conv2d" or len(node.shape) != 4 or not materialized(graph, name):
+            continue
+        readers = [c for c in graph.consumers(name)]
+        if readers and all(c.kind in ("conv2d", "dense") and needs_integer_output(graph, c.name) and
+                           graph.tensor_of(c.inputs[0]) == name for c in readers) and any(c.kind == "conv2d" for c in readers):
+            out.append(name)
+    return out
+
+
+def check_adaptive(graph: "Graph", names, what: str = "--adaptive-step {}") -> list[str]:
+    """The adapted tensors ``names`` (each a tensor, or a conv layer whose input is adapted), checked.
+
+    Raises
+    ------
+    PlanError
+        One line naming a tensor an adapter cannot scale, and why.
+    """
+    ok = set(adaptive_candidates(graph))
+    out = []
+    for n in names:
+        if n not in graph.nodes:
+            raise PlanError(f"{what.format(n)}: no layer or tensor named {n!r}")
+        t = n if n in ok else graph.tensor_of(graph.nodes[n].inputs[0]) if graph.nodes[n].inputs else n
+        if t not in ok:
+            raise PlanError(f"{what.format(n)}: the adapted tensor must be a conv2d output read only by conv2d/dense "
+                            f"layers with integer outputs ({t} is not)")
+        if t not in out:
+            out.append(t)
+    return out

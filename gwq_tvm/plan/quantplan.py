@@ -5,8 +5,9 @@ it was chosen:
 
 * every quantized activation tensor (a node output): :class:`TensorQuant`,
   ``bits``, ``signed`` and a static scale ``groups[group] * 2**exponent``
-  (or, with ``dynamic``, a per-sample step produced by a named node), and on
-  unsigned tensors an optional ``zero_point`` (``r = s * (q - z)``);
+  (with ``dynamic``, that step times a per-sample ``beta`` that the named
+  entry of ``adapters`` computes: ASQ, :class:`AdapterQuant`);
+  and on unsigned tensors an optional ``zero_point`` (``r = s * (q - z)``);
 * every layer with weights: :class:`WeightQuant`, a value object of bits,
   granularity (``tensor``, ``channel`` or ``block`` ``n_out x n_in``, with an
   optional output-channel permutation), codebook (``uniform``, ``pot``,
@@ -59,8 +60,9 @@ STORAGES = ("int8", "int4")
 class TensorQuant:
     """Quantization of one activation tensor: ``r = groups[group] * 2**exponent * (q - zero_point)``.
 
-    ``dynamic`` names the node that produces a per-sample multiplier of this
-    step (ASQ); ``None`` for a static scale.  ``zero_point`` (an integer code of
+    ``dynamic`` names the entry of :attr:`QuantPlan.adapters` that produces a
+    per-sample multiplier ``beta`` of this step (ASQ: ``r = s * beta * q``);
+    ``None`` for a static scale.  ``zero_point`` (an integer code of
     the container, 0 by default) is nonzero only on unsigned tensors: an
     asymmetric range ``[min, max]`` held in uint8 (see
     :func:`gwq_tvm.plan.planner.zero_point_choice`).
@@ -187,6 +189,51 @@ LayerQuant = WeightQuant
 
 
 @dataclass(frozen=True)
+class AdapterQuant:
+    """ASQ's adapter of one activation tensor ``x`` (seed 004), as trained floats.
+
+    ``beta = relu(w2 . relu(w1 @ GAP(x) + b1) + b2)``: a per-sample multiplier of
+    the tensor's step.  The integer program (:func:`gwq_tvm.plan.program.adapter_recipe`)
+    quantizes ``w1`` per row and ``w2`` per tensor to int8, the hidden layer to
+    uint8 at ``hidden_scale`` and ``beta`` to a fixed-point integer.
+
+    Attributes
+    ----------
+    w1 : tuple of tuple of float
+        ``(H, C)``: hidden units by the tensor's channels.
+    b1 : tuple of float
+        ``(H,)``.
+    w2 : tuple of float
+        ``(H,)``.
+    b2 : float
+    hidden_scale : float
+        The step of the uint8 hidden activations.
+    """
+
+    w1: tuple
+    b1: tuple
+    w2: tuple
+    b2: float
+    hidden_scale: float
+
+    def arrays(self) -> tuple:
+        """``(w1, b1, w2)`` as float64 arrays."""
+        return (np.asarray(self.w1, dtype=np.float64).reshape(len(self.b1), -1), np.asarray(self.b1, dtype=np.float64),
+                np.asarray(self.w2, dtype=np.float64))
+
+    def to_dict(self) -> dict:
+        return {"w1": [list(r) for r in self.w1], "b1": list(self.b1), "w2": list(self.w2), "b2": self.b2,
+                "hidden_scale": self.hidden_scale}
+
+    @classmethod
+    def from_arrays(cls, w1, b1, w2, b2, hidden_scale) -> "AdapterQuant":
+        """From numpy/torch-converted arrays (values become Python floats)."""
+        w1 = np.asarray(w1, dtype=np.float64)
+        return cls(tuple(tuple(float(v) for v in r) for r in w1), tuple(float(v) for v in np.ravel(b1)),
+                   tuple(float(v) for v in np.ravel(w2)), float(b2), float(hidden_scale))
+
+
+@dataclass(frozen=True)
 class Arithmetic:
     """Program-wide integer settings the compiler reads.
 
@@ -210,9 +257,11 @@ class QuantPlan:
     arithmetic: Arithmetic = Arithmetic()
     #: how the plan was made (search settings, tool); never read by the compiler
     provenance: Mapping = field(default_factory=dict)
+    #: ASQ adapters by name (a tensor's ``dynamic`` names one)
+    adapters: Mapping[str, AdapterQuant] = field(default_factory=dict)
 
     def __post_init__(self):
-        for k in ("groups", "tensors", "layers", "provenance"):
+        for k in ("groups", "tensors", "layers", "provenance", "adapters"):
             object.__setattr__(self, k, MappingProxyType(dict(getattr(self, k))))
         _validate(self)
 
@@ -237,7 +286,7 @@ class QuantPlan:
 
     # --- serialisation -------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        out = {
             "format": FORMAT,
             "version": VERSION,
             "fingerprint": self.fingerprint,
@@ -248,6 +297,9 @@ class QuantPlan:
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "provenance": _plain(self.provenance),
         }
+        if self.adapters:
+            out["adapters"] = {k: v.to_dict() for k, v in self.adapters.items()}
+        return out
 
     def save(self, path) -> None:
         """Write the plan as JSON (atomically: a crash never leaves half a file)."""
@@ -291,9 +343,9 @@ class QuantPlan:
         if self.fingerprint != other.fingerprint:
             out.append(f"fingerprint: {self.fingerprint} -> {other.fingerprint}")
         a, b = self.to_dict(), other.to_dict()
-        for section in ("arithmetic", "groups", "tensors", "layers"):
-            for key in sorted(set(a[section]) | set(b[section])):
-                va, vb = a[section].get(key), b[section].get(key)
+        for section in ("arithmetic", "groups", "tensors", "layers", "adapters"):
+            for key in sorted(set(a.get(section, {})) | set(b.get(section, {}))):
+                va, vb = a.get(section, {}).get(key), b.get(section, {}).get(key)
                 if va != vb:
                     out.append(f"{section}.{key}: {_short(va)} -> {_short(vb)}")
         return out
@@ -345,7 +397,9 @@ def _ints(v, path: str) -> tuple:
 
 #: the keys of a version 2 plan and of its entries
 _KEYS = {
-    "plan": {"format", "version", "fingerprint", "arithmetic", "groups", "tensors", "layers", "input_shape", "provenance"},
+    "plan": {"format", "version", "fingerprint", "arithmetic", "groups", "tensors", "layers", "input_shape", "provenance",
+             "adapters"},
+    "adapter": {"w1", "b1", "w2", "b2", "hidden_scale"},
     "tensor": {"bits", "signed", "group", "exponent", "dynamic", "zero_point"},
     "layer": {"bits", "granularity", "scales", "block", "codebook", "storage", "permutation"},
     "arithmetic": {"add_precision_bits"},
@@ -387,6 +441,7 @@ def _read_v2(d: Mapping) -> QuantPlan:
             _ints(block, f"{p}.block") if block is not None else None, _get(w, "codebook", str, p, "uniform"),
             _get(w, "storage", str, p, "int8"), _ints(perm, f"{p}.permutation") if perm is not None else None,
         )
+    adapters = {name: _read_adapter(a, f"adapters.{name}") for name, a in _get(d, "adapters", Mapping, "plan", {}).items()}
     shape = d.get("input_shape")
     if shape is not None and (not isinstance(shape, list) or not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
                                                                       for s in shape)):
@@ -402,7 +457,24 @@ def _read_v2(d: Mapping) -> QuantPlan:
         input_shape=tuple(shape) if shape is not None else None,
         arithmetic=Arithmetic(_get(arith, "add_precision_bits", int, "arithmetic", 8)),
         provenance=_provenance(d),
+        adapters=adapters,
     )
+
+
+def _numbers(v, path: str) -> tuple:
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise PlanError(f"{path}: expected a list of numbers")
+    return tuple(float(x) for x in v)
+
+
+def _read_adapter(a, path: str) -> AdapterQuant:
+    if not isinstance(a, Mapping):
+        raise PlanError(f"{path}: expected an object")
+    _known(a, "adapter", path)
+    w1 = _get(a, "w1", list, path)
+    return AdapterQuant(tuple(_numbers(r, f"{path}.w1[{i}]") for i, r in enumerate(w1)), _numbers(_get(a, "b1", list, path), f"{path}.b1"),
+                        _numbers(_get(a, "w2", list, path), f"{path}.w2"), float(_get(a, "b2", (int, float), path)),
+                        float(_get(a, "hidden_scale", (int, float), path)))
 
 
 def _provenance(d: Mapping) -> Mapping:
@@ -471,14 +543,16 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"tensors.{name}.bits must be 2-8; got {t.bits}")
         if t.group not in plan.groups:
             raise PlanError(f"tensors.{name}.group: unknown group {t.group!r}")
-        if t.dynamic is not None and t.dynamic not in plan.tensors:
-            raise PlanError(f"tensors.{name}.dynamic: unknown node {t.dynamic!r}")
+        if t.dynamic is not None and t.dynamic not in plan.adapters:
+            raise PlanError(f"tensors.{name}.dynamic: no adapter {t.dynamic!r} in the plan's adapters")
         if isinstance(t.zero_point, bool) or not isinstance(t.zero_point, int):
             raise PlanError(f"tensors.{name}.zero_point must be an integer; got {t.zero_point!r}")
         if t.zero_point and t.signed:
             raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} on a signed tensor (zero points are for unsigned tensors only)")
         if not 0 <= t.zero_point <= (1 << t.bits) - 1:
             raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} is outside the {t.bits}-bit unsigned range 0..{(1 << t.bits) - 1}")
+    for name, a in plan.adapters.items():
+        _check_adapter(a, f"adapters.{name}")
     for name, w in plan.layers.items():
         p = f"layers.{name}"
         if not 2 <= w.bits <= 8:
@@ -513,3 +587,19 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"{p}.permutation applies to granularity 'block' only (it orders channels into blocks)")
         if w.permutation is not None and sorted(w.permutation) != list(range(len(w.permutation))):
             raise PlanError(f"{p}.permutation is not a permutation of 0..{len(w.permutation) - 1}")
+
+
+def _check_adapter(a: AdapterQuant, p: str) -> None:
+    """Shapes and values of one adapter on its own (its width against the tensor: :func:`gwq_tvm.plan.program.adapter_recipe`)."""
+    h = len(a.b1)
+    if h < 1 or len(a.w1) != h or len(a.w2) != h:
+        raise PlanError(f"{p}: w1 has {len(a.w1)} rows, b1 {h} and w2 {len(a.w2)} values (one per hidden unit, at least one)")
+    widths = {len(r) for r in a.w1}
+    if len(widths) != 1 or 0 in widths:
+        raise PlanError(f"{p}.w1: rows of different or zero length {sorted(widths)}")
+    for key in ("w1", "b1", "w2", "b2"):
+        v = np.asarray(getattr(a, key), dtype=np.float64)
+        if not np.all(np.isfinite(v)):
+            raise PlanError(f"{p}.{key}: values must be finite")
+    if not (math.isfinite(a.hidden_scale) and a.hidden_scale > 0):
+        raise PlanError(f"{p}.hidden_scale: {a.hidden_scale!r} must be positive and finite")

@@ -88,3 +88,21 @@ def apply_sfc(x: torch.Tensor, sfc: SFC) -> torch.Tensor:
     one = torch.ones((), dtype=torch.int64)
     rounding = (one << right) >> 1 if isinstance(right, torch.Tensor) else (1 << right) >> 1
     return (y + rounding) >> right
+
+
+def apply_dynamic(acc: torch.Tensor, d, b_in=None, b_out=None) -> torch.Tensor:
+    """The torch twin of :func:`gwq_tvm.plan.program.apply_dynamic` (ASQ's per-sample requantization;
+    ``b_in``/``b_out`` int64 ``(N,)`` or ``None`` for ``2**F``), unclipped int64."""
+    from ..plan import program as P
+
+    one = torch.tensor(1 << P.BETA_FRAC_BITS, dtype=torch.int64)
+    bi = one if b_in is None else b_in
+    bo = one if b_out is None else b_out
+    rho = torch.div(bi * (1 << P.RHO_FRAC_BITS) + (bo >> 1), bo, rounding_mode="floor")
+    rho = rho.reshape(-1, 1).expand(acc.shape[0], 1)
+    m = torch.from_numpy(np.asarray(d.multiplier, dtype=np.int64)).reshape(1, -1)
+    mb = (m * rho + (1 << (P.RHO_FRAC_BITS - 1))) >> P.RHO_FRAC_BITS
+    tail = (1,) * (acc.ndim - 2)
+    mb = mb.reshape(mb.shape + tail)
+    right = torch.from_numpy(np.asarray(d.right, dtype=np.int64)).reshape((1, -1) + tail)
+    return (acc * mb + ((torch.ones((), dtype=torch.int64) << right) >> 1)) >> right

@@ -55,9 +55,45 @@ from ..graph import Graph, Node, kind_of
 from ..kinds import Kind
 from ..plan import program as P
 from ..plan import scales as S
-from ..plan import sublayer
+from ..plan import post, sublayer
 from ..plan.quantplan import QuantPlan, TensorQuant
-from .fakequant import apply_sfc, fake_quant, grad_scale, lsq, round_ste, ste
+from ..plan.quantplan import AdapterQuant
+from .fakequant import apply_dynamic, apply_sfc, fake_quant, grad_scale, lsq, round_ste, ste
+
+
+class AdapterParams(nn.Module):
+    """The trainable floats of one ASQ adapter (:class:`~gwq_tvm.plan.quantplan.AdapterQuant`).
+
+    ``new`` initialises as the authors do: ``w1``/``b1`` as ``nn.Linear(C, C/4)``, ``w2 ~ N(0, 0.01)`` and
+    ``b2 = 1`` so that ``beta ~= 1``; the hidden step starts at ``1/64`` and is learned (LSQ).
+    """
+
+    def __init__(self, w1, b1, w2, b2, hidden_scale):
+        super().__init__()
+        f = lambda v: nn.Parameter(torch.as_tensor(np.asarray(v, dtype=np.float32)))  # noqa: E731
+        self.w1, self.b1, self.w2, self.b2 = f(w1), f(b1), f(w2), f(b2)
+        self.hidden_scale = nn.Parameter(torch.tensor(float(hidden_scale), dtype=torch.float64))
+
+    @classmethod
+    def new(cls, channels: int, seed: int = 0) -> "AdapterParams":
+        g = torch.Generator().manual_seed(seed + channels)
+        hidden = max(channels // 4, 1)
+        lin = nn.Linear(channels, hidden)
+        bound = 1.0 / math.sqrt(channels)
+        w1 = (torch.rand((hidden, channels), generator=g) * 2 - 1) * bound
+        b1 = (torch.rand((hidden,), generator=g) * 2 - 1) * bound
+        del lin
+        w2 = torch.randn((hidden,), generator=g) * 0.01
+        return cls(w1.numpy(), b1.numpy(), w2.numpy(), 1.0, 1.0 / 64)
+
+    @classmethod
+    def from_quant(cls, a: AdapterQuant) -> "AdapterParams":
+        w1, b1, w2 = a.arrays()
+        return cls(w1, b1, w2, a.b2, a.hidden_scale)
+
+    def quant(self) -> AdapterQuant:
+        d = lambda p: p.detach().double().cpu().numpy()  # noqa: E731
+        return AdapterQuant.from_arrays(d(self.w1), d(self.b1), d(self.w2), float(self.b2.detach()), abs(float(self.hidden_scale.detach())))
 
 def trainable(kind: Kind) -> bool:
     """Does ``kind`` have a torch lowering (float-fallback regions cannot be trained)?"""
@@ -159,7 +195,7 @@ class QATModel(nn.Module):
     """
 
     def __init__(self, graph: Graph, plan: QuantPlan, *, scale_clip: str | None = None, scale_clip_k: float | None = None,
-                 act_clip_k: float | None = None):
+                 act_clip_k: float | None = None, adaptive_step=None):
         super().__init__()
         if plan.fingerprint != graph.fingerprint:
             raise PlanError(f"the QuantPlan was made for graph {plan.fingerprint}, this model is {graph.fingerprint}")
@@ -172,7 +208,7 @@ class QATModel(nn.Module):
             raise UnsupportedOpError(f"QAT keeps activations symmetric; tensors.{zp} has zero point "
                                      f"{plan.tensors[zp].zero_point}: plan with symmetric_activations=True (--symmetric-activations)")
         for n, w in plan.layers.items():
-            if (w.granularity == "block" and w.block[1] != 1) or w.codebook != "uniform" or w.storage != "int8":
+            if (w.granularity == "block" and w.block[1] != 1) or w.codebook not in ("uniform", "post") or w.storage != "int8":
                 shape = f" {w.block[0]}x{w.block[1]}" if w.block else ""
                 raise UnsupportedOpError(f"QAT trains uniform int8 weights per tensor, per channel or in Gx1 filter groups; "
                                          f"layers.{n} is {w.granularity}{shape}/{w.codebook}/{w.storage}")
@@ -210,6 +246,17 @@ class QATModel(nn.Module):
         #: tensors whose range the activation Scale-Clip caps, and their running sigma (NaN until the first batch)
         self.act_clipped = [t for t in self.quantized] if act_clip_k is not None else []
         self.register_buffer("act_sigma", torch.full((len(self.act_clipped),), float("nan"), dtype=torch.float64))
+        # ASQ adapters: the plan's own, plus those asked for (``True``/"all": every candidate tensor)
+        if adaptive_step is True or adaptive_step == "all" or adaptive_step == ["all"]:
+            adaptive_step = P.adaptive_candidates(graph)
+        wanted = P.check_adaptive(graph, list(adaptive_step or []))
+        self.adapter = nn.ModuleDict()
+        for t, tq in plan.tensors.items():
+            if tq.dynamic is not None and t == graph.tensor_of(t):
+                self.adapter[t] = AdapterParams.from_quant(plan.adapters[tq.dynamic])
+        for t in wanted:
+            if t not in self.adapter:
+                self.adapter[t] = AdapterParams.new(int(graph.nodes[t].shape[1]))
 
     def _choose_clip_k(self, n: str) -> float:
         """The ``k`` of :data:`~gwq_tvm.plan.sublayer.CLIP_KS` whose clip, applied literally before the plan's
@@ -328,7 +375,11 @@ class QATModel(nn.Module):
         provenance = dict(base.provenance)
         if self.scale_clip is not None or self.act_clip_k is not None:
             provenance["qat_scale_clip"] = self.clip_settings()
-        return base.replace(groups=groups, tensors=tensors, layers=layers, provenance=provenance)
+        adapters = {}
+        for t, a in self.adapter.items():
+            adapters[t] = a.quant()
+            tensors = {n: (dataclasses.replace(tq, dynamic=t) if self.graph.tensor_of(n) == t else tq) for n, tq in tensors.items()}
+        return base.replace(groups=groups, tensors=tensors, layers=layers, provenance=provenance, adapters=adapters)
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -395,13 +446,22 @@ class Run:
         self.q: dict[str, torch.Tensor] = {}  # integers (int64)
         self.acc: dict[str, tuple] = {}  # final accumulators: (v, acc_int, unit)
         self.scales: dict[str, torch.Tensor] = {}
+        #: ASQ: per dynamic tensor, (B int64 (N,), beta float (N,))
+        self.beta: dict[str, tuple] = {}
 
     def s(self, name: str) -> torch.Tensor:
-        """The differentiable scale of ``name``'s tensor."""
+        """The differentiable scale of ``name``'s tensor (ASQ: ``s * beta``, shape ``(N, 1, ...)``, once its
+        adapter has run)."""
         t = self.graph.tensor_of(name)
         if t not in self.scales:
             self.scales[t] = self.m._act_scale(t, self.dtype)
+        if t in self.beta:
+            beta = self.beta[t][1]
+            return self.scales[t] * beta.reshape((-1,) + (1,) * (self.x_ndim(t) - 1))
         return self.scales[t]
+
+    def x_ndim(self, t: str) -> int:
+        return len(self.graph.nodes[t].shape)
 
     def store(self, node: Node, v: torch.Tensor, q: torch.Tensor, qmin: int, qmax: int):
         """Record ``node``'s integers ``q`` and its fake-quantized value (LSQ gradient from ``v``)."""
@@ -421,12 +481,28 @@ class Run:
         w = self.m.effective_weight(n, self.dtype)
         shape = (-1,) + (1,) * (w.ndim - 1)
         qmax = S.weight_qmax(layer.bits)
-        wq = lsq(w, ws.reshape(shape), -qmax, qmax)
-        unit = self.s(src) * ws
+        if layer.codebook == "post":  # ASQ POST: levels table[codes] * unit_c, the unit (alpha_c * 2**-F) learned
+            idx = post.quantize_indices(w.detach().double().numpy(), ws.detach().double().numpy().reshape(shape), layer.bits)
+            levels = torch.from_numpy(post.integer_weights(idx, layer.bits).astype(np.int64))
+            top = int(post.level_table(layer.bits)[0])
+            wq = fake_quant(w, ws.reshape(shape), levels, -top, top)
+        else:
+            wq = lsq(w, ws.reshape(shape), -qmax, qmax)
+        dyn = src if src in self.beta else None
+        if dyn is None:
+            unit = self.s(src) * ws
+        else:  # the input's step is s * beta per sample: unit (N, C, 1, ...)
+            unit = self.s(src).reshape((-1, 1) + (1,) * (len(node.shape) - 2)) * ws.reshape((1, -1) + (1,) * (len(node.shape) - 2))
         b = None
         if n in self.m.bias:
             b = self.m.bias[n].to(self.dtype)
-            b = unit * round_ste(b / unit)
+            if dyn is None:
+                b = unit * round_ste(b / unit)
+            else:  # the compiled per-sample bias (plan.program.dynamic_bias), gradient to b straight through
+                static = S.quantize_bias(self.m.bias[n].detach().double().numpy(), self.plan.scale(src) * P.weight_scales(node, self.plan))
+                qb = P.dynamic_bias(static, self.beta[dyn][0].numpy())
+                qb = torch.from_numpy(qb.astype(np.float64)).to(self.dtype).reshape(unit.shape[:2] + (1,) * (len(node.shape) - 2))
+                b = ste(b.reshape((1, -1) + (1,) * (len(node.shape) - 2)).expand_as(qb), unit.detach() * qb)
         acc_scale = self.plan.scale(src) * P.weight_scales(node, self.plan)
         return wq, b, unit, acc_scale
 
@@ -435,13 +511,29 @@ class Run:
         if not P.needs_integer_output(self.graph, node.name):
             self.acc[node.name] = (v, acc_int, unit)
             return
-        rq = P.requant(node, P.Accumulator(np.asarray(acc_scale, dtype=np.float64), 0), self.plan)
-        q = torch.clamp(apply_sfc(acc_int, rq.sfc), rq.qmin, rq.qmax)
+        acc = P.Accumulator(np.asarray(acc_scale, dtype=np.float64), 0)
+        rq = P.dynamic_requant(self.graph, node, acc, self.plan)
+        if rq.dynamic is None:
+            q = torch.clamp(apply_sfc(acc_int, rq.sfc), rq.qmin, rq.qmax)
+            self.store(node, v, q, rq.qmin, rq.qmax)
+            return
+        d = rq.dynamic
+        b_in = self.beta[d.beta_in][0] if d.beta_in is not None else None
+        if d.beta_out is not None:  # ASQ: q0 at the static step, the adapter, then q at s * beta
+            from ..kinds.adapter import ADAPTER
+
+            q0 = torch.clamp(apply_dynamic(acc_int, d, b_in, None), rq.qmin, rq.qmax)
+            x0 = fake_quant(v, self.s(node.name), q0, rq.qmin, rq.qmax)
+            recipe = P.adapter_recipe(self.graph, node.name, self.plan)
+            self.beta[node.name] = ADAPTER.qat_branch(q0, x0, recipe, self.m.adapter[node.name])
+        q = torch.clamp(apply_dynamic(acc_int, d, b_in, self.beta[d.beta_out][0] if d.beta_out else None), rq.qmin, rq.qmax)
         self.store(node, v, q, rq.qmin, rq.qmax)
 
     @staticmethod
     def round_int(v: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
         """The accumulator integers of a layer's real output ``v``: ``round(v / unit)``."""
+        if unit.ndim == v.ndim:  # ASQ: a per-sample unit, already broadcast
+            return torch.round(v.detach() / unit.detach()).to(torch.int64)
         shape = [1] * v.ndim
         if unit.ndim and unit.numel() > 1:
             shape[1] = unit.numel()

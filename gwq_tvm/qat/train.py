@@ -113,8 +113,10 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def _param_groups(model: QATModel, cfg: TrainConfig):
-    weights = list(model.weight.values()) + list(model.bias.values())
-    scales = list(model.mantissa.values()) + list(model.exponent.values()) + list(model.weight_scale.values())
+    adapters = list(getattr(model, "adapter", {}).values())
+    weights = list(model.weight.values()) + list(model.bias.values()) + [p for a in adapters for p in (a.w1, a.b1, a.w2, a.b2)]
+    scales = (list(model.mantissa.values()) + list(model.exponent.values()) + list(model.weight_scale.values())
+              + [a.hidden_scale for a in adapters])
     return [{"params": weights, "lr": cfg.lr}, {"params": scales, "lr": cfg.scale_lr}]
 
 
