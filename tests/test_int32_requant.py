@@ -10,6 +10,7 @@ from tvm.relax import op as R
 
 import gwq_tvm
 from gwq_tvm import QuantConfig
+from gwq_tvm.errors import PlanError
 from gwq_tvm.plan import program as P
 from gwq_tvm.plan.sfc import INT32_MAX, INT32_MIN_BITS, apply_sfc, int32_multiply, make_sfc
 from gwq_tvm.reference import run_reference
@@ -121,3 +122,23 @@ def test_realized_ir_int32_where_bound_allows_int64_where_it_forbids():
     x = calib[:1]
     for qm in programs.values():
         np.testing.assert_array_equal(compile_and_run(qm.mod, x), run_reference(qm.mod, x))
+
+
+def test_the_plan_says_whether_multiplies_narrow_to_int32():
+    """``arithmetic.int32_requantize`` is part of the plan: new plans write ``true``; a plan file written before
+    the setting existed (no key) loads as ``false`` and keeps the Q31 int64 multiply it was made with."""
+    fm = gwq_tvm.frontend._finish(_two_conv_module(), "test")
+    calib = np.random.default_rng(1).normal(size=(16, 3, 8, 8)).astype("float32")
+    q = gwq_tvm.quantize(fm, calib, QuantConfig())
+    plan = _with_out_exponent(q, "conv2d_1", -4)
+    d = plan.to_dict()
+    assert d["arithmetic"]["int32_requantize"] is True
+    del d["arithmetic"]["int32_requantize"]
+    old = gwq_tvm.QuantPlan.from_dict(d)
+    assert old.arithmetic.int32_requantize is False
+    n = next(n for n in q.graph.nodes.values() if n.name == "conv2d_1")
+    assert P.requant(n, P.accumulator(n, q.graph, plan), plan).work_dtype == "int32"
+    assert P.requant(n, P.accumulator(n, q.graph, old), old).work_dtype == "int64"
+    d["arithmetic"]["int32_requantize"] = 1
+    with pytest.raises(PlanError, match="arithmetic.int32_requantize: expected true/false"):
+        gwq_tvm.QuantPlan.from_dict(d)

@@ -313,7 +313,7 @@ def requant(node: "Node", acc: Accumulator, plan: QuantPlan) -> Requant:
     qmin, qmax = out_range(node, plan)
     dtype = container(plan.tensors[node.name])
     z = zero_point(plan, node.name)
-    if sfc.kind == "multiply" and acc.bound > 0:  # the int32 form clips SFC(acc) to the range before + z
+    if sfc.kind == "multiply" and acc.bound > 0 and plan.arithmetic.int32_requantize:  # the int32 form clips SFC(acc) to the range before + z
         narrow = int32_multiply(sfc, acc.bound, qmin - z, qmax - z)
         if narrow is not None:
             return Requant(narrow[0], qmin, qmax, dtype, "int32", pre_clip=narrow[1], zero_point=z)
@@ -677,7 +677,7 @@ def dynamic_requant(graph: "Graph", node: "Node", acc: Accumulator, plan: QuantP
         raise PlanError(f"{node.name}: the per-sample bias (up to {1 << BETA_RANGE_BITS}x) can overflow the int32 accumulator")
     if bound * (int(m.max()) * growth + 1) + (1 << int(n.max())) > INT64_MAX:
         raise PlanError(f"{node.name}: the per-sample requantization acc * M * beta_in / beta_out can overflow int64")
-    return Requant(sfc, rq.qmin, rq.qmax, rq.dtype, "int64", DynamicRequant(m, n, beta_in, beta_out))
+    return Requant(sfc, rq.qmin, rq.qmax, rq.dtype, "int64", zero_point=rq.zero_point, dynamic=DynamicRequant(m, n, beta_in, beta_out))
 
 
 def dynamic_rho(b_in, b_out) -> np.ndarray:

@@ -239,9 +239,17 @@ class Arithmetic:
 
     ``add_precision_bits``: a residual add rescales its inputs to ``2**P``
     units of its output scale (``P`` extra fractional bits) before adding.
+
+    ``int32_requantize``: a requantizing multiply whose accumulator bound
+    allows runs in int32 with a ``Q<b>`` mantissa, ``b >= 12``
+    (:func:`gwq_tvm.plan.sfc.int32_multiply`), instead of int64 with the Q31
+    one.  The two differ by at most one output code, so the choice is part of
+    the plan: new plans say ``true``; a plan file without the key (written
+    before this setting existed) keeps the int64 form it was made with.
     """
 
     add_precision_bits: int = 8
+    int32_requantize: bool = True
 
 
 @dataclass(frozen=True)
@@ -290,7 +298,8 @@ class QuantPlan:
             "format": FORMAT,
             "version": VERSION,
             "fingerprint": self.fingerprint,
-            "arithmetic": {"add_precision_bits": self.arithmetic.add_precision_bits},
+            "arithmetic": {"add_precision_bits": self.arithmetic.add_precision_bits,
+                           "int32_requantize": self.arithmetic.int32_requantize},
             "groups": dict(self.groups),
             "tensors": {k: _tensor_dict(v) for k, v in self.tensors.items()},
             "layers": {k: v.to_dict() for k, v in self.layers.items()},
@@ -402,7 +411,7 @@ _KEYS = {
     "adapter": {"w1", "b1", "w2", "b2", "hidden_scale"},
     "tensor": {"bits", "signed", "group", "exponent", "dynamic", "zero_point"},
     "layer": {"bits", "granularity", "scales", "block", "codebook", "storage", "permutation"},
-    "arithmetic": {"add_precision_bits"},
+    "arithmetic": {"add_precision_bits", "int32_requantize"},
 }
 
 
@@ -455,7 +464,8 @@ def _read_v2(d: Mapping) -> QuantPlan:
         tensors=tensors,
         layers=layers,
         input_shape=tuple(shape) if shape is not None else None,
-        arithmetic=Arithmetic(_get(arith, "add_precision_bits", int, "arithmetic", 8)),
+        arithmetic=Arithmetic(_get(arith, "add_precision_bits", int, "arithmetic", 8),
+                              _get(arith, "int32_requantize", bool, "arithmetic", False)),
         provenance=_provenance(d),
         adapters=adapters,
     )
