@@ -299,8 +299,8 @@ class _Builder:
         wz = self.init(f"{unit.name}_weight_zero_point", zero)
         self.node("DequantizeLinear", [w, ws_name, wz], [f"{unit.name}_weight"], **axis)
         args = [self.source(unit.head.input[0]), f"{unit.name}_weight"]
-        if acc.bias is not None:
-            b = self.init(f"{unit.name}_bias_q", acc.bias)
+        if acc.plain_bias is not None:  # the DQ input is s (q - z): the bias without the folded -z sum(q_w)
+            b = self.init(f"{unit.name}_bias_q", acc.plain_bias)
             bs = self.init(f"{unit.name}_bias_scale", acc.scale.astype(np.float32))
             bz = self.init(f"{unit.name}_bias_zero_point", np.zeros(acc.scale.shape, np.int32))
             self.node("DequantizeLinear", [b, bs, bz], [f"{unit.name}_bias"], axis=0)

@@ -256,8 +256,12 @@ def _matmul(args, attrs, dtype, name):
 
 
 def _sum(args, attrs, dtype, name):
+    """Integers sum exactly in int64 (overflow-checked); a float tensor (a sum kept in float) sums in its own dtype,
+    as TVM's reduction does, not truncated to integers."""
     axes = tuple(int(a) for a in attrs.axis)
-    return _checked(args[0].astype(np.int64).sum(axis=axes, keepdims=bool(attrs.keepdims)), dtype, name)
+    x = args[0]
+    acc = np.int64 if _int_info(x.dtype) is not None else x.dtype
+    return _checked(x.astype(acc).sum(axis=axes, keepdims=bool(attrs.keepdims)), dtype, name)
 
 
 def _take(table, idx, attrs):

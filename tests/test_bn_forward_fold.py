@@ -134,7 +134,7 @@ def _ops(func) -> list:
     """``(op, dtype)`` of each call binding of ``func``, in order."""
     from tvm import relax
 
-    return [(b.value.op.name.removeprefix("relax."), b.var.ty.dtype) for blk in func.body.blocks for b in blk.bindings
+    return [(b.value.op.name.removeprefix("relax."), str(b.var.ty.dtype)) for blk in func.body.blocks for b in blk.bindings
             if isinstance(b.value, relax.Call)]
 
 
@@ -153,11 +153,15 @@ def test_ir_before_and_after_the_fold(pad):
     q = gwq_tvm.quantize(model, x, QuantConfig(), input_shape=shape)
     after = _between_convs(_ops(q.mod["main"]))
     affine = [("multiply", "int32")]  # the affine node's q_in * q_a (its bias add and requantization follow)
-    requant = [("add", "int32"), ("astype", "int64"), ("multiply", "int64"), ("add", "int64"), ("right_shift", "int64"),
-               ("clip", "int64")]
+    # the int32 requantize (plan.arithmetic.int32_requantize): bias add, the result-preserving pre-clip of the
+    # accumulator, the Q<b> multiply with its rounding shift, and the clip to the output codes
+    requant = [("add", "int32"), ("astype", "int32"), ("maximum", "int32"), ("minimum", "int32"), ("astype", "int32"),
+               ("multiply", "int32"), ("add", "int32"), ("right_shift", "int32"), ("clip", "int32")]
     if pad:
         assert after[:len(requant) + 3] == requant + [("astype", "uint8"), ("astype", "int32")] + affine
-        assert after[-1] == ("astype", "int8")  # the BN's output is signed
+        # the BN's output is planned unsigned with a zero point: + z before the clip, and the padded conv pads by z
+        assert q.plan.tensors["affine_0"].zero_point and after[-4:] == [("add", "int32"), ("clip", "int32"),
+                                                                         ("astype", "uint8"), ("nn.pad", "uint8")]
     else:
         assert after == requant + [("astype", "uint8")]  # the second conv reads the ReLU's codes
     np.testing.assert_array_equal(compile_and_run(q.mod, x), run_reference(q.mod, x))

@@ -182,7 +182,9 @@ def test_fake_quant_simulator_tracks_the_integer_program(bits, mode, fmnist):
     cfg = cfg.replace(groups=2, loss_aware=False) if mode == "gwq" else cfg
     q, x = gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:256], cfg), test_x[:64]
     names = [n for n in q.graph.tensors() if q.graph.nodes[n].kind == "input" or needs_integer_output(q.graph, n)]
-    ranges = {n: qrange(q.plan.tensors[n].bits, q.plan.tensors[n].signed) for n in names}
+    # r = s (q - z): a zero point is the range of the codes less z (round(x / s) + z = round(x / s + z))
+    tq = q.plan.tensors
+    ranges = {n: tuple(v - tq[n].zero_point for v in qrange(tq[n].bits, tq[n].signed)) for n in names}
     layers = {n: (lq.weight_bits, lq.weight_scales) for n, lq in q.plan.layers.items()}
     sim = FakeQuantSimulator(q.float_model, q.graph, ranges, layers)
     simulated = sim.run(x, {n: q.plan.scale(n) for n in names})

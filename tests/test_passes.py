@@ -35,15 +35,19 @@ def _conv_module():
     return bb.get()
 
 
-def test_realize_conv_bias_relu_structure():
-    """After: quantize input, int8 conv to int32 + int32 bias; the float consumer dequantizes the accumulator."""
+def _conv_quantized(config: QuantConfig):
     mod = _conv_module()
     fm = gwq_tvm.frontend._finish(mod, "test")
     graph = gwq_tvm.extract_graph(fm.mod)
     assert [n.kind for n in graph.nodes.values()] == ["input", "conv2d", "float"]
     assert graph.nodes["conv2d_0"].act == (0.0, float("inf"))
     x = np.random.default_rng(1).normal(size=(1, 2, 6, 6)).astype("float32")
-    q = gwq_tvm.quantize(fm, x, QuantConfig())
+    return gwq_tvm.quantize(fm, x, config), x
+
+
+def test_realize_conv_bias_relu_structure():
+    """After: quantize input, int8 conv to int32 + int32 bias; the float consumer dequantizes the accumulator."""
+    q, x = _conv_quantized(QuantConfig(symmetric_activations=True))
     assert _ops(q.mod) == [
         "relax.divide", "relax.add", "relax.floor", "relax.clip", "relax.astype",  # input quantize
         "relax.nn.conv2d", "relax.add",  # int8 x int8 -> int32, + int32 bias
@@ -54,6 +58,30 @@ def test_realize_conv_bias_relu_structure():
     assert conv.args[1].ty.dtype == "int8" and conv.attrs.out_dtype == "int32"
     assert q.float_ops == ["relax.sum"]
     assert q.integer_only.ok  # the float sum comes after the output dequantize
+
+
+def test_realize_conv_structure_with_an_input_zero_point():
+    """After, with the (lopsided) input planned uint8 with a zero point z: the quantize adds z, the conv pads
+    explicitly with the code z (real 0) and runs unpadded, and its int32 bias holds ``q_b - z * sum(q_w,c)``."""
+    q, x = _conv_quantized(QuantConfig())
+    z = q.plan.tensors["input"].zero_point
+    assert z and not q.plan.tensors["input"].signed
+    assert _ops(q.mod) == [
+        "relax.divide", "relax.add", "relax.floor", "relax.add", "relax.clip", "relax.astype",  # + z, uint8 codes
+        "relax.nn.pad", "relax.nn.conv2d", "relax.add",  # pad by z, uint8 x int8 -> int32, + folded bias
+        "relax.astype", "relax.multiply", "relax.clip",
+        "relax.sum",
+    ]
+    calls = [b.value for b in q.mod["main"].body.blocks[0].bindings if isinstance(b.value, relax.Call)]
+    pad, conv, bias = calls[6], calls[7], calls[8]
+    assert float(pad.attrs.pad_value) == z and conv.args[0].ty.dtype == "uint8"
+    assert [int(p) for p in conv.attrs.padding] == [0, 0, 0, 0]
+    acc = gwq_tvm.plan.program.accumulator(q.graph.nodes["conv2d_0"], q.graph, q.plan)
+    folded = acc.plain_bias.astype(np.int64) - z * acc.weight.reshape(3, -1).astype(np.int64).sum(axis=1)
+    np.testing.assert_array_equal(bias.args[1].value.numpy().ravel(), folded)  # plain_bias: what the QDQ export adds
+    # the output is a float sum after the dequantize: equal up to float32 summation order (the reference once
+    # truncated float sums to integers, which this caught)
+    np.testing.assert_allclose(compile_and_run(q.mod, x), gwq_tvm.reference.run_reference(q.mod, x), rtol=1e-6)
 
 
 def test_checker_flags_float_op_inside_integer_region():

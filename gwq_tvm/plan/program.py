@@ -129,6 +129,9 @@ class Accumulator:
     #: the code a conv pads its input with: the input's zero point (real 0); with a nonzero one the conv's
     #: padding is an explicit pad by this code before an unpadded conv
     pad_value: int = 0
+    #: conv/dense: ``q_b`` alone, the bias of ``conv(q_in - z, q_w)`` (``bias`` is ``q_b - z * sum(q_w,c)``, what the
+    #: program adds to ``conv(q_in, q_w)``); a graph that subtracts ``z`` itself, like the QDQ export, adds this one
+    plain_bias: np.ndarray | None = None
 
 
 def weight_scales(node: "Node", plan: QuantPlan) -> np.ndarray:
@@ -190,6 +193,7 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
         raise PlanError(f"layers.{node.name}: channel {c}'s bias {float(node.bias[c]):.4g} does not fit the int32 "
                         f"accumulator at weight scale {float(grid[c, 0]):.4g} (input scale {s_in:.4g}); its weight scale "
                         f"must be at least {abs(float(node.bias[c])) / (s_in * S.BIAS_LIMIT):.4g}") from None
+    plain = bq
     if z_in:  # conv(q - z, q_w) + q_b = conv(q, q_w) + (q_b - z * sum(q_w,c)), padded with the code z
         folded = -z_in * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
         if bq is not None:
@@ -201,7 +205,7 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
     bound = int(per_channel.max() + (np.abs(bq.astype(np.int64)).max() if bq is not None else 0))
     if bound > INT32_MAX:
         raise PlanError(f"{node.name}: the int32 accumulator can overflow (bound {bound}); split the layer")
-    return Accumulator(acc_scale, bound, wq, bq, codes=codes, table=table, pad_value=z_in)
+    return Accumulator(acc_scale, bound, wq, bq, codes=codes, table=table, pad_value=z_in, plain_bias=plain)
 
 
 def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: float, in_mag: int) -> Accumulator:
