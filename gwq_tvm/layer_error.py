@@ -25,6 +25,7 @@ For every tensor ``t`` of the plan (a node output that owns a scale), on
   ``local_sqnr_db`` or ``alone_kl``.
 
 Tensors are sorted by ``alone_kl``, largest first (the promotion candidate).
+With several model outputs the KL figures compare the first one.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _with_probes(mod: tvm.IRModule, graph: Graph, names: list[str]) -> tvm.IRMod
     with bb.function("main", list(func.params), attrs=dict(func.attrs.items()) if func.attrs is not None else None):
         with bb.dataflow():
             for binding in func.body.blocks[0].bindings:
+                if binding.var.same_as(out) and isinstance(binding.value, relax.Tuple):
+                    continue  # a model with several outputs: its output tuple is rebuilt below with the probes
                 bb.emit_normalized(binding)
             probes = [bb.emit(R.reshape(graph.nodes[n].var, graph.nodes[n].var.ty.shape)) for n in names]
             fields = [graph.nodes[n].var for n in graph.outputs]

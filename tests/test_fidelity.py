@@ -179,6 +179,32 @@ def test_layer_error_on_a_residual_net(fmnist, tmp_path):
     assert rows["conv2d_3"]["sqnr_db"] <= rows["conv2d_3"]["local_sqnr_db"] + 0.5
 
 
+def test_layer_error_on_a_two_output_model():
+    """A model with several outputs: the probes join its output tuple (this once stopped at "unsupported binding in
+    main: Tuple gv"); every tensor has a row and the program's first output is what program_kl compares."""
+    import torch
+    from torch import nn
+
+    from gwq_tvm.layer_error import layer_error
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x)).mean(dim=(2, 3))
+            return self.b(y), self.c(y)
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype("float32")
+    q = gwq_tvm.quantize(Two().eval(), x, input_shape=(None, 1, 8, 8))
+    assert q.graph.outputs == ["dense_0", "dense_1"]
+    result = layer_error(q, x, samples=8)
+    assert {r["name"] for r in result["tensors"]} == set(q.graph.tensors())
+    assert result["program_kl"] >= 0
+
+
 @pytest.mark.slow
 def test_cli_report_layer_error(tmp_path):
     path = tmp_path / "mlp.onnx"
