@@ -77,6 +77,7 @@ _PLAN_FIXED = {
     # mixed precision (branch limpq)
     "mixed_precision": "mixed_precision", "size_budget": "size_budget", "bitops_budget": "bitops_budget",
     "importance": "importance", "importance_file": "importance_file", "mp_search": "mp_search",
+    "latency_budget": "latency_budget", "latency_table": "latency_table",
 }
 
 
@@ -106,7 +107,7 @@ def _check_plan_options(args) -> None:
 
 #: Options that only mean something beside another (dest -> the dests of which one must be given too).
 _NEEDS = {"search_metric": ("block_search",), "search_rounds": ("block_search",),
-          "weight_blocks_fit": ("weight_blocks", "weight_groups")}
+          "weight_blocks_fit": ("weight_blocks", "weight_groups"), "latency_table": ("latency_budget",)}
 
 
 def _config(args, **defaults):
@@ -199,6 +200,7 @@ def cmd_compile(args):
 
     out = Path(args.output)
     _check_plan_options(args)
+    _latency_table(args)
     plan_out = out.with_suffix(".plan.json")
     # 'compile m.onnx --plan m.plan.json -o m.so' (the README's QAT flow) names the given plan as the plan output:
     # it is left as it is when the plan compiled is that file's, never rewritten
@@ -303,10 +305,26 @@ def _importance_file(args, calib):
     return path, None
 
 
+def _latency_table(args) -> None:
+    """``--latency-budget``: the table file (default ``<output stem>.latency.json``), checked as an output when new."""
+    if not getattr(args, "latency_budget", None):
+        return
+    if getattr(args, "target", None) not in (None, "host"):
+        raise GwqError(f"--latency-budget is measured on this machine; it does not apply to --target {args.target} "
+                       "(plan on the board itself, or use --size-budget/--bitops-budget)")
+    if not args.latency_table:
+        out = Path(args.output)
+        args.latency_table = str(out.with_name(out.name.removesuffix(".json").removesuffix(".plan").removesuffix(".so")
+                                               + ".latency.json"))
+    if not Path(args.latency_table).exists():
+        _check_outputs(args, args.latency_table)
+
+
 def cmd_plan(args):
     from . import api
 
     _check_outputs(args, args.output)
+    _latency_table(args)
     calib = _calibration(args)
     read, write = _importance_file(args, calib)
     args.importance_file = str(read) if read is not None else None
@@ -582,6 +600,12 @@ def _add_quant_options(p):
                         "or give --importance-file); hessian: HAWQ's Hessian trace x quantization perturbation")
     m.add_argument("--importance-file", default=None, metavar="JSON",
                    help="indicators of an earlier run (plan writes them): the ILP reruns for any budget at once")
+    m.add_argument("--latency-budget", default=None, metavar="TIME|P%",
+                   help="predicted batch-1 latency on this machine, e.g. 0.8ms or 103%% of the measured W8A8 program "
+                        "(each layer's int8 and packed-int4 kernels are measured here; needs static shapes)")
+    m.add_argument("--latency-table", default=None, metavar="JSON",
+                   help="keep the measured latencies here (default <output stem>.latency.json); an existing table "
+                        "of this model and machine is read instead of measuring again")
     m.add_argument("--mp-search", default=None, choices=("ilp", "greedy"),
                    help="ilp (default) | greedy: lower the least sensitive layer until the budgets hold (a baseline)")
     g = p.add_argument_group("sub-layerwise weights (PTQ-SL) and distribution reshaping (GDRQ)")

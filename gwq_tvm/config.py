@@ -128,7 +128,7 @@ def _check_weights(cfg) -> None:
 
 #: the mixed-precision options (written by :meth:`QuantConfig.to_dict` only when set)
 MIXED_FIELDS = ("mixed_precision", "size_budget", "bitops_budget", "importance", "mp_weight_bits", "mp_act_bits",
-                "importance_file", "mp_search")
+                "importance_file", "mp_search", "latency_budget", "latency_table")
 IMPORTANCES = ("proxy", "learned", "hessian")
 #: how the bit-widths are chosen from the importance
 MP_SEARCHES = ("ilp", "greedy")
@@ -145,13 +145,21 @@ def _bit_choices(value, name) -> tuple:
 
 def _check_mixed(cfg, set_) -> None:
     """Validate the mixed-precision options of :class:`QuantConfig`."""
-    from .plan.mixed_precision import parse_budget
+    from .plan.mixed_precision import parse_budget, parse_latency_budget
 
     if not isinstance(cfg.mixed_precision, bool):
         raise ConfigError(f"mixed_precision must be true or false; got {cfg.mixed_precision!r}")
     for k in ("size_budget", "bitops_budget"):
         if getattr(cfg, k) is not None:
             set_(k, str(parse_budget(getattr(cfg, k), k)))
+    if cfg.latency_budget is not None:
+        budget = parse_latency_budget(cfg.latency_budget)
+        set_("latency_budget", str(budget) if budget.percent else f"{budget.value:.9g}s")
+    if cfg.latency_table is not None:
+        if not isinstance(cfg.latency_table, str) or not cfg.latency_table:
+            raise ConfigError(f"latency_table must be a path; got {cfg.latency_table!r}")
+        if cfg.latency_budget is None:
+            raise ConfigError("latency_table applies with a latency_budget only")
     set_("mp_weight_bits", _bit_choices(cfg.mp_weight_bits, "mp_weight_bits"))
     set_("mp_act_bits", _bit_choices(cfg.mp_act_bits, "mp_act_bits"))
     if cfg.importance not in IMPORTANCES:
@@ -169,8 +177,8 @@ def _check_mixed(cfg, set_) -> None:
     if cfg.importance == "learned" and cfg.importance_file is None:
         raise ConfigError("importance 'learned' reads LIMPQ's indicators from an importance_file (written by "
                           "'gwq-tvm plan --mixed-precision --importance learned' or gwq_tvm.qat.importance.learn_importance)")
-    if cfg.size_budget is None and cfg.bitops_budget is None:
-        raise ConfigError("mixed_precision needs a size_budget or a bitops_budget (or both)")
+    if cfg.size_budget is None and cfg.bitops_budget is None and cfg.latency_budget is None:
+        raise ConfigError("mixed_precision needs a size_budget, a bitops_budget or a latency_budget (or several)")
     if cfg.bits:
         raise ConfigError("mixed_precision chooses every layer's bits: drop the per-layer bits overrides")
     if (cfg.weight_bits, cfg.act_bits) != (8, 8):
@@ -325,6 +333,16 @@ class QuantConfig:
         :meth:`gwq_tvm.plan.mixed_precision.Problem.greedy`).
     mp_weight_bits, mp_act_bits : tuple of int
         Candidate widths of weights (default 2, 3, 4, 8) and activations (4, 8).
+    latency_budget : str, optional
+        The predicted latency of the compiled program at batch 1, measured on
+        this machine: a time (``"0.8ms"``, ``"800us"``, ``"0.0008s"``) or a
+        percentage of the measured W8A8 program (``"95%"``).  The prediction
+        is the W8A8 program's time with each layer's kernel swapped for its
+        chosen storage's (:mod:`gwq_tvm.schedules.latency`).
+    latency_table : str, optional
+        Where the measured latencies are kept: read when the file exists (it
+        must be of this model and this machine's target), else measured and
+        written there.  Without it they are measured and not kept.
     weight_groups : int, optional
         GDRQ group-based quantization: each layer's output filters in ``G``
         contiguous groups with one step each (folded into the per-channel SFC:
@@ -390,6 +408,8 @@ class QuantConfig:
     mp_act_bits: tuple = (4, 8)
     importance_file: str | None = None
     mp_search: str = "ilp"
+    latency_budget: str | None = None
+    latency_table: str | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

@@ -132,7 +132,7 @@ def test_mixed_plan_on_bundled_resnet_compiles_bit_exact(fmnist):
     (["--mixed-precision", "--size-budget", "60%", "--weight-bits", "4"], "--weight-bits cannot be combined with --mixed-precision"),
     (["--mixed-precision", "--size-budget", "60%", "--plan", "x.plan.json"], "cannot be combined with --plan"),
     (["--mixed-precision", "--size-budget", "60%", "--importance", "learned"], "importance 'learned'"),
-    (["--mixed-precision"], "needs a size_budget or a bitops_budget"),
+    (["--mixed-precision"], "needs a size_budget, a bitops_budget or a latency_budget"),
     (["--size-budget", "60%"], "size_budget applies with mixed_precision only"),
     (["--mixed-precision", "--bitops-budget", "half"], "bitops_budget must be a positive number or a percentage"),
     # refused before the importance is measured: W8A8 is 77072 bytes; the ends (784 weights) at 8 bits

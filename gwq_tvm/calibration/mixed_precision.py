@@ -7,7 +7,8 @@
    ``proxy``, the output divergence (:func:`~gwq_tvm.calibration.sensitivity.bit_importance`),
    or ``hessian``, HAWQ's trace times perturbation (:func:`~gwq_tvm.qat.importance.hessian_importance`);
 2. :class:`~gwq_tvm.plan.mixed_precision.Problem` picks the widths under the
-   size and BitOps budgets (``mp_search="greedy"``: the greedy baseline instead of the ILP);
+   size, BitOps and latency budgets (the latency table measured on this machine:
+   :func:`latency_inputs`) (``mp_search="greedy"``: the greedy baseline instead of the ILP);
 3. the widths become per-node ``bits`` of an ordinary configuration and
    :func:`~gwq_tvm.plan.planner.build_plan` makes the plan, so the compiler
    sees nothing new.  ``plan.provenance["config"]`` is that ordinary
@@ -64,7 +65,7 @@ def ordinary_config(config: QuantConfig) -> QuantConfig:
     """``config`` without its mixed-precision options (the settings every candidate plan shares)."""
     return config.replace(mixed_precision=False, size_budget=None, bitops_budget=None, importance="proxy",
                           mp_weight_bits=QuantConfig.mp_weight_bits, mp_act_bits=QuantConfig.mp_act_bits, end_bits=None,
-                          importance_file=None, mp_search="ilp")
+                          importance_file=None, mp_search="ilp", latency_budget=None, latency_table=None)
 
 
 def free_names(layers, fixed_w: dict, fixed_a: dict) -> tuple[list, list]:
@@ -114,6 +115,31 @@ def measure_importance(ctx, base: QuantConfig, free_layers: list, free_tensors: 
     return iw, ia, time.perf_counter() - t0
 
 
+def latency_inputs(ctx, base: QuantConfig, layers, fixed_w: dict) -> tuple[dict, float, dict]:
+    """``(t_l[b], T_w8a8, table)`` for the ILP's latency row: the table at ``config.latency_table`` when it
+    exists, else measured on this machine (:mod:`gwq_tvm.schedules.latency`) and written there if a path is given."""
+    from pathlib import Path
+
+    from ..passes.realize import RealizeIntegerProgram
+    from ..runtime import host_target
+    from ..schedules import latency as L
+
+    cfg, graph, target = ctx.config, ctx.graph, host_target()
+    path = Path(cfg.latency_table) if cfg.latency_table is not None else None
+    if path is not None and path.exists():
+        table = L.load_table(path, graph, target)
+    else:
+        if ctx.model is None:
+            raise ConfigError("a latency budget without a latency table needs the float model to measure it")
+        w8a8 = build_plan(graph, ctx.stats, base, ctx.input_shape, ctx.sensitivity)
+        signed = {t: tq.signed for t, tq in w8a8.tensors.items()}
+        table = L.make_table(graph, signed, RealizeIntegerProgram(w8a8)(ctx.model.mod), ctx.model.input_shape, target)
+        if path is not None:
+            L.save_table(path, table)
+    widths = set(cfg.mp_weight_bits) | set(fixed_w.values()) | {8}
+    return L.layer_latency(table, graph, widths), float(table["program_w8a8_s"]), table
+
+
 @strategies.register("mixed_precision")
 def mixed_precision_strategy(ctx: strategies.PlanContext):
     """The ``mixed_precision`` strategy (see the module docstring)."""
@@ -123,10 +149,14 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
     free_layers, free_tensors = free_names(layers, fixed_w, fixed_a)
     size = M.parse_budget(cfg.size_budget, "size_budget") if cfg.size_budget is not None else None
     bitops = M.parse_budget(cfg.bitops_budget, "bitops_budget") if cfg.bitops_budget is not None else None
+    latency = M.parse_latency_budget(cfg.latency_budget) if cfg.latency_budget is not None else None
+    if latency is not None and cfg.mp_search == "greedy":
+        raise ConfigError("the greedy baseline takes size and BitOps budgets only; a latency budget needs the ILP")
+    lat, lat8, table = latency_inputs(ctx, base, layers, fixed_w) if latency is not None else (None, None, None)
     # feasibility does not depend on the importance: refuse an impossible budget before measuring it
     zero_w, zero_a = {n: dict.fromkeys(cfg.mp_weight_bits, 0.0) for n in free_layers}, {t: dict.fromkeys(cfg.mp_act_bits, 0.0) for t in free_tensors}
     M.Problem(layers, zero_w, zero_a, weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits,
-              fixed_weights=fixed_w, fixed_acts=fixed_a).solve(size, bitops)
+              fixed_weights=fixed_w, fixed_acts=fixed_a, latency=lat, latency_w8a8=lat8).solve(size, bitops, latency)
     if cfg.importance_file is not None:
         rec = read_importance(cfg.importance_file, graph, cfg, free_layers, free_tensors)
         iw = {n: {b: rec["weights"][n][b] for b in cfg.mp_weight_bits} for n in free_layers}
@@ -136,8 +166,9 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
         iw, ia, importance_seconds = measure_importance(ctx, base, free_layers, free_tensors)
         source = {"samples": min(PROXY_SAMPLES, len(ctx.images))}
     problem = M.Problem(layers, {n: M.monotone(v) for n, v in iw.items()}, {t: M.monotone(v) for t, v in ia.items()},
-                        weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits, fixed_weights=fixed_w, fixed_acts=fixed_a)
-    policy = problem.greedy(size, bitops) if cfg.mp_search == "greedy" else problem.solve(size, bitops)
+                        weight_bits=cfg.mp_weight_bits, act_bits=cfg.mp_act_bits, fixed_weights=fixed_w, fixed_acts=fixed_a,
+                        latency=lat, latency_w8a8=lat8)
+    policy = problem.greedy(size, bitops) if cfg.mp_search == "greedy" else problem.solve(size, bitops, latency)
     bits = {}
     for n in set(policy.weight_bits) | set(policy.act_bits):
         bits[n] = (policy.weight_bits.get(n, base.weight_bits), policy.act_bits.get(n, base.act_bits))
@@ -155,4 +186,9 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
         "importance": {"weights": iw, "tensors": ia},
         "solve_seconds": policy.solve_seconds, "importance_seconds": importance_seconds,
     }
+    if table is not None:
+        record["latency"] = {"predicted_s": policy.latency_s, "w8a8_program_s": policy.latency_w8a8,
+                             "target": table["target"], "int4_step": table["int4_step"],
+                             "table": str(cfg.latency_table) if cfg.latency_table else None,
+                             "layers": table["layers"], "measure_seconds": table.get("seconds")}
     return plan.replace(provenance=provenance(chosen, mixed_precision=record))

@@ -27,8 +27,16 @@ and minimises
 (LIMPQ's objective with each activation indicator counted once per tensor)
 subject to any of
 
-    size   = sum_l count_l * b / 8 * x[l, b]             <= size budget  (bytes)
-    BitOps = sum_l MACs_l * b * a * z[l, b, a]            <= BitOps budget
+    size    = sum_l count_l * b / 8 * x[l, b]             <= size budget  (bytes)
+    BitOps  = sum_l MACs_l * b * a * z[l, b, a]            <= BitOps budget
+    latency = T_w8a8 + sum_l (t_l[b] - t_l[8]) x[l, b]     <= latency budget (seconds)
+
+where ``T_w8a8`` is the measured latency of the whole compiled W8A8 program
+and ``t_l[b]`` that of layer ``l``'s kernel with ``b``-bit weights, both
+measured on the target (:mod:`gwq_tvm.schedules.latency`: a ``b <= 4`` weight
+runs the packed int4 kernel, which is not always the faster one, so the
+latency row may rise as widths fall).  Activation widths do not enter it: 4-bit
+activations stay in 8-bit containers.
 
 Layers and tensors with a fixed width (the first and last layers and the
 model input, as ``end_bits`` does) enter as constants.  ``size`` counts
@@ -147,6 +155,9 @@ class Policy:
     objective: float
     solve_seconds: float
     budgets: dict = field(default_factory=dict)
+    #: predicted seconds (the latency row) and the measured W8A8 program; ``None`` without a latency table
+    latency_s: float | None = None
+    latency_w8a8: float | None = None
 
 
 class Problem:
@@ -167,11 +178,16 @@ class Problem:
         Tensors whose width is given.
     alpha : float
         Weight of the weight indicators against the activation ones.
+    latency : dict of str to dict of int to float, optional
+        ``t_l[b]``, seconds of each layer's kernel at each width it may take and at 8 bits (layers
+        missing here cost 0 at every width).
+    latency_w8a8 : float, optional
+        ``T_w8a8``, seconds of the whole W8A8 program; needed with ``latency``.
     """
 
     def __init__(self, layers, weight_importance: dict, act_importance: dict, *, weight_bits=DEFAULT_WEIGHT_BITS,
                  act_bits=DEFAULT_ACT_BITS, fixed_weights: dict | None = None, fixed_acts: dict | None = None,
-                 alpha: float = 1.0):
+                 alpha: float = 1.0, latency: dict | None = None, latency_w8a8: float | None = None):
         self.layers = list(layers)
         self.wb, self.ab = tuple(sorted(weight_bits)), tuple(sorted(act_bits))
         self.fixed_w, self.fixed_a = dict(fixed_weights or {}), dict(fixed_acts or {})
@@ -184,6 +200,12 @@ class Problem:
             if any(a not in act_importance.get(t, {}) for a in self.ab):
                 raise PlanError(f"no activation importance of tensor {t} at every candidate width {self.ab}")
         self.iw, self.ia, self.alpha = weight_importance, act_importance, float(alpha)
+        if (latency is None) != (latency_w8a8 is None):
+            raise PlanError("a latency table needs both the layer latencies and the W8A8 program's")
+        self.latency, self.latency8 = latency, latency_w8a8
+        for l in self.layers if latency is not None else ():
+            if l.name in latency and any(b not in latency[l.name] for b in set(self._wbits(l)) | {8}):
+                raise PlanError(f"no latency of layer {l.name} at every width {tuple(sorted(set(self._wbits(l)) | {8}))}")
         # variable layout: x (free layer x wb), y (free tensor x ab), z (every layer with a free part x wb' x ab')
         self.index = {}
         for l in self.free_layers:
@@ -214,6 +236,23 @@ class Problem:
             else:
                 for b in self.wb:
                     c[self.index[("x", l.name, b)]] = weight_bytes(l.weights, b)
+        return c, k
+
+    def latency_row(self) -> tuple[np.ndarray, float]:
+        """``(c, k)``: predicted seconds are ``c @ v + k`` (``T_w8a8`` with each layer's kernel swapped for its width's)."""
+        if self.latency is None:
+            raise PlanError("a latency budget needs a latency table (gwq_tvm.schedules.latency)")
+        c, k = np.zeros(self.n), float(self.latency8)
+        for l in self.layers:
+            t = self.latency.get(l.name)
+            if t is None:
+                continue
+            k -= t[8]
+            if l.name in self.fixed_w:
+                k += t[self.fixed_w[l.name]]
+            else:
+                for b in self.wb:
+                    c[self.index[("x", l.name, b)]] = t[b]
         return c, k
 
     def bitops_row(self) -> np.ndarray:
@@ -265,7 +304,7 @@ class Problem:
                     row([(("z", l.name, b, a), 1.0) for b in wbits] + [(("y", l.tensor, a), -1.0)], 0.0)
         return np.array(rows), np.array(rhs)
 
-    def _milp(self, c, size_max=None, bitops_max=None):
+    def _milp(self, c, size_max=None, bitops_max=None, latency_max=None):
         from scipy.optimize import Bounds, LinearConstraint, milp
 
         a_eq, b_eq = self._equalities()
@@ -275,19 +314,23 @@ class Problem:
             cons.append(LinearConstraint(row[None, :], -np.inf, size_max - k))
         if bitops_max is not None:
             cons.append(LinearConstraint(self.bitops_row()[None, :], -np.inf, bitops_max))
+        if latency_max is not None:
+            row, k = self.latency_row()
+            cons.append(LinearConstraint(row[None, :], -np.inf, latency_max - k))
         t0 = time.perf_counter()
         res = milp(c, constraints=cons, integrality=np.ones(self.n), bounds=Bounds(0, 1))
         return res, time.perf_counter() - t0
 
-    def smallest(self, which: str, size_max=None, bitops_max=None) -> float | None:
-        """The smallest ``which`` (``"size"`` or ``"bitops"``) any policy meeting the other bounds reaches
-        (``None`` when those bounds alone are infeasible)."""
-        row, k = self.size_row() if which == "size" else (self.bitops_row(), 0.0)
-        res, _ = self._milp(row, size_max, bitops_max)
+    def smallest(self, which: str, size_max=None, bitops_max=None, latency_max=None) -> float | None:
+        """The smallest ``which`` (``"size"``, ``"bitops"`` or ``"latency"``) any policy meeting the other
+        bounds reaches (``None`` when those bounds alone are infeasible)."""
+        row, k = {"size": self.size_row, "latency": self.latency_row}.get(which, lambda: (self.bitops_row(), 0.0))()
+        res, _ = self._milp(row, size_max, bitops_max, latency_max)
         return float(row @ np.round(res.x) + k) if res.x is not None else None
 
-    def solve(self, size_budget: Budget | None = None, bitops_budget: Budget | None = None) -> Policy:
-        """The minimum-importance policy within the budgets (either may be ``None``: unconstrained).
+    def solve(self, size_budget: Budget | None = None, bitops_budget: Budget | None = None,
+              latency_budget: Budget | None = None) -> Policy:
+        """The minimum-importance policy within the budgets (any may be ``None``: unconstrained).
 
         Raises
         ------
@@ -297,11 +340,22 @@ class Problem:
         size8, bitops8 = self.w8a8()
         smax = size_budget.resolve(size8) if size_budget is not None else None
         bmax = bitops_budget.resolve(bitops8) if bitops_budget is not None else None
+        lmax = latency_budget.resolve(self.latency8) if latency_budget is not None else None
+        if lmax is not None:
+            self.latency_row()  # no table: one line
         # a little slack: the solver's feasibility tolerance must not turn "exactly the budget" into infeasible
         sbound = smax * (1 + 1e-9) if smax is not None else None
         bbound = bmax * (1 + 1e-9) if bmax is not None else None
-        res, seconds = self._milp(self.objective_row(), sbound, bbound)
+        lbound = lmax * (1 + 1e-9) if lmax is not None else None
+        res, seconds = self._milp(self.objective_row(), sbound, bbound, lbound)
         if res.x is None:
+            if lbound is not None and (sbound is None or self.smallest("size") <= sbound) and \
+                    (bbound is None or self.smallest("bitops") <= bbound):
+                least = self.smallest("latency", sbound, bbound)
+                if least is not None:
+                    raise PlanError(f"latency budget {_latency_text(latency_budget)} is infeasible"
+                                    + (" with the other budgets" if sbound is not None or bbound is not None else "")
+                                    + f": the smallest feasible predicted latency is {_show_seconds(least, latency_budget, self.latency8)}")
             raise PlanError(self._infeasible(size_budget, bitops_budget, smax, bmax, sbound, bbound, size8, bitops8))
         v = np.round(res.x)
         wbits = dict(self.fixed_w)
@@ -319,8 +373,14 @@ class Problem:
             budgets["size"] = {"given": str(size_budget), "bytes": smax}
         if bitops_budget is not None:
             budgets["bitops"] = {"given": str(bitops_budget), "bitops": bmax}
+        if latency_budget is not None:
+            budgets["latency"] = {"given": _latency_text(latency_budget), "seconds": lmax}
+        latency = None
+        if self.latency is not None:
+            lrow, lk = self.latency_row()
+            latency = float(lrow @ v + lk)
         return Policy(wbits, abits, pairs, float(row @ v + k), float(self.bitops_row() @ v), size8, bitops8,
-                      float(self.objective_row() @ v), seconds, budgets)
+                      float(self.objective_row() @ v), seconds, budgets, latency, self.latency8)
 
     def _policy(self, wbits: dict, abits: dict, objective: float, seconds: float, size_budget, bitops_budget,
                 smax, bmax) -> Policy:
@@ -338,7 +398,8 @@ class Problem:
             budgets["bitops"] = {"given": str(bitops_budget), "bitops": bmax}
         return Policy(wbits, abits, pairs, size, bitops, size8, bitops8, objective, seconds, budgets)
 
-    def greedy(self, size_budget: Budget | None = None, bitops_budget: Budget | None = None) -> Policy:
+    def greedy(self, size_budget: Budget | None = None, bitops_budget: Budget | None = None,
+               latency_budget: Budget | None = None) -> Policy:
         """The greedy baseline: from every free choice at its widest, repeatedly lower the least sensitive one.
 
         While a budget is exceeded, among the moves "one free layer's weights (or
@@ -353,7 +414,12 @@ class Problem:
         ------
         PlanError
             As :meth:`solve` for an infeasible budget.
+        ConfigError
+            For a latency budget: lowering a width can raise the latency (an int4 kernel may be the slower
+            one), so this baseline's one-directional moves do not apply; use the ILP.
         """
+        if latency_budget is not None:
+            raise ConfigError("the greedy baseline takes size and BitOps budgets only; a latency budget needs the ILP")
         t0 = time.perf_counter()
         size8, bitops8 = self.w8a8()
         smax = size_budget.resolve(size8) if size_budget is not None else None
@@ -420,6 +486,42 @@ class Problem:
         alone = self.smallest("bitops")
         return (f"BitOps budget {bitops_budget} is infeasible: the smallest feasible BitOps are "
                 f"{show(alone, bitops_budget, bitops8, 'BitOps')}")
+
+
+def _latency_text(budget: Budget) -> str:
+    return str(budget) if budget.percent else f"{budget.value * 1e3:.6g} ms"
+
+
+def _show_seconds(value: float, budget: Budget, w8a8: float) -> str:
+    pct = 100.0 * value / w8a8
+    return f"{pct:.4g}% ({value * 1e3:.4g} ms)" if budget.percent else f"{value * 1e3:.4g} ms ({pct:.4g}% of W8A8)"
+
+
+def parse_latency_budget(value) -> Budget:
+    """``"0.8ms"``, ``"800us"``, ``"0.0008s"`` or ``"0.0008"`` (seconds), or ``"95%"`` of the measured W8A8 program.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is none of these.
+    """
+    if isinstance(value, Budget):
+        return value
+    text = str(value).strip().lower()
+    for unit, factor in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if text.endswith(unit) and not isinstance(value, bool):
+            try:
+                v = float(text[:-len(unit)]) * factor
+            except ValueError:
+                break
+            if not (v > 0 and np.isfinite(v)):
+                raise ConfigError(f"latency_budget must be positive; got {value!r}")
+            return Budget(v)
+    try:
+        return parse_budget(value, "latency_budget")
+    except ConfigError:
+        raise ConfigError(f"latency_budget must be a time (0.8ms, 800us, 0.0008s) or a percentage of the measured "
+                          f"W8A8 program (e.g. 95%); got {value!r}") from None
 
 
 def monotone(importance: dict) -> dict:
