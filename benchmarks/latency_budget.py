@@ -148,7 +148,8 @@ def qat_model(name: str) -> None:
         label = _label(size, lat)
         if label in done or "infeasible" in rows.get(label, {"infeasible": ""}):
             continue
-        q = gwq_tvm.quantize(bundled_model(name), calib, _config(name, size, lat))
+        # QAT keeps activations symmetric (it refuses zero points); the ILP's widths do not depend on them
+        q = gwq_tvm.quantize(bundled_model(name), calib, _config(name, size, lat).replace(symmetric_activations=True))
         assert {n: w.bits for n, w in q.plan.layers.items()} == rows[label]["weight_bits"], label
         done[label] = MPB.qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
                                        MPB.QAT_IMAGES[name])
@@ -163,7 +164,7 @@ def write(results: dict, loaded: bool) -> None:
     payload = {"machine": platform.processor() or platform.machine(), "target": str(host_target()),
                "cpus": os.cpu_count(), "loaded": loaded, "models": results}
     write_text(OUT / "latency_budget.json", json.dumps(payload, indent=1) + "\n")
-    lines = ["# Latency budgets (LIMPQ ILP, learned indicators, post-training; batch 1, this machine)", "",
+    lines = ["# Latency budgets (LIMPQ ILP, learned indicators, PTQ and QAT; batch 1, this machine)", "",
              f"Target `{payload['target']}`" + (" — **measured beside other work (loaded)**" if loaded else "") + ".", ""]
     for name, res in results.items():
         qat_file = OUT / f"{name}.qat.json"

@@ -169,9 +169,11 @@ def run_model(name: str, phase: str = "all", also_qat=(), only=()) -> None:
         t0 = time.time()
         q = gwq_tvm.quantize(model_path, calib, QuantConfig(**kw))
         mp = q.plan.provenance.get("mixed_precision")
+        # QAT keeps activations symmetric (it refuses zero points); the widths do not depend on them
+        qs = gwq_tvm.quantize(model_path, calib, QuantConfig(**kw, symmetric_activations=True)) if wants_qat else None
         if label in rows:  # the QAT phase of a measured row: the same plan again (same calibration, same indicators)
             assert {n: w.bits for n, w in q.plan.layers.items()} == rows[label]["weight_bits"]
-            qat_rows[label] = qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
+            qat_rows[label] = qat_accuracy(qs, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
                                            QAT_IMAGES[name])
             merged = json.loads(qat_out.read_text()) if qat_out.exists() else {}  # another QAT process may have written
             write_text(qat_out, json.dumps({**merged, label: qat_rows[label]}, indent=1) + "\n")
@@ -184,7 +186,7 @@ def run_model(name: str, phase: str = "all", also_qat=(), only=()) -> None:
                "solve_seconds": mp["solve_seconds"] if mp else None, "importance_seconds": imp_seconds,
                "ptq_seconds_loaded": time.time() - t0}
         if wants_qat:
-            row.update(qat_accuracy(q, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
+            row.update(qat_accuracy(qs, OUT / "work" / name / label.replace(" ", "_").replace("%", ""), train, test,
                                     QAT_IMAGES[name]))
         rows[label] = row
         save()
