@@ -154,8 +154,8 @@ def test_ir_before_and_after_the_fold(pad):
     after = _between_convs(_ops(q.mod["main"]))
     affine = [("multiply", "int32")]  # the affine node's q_in * q_a (its bias add and requantization follow)
     # the int32 requantize (plan.arithmetic.int32_requantize): bias add, the result-preserving pre-clip of the
-    # accumulator, the Q<b> multiply with its rounding shift, and the clip to the output codes
-    requant = [("add", "int32"), ("astype", "int32"), ("maximum", "int32"), ("minimum", "int32"), ("astype", "int32"),
+    # accumulator, the Q<b> multiply with its rounding shift, and the clip to the output codes; no int32 -> int32 cast
+    requant = [("add", "int32"), ("maximum", "int32"), ("minimum", "int32"),
                ("multiply", "int32"), ("add", "int32"), ("right_shift", "int32"), ("clip", "int32")]
     if pad:
         assert after[:len(requant) + 3] == requant + [("astype", "uint8"), ("astype", "int32")] + affine

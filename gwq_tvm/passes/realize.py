@@ -131,9 +131,16 @@ class Emitter:
         y = R.clip(y, relax.prim_value(qmin), relax.prim_value(qmax))
         return self.emit(R.astype(y, P.container(tq)))
 
+    def cast(self, x, dtype: str):
+        """``x`` as ``dtype``; no op when it already is (the int32 requantize's accumulator is int32)."""
+        ty = x.ty
+        if isinstance(ty, relax.TensorType) and str(ty.dtype) == dtype:
+            return x
+        return self.emit(R.astype(x, dtype))
+
     def apply_sfc(self, x, sfc: SFC, ndim: int, work_dtype: str):
         """Rescale integer ``x`` by ``sfc`` (see :mod:`gwq_tvm.plan.sfc`); result in ``work_dtype``."""
-        x = self.emit(R.astype(x, work_dtype))
+        x = self.cast(x, work_dtype)
         if sfc.kind == "identity":
             return x
         if sfc.kind == "multiply":
@@ -148,7 +155,7 @@ class Emitter:
 
     def clip_cast(self, x, qmin: int, qmax: int, dtype: str):
         x = self.emit(R.clip(x, relax.prim_value(qmin), relax.prim_value(qmax)))
-        return self.emit(R.astype(x, dtype))
+        return self.cast(x, dtype)
 
     def requantize(self, acc, rq: P.Requant, node: Node):
         """``clip(SFC(acc) + z_out)`` into the output's container (:class:`~gwq_tvm.plan.program.Requant`)."""
@@ -157,7 +164,7 @@ class Emitter:
         else:
             if rq.pre_clip is not None:  # result-preserving; keeps the int32 multiply from wrapping
                 ndim = len(node.shape)
-                acc = self.emit(R.maximum(R.astype(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
+                acc = self.emit(R.maximum(self.cast(acc, rq.work_dtype), channel_const(rq.pre_clip[0], ndim, rq.work_dtype)))
                 acc = self.emit(R.minimum(acc, channel_const(rq.pre_clip[1], ndim, rq.work_dtype)))
             x = self.apply_sfc(acc, rq.sfc, len(node.shape), rq.work_dtype)
         if rq.zero_point:
@@ -215,8 +222,7 @@ class Emitter:
                 xj = self.emit(R.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
             t = self.apply_sfc(self.emit(op(xj, const(np.ascontiguousarray(arrange(part.weight)), "int8"))), part.sfc,
                                ndim, part.work_dtype)
-            if part.work_dtype != "int32":
-                t = self.emit(R.astype(t, "int32"))
+            t = self.cast(t, "int32")
             y = t if y is None else self.emit(R.add(y, t))
         self.finish_acc(node, y, acc)
 
