@@ -117,6 +117,7 @@ def mixed_precision_report(plan) -> dict | None:
                      "fixed": n in mp["fixed"]["weights"]}
     return {"importance": mp["importance_kind"], "budgets": mp["budgets"],
             "size_bytes": mp["size_bytes"], "size_percent": 100.0 * mp["size_bytes"] / mp["size_w8a8_bytes"],
+            "stored_bytes": mp.get("stored_bytes"),
             "bitops": mp["bitops"], "bitops_percent": 100.0 * mp["bitops"] / mp["bitops_w8a8"],
             "solve_seconds": mp["solve_seconds"], "layers": layers}
 
@@ -126,6 +127,10 @@ def _format_mixed(mp: dict) -> list[str]:
     lines = [f"mixed precision ({mp['importance']} importance; {budgets}): weights {mp['size_bytes']:.0f} bytes "
              f"({mp['size_percent']:.1f}% of W8A8), {mp['bitops']:.4g} BitOps ({mp['bitops_percent']:.1f}% of W8A8), "
              f"ILP solved in {mp['solve_seconds'] * 1000:.1f} ms"]
+    if mp.get("stored_bytes"):  # what the module stores: 2/3-bit weights take a nibble, 5-7-bit ones a byte
+        st = mp["stored_bytes"]
+        lines.append(f"  stored on {st['target']}: {st['bytes']:.0f} weight bytes "
+                     f"({'<= 4-bit weights as nibbles' if st['int4_step'] else 'every weight in an int8 byte: no int4 step'})")
     fmt = lambda d: " ".join(f"{b}b:{v:.2e}" for b, v in sorted(d.items(), key=lambda kv: int(kv[0]))) if d else "fixed"  # noqa: E731
     for n, v in mp["layers"].items():
         lines.append(f"  {n}: W{v['weight_bits']} A{v['act_bits']} (input {v['input']}); importance "

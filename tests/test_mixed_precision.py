@@ -6,7 +6,9 @@ import pytest
 import gwq_tvm
 from gwq_tvm import QuantConfig
 from gwq_tvm.errors import PlanError
+from gwq_tvm.plan import mixed_precision as M
 from gwq_tvm.plan.mixed_precision import Layer, Problem, parse_budget
+from gwq_tvm.runtime import host_target
 
 from conftest import compile_and_run
 
@@ -36,6 +38,12 @@ def test_ilp_hand_checkable_optimum():
     pol = p.solve(parse_budget("50%", "size"), parse_budget("40%", "bitops"))
     assert (pol.weight_bits, pol.act_bits, pol.objective) == ({"A": 4, "B": 2}, {"t": 8}, 4.5)
     assert pol.bitops == 48000.0 and pol.size_bytes == 125.0
+
+
+def test_stored_bytes_are_nibbles_up_to_4_bits_on_an_int4_family():
+    assert [M.stored_bytes(10, b, True) for b in (2, 3, 4, 5, 8)] == [5.0, 5.0, 5.0, 10.0, 10.0]
+    assert [M.stored_bytes(10, b, False) for b in (2, 4, 8)] == [10.0, 10.0, 10.0]
+    assert M.weight_bytes(10, 2) == 2.5  # the ILP's size row: bits * count / 8
 
 
 def test_infeasible_budget_names_the_smallest_feasible_value():
@@ -103,6 +111,12 @@ def test_mixed_plan_on_bundled_resnet_compiles_bit_exact(fmnist):
     # the plan honours the budgets: packed bytes bits*count/8 over its layers, BitOps MACs*w*a of its input tensor
     size = sum(q.graph.nodes[n].weight.size * b / 8 for n, b in layer_bits.items())
     assert size == mp["size_bytes"] <= 0.55 * mp["size_w8a8_bytes"] * (1 + 1e-9)
+    # and what this machine's module stores: a nibble per <= 4-bit weight where the family has an int4 step
+    from gwq_tvm.schedules.latency import int4_step
+
+    step = int4_step(host_target())
+    stored = sum(q.graph.nodes[n].weight.size * (0.5 if b <= 4 and step else 1) for n, b in layer_bits.items())
+    assert mp["stored_bytes"] == {"bytes": stored, "target": str(host_target()), "int4_step": step}
     from gwq_tvm.calibration.mixed_precision import layer_macs
 
     bitops = sum(layer_macs(q.graph.nodes[n]) * b * plan.tensors[mp["layer_input"][n]].bits for n, b in layer_bits.items())
@@ -115,6 +129,7 @@ def test_mixed_plan_on_bundled_resnet_compiles_bit_exact(fmnist):
 
     text = format_text(q.report())
     assert "mixed precision (proxy importance; size budget 55%, bitops budget 90%)" in text
+    assert f"stored on {host_target()}: {stored:.0f} weight bytes" in text
     t3 = mp["layer_input"]["conv2d_3"]
     assert f"conv2d_3: W{layer_bits['conv2d_3']} A{plan.tensors[t3].bits} (input {t3}); importance w [2b:" in text
     # compiled: integer-only, bit-exact against the reference

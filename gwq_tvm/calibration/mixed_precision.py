@@ -174,11 +174,18 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
         bits[n] = (policy.weight_bits.get(n, base.weight_bits), policy.act_bits.get(n, base.act_bits))
     chosen = base.replace(bits=bits)
     plan = build_plan(graph, ctx.stats, chosen, ctx.input_shape, ctx.sensitivity)
+    from ..runtime import host_target
+    from ..schedules.latency import int4_step
+
+    host = host_target()  # the stored size is the kernel family's: nibbles only where it has an int4 step
+    step = int4_step(host)
     record = {
         "config": cfg.to_dict(), "importance_kind": cfg.importance, "importance_source": source, "search": cfg.mp_search,
         "objective": "sum_l alpha*I_w[l,b_w] + sum_t I_a[t,b_a], alpha=1 (LIMPQ, one activation indicator per tensor)",
         "budgets": policy.budgets,
         "size_bytes": policy.size_bytes, "size_w8a8_bytes": policy.size_w8a8,
+        "stored_bytes": {"bytes": sum(M.stored_bytes(l.weights, policy.weight_bits[l.name], step) for l in layers),
+                         "target": str(host), "int4_step": step},
         "bitops": policy.bitops, "bitops_w8a8": policy.bitops_w8a8,
         "weight_bits": policy.weight_bits, "act_bits": policy.act_bits,
         "layer_input": {l.name: l.tensor for l in layers},

@@ -45,7 +45,9 @@ modules store 4-bit weights packed two per byte on the families with an
 int4 step (x86 VNNI/AMX, aarch64 sdot; :mod:`gwq_tvm.schedules.pack_layout`),
 so 4 and 8 bits are counted as stored there; 2- and 3-bit weights take a
 4-bit nibble each and 5- to 7-bit ones an int8 byte, so for those widths
-(and on families without an int4 step) this size is below the real one.
+(and on families without an int4 step) this size is below the real one;
+:func:`stored_bytes` gives the real one, which the plan records and
+``gwq-tvm report`` shows next to it.
 """
 
 from __future__ import annotations
@@ -122,6 +124,12 @@ def parse_budget(value, what: str) -> Budget:
 def weight_bytes(count: int, bits: int) -> float:
     """Packed weight bytes: ``count * bits / 8``."""
     return count * bits / 8.0
+
+
+def stored_bytes(count: int, bits: int, int4_step: bool) -> float:
+    """Bytes the compiled module stores: ``count / 2`` (nibbles) for ``bits <= 4`` on a family with an int4 step,
+    else ``count`` (an int8 byte each, 5- to 7-bit weights and every width on other families)."""
+    return count / 2.0 if bits <= 4 and int4_step else float(count)
 
 
 @dataclass(frozen=True)
