@@ -77,7 +77,8 @@ _PLAN_FIXED = {
     # mixed precision (branch limpq)
     "mixed_precision": "mixed_precision", "size_budget": "size_budget", "bitops_budget": "bitops_budget",
     "importance": "importance", "importance_file": "importance_file", "mp_search": "mp_search",
-    "latency_budget": "latency_budget", "latency_table": "latency_table",
+    "latency_budget": "latency_budget", "latency_table": "latency_table", "latency_target": "latency_target",
+    "latency_board": "latency_board",
 }
 
 
@@ -107,7 +108,8 @@ def _check_plan_options(args) -> None:
 
 #: Options that only mean something beside another (dest -> the dests of which one must be given too).
 _NEEDS = {"search_metric": ("block_search",), "search_rounds": ("block_search",),
-          "weight_blocks_fit": ("weight_blocks", "weight_groups"), "latency_table": ("latency_budget",)}
+          "weight_blocks_fit": ("weight_blocks", "weight_groups"), "latency_table": ("latency_budget",),
+          "latency_target": ("latency_budget",), "latency_board": ("latency_budget",)}
 
 
 def _config(args, **defaults):
@@ -200,7 +202,7 @@ def cmd_compile(args):
 
     out = Path(args.output)
     _check_plan_options(args)
-    _latency_table(args)
+    _latency_table(args, args.output)
     plan_out = out.with_suffix(".plan.json")
     # 'compile m.onnx --plan m.plan.json -o m.so' (the README's QAT flow) names the given plan as the plan output:
     # it is left as it is when the plan compiled is that file's, never rewritten
@@ -247,6 +249,7 @@ def cmd_tune(args):
     if (args.rpc_tracker is None) != (args.rpc_key is None):
         raise GwqError("--rpc-tracker and --rpc-key go together (or give neither to tune on this machine)")
     rpc = (args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+    _latency_table(args, work / "model.plan.json")
     target = _target(args.target)
     T.check_tunable(target)
     plan = QuantPlan.load(args.plan) if args.plan else None
@@ -305,26 +308,35 @@ def _importance_file(args, calib):
     return path, None
 
 
-def _latency_table(args) -> None:
-    """``--latency-budget``: the table file (default ``<output stem>.latency.json``), checked as an output when new."""
+def _latency_table(args, output) -> None:
+    """``--latency-budget``: the latency target (``--target`` when given), the board (tune's ``--rpc-tracker``/
+    ``--rpc-key`` when given) and the table file (default ``<output stem>.latency.json``), checked as an output when new."""
     if not getattr(args, "latency_budget", None):
         return
-    if getattr(args, "target", None) not in (None, "host"):
-        raise GwqError(f"--latency-budget is measured on this machine; it does not apply to --target {args.target} "
-                       "(plan on the board itself, or use --size-budget/--bitops-budget)")
+    target = getattr(args, "target", None)
+    if target not in (None, "host"):  # compile --target T: the latencies are T's
+        if args.latency_target not in (None, target):
+            raise GwqError(f"--latency-target {args.latency_target} differs from --target {target}: the latency "
+                           "budget is for the target the model is compiled for")
+        args.latency_target = target
+    if not args.latency_board and getattr(args, "rpc_key", None) and getattr(args, "rpc_tracker", None):
+        args.latency_board = f"{args.rpc_key}@{args.rpc_tracker}"  # tune on a board: its latencies are that board's
     if not args.latency_table:
-        out = Path(args.output)
+        out = Path(output)
         args.latency_table = str(out.with_name(out.name.removesuffix(".json").removesuffix(".plan").removesuffix(".so")
                                                + ".latency.json"))
     if not Path(args.latency_table).exists():
         _check_outputs(args, args.latency_table)
+        if args.latency_target not in (None, "host") and not args.latency_board:
+            raise GwqError(f"latencies for target {args.latency_target} are measured on its board: give --latency-board "
+                           f"KEY@HOST:PORT, or a --latency-table measured there ({args.latency_table} does not exist)")
 
 
 def cmd_plan(args):
     from . import api
 
     _check_outputs(args, args.output)
-    _latency_table(args)
+    _latency_table(args, args.output)
     calib = _calibration(args)
     read, write = _importance_file(args, calib)
     args.importance_file = str(read) if read is not None else None
@@ -601,11 +613,17 @@ def _add_quant_options(p):
     m.add_argument("--importance-file", default=None, metavar="JSON",
                    help="indicators of an earlier run (plan writes them): the ILP reruns for any budget at once")
     m.add_argument("--latency-budget", default=None, metavar="TIME|P%",
-                   help="predicted batch-1 latency on this machine, e.g. 0.8ms or 103%% of the measured W8A8 program "
-                        "(each layer's int8 and packed-int4 kernels are measured here; needs static shapes)")
+                   help="predicted batch-1 latency on this machine or --latency-board, e.g. 0.8ms or 103%% of the measured W8A8 program "
+                        "(each layer's int8 and packed-int4 kernels are measured; needs static shapes)")
     m.add_argument("--latency-table", default=None, metavar="JSON",
                    help="keep the measured latencies here (default <output stem>.latency.json); an existing table "
-                        "of this model and machine is read instead of measuring again")
+                        "of this model and target is read instead of measuring again")
+    m.add_argument("--latency-target", default=None, metavar="TARGET",
+                   help="plan: the target the latency budget is for (default this machine; compile takes --target); "
+                        "a preset or TVM target JSON, measured on --latency-board")
+    m.add_argument("--latency-board", default=None, metavar="KEY@HOST:PORT",
+                   help="measure the latency table on the board registered as KEY at the RPC tracker HOST:PORT "
+                        "(kernels cross-compiled for the latency target)")
     m.add_argument("--mp-search", default=None, choices=("ilp", "greedy"),
                    help="ilp (default) | greedy: lower the least sensitive layer until the budgets hold (a baseline)")
     g = p.add_argument_group("sub-layerwise weights (PTQ-SL) and distribution reshaping (GDRQ)")

@@ -8,7 +8,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, GwqError
 
 
 class Calibration(str, Enum):
@@ -128,7 +128,7 @@ def _check_weights(cfg) -> None:
 
 #: the mixed-precision options (written by :meth:`QuantConfig.to_dict` only when set)
 MIXED_FIELDS = ("mixed_precision", "size_budget", "bitops_budget", "importance", "mp_weight_bits", "mp_act_bits",
-                "importance_file", "mp_search", "latency_budget", "latency_table")
+                "importance_file", "mp_search", "latency_budget", "latency_table", "latency_target", "latency_board")
 IMPORTANCES = ("proxy", "learned", "hessian")
 #: how the bit-widths are chosen from the importance
 MP_SEARCHES = ("ilp", "greedy")
@@ -155,11 +155,22 @@ def _check_mixed(cfg, set_) -> None:
     if cfg.latency_budget is not None:
         budget = parse_latency_budget(cfg.latency_budget)
         set_("latency_budget", str(budget) if budget.percent else f"{budget.value:.9g}s")
-    if cfg.latency_table is not None:
-        if not isinstance(cfg.latency_table, str) or not cfg.latency_table:
-            raise ConfigError(f"latency_table must be a path; got {cfg.latency_table!r}")
+    for k, what in (("latency_table", "a path"), ("latency_target", "a target name or JSON"),
+                    ("latency_board", "KEY@HOST:PORT")):
+        v = getattr(cfg, k)
+        if v is None:
+            continue
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{k} must be {what}; got {v!r}")
         if cfg.latency_budget is None:
-            raise ConfigError("latency_table applies with a latency_budget only")
+            raise ConfigError(f"{k} applies with a latency_budget only")
+    if cfg.latency_board is not None:
+        from .remote.tracker import parse_board
+
+        try:
+            parse_board(cfg.latency_board)
+        except GwqError as err:
+            raise ConfigError(f"latency_board: {err}") from None
     set_("mp_weight_bits", _bit_choices(cfg.mp_weight_bits, "mp_weight_bits"))
     set_("mp_act_bits", _bit_choices(cfg.mp_act_bits, "mp_act_bits"))
     if cfg.importance not in IMPORTANCES:
@@ -335,14 +346,23 @@ class QuantConfig:
         Candidate widths of weights (default 2, 3, 4, 8) and activations (4, 8).
     latency_budget : str, optional
         The predicted latency of the compiled program at batch 1, measured on
-        this machine: a time (``"0.8ms"``, ``"800us"``, ``"0.0008s"``) or a
+        this machine or on ``latency_board``: a time (``"0.8ms"``, ``"800us"``, ``"0.0008s"``) or a
         percentage of the measured W8A8 program (``"95%"``).  The prediction
         is the W8A8 program's time with each layer's kernel swapped for its
         chosen storage's (:mod:`gwq_tvm.schedules.latency`).
     latency_table : str, optional
         Where the measured latencies are kept: read when the file exists (it
-        must be of this model and this machine's target), else measured and
+        must be of this model and of ``latency_target``), else measured and
         written there.  Without it they are measured and not kept.
+    latency_target : str, optional
+        The target the latencies are for: ``None`` (this machine), a preset
+        (``rpi4``, ``aarch64-dotprod``, ...) or a TVM target JSON.  Another
+        target than this machine's is measured on ``latency_board``, or read
+        from an existing ``latency_table`` measured there.
+    latency_board : str, optional
+        ``KEY@HOST:PORT``: measure the table on the board registered under
+        ``KEY`` at the TVM RPC tracker ``HOST:PORT``, every kernel
+        cross-compiled for ``latency_target`` and timed there.
     weight_groups : int, optional
         GDRQ group-based quantization: each layer's output filters in ``G``
         contiguous groups with one step each (folded into the per-channel SFC:
@@ -410,6 +430,9 @@ class QuantConfig:
     mp_search: str = "ilp"
     latency_budget: str | None = None
     latency_table: str | None = None
+    #: the target the latency table is for (``None``: this machine) and the board measuring it (``KEY@HOST:PORT``)
+    latency_target: str | None = None
+    latency_board: str | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)

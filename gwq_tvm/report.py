@@ -117,7 +117,7 @@ def mixed_precision_report(plan) -> dict | None:
                      "fixed": n in mp["fixed"]["weights"]}
     return {"importance": mp["importance_kind"], "budgets": mp["budgets"],
             "size_bytes": mp["size_bytes"], "size_percent": 100.0 * mp["size_bytes"] / mp["size_w8a8_bytes"],
-            "stored_bytes": mp.get("stored_bytes"),
+            "stored_bytes": mp.get("stored_bytes"), "latency": mp.get("latency"),
             "bitops": mp["bitops"], "bitops_percent": 100.0 * mp["bitops"] / mp["bitops_w8a8"],
             "solve_seconds": mp["solve_seconds"], "layers": layers}
 
@@ -129,8 +129,13 @@ def _format_mixed(mp: dict) -> list[str]:
              f"ILP solved in {mp['solve_seconds'] * 1000:.1f} ms"]
     if mp.get("stored_bytes"):  # what the module stores: 2/3-bit weights take a nibble, 5-7-bit ones a byte
         st = mp["stored_bytes"]
-        lines.append(f"  stored on {st['target']}: {st['bytes']:.0f} weight bytes "
+        lines.append(f"  stored on {st.get('target_name', st['target'])}: {st['bytes']:.0f} weight bytes "
                      f"({'<= 4-bit weights as nibbles' if st['int4_step'] else 'every weight in an int8 byte: no int4 step'})")
+    if mp.get("latency"):
+        lat = mp["latency"]
+        lines.append(f"  predicted latency {lat['predicted_s'] * 1e3:.4g} ms ({100 * lat['predicted_s'] / lat['w8a8_program_s']:.1f}% "
+                     f"of the W8A8 program's measured {lat['w8a8_program_s'] * 1e3:.4g} ms), measured on "
+                     f"{'this machine' if lat.get('device', 'local') == 'local' else 'board ' + lat['device']}")
     fmt = lambda d: " ".join(f"{b}b:{v:.2e}" for b, v in sorted(d.items(), key=lambda kv: int(kv[0]))) if d else "fixed"  # noqa: E731
     for n, v in mp["layers"].items():
         lines.append(f"  {n}: W{v['weight_bits']} A{v['act_bits']} (input {v['input']}); importance "

@@ -90,6 +90,22 @@ def tensorized_dot_16x4(intrin: str, a_dtype: str, target, b_dtype: str = "int8"
     return tvm.compile(sch.mod, target)
 
 
+@pytest.fixture(scope="module")
+def host_board(tmp_path_factory):
+    """A tracker and an RPC server of this machine's Python on free loopback ports (stopped afterwards)."""
+    from gwq_tvm.remote import board as B
+
+    root = tmp_path_factory.mktemp("host-board")
+    running = B.start_board(B.HOST, tracker_port=B.free_port(), key="x86", root=root, timeout=120, log=lambda _: None)
+    yield running
+    run_dir = running.state_file.parent
+    assert sorted(p.name for p in run_dir.glob("*.log")) == [f"server-{running.tracker[1]}-x86.log",
+                                                             f"tracker-{running.tracker[1]}.log"]
+    B.stop_board(running)
+    assert not B._alive(running.server_pid) and not B._alive(running.tracker_pid)
+    assert not list(run_dir.iterdir()), "stop_board leaves no state file or log of what it stopped"
+
+
 @pytest.fixture(scope="session")
 def aarch64_board(tmp_path_factory):
     """The emulated aarch64 board, started through the CLI on a free loopback tracker port; stopped at the end.

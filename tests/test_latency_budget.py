@@ -138,10 +138,64 @@ def test_a_latency_table_of_another_model_or_target_is_refused(three, tmp_path, 
         load_table(path, graph, host_target())
 
 
+def test_latency_table_measured_on_a_board_over_the_tracker(three, tmp_path, host_board):
+    """``latency_board``: every kernel is exported, uploaded to the board registered at the tracker and timed there;
+    the table names the device, and the plan records it."""
+    model, x = three
+    table = tmp_path / "board.latency.json"
+    board = f"{host_board.key}@{host_board.tracker_address}"
+    cfg = QuantConfig(mixed_precision=True, latency_budget="100%", latency_table=str(table),  # W8A8 always fits
+                      latency_board=board, mp_weight_bits=(4, 8))
+    q = gwq_tvm.quantize(model, x, cfg, input_shape=(None, 1, 12, 12))
+    rec = json.loads(table.read_text())
+    assert rec["device"] == board and set(rec["layers"]) == {"conv2d_0", "conv2d_1", "dense_0"}
+    assert all(r["int8"] > 0 and r["int4"] > 0 for r in rec["layers"].values()) and rec["program_w8a8_s"] > 0
+    lat = q.plan.provenance["mixed_precision"]["latency"]
+    assert lat["device"] == board and lat["predicted_s"] <= rec["program_w8a8_s"] * (1 + 1e-9)
+    from gwq_tvm.report import format_text
+
+    assert f"of the W8A8 program's measured {rec['program_w8a8_s'] * 1e3:.4g} ms), measured on board {board}" in format_text(q.report())
+
+
+def test_unreachable_latency_board_is_one_line(three, tmp_path):
+    from gwq_tvm.errors import GwqError
+    from gwq_tvm.remote.board import free_port
+
+    model, x = three
+    cfg = QuantConfig(mixed_precision=True, latency_budget="110%", latency_board=f"k@127.0.0.1:{free_port()}")
+    with pytest.raises(GwqError) as err:
+        gwq_tvm.quantize(model, x, cfg, input_shape=(None, 1, 12, 12))
+    assert "\n" not in str(err.value) and "127.0.0.1" in str(err.value)
+
+
+@pytest.mark.slow
+def test_latency_table_of_the_emulated_aarch64_board(three, tmp_path, aarch64_board):
+    """A board's table is for its target: kernels cross-compiled for aarch64 (sdot, int4 step) and timed under qemu
+    (the times are the emulator's: this checks the flow, not the board's speed)."""
+    from gwq_tvm.schedules.targets import resolve_target
+
+    model, x = three
+    table = tmp_path / "arm.latency.json"
+    cfg = QuantConfig(mixed_precision=True, latency_budget="100%", latency_table=str(table),  # W8A8 always fits
+                      latency_target="aarch64-dotprod", latency_board=f"{aarch64_board.key}@{aarch64_board.tracker_address}",
+                      mp_weight_bits=(4, 8))
+    q = gwq_tvm.quantize(model, x, cfg, input_shape=(None, 1, 12, 12))
+    rec = json.loads(table.read_text())
+    assert rec["target"] == str(resolve_target("aarch64-dotprod")) and rec["int4_step"] is True
+    assert all(r["int8"] > 0 and r["int4"] > 0 for r in rec["layers"].values())
+    # the next plan for that target reads the table without the board
+    again = gwq_tvm.quantize(model, x, cfg.replace(latency_board=None), input_shape=(None, 1, 12, 12))
+    assert {n: w.bits for n, w in again.plan.layers.items()} == {n: w.bits for n, w in q.plan.layers.items()}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--latency-budget", "fast"], "latency_budget must be a time"),
     (["--latency-table", "x.json"], "--latency-table only applies with --latency-budget"),
     (["--latency-budget", "1ms", "--mp-search", "greedy"], "greedy baseline takes size and BitOps budgets only"),
+    (["--latency-board", "k@127.0.0.1:9190"], "--latency-board only applies with --latency-budget"),
+    (["--latency-budget", "1ms", "--latency-board", "127.0.0.1:9190"], "expected KEY@HOST:PORT"),
+    (["--latency-budget", "1ms", "--latency-target", "rpi4"], "measured on its board: give --latency-board"),
+    (["--latency-budget", "1ms", "--latency-target", "no-such-board", "--latency-board", "k@h:1"], "bad target"),
 ])
 def test_cli_bad_latency_options_are_one_line(tmp_path, capsys, args, message):
     from gwq_tvm.cli import main
@@ -151,3 +205,17 @@ def test_cli_bad_latency_options_are_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert rc != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_compile_latency_target_is_the_compile_target(tmp_path, capsys):
+    from gwq_tvm.cli import main
+
+    rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "-o", str(tmp_path / "m.so"), "--target", "rpi4",
+               "--mixed-precision", "--latency-budget", "1ms", "--latency-target", "aarch64-neon", "--calib-samples", "16"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--latency-target aarch64-neon differs from --target rpi4" in err and len(err.strip().splitlines()) == 1
+    rc = main(["--quiet", "compile", str(gwq_tvm.data.bundled_model()), "-o", str(tmp_path / "m.so"), "--target", "rpi4",
+               "--mixed-precision", "--latency-budget", "1ms", "--calib-samples", "16"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "latencies for target rpi4 are measured on its board" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -26,20 +26,6 @@ BUNDLED_ONNX = bundled_model()
 
 
 @pytest.fixture(scope="module")
-def host_board(tmp_path_factory):
-    """A tracker and an RPC server of this machine's Python on free loopback ports (stopped afterwards)."""
-    root = tmp_path_factory.mktemp("host-board")
-    running = B.start_board(B.HOST, tracker_port=B.free_port(), key="x86", root=root, timeout=120, log=lambda _: None)
-    yield running
-    run_dir = running.state_file.parent
-    assert sorted(p.name for p in run_dir.glob("*.log")) == [f"server-{running.tracker[1]}-x86.log",
-                                                             f"tracker-{running.tracker[1]}.log"]
-    B.stop_board(running)
-    assert not B._alive(running.server_pid) and not B._alive(running.tracker_pid)
-    assert not list(run_dir.iterdir()), "stop_board leaves no state file or log of what it stopped"
-
-
-@pytest.fixture(scope="module")
 def host_module(tmp_path_factory):
     """The bundled model compiled for this CPU by the CLI (with its plan and reference beside it)."""
     out = tmp_path_factory.mktemp("host-module") / "model.so"

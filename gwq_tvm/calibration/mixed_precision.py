@@ -63,9 +63,9 @@ def problem_layers(graph: Graph, config: QuantConfig) -> tuple[list, dict, dict]
 
 def ordinary_config(config: QuantConfig) -> QuantConfig:
     """``config`` without its mixed-precision options (the settings every candidate plan shares)."""
-    return config.replace(mixed_precision=False, size_budget=None, bitops_budget=None, importance="proxy",
-                          mp_weight_bits=QuantConfig.mp_weight_bits, mp_act_bits=QuantConfig.mp_act_bits, end_bits=None,
-                          importance_file=None, mp_search="ilp", latency_budget=None, latency_table=None)
+    from ..config import MIXED_FIELDS
+
+    return config.replace(end_bits=None, **{k: QuantConfig.__dataclass_fields__[k].default for k in MIXED_FIELDS})
 
 
 def free_names(layers, fixed_w: dict, fixed_a: dict) -> tuple[list, list]:
@@ -117,23 +117,30 @@ def measure_importance(ctx, base: QuantConfig, free_layers: list, free_tensors: 
 
 def latency_inputs(ctx, base: QuantConfig, layers, fixed_w: dict) -> tuple[dict, float, dict]:
     """``(t_l[b], T_w8a8, table)`` for the ILP's latency row: the table at ``config.latency_table`` when it
-    exists, else measured on this machine (:mod:`gwq_tvm.schedules.latency`) and written there if a path is given."""
+    exists, else measured (:mod:`gwq_tvm.schedules.latency`) on this machine or on ``config.latency_board``
+    for ``config.latency_target``, and written there if a path is given."""
     from pathlib import Path
 
     from ..passes.realize import RealizeIntegerProgram
     from ..runtime import host_target
     from ..schedules import latency as L
+    from ..schedules.targets import resolve_target
 
-    cfg, graph, target = ctx.config, ctx.graph, host_target()
+    cfg, graph = ctx.config, ctx.graph
+    target = resolve_target(cfg.latency_target)
     path = Path(cfg.latency_table) if cfg.latency_table is not None else None
     if path is not None and path.exists():
         table = L.load_table(path, graph, target)
     else:
         if ctx.model is None:
             raise ConfigError("a latency budget without a latency table needs the float model to measure it")
+        if cfg.latency_board is None and str(target) != str(host_target()):
+            raise ConfigError(f"latencies for target {cfg.latency_target} are measured on its board: give "
+                              "latency_board KEY@HOST:PORT (--latency-board), or a latency_table measured there")
         w8a8 = build_plan(graph, ctx.stats, base, ctx.input_shape, ctx.sensitivity)
         signed = {t: tq.signed for t, tq in w8a8.tensors.items()}
-        table = L.make_table(graph, signed, RealizeIntegerProgram(w8a8)(ctx.model.mod), ctx.model.input_shape, target)
+        table = L.make_table(graph, signed, RealizeIntegerProgram(w8a8)(ctx.model.mod), ctx.model.input_shape, target,
+                             board=cfg.latency_board)
         if path is not None:
             L.save_table(path, table)
     widths = set(cfg.mp_weight_bits) | set(fixed_w.values()) | {8}
@@ -174,18 +181,18 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
         bits[n] = (policy.weight_bits.get(n, base.weight_bits), policy.act_bits.get(n, base.act_bits))
     chosen = base.replace(bits=bits)
     plan = build_plan(graph, ctx.stats, chosen, ctx.input_shape, ctx.sensitivity)
-    from ..runtime import host_target
     from ..schedules.latency import int4_step
+    from ..schedules.targets import resolve_target
 
-    host = host_target()  # the stored size is the kernel family's: nibbles only where it has an int4 step
-    step = int4_step(host)
+    host = resolve_target(cfg.latency_target)  # this machine unless the latencies are a board's
+    step = int4_step(host)  # the stored size is the kernel family's: nibbles only where it has an int4 step
     record = {
         "config": cfg.to_dict(), "importance_kind": cfg.importance, "importance_source": source, "search": cfg.mp_search,
         "objective": "sum_l alpha*I_w[l,b_w] + sum_t I_a[t,b_a], alpha=1 (LIMPQ, one activation indicator per tensor)",
         "budgets": policy.budgets,
         "size_bytes": policy.size_bytes, "size_w8a8_bytes": policy.size_w8a8,
         "stored_bytes": {"bytes": sum(M.stored_bytes(l.weights, policy.weight_bits[l.name], step) for l in layers),
-                         "target": str(host), "int4_step": step},
+                         "target": str(host), "target_name": cfg.latency_target or "host", "int4_step": step},
         "bitops": policy.bitops, "bitops_w8a8": policy.bitops_w8a8,
         "weight_bits": policy.weight_bits, "act_bits": policy.act_bits,
         "layer_input": {l.name: l.tensor for l in layers},
@@ -195,7 +202,8 @@ def mixed_precision_strategy(ctx: strategies.PlanContext):
     }
     if table is not None:
         record["latency"] = {"predicted_s": policy.latency_s, "w8a8_program_s": policy.latency_w8a8,
-                             "target": table["target"], "int4_step": table["int4_step"],
+                             "target": table["target"], "device": table.get("device", "local"),
+                             "int4_step": table["int4_step"],
                              "table": str(cfg.latency_table) if cfg.latency_table else None,
                              "layers": table["layers"], "measure_seconds": table.get("seconds")}
     return plan.replace(provenance=provenance(chosen, mixed_precision=record))

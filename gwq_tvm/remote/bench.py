@@ -219,6 +219,43 @@ def _bench_job(module: str, tracker, key, inputs, repeat: int, number: int, thre
     return {"outputs": outputs, "runs_ms": tuple(1e3 * float(r) for r in runs)}
 
 
+def _time_job(modules: list, inputs: list, tracker, key, repeat: int, timeout: float) -> list:
+    from tvm import relax
+
+    sess = _session(tracker, key, timeout, session_timeout=timeout)
+    dev, out = sess.cpu(), []
+    for module, x in zip(modules, inputs):
+        vm = relax.VirtualMachine(sess.load_module(upload(sess, module)), dev)
+        _run_remote(vm, dev, x)  # warm-up
+        timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat, min_repeat_ms=2)
+        out.append(float(np.median(timer("main").results)))
+    return out
+
+
+def time_modules(modules, inputs, *, tracker: str | None = None, key: str | None = None, repeat: int = 15,
+                 timeout: float = 1200.0) -> list[float]:
+    """Median seconds of ``main`` of each exported module on one board (``tracker`` + ``key``) or here.
+
+    Each module is uploaded in turn in one session and timed with the VM's
+    ``time_evaluator`` (``repeat`` samples of at least 2 ms each, after one
+    warm-up run on its input).  Nothing is checked against a reference: this
+    measures kernels, as for a latency table (:mod:`gwq_tvm.schedules.latency`).
+
+    Raises
+    ------
+    RemoteError
+        Unreachable tracker, unknown key, a failing module, or the whole job
+        past ``timeout`` seconds (killed, one line).
+    """
+    if tracker is not None:
+        parse_address(tracker)
+        check_key(tracker, key, timeout=min(timeout, 10.0))
+    device = "local" if tracker is None else f"{key}@{tracker}"
+    args = ([str(Path(m).resolve()) for m in modules], [np.ascontiguousarray(x) for x in inputs], tracker, key, repeat,
+            timeout)
+    return run_with_deadline(_time_job, args, timeout=timeout, what=f"timing {len(args[0])} kernels on {device}")
+
+
 def _input_shape(module: Path) -> tuple | None:
     plan = module.with_suffix(".plan.json")
     if not plan.is_file():

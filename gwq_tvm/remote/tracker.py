@@ -20,6 +20,21 @@ class RemoteError(GwqError):
     """A tracker or board cannot be reached, or did not answer in time."""
 
 
+def parse_board(text: str) -> tuple[str, str]:
+    """``"KEY@HOST:PORT"`` (a board's key at a tracker) -> ``("HOST:PORT", KEY)``.
+
+    Raises
+    ------
+    RemoteError
+        For anything else.
+    """
+    key, sep, tracker = str(text).partition("@")
+    if not sep or not key:
+        raise RemoteError(f"bad board {text!r}: expected KEY@HOST:PORT, e.g. rpi4@127.0.0.1:9190")
+    parse_address(tracker)
+    return tracker, key
+
+
 def parse_address(text: str, what: str = "tracker") -> tuple[str, int]:
     """``"HOST:PORT"`` -> ``(host, port)``.
 

@@ -18,12 +18,14 @@ Each layer program is ``layer(x_codes, W) -> int32`` at batch 1 with the
 layer's own shape, strides, padding, dilation and groups, its input in the
 container the W8A8 plan gives it (uint8 or int8) and its own weight quantized
 per channel at 8 bits or 4 bits, compiled with the packed kernels of the
-target (:func:`gwq_tvm.schedules.build.compile_packed`) and timed on this
-machine with ``time_evaluator`` (median of ``repeat`` runs).  Boards over RPC
-are not measured here yet.
+target (:func:`gwq_tvm.schedules.build.compile_packed`) and timed with
+``time_evaluator`` (median of ``repeat`` runs): on this machine, or on a board
+registered at a TVM RPC tracker (``board="KEY@HOST:PORT"``), where every
+kernel is cross-compiled for the board's target, exported, uploaded and timed
+in one session (:func:`gwq_tvm.remote.bench.time_modules`).
 
-The table records the target and the graph's fingerprint; a table of another
-target or model is refused, never silently reused.
+The table records the target, the device it was measured on and the graph's
+fingerprint; a table of another target or model is refused, never silently reused.
 """
 
 from __future__ import annotations
@@ -92,21 +94,43 @@ def time_vm(vm, dev, x: np.ndarray, repeat: int) -> float:
     return float(np.median(timer("main").results))
 
 
-def measure_layers(graph, signed: dict, target, *, repeat: int = 15, log=None) -> dict:
-    """``{layer: {"int8": s, "int4": s}}`` for every conv2d/dense layer of ``graph`` on this machine.
+def time_executables(executables: list, inputs: list, target, *, board: str | None = None, repeat: int) -> list[float]:
+    """Median seconds of each compiled ``main`` on its input: here (``board=None``, ``target`` must be this
+    machine's), or on ``board`` (``"KEY@HOST:PORT"``): exported with ``target``'s cross compiler and timed there."""
+    import tempfile
 
-    ``signed`` maps each layer's input tensor to whether its W8A8 codes are int8.
-    """
     import tvm
     from tvm import relax
 
+    if board is None:
+        dev = tvm.cpu()
+        return [time_vm(relax.VirtualMachine(ex, dev), dev, x, repeat) for ex, x in zip(executables, inputs)]
+    from ..remote.bench import time_modules
+    from ..remote.tracker import parse_board
+    from .targets import export_compiler
+
+    tracker, key = parse_board(board)
+    fcompile = export_compiler(target)
+    with tempfile.TemporaryDirectory(prefix="gwq-latency-") as tmp:
+        paths = []
+        for i, ex in enumerate(executables):
+            paths.append(Path(tmp) / f"k{i}.so")
+            ex.export_library(str(paths[-1]), **({"fcompile": fcompile} if fcompile else {}))
+        return time_modules(paths, inputs, tracker=tracker, key=key, repeat=repeat)
+
+
+def measure_layers(graph, signed: dict, target, *, board: str | None = None, repeat: int = 15, log=None) -> dict:
+    """``{layer: {"int8": s, "int4": s}}`` for every conv2d/dense layer of ``graph``, here or on ``board``.
+
+    ``signed`` maps each layer's input tensor to whether its W8A8 codes are int8.
+    """
     from .build import compile_packed
     from .spec import kernel_spec
 
     spec = kernel_spec(target)
     if spec is None:
         raise ConfigError(f"a latency table needs a target with packed integer kernels; {target} has none")
-    dev, out = tvm.cpu(), {}
+    keys, executables, inputs = [], [], []
     for name in graph.layers():
         node = graph.nodes[name]
         if node.kind not in MEASURED_KINDS:
@@ -114,27 +138,27 @@ def measure_layers(graph, signed: dict, target, *, repeat: int = 15, log=None) -
         shape = graph.nodes[node.inputs[0]].shape
         if any(d < 0 for d in shape[1:]):
             raise ConfigError(f"a latency table needs static shapes: layer {name} reads shape {tuple(shape)}")
-        row = {}
         for store, bits in (("int8", 8), ("int4", 4)):
             mod, x = layer_program(node, shape, signed[graph.tensor_of(node.inputs[0])], bits)
-            vm = relax.VirtualMachine(compile_packed(mod, target, spec), dev)
-            row[store] = time_vm(vm, dev, x, repeat)
-        out[name] = row
-        if log:
+            keys.append((name, store))
+            executables.append(compile_packed(mod, target, spec))
+            inputs.append(x)
+    out: dict = {}
+    for (name, store), t in zip(keys, time_executables(executables, inputs, target, board=board, repeat=repeat)):
+        out.setdefault(name, {})[store] = t
+    if log:
+        for name, row in out.items():
             log(f"latency {name}: int8 {1e6 * row['int8']:.1f} us, int4 {1e6 * row['int4']:.1f} us")
     return out
 
 
-def measure_program(mod, input_shape: tuple, target, *, repeat: int = 30) -> float:
-    """Median seconds of the whole realized program ``mod`` at batch 1, compiled for ``target`` with its packed kernels."""
-    import tvm
-    from tvm import relax
-
+def measure_program(mod, input_shape: tuple, target, *, board: str | None = None, repeat: int = 30) -> float:
+    """Median seconds of the whole realized program ``mod`` at batch 1, compiled for ``target`` with its packed
+    kernels, here or on ``board``."""
     from .build import compile_integer
 
-    vm = relax.VirtualMachine(compile_integer(mod, target), tvm.cpu())
     x = np.random.default_rng(0).normal(size=(1, *input_shape[1:])).astype("float32")
-    return time_vm(vm, tvm.cpu(), x, repeat)
+    return time_executables([compile_integer(mod, target)], [x], target, board=board, repeat=repeat)[0]
 
 
 def int4_step(target) -> bool:
@@ -145,13 +169,15 @@ def int4_step(target) -> bool:
     return spec is not None and spec.int4_intrinsic is not None
 
 
-def make_table(graph, signed: dict, w8a8_mod, input_shape: tuple, target, *, log=None) -> dict:
-    """The latency table of ``graph`` on ``target`` (this machine): per-layer kernels and the whole W8A8 program."""
+def make_table(graph, signed: dict, w8a8_mod, input_shape: tuple, target, *, board: str | None = None, log=None) -> dict:
+    """The latency table of ``graph`` on ``target``: per-layer kernels and the whole W8A8 program, measured on this
+    machine (``board=None``) or on ``board`` (``"KEY@HOST:PORT"``)."""
     t0 = time.perf_counter()
-    layers = measure_layers(graph, signed, target, log=log)
-    program = measure_program(w8a8_mod, input_shape, target)
-    return {"version": TABLE_VERSION, "target": str(target), "fingerprint": graph.fingerprint, "int4_step": int4_step(target),
-            "program_w8a8_s": program, "layers": layers, "seconds": time.perf_counter() - t0}
+    layers = measure_layers(graph, signed, target, board=board, log=log)
+    program = measure_program(w8a8_mod, input_shape, target, board=board)
+    return {"version": TABLE_VERSION, "target": str(target), "device": board or "local", "fingerprint": graph.fingerprint,
+            "int4_step": int4_step(target), "program_w8a8_s": program, "layers": layers,
+            "seconds": time.perf_counter() - t0}
 
 
 def save_table(path, table: dict) -> None:
