@@ -286,3 +286,58 @@ def test_zero_point_program_is_bit_exact_on_the_emulated_aarch64_board(aarch64_r
     for preset in ("aarch64-dotprod", "rpi4"):
         got = _run_remote(aarch64_remote, gwq_tvm.build(q, resolve_target(preset)), x, preset, tmp_path / f"zp_{preset}.so")
         np.testing.assert_array_equal(got, run_reference(q.mod, x))
+
+
+class DenseBlock(nn.Module):
+    """DenseNet-style: two pre-activation conv outputs joined by a concat, then batch norm + ReLU (an affine node,
+    the BN cannot fold across the concat) and a 1x1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c1 = nn.Conv2d(1, 4, 3, 1, 1), nn.Conv2d(4, 4, 3, 1, 1)
+        self.bn, self.c2, self.fc = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        z = torch.cat([y, self.c1(y)], 1)
+        return self.fc(self.c2(torch.relu(self.bn(z))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def dense(fmnist):
+    torch.manual_seed(1)
+    calib, test_x, _ = fmnist
+    model = _settle(DenseBlock())
+    return gwq_tvm.quantize(model, calib[:32], QuantConfig(symmetric_activations=True), input_shape=SHAPE), test_x[:8]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_concat_and_affine_take_zero_points_bit_exact(dense, seed):
+    """Random zero points on the concat's inputs and output and on the affine node's input: the compiled program
+    equals the reference, and stays integer-only."""
+    q, x = dense
+    plan, edited = _with_random_zero_points(q, seed)
+    concat = next(n for n, node in q.graph.nodes.items() if node.kind == "concat")
+    assert concat in edited and set(q.graph.nodes[concat].inputs) <= edited
+    assert {kind_of(c).name for c in q.graph.consumers(concat)} == {"affine"}
+    mod = _realize(q, plan)
+    assert gwq_tvm.check_integer_only(mod).ok
+    np.testing.assert_array_equal(compile_and_run(mod, x), run_reference(mod, x))
+
+
+def test_concat_with_zero_points_subtracts_z_in_and_adds_z_out(dense):
+    """Before (symmetric) / after (zero points on the concat's inputs and output): each requantized input gains
+    ``- z_in`` before its SFC and ``+ z_out`` after it."""
+    q, _ = dense
+    plan, _ = _with_random_zero_points(q, 0)
+    before, after = _realize(q, q.plan), _realize(q, plan)
+    concat = next(n for n, node in q.graph.nodes.items() if node.kind == "concat")
+    z_ins = sorted(plan.tensors[s].zero_point for s in q.graph.nodes[concat].inputs)
+    z_out = plan.tensors[concat].zero_point
+    from tvm.ir.expr import Constant
+
+    consts = lambda mod, op: sorted(int(b.value.args[1].value.numpy()) for b in _calls(mod, op)  # noqa: E731
+                                    if isinstance(b.value.args[1], Constant) and b.value.args[1].value.numpy().size == 1)
+    assert not consts(before, "relax.subtract")
+    assert [z for z in z_ins if z] == [z for z in consts(after, "relax.subtract") if z in z_ins]
+    assert consts(after, "relax.add").count(z_out) >= 2 > consts(before, "relax.add").count(z_out)

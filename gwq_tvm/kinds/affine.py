@@ -40,6 +40,8 @@ class Affine(LayerKind):
     weight_bits = 8
     #: an affine after an affine is one node already (:meth:`~gwq_tvm.extract.Walker.fuse_affine`)
     folds_input_affine = False
+    #: ``q_a,c * (q_in - z) + q_b,c = q_a,c * q_in + (q_b,c - z * q_a,c)``: the zero point folds into the bias
+    input_zero_point = True
 
     def match(self, w, i, call) -> bool:
         from tvm import relax

@@ -1,6 +1,10 @@
-"""Concatenation of quantized tensors: each input ``clip(SFC(q_i, s_i / s_out))``, then joined.
+"""Concatenation of quantized tensors: each input ``clip(SFC(q_i - z_i, s_i / s_out) + z_out)``, then joined.
 
-An input whose tensor already has the output's quantization is joined as it is.
+An input whose tensor already has the output's quantization (scale and zero
+point) is joined as it is.  Zero points are exact here: ``q_i - z_i`` is the
+input's real value in units of ``s_i``, and ``+ z_out`` puts it on the output's
+codes, so inputs and output may each carry one (DenseNet's joined feature maps,
+whose pre-activation conv outputs are skewed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from .base import Kind
 class Concat(Kind):
     name = "concat"
     ops = ("relax.concat",)
+    zero_point_out = True
+
+    def accepts_zero_point(self, graph, node, layers) -> bool:
+        return True
 
     def match(self, w, i, call) -> bool:
         from tvm import relax
@@ -42,8 +50,11 @@ class Concat(Kind):
     def realize(self, em, node) -> None:
         from tvm.relax import op as R
 
+        from ..passes.realize import const
+
         qmin, qmax = P.out_range(node, em.plan)
         dtype = P.container(em.plan.tensors[node.name])
+        z_out = P.zero_point(em.plan, node.name)
         parts = []
         for src, sfc in zip(node.inputs, P.concat_inputs(node, em.plan)):
             x = em.as_int(src)
@@ -51,7 +62,13 @@ class Concat(Kind):
                 parts.append(x)
                 continue
             work = "int64" if sfc.kind == "multiply" else "int32"
-            parts.append(em.clip_cast(em.apply_sfc(x, sfc, len(node.shape), work), qmin, qmax, dtype))
+            z_in = P.zero_point(em.plan, src)
+            if z_in:
+                x = em.emit(R.subtract(em.cast(x, work), const(z_in, work)))
+            x = em.apply_sfc(x, sfc, len(node.shape), work)
+            if z_out:
+                x = em.emit(R.add(x, const(z_out, work)))
+            parts.append(em.clip_cast(x, qmin, qmax, dtype))
         em.set_int(node, em.emit(R.concat(parts, axis=node.attrs["axis"])))
 
     def simulate(self, em, node) -> None:

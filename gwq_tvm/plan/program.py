@@ -171,9 +171,10 @@ def layer_accumulator(node: "Node", plan: QuantPlan) -> Accumulator:
         raise PlanError(f"layers.{node.name}: {', '.join(unsupported)} is not realized by this gwq-tvm yet")
     grid = layer.block_scales(node.weight.shape[0])
     z_in = zero_point(plan, src)
-    if z_in and (node.kind not in ("conv2d", "dense") or grid.shape[1] > 1):
+    takes_z = getattr(_kind(node), "input_zero_point", False)
+    if z_in and (not takes_z or grid.shape[1] > 1):
         raise PlanError(f"tensors.{src}.zero_point: {node.kind} layer {node.name} does not take an input zero point"
-                        + (" with input weight blocks" if node.kind in ("conv2d", "dense") else "") + " (plan it symmetric)")
+                        + (" with input weight blocks" if takes_z else "") + " (plan it symmetric)")
     codes = table = None
     if layer.codebook == "post":
         if node.kind not in ("conv2d", "dense") or grid.shape[1] > 1 or not 2 <= layer.bits <= 5:
