@@ -126,7 +126,9 @@ def table() -> None:
              "Accuracy of the **compiled integer program** on the 10k test images after QAT (schedule per row); fp32 is "
              "the float model compiled by TVM.  Latency: batch 1, default schedules, median of "
              f"{LAT_RUNS} runs on a shared, loaded 2-core machine (indicative).  Adapter overhead: latency share of the "
-             "adapter branch (same plan compiled without its adapters).  Only the rows listed ran.", "",
+             "adapter branch (same plan compiled without its adapters).  QAT schedule: epochs x images, and in brackets the "
+             "wall minutes of the QAT on the shared machine, including any time the job was paused (not a training cost).  "
+             "Only the rows listed ran.", "",
              "| model | bits | weights | mode | accuracy | fp32 | shift share | latency (ms) | adapter overhead | QAT schedule |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
