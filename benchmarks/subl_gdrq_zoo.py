@@ -146,6 +146,9 @@ def table(result: dict) -> str:
                 cells.append(f"{c['sqnr_db']:.1f} dB{shift}; {ex}; {io}{new}")
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     lines += ["", f"{n_ok}/{n_all} plans compile bit-exact with no float op beyond their model's W8A8 program."]
+    missing = [n for n in model_zoo.row_names() if n not in {r["model"] for r in rows}]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)} (`--models ... --merge` adds them)."]
     return "\n".join(lines) + "\n"
 
 
