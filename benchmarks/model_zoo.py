@@ -266,22 +266,10 @@ def main():
     if args.merge and (args.out / "model_zoo.json").is_file():
         rows = [r for r in json.loads((args.out / "model_zoo.json").read_text())["rows"] if r["model"] not in names]
     for name in names:
-        with tempfile.TemporaryDirectory() as d:
-            out = Path(d) / "row.json"
-            cmd = [sys.executable, __file__, "--row", name, "--row-json", str(out), "--samples", str(args.samples),
-                   "--calib", str(args.calib), "--runs", str(args.runs), "--threads", str(args.threads)]
-            env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-            t0 = time.time()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-                if out.is_file():
-                    row = json.loads(out.read_text())
-                else:
-                    tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-                    row = {"model": name, "error": f"row process died (exit {proc.returncode}): {tail[:300]}"}
-            except subprocess.TimeoutExpired:
-                row = {"model": name, "error": f"timed out after {args.timeout:.0f} s"}
-            row["wall_s"] = time.time() - t0
+        env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+        row = run_row_process(__file__, name, ["--samples", str(args.samples), "--calib", str(args.calib),
+                                               "--runs", str(args.runs), "--threads", str(args.threads)],
+                              args.timeout, env=env)
         rows.append(row)
         print(json.dumps(row), flush=True)
         result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
@@ -290,6 +278,26 @@ def main():
                   "rows": rows}
         (args.out / "model_zoo.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out / "model_zoo.md").write_text(_report(result))
+
+
+def run_row_process(script: str, name: str, extra: list, timeout: float, env=None) -> dict:
+    """Row ``name`` of ``script`` (``--row NAME --row-json F`` + ``extra``) in a child process: its JSON row, or
+    ``{"model", "error"}`` when the child died or ran past ``timeout`` seconds; with its ``wall_s``."""
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "row.json"
+        cmd = [sys.executable, script, "--row", name, "--row-json", str(out), *extra]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+            if out.is_file():
+                row = json.loads(out.read_text())
+            else:
+                tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                row = {"model": name, "error": f"row process died (exit {proc.returncode}): {tail[:300]}"}
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "error": f"timed out after {timeout:.0f} s"}
+    row["wall_s"] = time.time() - t0
+    return row
 
 
 def _cpu_flags() -> list[str]:

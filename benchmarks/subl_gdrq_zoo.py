@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -177,21 +174,8 @@ def main():
         rows = [r for r in json.loads(path.read_text())["rows"] if r["model"] not in names]
     OUT.mkdir(parents=True, exist_ok=True)
     for name in names:
-        with tempfile.TemporaryDirectory() as d:
-            out = Path(d) / "row.json"
-            cmd = [sys.executable, __file__, "--row", name, "--row-json", str(out), "--samples", str(args.samples),
-                   "--calib", str(args.calib), "--exact", str(args.exact)]
-            t0 = time.time()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                if out.is_file():
-                    row = json.loads(out.read_text())
-                else:
-                    tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-                    row = {"model": name, "error": f"row process died (exit {proc.returncode}): {tail[:300]}"}
-            except subprocess.TimeoutExpired:
-                row = {"model": name, "error": f"timed out after {args.timeout:.0f} s"}
-            row["wall_s"] = time.time() - t0
+        row = model_zoo.run_row_process(__file__, name, ["--samples", str(args.samples), "--calib", str(args.calib),
+                                                         "--exact", str(args.exact)], args.timeout)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "plans"}), flush=True)
         result = {"settings": {"samples": args.samples, "calib": args.calib, "exact": args.exact, "bits": "W4A8"},
