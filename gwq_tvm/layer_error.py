@@ -93,6 +93,19 @@ def _run_tuple(vm, x: np.ndarray, fixed_batch) -> list[np.ndarray]:
     return [np.concatenate(p) for p in zip(*parts)]
 
 
+def _reference_tuple(mod, x: np.ndarray, fixed_batch) -> list[np.ndarray]:
+    """Every output of the numpy reference of ``mod`` over ``x``, in the batches the model was exported for.
+
+    A model with a static batch (e.g. an ONNX LRN imported as ``reshape`` to
+    ``(1, 1, C, H, W)``) only runs on that batch, in the reference as in TVM.
+    """
+    parts = []
+    for chunk, n in batches(x, fixed_batch or len(x), padded=bool(fixed_batch)):
+        out = run_reference(mod, chunk)
+        parts.append([np.asarray(o)[:n] for o in (out if isinstance(out, (list, tuple)) else [out])])
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
 def _sfc_kinds(graph: Graph, plan: QuantPlan) -> dict[str, str]:
     kinds: dict[str, set] = {}
     for site in sfc_sites(graph, plan):
@@ -145,7 +158,7 @@ def layer_error(qmodel, data, *, samples: int = DEFAULT_SAMPLES) -> dict:
     probe_graph = extract_graph(probe_mod)
     realized = RealizeIntegerProgram(_probe_plan(plan, probe_graph, names))(probe_mod)
     n_out = len(graph.outputs)
-    ints = run_reference(realized, x)
+    ints = _reference_tuple(realized, x, fm.input_shape[0])
     floats = _run_tuple(relax.VirtualMachine(tvm.compile(probe_mod, host_target()), tvm.cpu()), x, fm.input_shape[0])
     ref_logits, int_logits = floats[0], np.asarray(ints[0])
     exposed = {n: (floats[n_out + i], np.asarray(ints[n_out + i])) for i, n in enumerate(names)}

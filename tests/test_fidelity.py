@@ -12,6 +12,7 @@ import gwq_tvm
 from gwq_tvm.data import BUNDLED_MODEL
 from gwq_tvm.fidelity import fidelity, sqnr_db
 
+import import_nets
 from onnx_nets import NETS
 
 
@@ -221,3 +222,18 @@ def test_cli_report_layer_error(tmp_path):
     assert table.index(names[0]) < table.index(names[1])  # the text is worst first too
     page = out.read_text()
     assert "Per-tensor error" in page and page.count("<svg") >= 2
+
+
+def test_layer_error_on_a_fixed_batch_model():
+    """A model exported for batch 1 whose float island reshapes to that batch (ONNX LRN becomes
+    ``reshape(x, (1, 1, C, H, W))``): the reference runs in the model's batches, as the float module does.  This
+    once ended in "cannot reshape array of size ... into shape (1,1,64,55,55)" on the ONNX zoo's Inception v1."""
+    from gwq_tvm.layer_error import layer_error
+
+    model = import_nets.float_island("LRN")
+    x = np.random.default_rng(0).normal(size=(16, 1, 16, 16)).astype("float32")
+    with pytest.warns(UserWarning, match="LRN"):
+        q = gwq_tvm.quantize(model, x, input_shape=(1, 1, 16, 16))
+    result = layer_error(q, x, samples=5)
+    assert result["samples"] == 5 and {r["name"] for r in result["tensors"]} == set(q.graph.tensors())
+    assert result["program_kl"] >= 0
