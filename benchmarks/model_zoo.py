@@ -16,7 +16,12 @@ is that row's result, not the benchmark's) and measures, at W8A8:
   top-1 agreement of output 0 (per pixel for dense-prediction outputs) and the
   logit SQNR over all outputs, pooled over the samples
   (:func:`gwq_tvm.fidelity.pooled_sqnr_db`: ``10 log10(sum signal**2 / sum noise**2)``,
-  not a mean of per-sample values, which is ``inf`` once one sample is exact);
+  not a mean of per-sample values, which is ``inf`` once one sample is exact).
+  A model whose output is a trailing Softmax is scored on its logits: every
+  program (ours and ORT's) is built a second time from a copy without that
+  Softmax (:func:`logits_model`).  The SQNR of the probabilities is kept too
+  (``prob_sqnr_db``); it is a noisy figure, dominated by the few samples whose
+  top two classes nearly tie (``dp = p1 p2 d(z1 - z2)``);
 * the per-layer program with **symmetric activations** (``symmetric_activations``:
   no zero points), for comparison with the default asymmetric W8A8 plan;
 * the same for **ONNX Runtime int8** (``quantize_static``, QDQ, per-channel,
@@ -76,6 +81,35 @@ def onnx_path(name: str) -> Path:
     return path
 
 
+def logits_model(path: Path) -> Path | None:
+    """A copy of ``path`` without its trailing Softmax (output = the Softmax's input), or ``None`` when the model
+    does not end in one.  Softmax keeps its input's shape, so the new output takes the old output's type."""
+    import onnx
+
+    out = path.with_suffix(".logits.onnx")
+    if out.is_file():
+        return out
+    model = onnx.load(str(path))
+    g = model.graph
+    if len(g.output) != 1:
+        return None
+    last = next((n for n in g.node if g.output[0].name in n.output), None)
+    if last is None or last.op_type != "Softmax":
+        return None
+    if any(last.output[0] in n.input for n in g.node):
+        return None
+    value = onnx.ValueInfoProto()
+    value.CopyFrom(g.output[0])
+    value.name = last.input[0]
+    g.node.remove(last)
+    del g.output[:]
+    g.output.append(value)
+    tmp = path.with_suffix(".logits.tmp.onnx")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
 def input_shape_of(path: Path, name: str) -> tuple:
     import onnx
 
@@ -130,7 +164,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
     from gwq_tvm.config import QuantConfig
     from gwq_tvm.fidelity import pooled_sqnr_db
 
-    row: dict = {"model": name}
+    row: dict = {"model": name, "load_average": os.getloadavg()[0]}  # latencies below are only idle figures when ~0
     path = onnx_path(name)
     shape = input_shape_of(path, name)
     row["input_shape"] = list(shape)
@@ -149,6 +183,18 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
     def score(outs):
         return {"agreement": _agreement(ref, outs, agree_kind),
                 "sqnr_db": pooled_sqnr_db(_flat(ref), _flat(outs)), "sqnr": "pooled"}
+
+    logits_path = logits_model(path)
+    if logits_path is not None:
+        fz = ort.InferenceSession(str(logits_path), so, providers=["CPUExecutionProvider"])
+        ref_logits = [fz.run(None, {in_name: x[None]}) for x in xs]
+
+    def score_logits(res: dict, outs_of) -> None:
+        """With a Softmax head: the probabilities' SQNR moves to ``prob_sqnr_db``, ``sqnr_db`` is the logits'."""
+        if logits_path is not None:
+            res["prob_sqnr_db"] = res["sqnr_db"]
+            res["sqnr_db"] = pooled_sqnr_db(_flat(ref_logits), _flat(outs_of(logits_path)))
+            res["sqnr"] = "pooled logits"
 
     for mode in ("per_layer", "gwq", "per_layer_symmetric"):
         t0 = time.time()
@@ -178,6 +224,14 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
                **score(outs),
                "latency_ms": _median_ms(run, xs[:1], runs)}
         res["zero_points"] = sum(1 for t in q.plan.tensors.values() if t.zero_point)
+
+        def ours_on(model_path, cfg=cfg):
+            with __import__("warnings").catch_warnings(record=True):
+                vz = relax.VirtualMachine(gwq_tvm.build(gwq_tvm.quantize(str(model_path), calib, cfg, input_shape=shape)),
+                                          tvm.cpu())
+            return [_outputs(vz["main"](tvm.runtime.tensor(x[None]))) for x in xs]
+
+        score_logits(res, ours_on)
         if mode == "gwq":
             res["shift_share"] = float(q.sfc["shift_share"])
             res["groups"] = len(q.plan.groups)
@@ -191,9 +245,8 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
             x = next(self.it, None)
             return None if x is None else {in_name: x[None]}
 
-    t0 = time.time()
-    try:
-        model = onnx.load(str(path))
+    def ort_int8(model_path):
+        model = onnx.load(str(model_path))
         if model.opset_import[0].version < 13:  # ORT's QDQ quantizer needs opset >= 10; upgrade old zoo files
             model = onnx.version_converter.convert_version(model, 13)
         with tempfile.TemporaryDirectory() as d:
@@ -201,10 +254,15 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
             onnx.save(model, str(src))
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            s8 = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+
+    t0 = time.time()
+    try:
+        s8 = ort_int8(path)
         outs = [s8.run(None, {in_name: x[None]}) for x in xs]
         row["ort_int8"] = {"quantize_s": time.time() - t0, **score(outs),
                            "latency_ms": _median_ms(lambda x: s8.run(None, {in_name: x}), xs[:1], runs)}
+        score_logits(row["ort_int8"], lambda p: [z.run(None, {in_name: x[None]}) for z in [ort_int8(p)] for x in xs])
     except Exception as err:  # noqa: BLE001
         row["ort_int8"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     return row
@@ -212,6 +270,13 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
 
 def _fmt(v, spec="{:.1f}"):
     return "—" if v is None else spec.format(v)
+
+
+def _sqnr(res: dict) -> str:
+    """The logit SQNR, and for a Softmax head the probabilities' after it: ``34.3 (p 18.7)``."""
+    if res.get("prob_sqnr_db") is None:
+        return _fmt(res.get("sqnr_db"))
+    return f"{_fmt(res.get('sqnr_db'))} (p {_fmt(res['prob_sqnr_db'])})"
 
 
 def table(rows: list[dict]) -> str:
@@ -226,15 +291,17 @@ def table(rows: list[dict]) -> str:
             continue
         lat = " / ".join(_fmt(v, "{:.2f}") for v in (pl.get("latency_ms"), g.get("latency_ms"), o.get("latency_ms"),
                                                     r.get("ort_fp32_ms")))
+        if r.get("load_average", 0) > 1.0:  # other work was running: the latencies are not idle figures
+            lat += f" (load {r['load_average']:.1f})"
         pct = lambda v: _fmt(None if v is None else 100 * v)  # noqa: E731
         sym = r.get("per_layer_symmetric", {})
-        old = "" if pl.get("sqnr") == "pooled" else " †"
+        old = "" if pl.get("sqnr") in ("pooled", "pooled logits") else " †"
         lines.append(
             f"| {r['model']} | ok | {'yes' if pl['integer_only'] else 'no'} | {', '.join(pl['float_ops']) or '—'} "
             f"| {'yes' if pl['bit_exact'] and g.get('bit_exact', False) else 'NO'} | {pct(pl['agreement'])} "
-            f"| {_fmt(pl['sqnr_db'])}{old} | {_fmt(sym.get('sqnr_db'))} | {pct(g.get('agreement'))} | {_fmt(g.get('sqnr_db'))}{old} "
+            f"| {_sqnr(pl)}{old} | {_sqnr(sym)} | {pct(g.get('agreement'))} | {_sqnr(g)}{old} "
             f"| {pct(g.get('shift_share'))} "
-            f"| {pct(o.get('agreement')) if 'error' not in o else 'fails'} | {_fmt(o.get('sqnr_db'))}{old} | {lat} "
+            f"| {pct(o.get('agreement')) if 'error' not in o else 'fails'} | {_sqnr(o)}{old} | {lat} "
             f"| {_fmt(pl['compile_s'], '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
@@ -322,7 +389,10 @@ def _report(result: dict) -> str:
             f"`quantize_static` QDQ per-channel u8/s8.  W8A8 plans give asymmetric tensors (swish outputs) uint8 with a "
             f"zero point; *sym SQNR* is the per-layer program with `symmetric_activations`.  SQNR is pooled over the "
             f"samples (10 log10 of summed signal over summed noise power); † marks rows last run before that change "
-            f"(mean of per-sample values) and before zero points.\n\n" + table(rows))
+            f"(mean of per-sample values) and before zero points.  Models ending in Softmax are scored on their "
+            f"logits (every program built again from a copy without the Softmax); *(p x)* is the SQNR of the "
+            f"probabilities, a noisy figure led by the few samples whose top two classes nearly tie.  Rows without "
+            f"*(p x)* on a Softmax model were run before logits were scored.\n\n" + table(rows))
 
 
 if __name__ == "__main__":
