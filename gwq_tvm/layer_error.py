@@ -16,7 +16,9 @@ For every tensor ``t`` of the plan (a node output that owns a scale), on
   fake-quant simulator (:class:`~gwq_tvm.calibration.sensitivity.FakeQuantSimulator`)
   given ``t`` as its only activation tensor: every other activation stays
   float.  The simulator quantizes weights as planned; ``weights_only_kl`` (no
-  activation quantized) is the floor every ``alone_kl`` includes.
+  activation quantized) is the floor every ``alone_kl`` includes.  One
+  switchable, segmented simulator serves every tensor (step 0 switches a
+  tensor off), and each probe re-runs only the segments from ``t``'s on.
 * ``sfc``: the kinds of scale conversion into ``t`` (``shift``, ``multiply``,
   ``identity``; ``quantize`` for the model input, ``passthrough`` for
   tensors that keep their input's scale, ``dequantize`` for a model output
@@ -37,7 +39,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from .calibration.sensitivity import FakeQuantSimulator, kl_divergence
+from .calibration.sensitivity import SIM_BATCH, FakeQuantSimulator, kl_divergence
 from .fidelity import sqnr_db
 from .extract import extract_graph
 from .graph import Graph, kind_of
@@ -91,6 +93,21 @@ def _run_tuple(vm, x: np.ndarray, fixed_batch) -> list[np.ndarray]:
     parts = [[o.numpy()[:n] for o in vm["main"](tvm.runtime.tensor(chunk))]
              for chunk, n in batches(x, fixed_batch or len(x), padded=bool(fixed_batch))]
     return [np.concatenate(p) for p in zip(*parts)]
+
+
+def _alone_logits(sim: FakeQuantSimulator, x: np.ndarray, scales: dict) -> tuple[np.ndarray, dict]:
+    """The logits of ``sim`` (switchable, segmented) on ``x`` with no activation quantized, and with each tensor of
+    ``scales`` quantized alone at its step: the run with all off is cut into segments once per batch, and each
+    tensor's run starts from the cut at its own segment."""
+    off = sim.args({n: 0.0 for n in sim.names})
+    base, alone = [], {n: [] for n in scales}
+    for chunk, n_real in batches(x, sim.fixed_batch or min(len(x), SIM_BATCH), padded=bool(sim.fixed_batch)):
+        cuts, logits = sim.run_cuts(chunk, off)
+        base.append(logits[:n_real])
+        for name, step in scales.items():
+            k = sim.segment_of[name]
+            alone[name].append(sim.run_from(k, cuts[k], sim.args({name: step}, off))[:n_real])
+    return np.concatenate(base), {n: np.concatenate(v) for n, v in alone.items()}
 
 
 def _reference_tuple(mod, x: np.ndarray, fixed_batch) -> list[np.ndarray]:
@@ -166,7 +183,14 @@ def layer_error(qmodel, data, *, samples: int = DEFAULT_SAMPLES) -> dict:
         exposed.setdefault(n, (floats[i], np.asarray(ints[i])))
 
     layers = {n: (plan.layers[n].bits, plan.layers[n].scale_map(graph.nodes[n].weight.shape)) for n in plan.layers}
-    weights_only = kl_divergence(ref_logits, FakeQuantSimulator(fm, graph, {}, layers).run(x, {}))
+    ranges = {}
+    for name in names:
+        qmin, qmax = out_range(graph.nodes[name], plan)
+        z = plan.tensors[name].zero_point  # the codes less the zero point: r = s * (q - z)
+        ranges[name] = (qmin - z, qmax - z)
+    weights_logits, alone_logits = _alone_logits(FakeQuantSimulator(fm, graph, ranges, layers, segmented=True, switchable=True),
+                                                 x, {n: plan.scale(n) for n in names})
+    weights_only = kl_divergence(ref_logits, weights_logits)
     sfc = _sfc_kinds(graph, plan)
     rows = []
     for name in graph.tensors():
@@ -177,11 +201,8 @@ def layer_error(qmodel, data, *, samples: int = DEFAULT_SAMPLES) -> dict:
         row = {"name": name, "kind": node.kind, "bits": tq.bits, "signed": tq.signed, "scale": plan.scale(name),
                "sfc": sfc[name], "sqnr_db": _mean_db(sqnr_db(r, q)), "local_sqnr_db": None, "alone_kl": None}
         if name in names:
-            qmin, qmax = out_range(node, plan)
-            qmin, qmax = qmin - tq.zero_point, qmax - tq.zero_point  # the codes less the zero point: r = s * (q - z)
-            sim = FakeQuantSimulator(fm, graph, {name: (qmin, qmax)}, layers)
-            row["alone_kl"] = kl_divergence(ref_logits, sim.run(x, {name: plan.scale(name)}))
-            row["local_sqnr_db"] = _mean_db(_local_error(r, plan.scale(name), qmin, qmax))
+            row["alone_kl"] = kl_divergence(ref_logits, alone_logits[name])
+            row["local_sqnr_db"] = _mean_db(_local_error(r, plan.scale(name), *ranges[name]))
         rows.append(row)
     rows.sort(key=lambda row: -1.0 if row["alone_kl"] is None else -row["alone_kl"])
     return {"samples": len(x), "program_kl": kl_divergence(ref_logits, int_logits), "weights_only_kl": weights_only,

@@ -49,11 +49,13 @@ class Emitter:
     Each kind's :meth:`~gwq_tvm.kinds.base.Kind.simulate` emits its float op
     on ``values`` of its inputs and hands the result to :meth:`finish`, which
     applies the fused activation and the fake-quantizer of the node's tensor.
+    With ``switchable``, a tensor whose run-time step is ``s <= 0`` is left
+    unquantized (and the biases of its readers unrounded).
     """
 
     def __init__(self, bb, graph: Graph, bits: dict, weight_scales: dict, weight_bits: dict, scale_vars: dict, param,
-                 dtype: str = DTYPE):
-        self.bb, self.graph, self.param, self.dtype = bb, graph, param, dtype
+                 dtype: str = DTYPE, switchable: bool = False):
+        self.bb, self.graph, self.param, self.dtype, self.switchable = bb, graph, param, dtype, switchable
         self.bits, self.weight_scales, self.weight_bits, self.scale_vars = bits, weight_scales, weight_bits, scale_vars
         self.values: dict[str, relax.Expr] = {}
 
@@ -72,8 +74,12 @@ class Emitter:
             s = self.scale_vars[node.name]
             qmin, qmax = self.bits[node.name]
             q = R.clip(R.floor(R.add(R.divide(y, s), self.const(0.5 + TIE_EPS))), relax.prim_value(qmin), relax.prim_value(qmax))
-            y = self.emit(R.multiply(q, s))
+            y = self.emit(self._switched(s, R.multiply(q, s), y))
         self.values[node.name] = y
+
+    def _switched(self, s, quantized, plain):
+        """``quantized`` where the step ``s > 0`` (always, unless :attr:`switchable`), else ``plain``."""
+        return R.where(R.greater(s, self.const(0.0)), quantized, plain) if self.switchable else quantized
 
     def weight(self, node: Node) -> np.ndarray:
         """The layer's weights fake-quantized at their planned scales: ``s_w * clip(rint(w / s_w))``
@@ -100,7 +106,7 @@ class Emitter:
             ws = self.weight_scales[node.name]  # the accumulator unit's weight part: the finest block scale
             ws = ws.reshape(ws.shape[0], -1).min(axis=1) if ws.ndim > 1 else ws
             unit = self.emit(R.multiply(self.scale_vars[src], self.const(ws.reshape(shape))))
-            b = self.emit(R.multiply(R.round(R.divide(b, unit)), unit))
+            b = self.emit(self._switched(self.scale_vars[src], R.multiply(R.round(R.divide(b, unit)), unit), b))
         return self.emit(R.add(y, b))
 
 
@@ -148,9 +154,13 @@ class FakeQuantSimulator:
         Compile the graph as a chain of functions split at :func:`segment_starts`,
         so :meth:`run_from` can re-run only what follows one segment's input.
         The chain computes what the whole function does, op for op.
+    switchable : bool
+        A tensor given step 0 at run time is not quantized (see :class:`Emitter`),
+        so one compiled simulator serves every subset of ``tensors``.
     """
 
-    def __init__(self, model, graph: Graph, tensors: dict, layers: dict, *, dtype: str = DTYPE, segmented: bool = False):
+    def __init__(self, model, graph: Graph, tensors: dict, layers: dict, *, dtype: str = DTYPE, segmented: bool = False,
+                 switchable: bool = False):
         self.graph, self.names, self.dtype = graph, list(tensors), dtype
         order = list(graph.nodes)
         self.starts = segment_starts(graph) if segmented else [0]
@@ -172,7 +182,7 @@ class FakeQuantSimulator:
                 param = relax.Var("cut", relax.TensorType([old.ty.shape.values[0], *shape], dtype))
             with bb.function(f"seg{j}" if segmented else "main", [param, *svars.values()]):
                 with bb.dataflow():
-                    em = Emitter(bb, graph, tensors, *wq, svars, x, dtype)
+                    em = Emitter(bb, graph, tensors, *wq, svars, x, dtype, switchable)
                     if j:
                         em.values[self._live(order, lo)] = param
                     for name in order[lo:hi]:
