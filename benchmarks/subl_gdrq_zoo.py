@@ -17,8 +17,13 @@ is realized, compiled by TVM and checked:
   (``float ops`` column: what the plan keeps in float; ``new float ops`` must be empty);
 * **bit-exact**: the compiled module against the numpy reference
   (:func:`gwq_tvm.run_reference`) on ``--exact`` seeded inputs;
-* **fidelity**: logit SQNR against the fp32 model (TVM-compiled), pooled over
+* **fidelity**: SQNR of the outputs against the fp32 model (TVM-compiled), pooled over
   ``--samples`` seeded N(0, 1) inputs, next to the plain per-channel W4A8 plan.
+  Those are logits, except on a model ending in Softmax (``softmax_head``),
+  where they are probabilities: the table marks those cells ``p``.  Unlike
+  :mod:`model_zoo`, this sweep does not build every plan a second time without
+  the Softmax; a probability SQNR is led by the few samples whose top classes
+  nearly tie, and is ``inf`` where every output saturates to one-hot.
 
 Seeded weights and random inputs: the SQNR says how much a plan perturbs the
 function, not what accuracy a trained model would keep.  Each row runs in its own
@@ -72,7 +77,8 @@ def run_row(name: str, samples: int, calib_n: int, exact_n: int) -> dict:
     ref = [model_zoo._outputs(fvm["main"](tvm.runtime.tensor(x[None]))) for x in xs]
     w8a8 = gwq_tvm.quantize(fm, calib, QuantConfig())
     base_float = set(w8a8.float_ops)
-    row = {"model": name, "input_shape": list(shape), "w8a8_float_ops": sorted(base_float), "plans": {}}
+    row = {"model": name, "input_shape": list(shape), "w8a8_float_ops": sorted(base_float),
+           "softmax_head": model_zoo.logits_model(path) is not None, "plans": {}}
     for mode, mode_cfg in MODES.items():
         for label, changes in PLANS.items():
             key = f"{mode}|{label}"
@@ -108,12 +114,23 @@ def run_row(name: str, samples: int, calib_n: int, exact_n: int) -> dict:
     return row
 
 
+def _softmax_head(row: dict) -> bool:
+    """Does the row's model end in Softmax (rows run before ``softmax_head`` was recorded: read the cached ONNX)?"""
+    if "softmax_head" in row:
+        return row["softmax_head"]
+    path = model_zoo.CACHE / f"{row['model'].replace(':', '_')}.onnx"
+    if path.is_file():
+        return model_zoo.logits_model(path) is not None
+    return "relax.nn.softmax" in row.get("w8a8_float_ops", [])
+
+
 def table(result: dict) -> str:
     rows = result["rows"]
     s = result["settings"]
     lines = ["# PTQ-SL and GDRQ plans on the model zoo (W4A8, first/last layer and input at 8 bits)", "",
              f"Seeded weights, {s['calib']} seeded calibration inputs, SQNR of the logits against the fp32 model pooled "
-             f"over {s['samples']} seeded inputs; bit-exact: compiled module against the numpy reference on "
+             f"over {s['samples']} seeded inputs (`p`: of the probabilities, on a model ending in Softmax; a noisy "
+             f"figure, `inf` where every output saturates to one-hot); bit-exact: compiled module against the numpy reference on "
              f"{s['exact']} inputs.  `int-only`, or `float:` the ops kept in float (each also kept by the model's W8A8 "
              "program unless listed as new).  Written by `benchmarks/subl_gdrq_zoo.py`.", ""]
     header = "| model | " + " | ".join(f"{m} {p}" for m in MODES for p in PLANS) + " |"
@@ -140,7 +157,8 @@ def table(result: dict) -> str:
                 new = f" **new float: {', '.join(c['new_float_ops'])}**" if c["new_float_ops"] else ""
                 ex = "bit-exact" if c["bit_exact"] else f"**not bit-exact** {c['reference_error'] or ''}"
                 shift = f", shift {c['shift_share'] * 100:.0f}%" if m == "gwq" else ""
-                cells.append(f"{c['sqnr_db']:.1f} dB{shift}; {ex}; {io}{new}")
+                unit = " dB p" if _softmax_head(r) else " dB"
+                cells.append(f"{c['sqnr_db']:.1f}{unit}{shift}; {ex}; {io}{new}")
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     lines += ["", f"{n_ok}/{n_all} plans compile bit-exact with no float op beyond their model's W8A8 program."]
     missing = [n for n in model_zoo.row_names() if n not in {r["model"] for r in rows}]
