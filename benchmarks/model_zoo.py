@@ -331,13 +331,13 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.merge and (args.out / "model_zoo.json").is_file():
-        rows = [r for r in json.loads((args.out / "model_zoo.json").read_text())["rows"] if r["model"] not in names]
+        rows = json.loads((args.out / "model_zoo.json").read_text())["rows"]  # a stored row stays until its re-run replaces it
     for name in names:
         env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
         row = run_row_process(__file__, name, ["--samples", str(args.samples), "--calib", str(args.calib),
                                                "--runs", str(args.runs), "--threads", str(args.threads)],
                               args.timeout, env=env)
-        rows.append(row)
+        rows = replace_row(rows, row)
         print(json.dumps(row), flush=True)
         result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                               "cpu_flags": _cpu_flags()},
@@ -345,6 +345,14 @@ def main():
                   "rows": rows}
         (args.out / "model_zoo.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out / "model_zoo.md").write_text(_report(result))
+
+
+def replace_row(rows: list[dict], row: dict) -> list[dict]:
+    """``rows`` with ``row`` in place of the stored row of its model (appended when there is none), so an
+    interrupted ``--merge`` run keeps every row it has not re-run yet."""
+    if any(r["model"] == row["model"] for r in rows):
+        return [row if r["model"] == row["model"] else r for r in rows]
+    return [*rows, row]
 
 
 def run_row_process(script: str, name: str, extra: list, timeout: float, env=None) -> dict:

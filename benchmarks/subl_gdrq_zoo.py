@@ -189,12 +189,12 @@ def main():
     names = args.models.split(",") if args.models else model_zoo.row_names()
     rows = []
     if args.merge and path.is_file():
-        rows = [r for r in json.loads(path.read_text())["rows"] if r["model"] not in names]
+        rows = json.loads(path.read_text())["rows"]  # a stored row stays until its re-run replaces it
     OUT.mkdir(parents=True, exist_ok=True)
     for name in names:
         row = model_zoo.run_row_process(__file__, name, ["--samples", str(args.samples), "--calib", str(args.calib),
                                                          "--exact", str(args.exact)], args.timeout)
-        rows.append(row)
+        rows = model_zoo.replace_row(rows, row)
         print(json.dumps({k: v for k, v in row.items() if k != "plans"}), flush=True)
         result = {"settings": {"samples": args.samples, "calib": args.calib, "exact": args.exact, "bits": "W4A8"},
                   "rows": rows}
