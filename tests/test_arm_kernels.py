@@ -28,7 +28,7 @@ from gwq_tvm.schedules.spec import AARCH64_NEON, AARCH64_SDOT, X86_VNNI, kernel_
 from gwq_tvm.schedules.targets import PRESETS, export_compiler, resolve_target
 
 from conftest import tensorized_dot_16x4
-from test_schedules import SHAPES, _asm, _conv_module
+from test_schedules import SHAPES, TRANSPOSED, _asm, _conv_module, _transposed_module
 
 needs_cross_gcc = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
                                      reason="apt-get install gcc-aarch64-linux-gnu")
@@ -340,6 +340,17 @@ def test_conv_sweep_bit_exact_on_board(aarch64_remote, tmp_path, preset, c, o, h
     mod, x = _conv_module(c, o, hw, k, stride, padding, groups, dtype)
     got = _run_remote(aarch64_remote, _compile(mod, preset), x, preset, tmp_path / "conv.so")
     np.testing.assert_array_equal(got, run_reference(mod, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [DOTPROD, NEON])
+def test_transposed_convs_bit_exact_on_board(aarch64_remote, tmp_path, preset):
+    """Transposed convs as packed convs of their zero-inserted input (plain, grouped, depthwise)."""
+    for i, geometry in enumerate(TRANSPOSED[:3] + TRANSPOSED[5:]):
+        for dtype in ("int8", "uint8"):
+            mod, x = _transposed_module(*geometry, dtype)
+            got = _run_remote(aarch64_remote, _compile(mod, preset), x, preset, tmp_path / f"t{i}_{dtype}.so")
+            np.testing.assert_array_equal(got, run_reference(mod, x))
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from gwq_tvm.schedules.targets import resolve_target
 
 from conftest import tensorized_dot_16x4
 from test_arm_kernels import _dense_module
-from test_schedules import SHAPES, _asm, _conv_module, _run
+from test_schedules import SHAPES, TRANSPOSED, _asm, _conv_module, _run, _transposed_module
 
 AVX2 = has_avx2(host_target())
 VNNI_HOST = kernel_spec(host_target()) is X86_VNNI
@@ -128,3 +128,12 @@ def test_bundled_model_through_build_is_bit_exact_with_vpmaddwd(bundled_int8, fm
     assert asm.count("vpmaddwd") >= 8 and "vpmaddubsw" not in asm
     x = test_x[:48]
     np.testing.assert_array_equal(_run(ex, x), run_reference(bundled_int8.mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("geometry", TRANSPOSED, ids=lambda g: "x".join(map(str, g)))
+def test_avx2_transposed_conv_bit_exact(geometry):
+    """Transposed convs (zero-inserted input, flipped taps) in the AVX2 family's widened layout."""
+    for dtype in ("int8", "uint8"):
+        mod, x = _transposed_module(*geometry, dtype)
+        np.testing.assert_array_equal(_run(_compile_avx2(mod), x), run_reference(mod, x))

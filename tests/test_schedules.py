@@ -135,6 +135,8 @@ SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
     (8, 8, 9, 3, 1, 1, 8, "int8"),
     (24, 24, 6, 3, 2, 1, 24, "uint8"),
     (8, 12, 7, 3, 1, 1, 4, "uint8"),
+    (32, 32, 8, 3, 1, 1, 2, "int8"),  # grouped, whole output blocks per group: one packed conv per group
+    (24, 48, 6, 3, 2, 1, 3, "uint8"),
 ]
 
 
@@ -157,7 +159,8 @@ def test_dilated_and_extreme_values_bit_exact():
 
 
 def test_pack_pass_structure():
-    """Eligible convs become packed kernels; a non-depthwise grouped conv stays NCHW; edges get pack/unpack."""
+    """Eligible convs become packed kernels; a grouped conv whose groups do not fill whole output blocks stays
+    NCHW; edges get pack/unpack."""
     mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
     names = _call_tir_names(PackInt8Layout()(mod))
     assert names[0].startswith("gwq_pack") and names[-1].startswith("gwq_unpack")
@@ -167,6 +170,107 @@ def test_pack_pass_structure():
     packed = PackInt8Layout()(grouped)
     assert any(b.value.op.name == "relax.nn.conv2d" for blk in packed["main"].body.blocks for b in blk.bindings
                if isinstance(b.value, relax.Call))
+
+
+def _grouped_after_conv_module(c=32, groups=2, seed=0):
+    """x -> conv -> epilogue (int8) -> grouped 3x3 conv: the grouped conv reads a packed input."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.integers(-128, 128, (c, 3, 3, 3)).astype("int8")
+    w2 = rng.integers(-128, 128, (c, c // groups, 3, 3)).astype("int8")
+    x = relax.Var("x", relax.TensorType((1, 3, 6, 6), "uint8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), padding=1, out_dtype="int32"))
+            y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(8))),
+                                                      relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            z = bb.emit(relax.op.nn.conv2d(y, relax.const(w2), padding=1, groups=groups, out_dtype="int32"))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    return bb.get(), rng.integers(0, 256, (1, 3, 6, 6)).astype("uint8")
+
+
+def _bindings(mod) -> list:
+    return [b.value for blk in mod["main"].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
+
+
+def test_grouped_conv_slices_its_packed_input():
+    """Before: one ``nn.conv2d`` with groups=2.  After: the packed input sliced along its block axis per
+    group, one packed conv each, their outputs concatenated in the packed layout, one unpack at the output."""
+    mod, x = _grouped_after_conv_module()
+    assert [int(v.attrs.groups) for v in _bindings(mod) if v.op.name == "relax.nn.conv2d"] == [1, 2]
+    packed = PackInt8Layout()(mod)
+    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(packed)]
+    assert "relax.nn.conv2d" not in ops
+    assert sum(o.startswith("gwq_conv2d") for o in ops) == 3 and ops.count("relax.strided_slice") == 2
+    assert ops.count("relax.concat") == 1 and sum(o.startswith("gwq_unpack") for o in ops) == 1
+    slices = [v for v in _bindings(packed) if v.op.name == "relax.strided_slice"]
+    assert all(v.args[0].ty.ndim == 5 for v in slices)  # sliced packed, never unpacked first
+    if VNNI:
+        np.testing.assert_array_equal(_run(_compile_strict(mod), x), run_reference(mod, x))
+
+
+# (c, o, hw, k, stride, padding, output_padding, groups, dilation)
+TRANSPOSED = [
+    (16, 16, 5, 3, 2, 1, 1, 1, 1),
+    (8, 6, 5, 2, 2, 0, 0, 1, 1),  # U-Net's k2s2 up-sampling
+    (32, 32, 4, 3, 2, 1, 0, 2, 1),  # grouped
+    (8, 6, 5, 3, 1, 2, 0, 1, 2),  # stride 1, dilated
+    (4, 5, 5, 4, 3, 1, 2, 1, 1),
+    (16, 16, 6, 3, 2, 1, 1, 16, 1),  # depthwise
+]
+
+
+def _transposed_module(c, o, hw, k, stride, padding, output_padding, groups, dilation, dtype, seed=0):
+    """x -> conv -> epilogue (int8) -> ``conv2d_transpose`` for an int8 ``x``; the transposed conv alone,
+    on the network input, for a uint8 one."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.integers(-128, 128, (c, c, 3, 3)).astype("int8")
+    wt = rng.integers(-128, 128, (c, o // groups, k, k)).astype("int8")
+    x = relax.Var("x", relax.TensorType((2, c, hw, hw), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = x
+            if dtype == "int8":
+                y = bb.emit(relax.op.nn.conv2d(x, relax.const(w0), padding=1, out_dtype="int32"))
+                y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(9))),
+                                                          relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            z = bb.emit(relax.op.nn.conv2d_transpose(y, relax.const(wt), strides=stride, padding=padding,
+                                                     output_padding=output_padding, dilation=dilation, groups=groups,
+                                                     out_dtype="int32"))
+            out = bb.emit_output(z)
+        bb.emit_func_output(out)
+    info = np.iinfo(dtype)
+    return bb.get(), rng.integers(info.min, info.max + 1, (2, c, hw, hw)).astype(dtype)
+
+
+def test_transposed_conv_becomes_a_packed_conv_of_its_zero_inserted_input():
+    """Before: ``nn.conv2d_transpose``.  After: ``gwq_dilate`` (stride 2) feeding a packed conv; a transposed
+    conv that crops (padding beyond ``d * (k - 1)``) is kept as it is."""
+    mod, _ = _transposed_module(*TRANSPOSED[0], "int8")
+    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(PackInt8Layout()(mod))]
+    assert "relax.nn.conv2d_transpose" not in ops
+    assert ops.index("gwq_dilate") < max(i for i, o in enumerate(ops) if o.startswith("gwq_conv2d"))
+    cropping, _ = _transposed_module(8, 8, 7, 3, 1, 3, 0, 1, 1, "uint8")
+    assert "relax.nn.conv2d_transpose" in [v.op.name for v in _bindings(PackInt8Layout()(cropping))]
+
+
+def test_transposed_conv_weight_is_the_flipped_output_major_kernel():
+    w = np.arange(4 * 3 * 2 * 2).reshape(4, 3, 2, 2)  # IOHW, 2 groups: 2 inputs and 3 outputs per group
+    wc = L.transposed_conv_as_conv(w, 2)
+    assert wc.shape == (6, 2, 2, 2)
+    assert wc[4, 1, 0, 1] == w[3, 1, 1, 0]  # group 1, output 1, its input 1, taps flipped
+
+
+@needs_vnni
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("geometry", TRANSPOSED, ids=lambda g: "x".join(map(str, g)))
+def test_transposed_conv_sweep_bit_exact(geometry, dtype):
+    mod, x = _transposed_module(*geometry, dtype)
+    ex = _compile_strict(mod)
+    assert "vpdpbusd" in _asm(ex) or geometry[7] == geometry[0]  # depthwise: lane-wise, no dot product
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
 
 
 def _lookup_se_module(seed=0):

@@ -7,7 +7,8 @@ them after ``FuseOps``/``FuseTIR`` merged the SFC epilogue into the kernel:
 * ``gwq_dwconv2d_nchwc`` / ``gwq_dw_input``: the depthwise conv and its padded input;
 * ``gwq_pack`` / ``gwq_unpack``: the NCHW <-> NCHW[x]c edge transforms;
 * ``gwq_fconv2d`` / ``gwq_fconv_input``: the float conv of :mod:`gwq_tvm.schedules.float` and its padded input;
-* ``gwq_lookup``: an elementwise table lookup (a lookup activation on a packed tensor).
+* ``gwq_lookup``: an elementwise table lookup (a lookup activation on a packed tensor);
+* ``gwq_dilate``: the zero-inserted input of a transposed conv.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ DW_INPUT_BLOCK = "gwq_dw_input"
 FLOAT_CONV_BLOCK = "gwq_fconv2d"
 FLOAT_CONV_INPUT_BLOCK = "gwq_fconv_input"
 LOOKUP_BLOCK = "gwq_lookup"
+DILATE_BLOCK = "gwq_dilate"
 ELEMENTWISE_ATTR = "gwq.elementwise"
 """PrimFunc attribute of a kernel that is elementwise in its tensor operand although TVM's pattern analysis
 cannot see it (a gather by data); :func:`gwq_tvm.schedules.build.fuse_passes` marks such kernels elementwise."""
@@ -202,6 +204,26 @@ def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation):
         return te.sum(a.astype("int32") * weight[c, ry, rx, ci].astype("int32"), axis=[ry, rx])
 
     return te.compute((n, cc, oh, ow, cb), acc, name=DW_BLOCK)
+
+
+def dilate_nchwc(data, stride_h: int, stride_w: int):
+    """Zero insertion: ``stride - 1`` zeros between neighbouring pixels of packed ``data``.
+
+    ``out[n, c, y, x, i] = data[n, c, y / sh, x / sw, i]`` where ``sh | y`` and
+    ``sw | x``, else 0; shape ``(N, C/cb, (H - 1) * sh + 1, (W - 1) * sw + 1, cb)``.
+    The input of a transposed conv computed as a conv
+    (:func:`gwq_tvm.schedules.layout.transposed_conv_as_conv`).  The zeros are
+    stored zeros, so a kernel reading ``x + offset`` reads ``offset`` there, as
+    at its padding: the offset compensation stays exact.
+    """
+    n, cc, h, w, cb = data.shape
+    sh, sw = int(stride_h), int(stride_w)
+
+    def value(b, c, y, x, i):
+        on = tvm.tirx.all(y % sh == 0, x % sw == 0)
+        return tvm.tirx.if_then_else(on, data[b, c, y // sh, x // sw, i], tvm.tirx.const(0, data.dtype))
+
+    return te.compute((n, cc, (h - 1) * sh + 1, (w - 1) * sw + 1, cb), value, name=DILATE_BLOCK)
 
 
 def pack_nchwc(data, block: int):

@@ -85,6 +85,30 @@ def pack_depthwise_weight(weight: np.ndarray, block: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(cp // block, block, kh, kw).transpose(0, 2, 3, 1))
 
 
+def transposed_conv_as_conv(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The OIHW conv weight that computes a transposed conv over its zero-inserted input.
+
+    ``conv2d_transpose(x, w)`` with an IOHW weight ``w`` of shape
+    ``(C, O/g, KH, KW)``, stride ``s``, dilation ``d`` and padding ``p``
+    equals ``conv2d(dilate(x, s), w', dilation=d, groups=g)`` padded by
+    ``d * (K - 1) - p`` (plus the output padding at the far end), where
+    ``dilate`` puts ``s - 1`` zeros between input pixels and::
+
+        w'[gi * O/g + o, c, a, b] = w[gi * C/g + c, o, KH - 1 - a, KW - 1 - b]
+
+    (output-channel first within each group, taps flipped).  Both sides sum
+    the same integer products, so the rewrite is exact.
+
+    Returns
+    -------
+    ndarray, shape (O, C/g, KH, KW), the dtype of ``weight``
+    """
+    ci, og, kh, kw = weight.shape
+    cg = ci // groups
+    w = weight.reshape(groups, cg, og, kh, kw).swapaxes(1, 2).reshape(groups * og, cg, kh, kw)
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1])
+
+
 def pack_activation(x: np.ndarray, block: int) -> np.ndarray:
     """NCHW -> ``(N, Cp/cb, H, W, cb)`` with zero channel padding (tests and references)."""
     n, c, h, w = x.shape

@@ -13,6 +13,9 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
   lanes; int16 for AVX2, int8 otherwise); the convs an AMX family covers
   (:func:`_tile_rows`) take NCHW64c inputs and ``OIHW16i64o4i`` weights and
   give NCHW64c outputs, the others stay as above;
+* a grouped conv whose groups fill whole output blocks becomes one packed
+  conv per group, concatenated; a transposed conv becomes the packed conv of
+  its zero-inserted input (flipped taps), so both run the family's kernels;
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
   global-average-pool sum stay in the packed layout, so consecutive convs
@@ -89,10 +92,13 @@ def _accumulator_fits_int32(w: np.ndarray, spec: KernelSpec) -> bool:
 
 
 def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str | None:
-    """``"packed"``, ``"depthwise"`` or ``None`` (keep the conv as it is).
+    """``"packed"``, ``"depthwise"``, ``"grouped"`` or ``None`` (keep the conv as it is).
 
-    A grouped conv that is not depthwise stays NCHW: e.g. groups=4 with
-    8 -> 12 channels has no 4i-inner reduction per group in a 16-channel block.
+    A grouped conv that is not depthwise is ``"grouped"`` (one packed conv per
+    group, :meth:`_Packer.grouped_conv2d`) when each group's output channels
+    fill whole output blocks, so the groups' packed outputs concatenate along
+    the channel-block axis; otherwise (e.g. groups=4 with 8 -> 12 channels) it
+    stays NCHW.
     """
     a = call.attrs
     data = call.args[0]
@@ -101,11 +107,14 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
             or str(a.out_dtype) != "int32" or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW")):
         return None
     groups, channels = int(a.groups), chw[0]
+    if not _accumulator_fits_int32(w, spec):
+        return None
     if groups == 1:
-        return "packed" if _accumulator_fits_int32(w, spec) else None
+        return "packed"
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
-    return None
+    out_block = TILE_N if _tile_rows(call, spec, w) is not None else L.OC_BLOCK
+    return "grouped" if (w.shape[0] // groups) % out_block == 0 else None
 
 
 def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
@@ -237,6 +246,8 @@ class _Packer:
         kind = _conv_kind(call, self.spec, w)
         if kind is None:
             return None
+        if kind == "grouped":
+            return self.grouped_conv2d(call, w, lookup)
         a = call.attrs
         geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                         dilation=[int(d) for d in a.dilation])
@@ -265,6 +276,87 @@ class _Packer:
             comp = L.pack_channel_const(comp, w.shape[0], out_block)
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
         return _Packed(y, w.shape[0], out_block)
+
+    def grouped_conv2d(self, call, w: np.ndarray, lookup) -> _Packed:
+        """A grouped conv (not depthwise) as one packed conv per group, concatenated along the channel blocks.
+
+        ``y[:, g*Og : (g+1)*Og] = conv2d(x[:, g*Cg : (g+1)*Cg], w[g*Og : (g+1)*Og])`` for each group ``g``
+        (``Cg = C/groups`` input, ``Og = O/groups`` output channels).  Each group's input is a slice of the
+        packed input along its block axis when the block divides ``Cg`` (no copy of the map), else a slice
+        of the plain input, packed for that group; ``_conv_kind`` admits only ``Og`` that fill whole output
+        blocks, so the groups' outputs concatenate in the packed layout.
+        """
+        a = call.attrs
+        data = call.args[0]
+        groups = int(a.groups)
+        cg, og = w.shape[1], w.shape[0] // groups
+        src = self.packed.get(data) if isinstance(data, relax.Var) else None
+        batch, _, height, width = data.ty.shape.values
+        outs = []
+        for g in range(groups):
+            if src is not None and cg % src.block == 0:
+                part = self.bb.emit(relax.op.strided_slice(src.expr, axes=[1], begin=[g * cg // src.block],
+                                                           end=[(g + 1) * cg // src.block]))
+                x = self._packed_var(_Packed(part, cg, src.block), (batch, cg, height, width), _dtype(data))
+            else:
+                x = self.bb.emit(relax.op.strided_slice(self.plain_of(data), axes=[1], begin=[g * cg],
+                                                        end=[(g + 1) * cg]))
+                self.plain[x] = x
+            rows = slice(g * og, (g + 1) * og)
+            part_lookup = None if lookup is None else (lookup[0], lookup[1][rows])
+            conv = relax.op.nn.conv2d(x, relax.const(w[rows], "int8"), [int(s) for s in a.strides],
+                                      [int(p) for p in a.padding], [int(d) for d in a.dilation], out_dtype="int32")
+            outs.append(self.conv2d(conv, (w[rows], part_lookup)))
+        y = self.bb.emit(relax.op.concat([o.expr for o in outs], axis=1))
+        return _Packed(y, w.shape[0], outs[0].block)
+
+    def conv2d_transpose(self, call) -> _Packed | None:
+        """A transposed conv as a packed conv over its zero-inserted input (:func:`.compute.dilate_nchwc`).
+
+        ``conv2d_transpose(x, w)`` (stride ``s``, dilation ``d``, padding ``p``, output padding ``q``)
+        is ``conv2d(dilate(x, s), w')`` with ``w'`` = :func:`.layout.transposed_conv_as_conv` of ``w``,
+        dilation ``d`` and padding ``d * (K - 1) - p`` (``+ q`` at the far end): the same integer sums.
+        The zero-inserted input costs ``s**2`` times the transposed conv's multiplies, most of them by
+        zero, in a kernel that runs the family's dot-product instruction.  A padding beyond
+        ``d * (K - 1)`` (a cropping conv) keeps the op as it is.
+        """
+        a = call.attrs
+        data, weight = call.args
+        w, lookup = self.weight_of(weight)
+        chw = _static_nchw(data)
+        if (w is None or w.ndim != 4 or chw is None or _dtype(data) not in _INT8 or str(a.out_dtype) != "int32"
+                or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "IOHW", "NCHW")):
+            return None
+        groups = int(a.groups)
+        (sh, sw), (dh, dw) = ([int(v) for v in a.strides], [int(v) for v in a.dilation])
+        top, left, bottom, right = (int(p) for p in a.padding)
+        oph, opw = (int(v) for v in a.output_padding)
+        kh, kw = w.shape[2:]
+        pad = [dh * (kh - 1) - top, dw * (kw - 1) - left, dh * (kh - 1) - bottom + oph, dw * (kw - 1) - right + opw]
+        if min(pad) < 0:
+            return None
+        wc = L.transposed_conv_as_conv(w, groups)
+        if lookup is not None:
+            lookup = (lookup[0], L.transposed_conv_as_conv(lookup[1], groups))
+        c, h, wd = chw
+        shape = (data.ty.shape.values[0], c, (h - 1) * sh + 1, (wd - 1) * sw + 1)
+        x = relax.Var("gwq_dilated", relax.TensorType(shape, _dtype(data))) if (sh, sw) != (1, 1) else data
+        conv = relax.op.nn.conv2d(x, relax.const(wc, "int8"), padding=pad, dilation=[dh, dw], groups=groups,
+                                  out_dtype="int32")
+        if _conv_kind(conv, self.spec, wc) is None:
+            return None
+        if x is not data:
+            src = self.packed_of(data)
+            dilated = self.bb.emit_te(C.dilate_nchwc, src.expr, sh, sw, primfunc_name_hint=C.DILATE_BLOCK)
+            self.packed[x] = _Packed(dilated, src.channels, src.block)
+        return self.conv2d(conv, (wc, lookup))
+
+    def _packed_var(self, packed: _Packed, shape, dtype: str) -> relax.Var:
+        """A variable standing for ``packed`` in its NCHW ``shape``, known only in its packed form (its plain
+        form, should an op ask for it, is an unpack)."""
+        var = relax.Var("gwq_part", relax.TensorType(shape, dtype))
+        self.packed[var] = packed
+        return var
 
     def matmul(self, call) -> relax.Expr | None:
         """An int8 dense ``x[B, K] @ w[K, N]`` (constant ``w``) as the packed 1x1 conv of ``x[B, K, 1, 1]``.
@@ -392,6 +484,7 @@ def _lookup(table: np.ndarray, codes: np.ndarray) -> relax.Expr:
 
 _HANDLERS = {
     "relax.nn.conv2d": _Packer.conv2d,
+    "relax.nn.conv2d_transpose": _Packer.conv2d_transpose,
     "relax.matmul": _Packer.matmul,
     "relax.nn.max_pool2d": _Packer.max_pool2d,
     "relax.sum": _Packer.sum,
