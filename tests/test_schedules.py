@@ -273,6 +273,53 @@ def test_transposed_conv_sweep_bit_exact(geometry, dtype):
     np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
 
 
+def _conv1d_module(c, o, length, k, stride, padding, groups, dilation, dtype, seed=0):
+    """conv1d -> per-channel bias (1, O, 1) -> shift/clip to int8 -> conv1d (the second reads int8)."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.integers(-128, 128, (o, c // groups, k)).astype("int8")
+    w2 = rng.integers(-128, 128, (5, o, 3)).astype("int8")
+    bias = rng.integers(-5000, 5000, (1, o, 1)).astype("int32")
+    x = relax.Var("x", relax.TensorType((2, c, length), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv1d(x, relax.const(w1), strides=stride, padding=padding, dilation=dilation,
+                                           groups=groups, out_dtype="int32"))
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(8))),
+                                                      relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            out = bb.emit_output(bb.emit(relax.op.nn.conv1d(y, relax.const(w2), padding=1, out_dtype="int32")))
+        bb.emit_func_output(out)
+    info = np.iinfo(dtype)
+    return bb.get(), rng.integers(info.min, info.max + 1, (2, c, length)).astype(dtype)
+
+
+CONV1D = [  # c, o, length, k, stride, padding, groups, dilation
+    (3, 16, 40, 5, 1, 2, 1, 1),
+    (16, 32, 33, 3, 2, (1, 0), 1, 1),
+    (32, 32, 20, 3, 1, 2, 2, 2),  # grouped, dilated
+    (16, 16, 25, 5, 1, 2, 16, 1),  # depthwise
+]
+
+
+def test_conv1d_becomes_a_packed_conv_of_one_row():
+    """Before: ``nn.conv1d``.  After: ``expand_dims`` to (N, C, 1, L), a packed conv2d, unpack, ``squeeze``."""
+    mod, _ = _conv1d_module(*CONV1D[0], "uint8")
+    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(PackInt8Layout()(mod))]
+    assert "relax.nn.conv1d" not in ops and sum(o.startswith("gwq_conv2d") for o in ops) == 2
+    assert ops.count("relax.expand_dims") == 2 and ops.count("relax.squeeze") == 2
+
+
+@needs_vnni
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+@pytest.mark.parametrize("geometry", CONV1D, ids=lambda g: "x".join(map(str, g)))
+def test_conv1d_sweep_bit_exact(geometry, dtype):
+    mod, x = _conv1d_module(*geometry, dtype)
+    ex = _compile_strict(mod)
+    assert "vpdpbusd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
 def _lookup_se_module(seed=0):
     """conv -> hardswish-style table lookup -> squeeze-excitation gate (x * gate[N, C, 1, 1]) -> conv.
 

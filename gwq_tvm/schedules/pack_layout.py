@@ -15,7 +15,8 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
   give NCHW64c outputs, the others stay as above;
 * a grouped conv whose groups fill whole output blocks becomes one packed
   conv per group, concatenated; a transposed conv becomes the packed conv of
-  its zero-inserted input (flipped taps), so both run the family's kernels;
+  its zero-inserted input (flipped taps), and a conv1d the packed conv2d of
+  its input viewed as one row, so all of them run the family's kernels;
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
   per-channel constants), residual adds, ReLU clips, max pooling and the
   global-average-pool sum stay in the packed layout, so consecutive convs
@@ -351,6 +352,37 @@ class _Packer:
             self.packed[x] = _Packed(dilated, src.channels, src.block)
         return self.conv2d(conv, (wc, lookup))
 
+    def conv1d(self, call) -> relax.Expr | None:
+        """A conv1d as the packed conv2d of its input viewed as ``(N, C, 1, L)`` and a ``(O, C/g, 1, K)`` kernel.
+
+        ``conv1d(x, w)[n, o, j] = conv2d(x[:, :, None, :], w[:, :, None, :])[n, o, 0, j]`` with the 1-D
+        stride, dilation and padding on the width axis.  The result is unpacked and squeezed back to NCW
+        at once, so the epilogue (per-channel constants of shape ``(1, C, 1)``) follows in the plain layout.
+        """
+        data, weight = call.args
+        w, lookup = self.weight_of(weight)
+        a = call.attrs
+        ty = data.ty
+        if (w is None or w.ndim != 3 or not isinstance(ty, relax.TensorType) or ty.ndim != 3 or ty.shape is None
+                or (a.data_layout, a.kernel_layout, a.out_layout) != ("NCW", "OIW", "NCW")):
+            return None
+        batch, c, length = ty.shape.values
+        view = relax.Var("gwq_rows", relax.TensorType((batch, c, 1, length), _dtype(data)))
+        left, right = (int(p) for p in a.padding)
+        w2 = w[:, :, None, :]
+        conv = relax.op.nn.conv2d(view, relax.const(w2, "int8"), strides=[1, int(a.strides[0])],
+                                  padding=[0, left, 0, right], dilation=[1, int(a.dilation[0])], groups=int(a.groups),
+                                  out_dtype=str(a.out_dtype))
+        if _conv_kind(conv, self.spec, w2) is None:
+            return None
+        x4 = self.bb.emit(relax.op.expand_dims(self.plain_of(data), axis=2))
+        self.plain[x4] = x4
+        y = self.conv2d(relax.op.nn.conv2d(x4, conv.args[1], conv.attrs.strides, conv.attrs.padding,
+                                           conv.attrs.dilation, conv.attrs.groups, out_dtype=str(a.out_dtype)),
+                        (w2, None if lookup is None else (lookup[0], lookup[1][:, :, None, :])))
+        plain = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
+        return self.bb.emit(relax.op.squeeze(plain, axis=[2]))
+
     def _packed_var(self, packed: _Packed, shape, dtype: str) -> relax.Var:
         """A variable standing for ``packed`` in its NCHW ``shape``, known only in its packed form (its plain
         form, should an op ask for it, is an unpack)."""
@@ -485,6 +517,7 @@ def _lookup(table: np.ndarray, codes: np.ndarray) -> relax.Expr:
 _HANDLERS = {
     "relax.nn.conv2d": _Packer.conv2d,
     "relax.nn.conv2d_transpose": _Packer.conv2d_transpose,
+    "relax.nn.conv1d": _Packer.conv1d,
     "relax.matmul": _Packer.matmul,
     "relax.nn.max_pool2d": _Packer.max_pool2d,
     "relax.sum": _Packer.sum,
