@@ -33,8 +33,9 @@ MODES = ("per-layer", "gwq")
 LAT_RUNS = 30
 
 
-def row_key(model: str, bits: int, variant: str, mode: str) -> str:
-    return f"{model}_W{bits}A{bits}_{variant.replace('+', '-')}_{mode}"
+def row_key(model: str, bits: int, variant: str, mode: str, epochs: int = 1) -> str:
+    """The row's cache name; a QAT schedule other than one epoch is a row of its own (``_e<epochs>``)."""
+    return f"{model}_W{bits}A{bits}_{variant.replace('+', '-')}_{mode}" + (f"_e{epochs}" if epochs != 1 else "")
 
 
 def config(bits: int, variant: str, mode: str):
@@ -84,7 +85,7 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
     from gwq_tvm.plan.quantplan import QuantPlan
     from gwq_tvm.qat import QATModel, TrainConfig, export_qat, train
 
-    key = row_key(model, bits, variant, mode)
+    key = row_key(model, bits, variant, mode, epochs)
     path = OUT / "rows" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())

@@ -137,6 +137,7 @@ SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
     (8, 12, 7, 3, 1, 1, 4, "uint8"),
     (32, 32, 8, 3, 1, 1, 2, "int8"),  # grouped, whole output blocks per group: one packed conv per group
     (24, 48, 6, 3, 2, 1, 3, "uint8"),
+    (48, 60, 6, 1, 1, 0, 3, "int8"),  # ShuffleNet's grouped 1x1: 20 outputs per group, concatenated in NCHW
 ]
 
 
@@ -159,14 +160,14 @@ def test_dilated_and_extreme_values_bit_exact():
 
 
 def test_pack_pass_structure():
-    """Eligible convs become packed kernels; a grouped conv whose groups do not fill whole output blocks stays
-    NCHW; edges get pack/unpack."""
+    """Eligible convs become packed kernels; a grouped conv of many groups that do not fill whole output blocks
+    stays NCHW; edges get pack/unpack."""
     mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8")
     names = _call_tir_names(PackInt8Layout()(mod))
     assert names[0].startswith("gwq_pack") and names[-1].startswith("gwq_unpack")
     assert sum(n.startswith("gwq_conv2d") for n in names) == 2
     assert sum(n.startswith("gwq_pack") for n in names) == 1  # no transform between the two convs
-    grouped, _ = _conv_module(8, 12, 7, 3, 1, 1, 4, "uint8")
+    grouped, _ = _conv_module(32, 32, 5, 3, 1, 1, 16, "uint8")  # 16 groups of 2 channels: kept
     packed = PackInt8Layout()(grouped)
     assert any(b.value.op.name == "relax.nn.conv2d" for blk in packed["main"].body.blocks for b in blk.bindings
                if isinstance(b.value, relax.Call))

@@ -55,6 +55,10 @@ _ELEMENTWISE_BINARY = frozenset(
      "relax.minimum"}
 )
 _INT8 = ("int8", "uint8")
+MAX_SPLIT_GROUPS = 8
+"""Most groups a grouped conv is split into when its groups' outputs do not fill whole output blocks: each
+group is a kernel of its own, with its own unpack, and more of them cost more in launches and compile
+time than they save (a 16-lane block then holds few real channels)."""
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,10 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
 
     A grouped conv that is not depthwise is ``"grouped"`` (one packed conv per
     group, :meth:`_Packer.grouped_conv2d`) when each group's output channels
-    fill whole output blocks, so the groups' packed outputs concatenate along
-    the channel-block axis; otherwise (e.g. groups=4 with 8 -> 12 channels) it
-    stays NCHW.
+    fill whole output blocks (the groups' packed outputs concatenate along the
+    channel-block axis) or when it has at most :data:`MAX_SPLIT_GROUPS` groups
+    (their outputs are unpacked and concatenated in NCHW); otherwise (e.g.
+    ResNeXt's 32 groups of 4 channels) it stays NCHW.
     """
     a = call.attrs
     data = call.args[0]
@@ -115,7 +120,7 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
     out_block = TILE_N if _tile_rows(call, spec, w) is not None else L.OC_BLOCK
-    return "grouped" if (w.shape[0] // groups) % out_block == 0 else None
+    return "grouped" if (w.shape[0] // groups) % out_block == 0 or groups <= MAX_SPLIT_GROUPS else None
 
 
 def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
@@ -278,14 +283,14 @@ class _Packer:
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
         return _Packed(y, w.shape[0], out_block)
 
-    def grouped_conv2d(self, call, w: np.ndarray, lookup) -> _Packed:
+    def grouped_conv2d(self, call, w: np.ndarray, lookup) -> _Packed | relax.Expr:
         """A grouped conv (not depthwise) as one packed conv per group, concatenated along the channel blocks.
 
         ``y[:, g*Og : (g+1)*Og] = conv2d(x[:, g*Cg : (g+1)*Cg], w[g*Og : (g+1)*Og])`` for each group ``g``
         (``Cg = C/groups`` input, ``Og = O/groups`` output channels).  Each group's input is a slice of the
         packed input along its block axis when the block divides ``Cg`` (no copy of the map), else a slice
-        of the plain input, packed for that group; ``_conv_kind`` admits only ``Og`` that fill whole output
-        blocks, so the groups' outputs concatenate in the packed layout.
+        of the plain input, packed for that group.  The groups' outputs concatenate in the packed layout
+        when ``Og`` fills whole output blocks; else each is unpacked and they concatenate in NCHW.
         """
         a = call.attrs
         data = call.args[0]
@@ -308,6 +313,9 @@ class _Packer:
             conv = relax.op.nn.conv2d(x, relax.const(w[rows], "int8"), [int(s) for s in a.strides],
                                       [int(p) for p in a.padding], [int(d) for d in a.dilation], out_dtype="int32")
             outs.append(self.conv2d(conv, (w[rows], part_lookup)))
+        if og % outs[0].block:  # padded blocks: concatenate the groups in NCHW
+            plain = [self.bb.emit_te(C.unpack_nchwc, o.expr, og, primfunc_name_hint="gwq_unpack") for o in outs]
+            return self.bb.emit(relax.op.concat(plain, axis=1))
         y = self.bb.emit(relax.op.concat([o.expr for o in outs], axis=1))
         return _Packed(y, w.shape[0], outs[0].block)
 
@@ -380,8 +388,9 @@ class _Packer:
         y = self.conv2d(relax.op.nn.conv2d(x4, conv.args[1], conv.attrs.strides, conv.attrs.padding,
                                            conv.attrs.dilation, conv.attrs.groups, out_dtype=str(a.out_dtype)),
                         (w2, None if lookup is None else (lookup[0], lookup[1][:, :, None, :])))
-        plain = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
-        return self.bb.emit(relax.op.squeeze(plain, axis=[2]))
+        if isinstance(y, _Packed):
+            y = self.bb.emit_te(C.unpack_nchwc, y.expr, y.channels, primfunc_name_hint="gwq_unpack")
+        return self.bb.emit(relax.op.squeeze(y, axis=[2]))
 
     def _packed_var(self, packed: _Packed, shape, dtype: str) -> relax.Var:
         """A variable standing for ``packed`` in its NCHW ``shape``, known only in its packed form (its plain
