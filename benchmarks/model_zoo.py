@@ -26,8 +26,9 @@ is that row's result, not the benchmark's) and measures, at W8A8:
   no zero points), for comparison with the default asymmetric W8A8 plan;
 * the same for **ONNX Runtime int8** (``quantize_static``, QDQ, per-channel,
   u8 activations / s8 weights, the same calibration inputs);
-* **latency** at batch 1 (median of ``--runs`` calls, ``--threads`` threads for
-  every runtime) of gwq-tvm per-layer and GWQ, ORT int8 and ORT fp32;
+* **latency** at batch 1 (median of ``--runs`` interleaved rounds, one call of
+  each program per round, ``--threads`` threads for every runtime) of gwq-tvm
+  per-layer and GWQ, ORT int8 and ORT fp32;
 * **compile time**: import + calibration + planning + realization + build.
 
 Writes ``benchmarks/results/model_zoo/model_zoo.{json,md}``.  Usage::
@@ -142,14 +143,19 @@ def _agreement(ref: list[list[np.ndarray]], test: list[list[np.ndarray]], kind) 
     return float((a == b).mean())
 
 
-def _median_ms(fn, x, runs: int) -> float:
-    fn(x)
-    times = []
+def _interleaved_ms(calls: dict, runs: int) -> dict:
+    """Median milliseconds of each of ``calls`` (name -> no-argument callable), timed in ``runs`` interleaved
+    rounds (one call of each per round, after one warm-up call each), so that every program of a row sees
+    the same machine load."""
+    for fn in calls.values():
+        fn()
+    times: dict = {k: [] for k in calls}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> dict:
@@ -178,7 +184,8 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
     fp = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     in_name = fp.get_inputs()[0].name
     ref = [fp.run(None, {in_name: x[None]}) for x in xs]
-    row["ort_fp32_ms"] = _median_ms(lambda x: fp.run(None, {in_name: x}), xs[:1], runs)
+    x1 = xs[:1]
+    timers: dict = {("ort_fp32_ms",): lambda: fp.run(None, {in_name: x1})}  # row keys -> the call to time
 
     def score(outs):
         return {"agreement": _agreement(ref, outs, agree_kind),
@@ -221,8 +228,8 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
             exact, ref_error = False, f"{type(err).__name__}: {err}"[:300]
         res = {"compile_s": compile_s, "integer_only": bool(q.integer_only.ok),
                "float_ops": sorted(set(q.float_ops)), "bit_exact": bool(exact), "reference_error": ref_error,
-               **score(outs),
-               "latency_ms": _median_ms(run, xs[:1], runs)}
+               **score(outs)}
+        timers[(mode, "latency_ms")] = lambda run=run: run(x1)
         res["zero_points"] = sum(1 for t in q.plan.tensors.values() if t.zero_point)
 
         def ours_on(model_path, cfg=cfg):
@@ -260,11 +267,15 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
     try:
         s8 = ort_int8(path)
         outs = [s8.run(None, {in_name: x[None]}) for x in xs]
-        row["ort_int8"] = {"quantize_s": time.time() - t0, **score(outs),
-                           "latency_ms": _median_ms(lambda x: s8.run(None, {in_name: x}), xs[:1], runs)}
+        row["ort_int8"] = {"quantize_s": time.time() - t0, **score(outs)}
+        timers[("ort_int8", "latency_ms")] = lambda: s8.run(None, {in_name: x1})
         score_logits(row["ort_int8"], lambda p: [z.run(None, {in_name: x[None]}) for z in [ort_int8(p)] for x in xs])
     except Exception as err:  # noqa: BLE001
         row["ort_int8"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    row["load_average_timing"] = os.getloadavg()[0]
+    for key, ms in _interleaved_ms(timers, runs).items():
+        (row[key[0]] if len(key) == 2 else row)[key[-1]] = ms
+    row["latency"] = f"interleaved, {runs} rounds"
     return row
 
 
@@ -291,8 +302,11 @@ def table(rows: list[dict]) -> str:
             continue
         lat = " / ".join(_fmt(v, "{:.2f}") for v in (pl.get("latency_ms"), g.get("latency_ms"), o.get("latency_ms"),
                                                     r.get("ort_fp32_ms")))
-        if r.get("load_average", 0) > 1.0:  # other work was running: the latencies are not idle figures
-            lat += f" (load {r['load_average']:.1f})"
+        load = r.get("load_average_timing", r.get("load_average", 0))
+        if load > 1.0:  # other work was running: the latencies are not idle figures
+            lat += f" (load {load:.1f})"
+        if "latency" not in r:  # timed one program after the other, before interleaved rounds
+            lat += " ‡"
         pct = lambda v: _fmt(None if v is None else 100 * v)  # noqa: E731
         sym = r.get("per_layer_symmetric", {})
         old = "" if pl.get("sqnr") in ("pooled", "pooled logits") else " †"
@@ -400,7 +414,10 @@ def _report(result: dict) -> str:
             f"(mean of per-sample values) and before zero points.  Models ending in Softmax are scored on their "
             f"logits (every program built again from a copy without the Softmax); *(p x)* is the SQNR of the "
             f"probabilities, a noisy figure led by the few samples whose top two classes nearly tie.  Rows without "
-            f"*(p x)* on a Softmax model were run before logits were scored.\n\n" + table(rows))
+            f"*(p x)* on a Softmax model were run before logits were scored.  Latencies: median of interleaved "
+            f"rounds (one call of each program per round); ‡ marks rows timed one program after the other, "
+            f"before that change, and *(load x)* the 1-minute load average while a row was timed, when other work "
+            f"ran (above 1).\n\n" + table(rows))
 
 
 if __name__ == "__main__":
