@@ -135,8 +135,8 @@ SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
     (8, 8, 9, 3, 1, 1, 8, "int8"),
     (24, 24, 6, 3, 2, 1, 24, "uint8"),
     (8, 12, 7, 3, 1, 1, 4, "uint8"),
-    (32, 32, 8, 3, 1, 1, 2, "int8"),  # grouped, whole output blocks per group: one packed conv per group
-    (24, 48, 6, 3, 2, 1, 3, "uint8"),
+    (32, 32, 8, 3, 1, 1, 2, "int8"),  # grouped, whole output blocks per group: one packed kernel
+    (24, 48, 6, 3, 2, 1, 3, "uint8"),  # ... with 8 inputs per group (blocks of 8)
     (48, 60, 6, 1, 1, 0, 3, "int8"),  # ShuffleNet's grouped 1x1: 20 outputs per group, concatenated in NCHW
 ]
 
@@ -173,11 +173,11 @@ def test_pack_pass_structure():
                if isinstance(b.value, relax.Call))
 
 
-def _grouped_after_conv_module(c=32, groups=2, seed=0):
+def _grouped_after_conv_module(c=32, o=32, groups=2, seed=0):
     """x -> conv -> epilogue (int8) -> grouped 3x3 conv: the grouped conv reads a packed input."""
     rng = np.random.default_rng(seed)
     w1 = rng.integers(-128, 128, (c, 3, 3, 3)).astype("int8")
-    w2 = rng.integers(-128, 128, (c, c // groups, 3, 3)).astype("int8")
+    w2 = rng.integers(-128, 128, (o, c // groups, 3, 3)).astype("int8")
     x = relax.Var("x", relax.TensorType((1, 3, 6, 6), "uint8"))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
@@ -195,16 +195,32 @@ def _bindings(mod) -> list:
     return [b.value for blk in mod["main"].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
 
 
-def test_grouped_conv_slices_its_packed_input():
-    """Before: one ``nn.conv2d`` with groups=2.  After: the packed input sliced along its block axis per
-    group, one packed conv each, their outputs concatenated in the packed layout, one unpack at the output."""
+def _op_names(mod) -> list[str]:
+    return [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(mod)]
+
+
+def test_grouped_conv_with_whole_output_blocks_is_one_packed_kernel():
+    """Before: one ``nn.conv2d`` with groups=2 (16 outputs per group).  After: one packed kernel whose output
+    blocks read their group's input blocks; no slice, no concat, one unpack at the output."""
     mod, x = _grouped_after_conv_module()
     assert [int(v.attrs.groups) for v in _bindings(mod) if v.op.name == "relax.nn.conv2d"] == [1, 2]
+    ops = _op_names(PackInt8Layout()(mod))
+    assert "relax.nn.conv2d" not in ops and sum(o.startswith("gwq_conv2d") for o in ops) == 2
+    assert "relax.strided_slice" not in ops and "relax.concat" not in ops
+    assert sum(o.startswith("gwq_unpack") for o in ops) == 1
+    if VNNI:
+        np.testing.assert_array_equal(_run(_compile_strict(mod), x), run_reference(mod, x))
+
+
+def test_grouped_conv_split_per_group_slices_its_packed_input():
+    """Before: one ``nn.conv2d`` with groups=3 and 20 outputs per group (ShuffleNet).  After: the packed input
+    sliced along its block axis per group, one packed conv each, their outputs unpacked and concatenated."""
+    mod, x = _grouped_after_conv_module(c=48, o=60, groups=3)
     packed = PackInt8Layout()(mod)
-    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(packed)]
+    ops = _op_names(packed)
     assert "relax.nn.conv2d" not in ops
-    assert sum(o.startswith("gwq_conv2d") for o in ops) == 3 and ops.count("relax.strided_slice") == 2
-    assert ops.count("relax.concat") == 1 and sum(o.startswith("gwq_unpack") for o in ops) == 1
+    assert sum(o.startswith("gwq_conv2d") for o in ops) == 4 and ops.count("relax.strided_slice") == 3
+    assert ops.count("relax.concat") == 1
     slices = [v for v in _bindings(packed) if v.op.name == "relax.strided_slice"]
     assert all(v.args[0].ty.ndim == 5 for v in slices)  # sliced packed, never unpacked first
     if VNNI:
@@ -250,7 +266,7 @@ def test_transposed_conv_becomes_a_packed_conv_of_its_zero_inserted_input():
     """Before: ``nn.conv2d_transpose``.  After: ``gwq_dilate`` (stride 2) feeding a packed conv; a transposed
     conv that crops (padding beyond ``d * (k - 1)``) is kept as it is."""
     mod, _ = _transposed_module(*TRANSPOSED[0], "int8")
-    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(PackInt8Layout()(mod))]
+    ops = _op_names(PackInt8Layout()(mod))
     assert "relax.nn.conv2d_transpose" not in ops
     assert ops.index("gwq_dilate") < max(i for i, o in enumerate(ops) if o.startswith("gwq_conv2d"))
     cropping, _ = _transposed_module(8, 8, 7, 3, 1, 3, 0, 1, 1, "uint8")
@@ -306,7 +322,7 @@ CONV1D = [  # c, o, length, k, stride, padding, groups, dilation
 def test_conv1d_becomes_a_packed_conv_of_one_row():
     """Before: ``nn.conv1d``.  After: ``expand_dims`` to (N, C, 1, L), a packed conv2d, unpack, ``squeeze``."""
     mod, _ = _conv1d_module(*CONV1D[0], "uint8")
-    ops = [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(PackInt8Layout()(mod))]
+    ops = _op_names(PackInt8Layout()(mod))
     assert "relax.nn.conv1d" not in ops and sum(o.startswith("gwq_conv2d") for o in ops) == 2
     assert ops.count("relax.expand_dims") == 2 and ops.count("relax.squeeze") == 2
 

@@ -86,7 +86,7 @@ def int4_weight(byte, lane, table):
 
 
 def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0, widen: str | None = None,
-                      table=None):
+                      table=None, groups: int = 1):
     """8-bit x int8 -> int32 conv in NCHW[cb]c with an ``OIHW[cb/k]i16o[k]i`` weight (or its packed int4 form).
 
     Parameters
@@ -112,6 +112,12 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0,
         ``table[code]`` (:func:`int4_weight`): the sign extension table for
         uniform int4 weights, the POST level table for POST codes.  The
         block carries the table as annotation :data:`INT4_TABLE_ATTR`.
+    groups : int
+        A grouped conv: ``weight`` holds each output channel's ``C/groups``
+        inputs (``C/groups/cb`` blocks) and every group has whole output
+        blocks, so output block ``o`` reads the input blocks
+        ``g * (C/groups/cb) + rc`` of its group ``g = o // (O/16/groups)``:
+        all 16 lanes of a block read the same inputs, as in a plain conv.
 
     Returns
     -------
@@ -133,8 +139,11 @@ def conv2d_nchwc_int8(data, weight, strides, padding, dilation, offset: int = 0,
     rb = te.reduce_axis((0, icb4), "rb")
     r4 = te.reduce_axis((0, k4), "r4")
 
+    blocks_per_group = occ // groups
+
     def acc(b, o, y, x, oi):
-        a = src[b, rc, y * sh + ry * dh, x * sw + rx * dw, rb * k4 + r4]
+        c = rc if groups == 1 else o // blocks_per_group * icc + rc
+        a = src[b, c, y * sh + ry * dh, x * sw + rx * dw, rb * k4 + r4]
         wv = (weight[o, rc, ry, rx, rb, oi, r4] if table is None
               else int4_weight(weight[o, rc, ry, rx, rb, oi % 8, r4], oi, table))
         return te.sum(a.astype("int32") * wv.astype("int32"), axis=[rc, ry, rx, rb, r4])

@@ -13,8 +13,10 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
   lanes; int16 for AVX2, int8 otherwise); the convs an AMX family covers
   (:func:`_tile_rows`) take NCHW64c inputs and ``OIHW16i64o4i`` weights and
   give NCHW64c outputs, the others stay as above;
-* a grouped conv whose groups fill whole output blocks becomes one packed
-  conv per group, concatenated; a transposed conv becomes the packed conv of
+* a grouped conv whose groups fill whole output blocks is one packed kernel
+  (each output block reads its group's input blocks), one of at most 8
+  groups that do not is split into a packed conv per group, concatenated;
+  a transposed conv becomes the packed conv of
   its zero-inserted input (flipped taps), and a conv1d the packed conv2d of
   its input viewed as one row, so all of them run the family's kernels;
 * the SFC epilogue (add/subtract/multiply/shifts/clip/astype with scalar or
@@ -56,9 +58,9 @@ _ELEMENTWISE_BINARY = frozenset(
 )
 _INT8 = ("int8", "uint8")
 MAX_SPLIT_GROUPS = 8
-"""Most groups a grouped conv is split into when its groups' outputs do not fill whole output blocks: each
-group is a kernel of its own, with its own unpack, and more of them cost more in launches and compile
-time than they save (a 16-lane block then holds few real channels)."""
+"""Most groups a grouped conv is split into when it cannot be one packed kernel (its groups' outputs do not
+fill whole output blocks): each group is a kernel of its own, with its own unpack, and more of them cost
+more in launches and compile time than they save (a 16-lane block then holds few real channels)."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,14 @@ def _accumulator_fits_int32(w: np.ndarray, spec: KernelSpec) -> bool:
 
 
 def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str | None:
-    """``"packed"``, ``"depthwise"``, ``"grouped"`` or ``None`` (keep the conv as it is).
+    """``"packed"``, ``"depthwise"``, ``"grouped"``, ``"split"`` or ``None`` (keep the conv as it is).
 
-    A grouped conv that is not depthwise is ``"grouped"`` (one packed conv per
-    group, :meth:`_Packer.grouped_conv2d`) when each group's output channels
-    fill whole output blocks (the groups' packed outputs concatenate along the
-    channel-block axis) or when it has at most :data:`MAX_SPLIT_GROUPS` groups
-    (their outputs are unpacked and concatenated in NCHW); otherwise (e.g.
-    ResNeXt's 32 groups of 4 channels) it stays NCHW.
+    A grouped conv that is not depthwise is ``"grouped"`` (one packed kernel
+    whose output blocks each read their group's input blocks) when every group
+    has whole 16-lane output blocks and a channel block divides its inputs
+    (:func:`_group_block`); else ``"split"`` (one packed conv per group,
+    :meth:`_Packer.split_conv2d`) when it has at most :data:`MAX_SPLIT_GROUPS`
+    groups; otherwise (e.g. ResNeXt's 32 groups of 4 channels) it stays NCHW.
     """
     a = call.attrs
     data = call.args[0]
@@ -119,8 +121,15 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
         return "packed"
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
-    out_block = TILE_N if _tile_rows(call, spec, w) is not None else L.OC_BLOCK
-    return "grouped" if (w.shape[0] // groups) % out_block == 0 or groups <= MAX_SPLIT_GROUPS else None
+    if (w.shape[0] // groups) % L.OC_BLOCK == 0 and _group_block(w.shape[1], spec) is not None:
+        return "grouped"
+    return "split" if groups <= MAX_SPLIT_GROUPS else None
+
+
+def _group_block(group_channels: int, spec: KernelSpec) -> int | None:
+    """The largest channel block (16, 12, 8 or 4, a multiple of the family's reduction depth) that divides a
+    group's input channels, so that no block straddles two groups; ``None`` if there is none."""
+    return next((b for b in (16, 12, 8, 4) if group_channels % b == 0 and b % spec.k_block == 0), None)
 
 
 def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
@@ -252,13 +261,18 @@ class _Packer:
         kind = _conv_kind(call, self.spec, w)
         if kind is None:
             return None
-        if kind == "grouped":
-            return self.grouped_conv2d(call, w, lookup)
+        if kind == "split":
+            return self.split_conv2d(call, w, lookup)
         a = call.attrs
         geometry = dict(strides=[int(s) for s in a.strides], padding=[int(p) for p in a.padding],
                         dilation=[int(d) for d in a.dilation])
         tiles = kind == "packed" and _tile_rows(call, self.spec, w) is not None
-        src = self.packed_of(data, TILE_K if tiles else None)
+        block = TILE_K if tiles else None
+        if kind == "grouped":  # input blocks must not straddle groups
+            p = self.packed.get(data) if isinstance(data, relax.Var) else None
+            block = None if p is not None and w.shape[1] % p.block == 0 else _group_block(w.shape[1], self.spec)
+            geometry["groups"] = int(a.groups)
+        src = self.packed_of(data, block)
         if kind == "depthwise":
             wp = self.packed_weight(w, lookup, lambda v: L.pack_depthwise_weight(v, src.block), "int8")
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
@@ -283,8 +297,8 @@ class _Packer:
             y = self.bb.emit(relax.op.subtract(y, relax.const(comp, "int32")))
         return _Packed(y, w.shape[0], out_block)
 
-    def grouped_conv2d(self, call, w: np.ndarray, lookup) -> _Packed | relax.Expr:
-        """A grouped conv (not depthwise) as one packed conv per group, concatenated along the channel blocks.
+    def split_conv2d(self, call, w: np.ndarray, lookup) -> _Packed | relax.Expr:
+        """A grouped conv (not depthwise) as one packed conv per group, concatenated along the channel axis.
 
         ``y[:, g*Og : (g+1)*Og] = conv2d(x[:, g*Cg : (g+1)*Cg], w[g*Og : (g+1)*Og])`` for each group ``g``
         (``Cg = C/groups`` input, ``Og = O/groups`` output channels).  Each group's input is a slice of the
