@@ -138,6 +138,8 @@ SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
     (32, 32, 8, 3, 1, 1, 2, "int8"),  # grouped, whole output blocks per group: one packed kernel
     (24, 48, 6, 3, 2, 1, 3, "uint8"),  # ... with 8 inputs per group (blocks of 8)
     (48, 60, 6, 1, 1, 0, 3, "int8"),  # ShuffleNet's grouped 1x1: 20 outputs per group, concatenated in NCHW
+    (64, 64, 6, 3, 2, 1, 16, "uint8"),  # ResNeXt-style groups of 4: merged by 4 into one packed kernel
+    (32, 48, 5, 3, 1, 1, 4, "int8"),  # groups of 8 inputs -> 12 outputs: merged by 4 (48 outputs, 32 inputs)
 ]
 
 
@@ -199,11 +201,13 @@ def _op_names(mod) -> list[str]:
     return [v.op.name if v.op.name != "relax.call_tir" else v.args[0].name_hint for v in _bindings(mod)]
 
 
-def test_grouped_conv_with_whole_output_blocks_is_one_packed_kernel():
-    """Before: one ``nn.conv2d`` with groups=2 (16 outputs per group).  After: one packed kernel whose output
-    blocks read their group's input blocks; no slice, no concat, one unpack at the output."""
-    mod, x = _grouped_after_conv_module()
-    assert [int(v.attrs.groups) for v in _bindings(mod) if v.op.name == "relax.nn.conv2d"] == [1, 2]
+@pytest.mark.parametrize("c,groups", [(32, 2), (64, 16)], ids=["2-groups-of-16", "16-groups-of-4-merged"])
+def test_grouped_conv_with_whole_output_blocks_is_one_packed_kernel(c, groups):
+    """Before: one ``nn.conv2d`` with groups=2 (16 outputs per group), or 16 groups of 4 (merged by 4 into
+    blocks of 16).  After: one packed kernel whose output blocks read their group's input blocks; no slice,
+    no concat, one unpack at the output."""
+    mod, x = _grouped_after_conv_module(c, c, groups)
+    assert [int(v.attrs.groups) for v in _bindings(mod) if v.op.name == "relax.nn.conv2d"] == [1, groups]
     ops = _op_names(PackInt8Layout()(mod))
     assert "relax.nn.conv2d" not in ops and sum(o.startswith("gwq_conv2d") for o in ops) == 2
     assert "relax.strided_slice" not in ops and "relax.concat" not in ops
@@ -271,6 +275,15 @@ def test_transposed_conv_becomes_a_packed_conv_of_its_zero_inserted_input():
     assert ops.index("gwq_dilate") < max(i for i, o in enumerate(ops) if o.startswith("gwq_conv2d"))
     cropping, _ = _transposed_module(8, 8, 7, 3, 1, 3, 0, 1, 1, "uint8")
     assert "relax.nn.conv2d_transpose" in [v.op.name for v in _bindings(PackInt8Layout()(cropping))]
+
+
+def test_merged_groups_weight_is_block_diagonal():
+    w = np.arange(1, 8 * 2 * 1 * 1 + 1).reshape(8, 2, 1, 1)  # 4 groups of 2 inputs -> 2 outputs
+    m = L.merge_groups(w, 4, 2)
+    assert m.shape == (8, 4, 1, 1)
+    assert np.array_equal(m[2, 2:4], w[2]) and not m[2, :2].any()  # group 1 = second of merged group 0
+    assert np.array_equal(m[4, 0:2], w[4]) and not m[4, 2:].any()  # group 2 = first of merged group 1
+    assert np.array_equal(m[7, 2:4], w[7]) and not m[7, :2].any()
 
 
 def test_transposed_conv_weight_is_the_flipped_output_major_kernel():

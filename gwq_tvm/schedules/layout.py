@@ -109,6 +109,25 @@ def transposed_conv_as_conv(weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w[:, :, ::-1, ::-1])
 
 
+def merge_groups(weight: np.ndarray, groups: int, factor: int) -> np.ndarray:
+    """The weight of a grouped conv with every ``factor`` neighbouring groups merged into one, zero across them.
+
+    A ``(O, C/g, KH, KW)`` weight of ``g`` groups becomes ``(O, f*C/g, KH, KW)``
+    of ``g/f`` groups: output ``o`` (of original group ``o // (O/g)``, at
+    position ``i = o // (O/g) % f`` within its merged group) keeps its weights
+    at inputs ``[i*C/g, (i+1)*C/g)`` of the merged group and is 0 at the
+    others, so the conv computes the same integer sums with ``f`` times the
+    multiplies.  POST codes merge the same way (code 0 is level 0).
+    """
+    o, cg = weight.shape[:2]
+    og = o // groups
+    out = np.zeros((o, cg * factor) + weight.shape[2:], weight.dtype)
+    position = np.arange(o) // og % factor
+    for i in range(factor):
+        out[position == i, i * cg:(i + 1) * cg] = weight[position == i]
+    return out
+
+
 def pack_activation(x: np.ndarray, block: int) -> np.ndarray:
     """NCHW -> ``(N, Cp/cb, H, W, cb)`` with zero channel padding (tests and references)."""
     n, c, h, w = x.shape

@@ -102,11 +102,12 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
     """``"packed"``, ``"depthwise"``, ``"grouped"``, ``"split"`` or ``None`` (keep the conv as it is).
 
     A grouped conv that is not depthwise is ``"grouped"`` (one packed kernel
-    whose output blocks each read their group's input blocks) when every group
-    has whole 16-lane output blocks and a channel block divides its inputs
+    whose output blocks each read their group's input blocks) when every group,
+    or every merge of 2 or 4 neighbouring groups (:func:`_merge_factor`), has
+    whole 16-lane output blocks and a channel block divides its inputs
     (:func:`_group_block`); else ``"split"`` (one packed conv per group,
     :meth:`_Packer.split_conv2d`) when it has at most :data:`MAX_SPLIT_GROUPS`
-    groups; otherwise (e.g. ResNeXt's 32 groups of 4 channels) it stays NCHW.
+    groups; otherwise (e.g. 16 groups of 2 channels) it stays NCHW.
     """
     a = call.attrs
     data = call.args[0]
@@ -121,7 +122,7 @@ def _conv_kind(call: relax.Call, spec: KernelSpec, w: np.ndarray | None) -> str 
         return "packed"
     if groups == channels == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
-    if (w.shape[0] // groups) % L.OC_BLOCK == 0 and _group_block(w.shape[1], spec) is not None:
+    if _merge_factor(groups, w.shape[0] // groups, w.shape[1], spec) is not None:
         return "grouped"
     return "split" if groups <= MAX_SPLIT_GROUPS else None
 
@@ -130,6 +131,15 @@ def _group_block(group_channels: int, spec: KernelSpec) -> int | None:
     """The largest channel block (16, 12, 8 or 4, a multiple of the family's reduction depth) that divides a
     group's input channels, so that no block straddles two groups; ``None`` if there is none."""
     return next((b for b in (16, 12, 8, 4) if group_channels % b == 0 and b % spec.k_block == 0), None)
+
+
+def _merge_factor(groups: int, group_outputs: int, group_inputs: int, spec: KernelSpec) -> int | None:
+    """How many neighbouring groups (1, 2 or 4) to merge (:func:`.layout.merge_groups`) so that each merged
+    group fills whole 16-lane output blocks and a channel block divides its inputs; ``None`` if none does.
+    Merging ``f`` groups costs ``f`` times the multiplies (most by zero): ResNeXt's groups of 4 channels merge
+    by 4, RegNet's of 8 by 2."""
+    return next((f for f in (1, 2, 4) if groups % f == 0 and f * group_outputs % L.OC_BLOCK == 0
+                 and _group_block(f * group_inputs, spec) is not None), None)
 
 
 def _tile_rows(call: relax.Call, spec: KernelSpec, w: np.ndarray) -> int | None:
@@ -268,10 +278,15 @@ class _Packer:
                         dilation=[int(d) for d in a.dilation])
         tiles = kind == "packed" and _tile_rows(call, self.spec, w) is not None
         block = TILE_K if tiles else None
-        if kind == "grouped":  # input blocks must not straddle groups
+        if kind == "grouped":  # merged groups fill whole output blocks; input blocks must not straddle groups
+            groups = int(a.groups)
+            factor = _merge_factor(groups, w.shape[0] // groups, w.shape[1], self.spec)
+            if factor > 1:
+                w = L.merge_groups(w, groups, factor)
+                lookup = None if lookup is None else (lookup[0], L.merge_groups(lookup[1], groups, factor))
             p = self.packed.get(data) if isinstance(data, relax.Var) else None
             block = None if p is not None and w.shape[1] % p.block == 0 else _group_block(w.shape[1], self.spec)
-            geometry["groups"] = int(a.groups)
+            geometry["groups"] = groups // factor
         src = self.packed_of(data, block)
         if kind == "depthwise":
             wp = self.packed_weight(w, lookup, lambda v: L.pack_depthwise_weight(v, src.block), "int8")
