@@ -17,7 +17,7 @@ def test_the_zoo_has_the_architectures_the_benchmark_promises():
     assert len(names) >= 16
     assert {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_b0",
             "shufflenet_v2", "squeezenet1_1", "densenet121", "googlenet_lrn", "vgg16", "alexnet", "resnet50_softmax",
-            "keras_cnn", "paddle_lcnet", "tiny_yolo", "unet_small"} <= names
+            "resnext50_32x4d", "keras_cnn", "paddle_lcnet", "tiny_yolo", "unet_small"} <= names
     assert len(zoo.light_zoo_names()) >= 8
 
 

@@ -66,6 +66,8 @@ def _zoo() -> dict:
         "vgg16": ZooEntry(lambda: classic.VGG16(image=64), family="classic"),
         "alexnet": ZooEntry(lambda: classic.AlexNet(image=64), family="classic"),
         "resnet50_softmax": ZooEntry(lambda: classic.ResNet50(), family="classic"),
+        "resnext50_32x4d": ZooEntry(lambda: classic.ResNet50(softmax=False, cardinality=32, group_width=4),
+                                    family="classic"),
         "keras_cnn": ZooEntry(lambda: exports.KerasStyleCNN(image=32), input_shape=(1, 3, 32, 32), family="export"),
         "paddle_lcnet": ZooEntry(lambda: exports.PaddleStyleNet(), dynamic_dims=(2, 3),
                                  fixups=("paddle_hardsigmoid",), family="export"),

@@ -188,13 +188,15 @@ class DenseNet121(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c_in, width, stride):
+    """ResNet's bottleneck (1x1, 3x3, 1x1 to ``4 * width``); ResNeXt's has a grouped 3x3 of ``inner`` channels."""
+
+    def __init__(self, c_in, width, stride, inner=None, groups=1):
         super().__init__()
-        c_out = 4 * width
+        c_out, inner = 4 * width, inner or width
         self.f = nn.Sequential(
-            nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, inner, 1, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(inner), nn.ReLU(),
+            nn.Conv2d(inner, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
         )
         self.short = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -206,15 +208,20 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
-    """ResNet-50 (He et al. 2016, Table 1; stride on the 3x3 conv) with a softmax head, as Caffe2 exported it."""
+    """ResNet-50 (He et al. 2016, Table 1; stride on the 3x3 conv) with a softmax head, as Caffe2 exported it.
 
-    def __init__(self, num_classes: int = 1000, softmax: bool = True):
+    ``cardinality`` > 1 gives ResNeXt-50 (Xie et al. 2017, Table 1): the 3x3 of each bottleneck is a grouped
+    conv of ``cardinality`` groups of ``group_width * width / 64`` channels (32x4d: 128 to 1024 channels).
+    """
+
+    def __init__(self, num_classes: int = 1000, softmax: bool = True, cardinality: int = 1, group_width: int = 64):
         super().__init__()
         layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         c = 64
         for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
             for i in range(n):
-                layers.append(Bottleneck(c, width, stride if i == 0 else 1))
+                inner = cardinality * group_width * width // 64
+                layers.append(Bottleneck(c, width, stride if i == 0 else 1, inner, cardinality))
                 c = 4 * width
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c, num_classes)
