@@ -209,9 +209,11 @@ class Emitter:
         (:func:`gwq_tvm.plan.program.input_block_partials`)."""
         x = self.as_int(node.inputs[0])
         if acc.pad_value:  # the input has a zero point: pad with its code explicitly (the conv itself pads with 0)
-            top, left, bottom, right = (int(p) for p in node.attrs.get("padding", (0, 0, 0, 0)))
-            if top or left or bottom or right:
-                x = self.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], "constant", float(acc.pad_value)))
+            pads = [int(p) for p in node.attrs.get("padding", ())]  # (begin..., end...) per spatial axis
+            if any(pads):
+                half = len(pads) // 2
+                width = [0, 0, 0, 0] + [v for axis in range(half) for v in (pads[axis], pads[half + axis])]
+                x = self.emit(R.nn.pad(x, width, "constant", float(acc.pad_value)))
         if not acc.partials:
             return self.finish_acc(node, self.emit(op(x, self.layer_weight(acc, arrange))), acc)
         ndim, y = len(node.shape), None
