@@ -168,6 +168,22 @@ def float_island(op: str, seed=0):
     return make(nodes, inits, ["N", 1, 16, 16], {"y": ["N", 10]}, opset=opset, name=f"island_{op}")
 
 
+def softmax_tail(seed=0):
+    """SqueezeNet 1.0's head as the ONNX zoo has it (opset 11): Conv -> Relu -> GlobalAveragePool -> Softmax(axis=1)
+    on the 4-D (N, 10, 1, 1) map, which TVM imports as reshape -> softmax -> reshape."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Softmax", ["g"], ["y"], axis=1, name="prob"),
+    ]
+    inits = {"w0": _w(rng, 8, 1, 3, 3), "b0": _b(rng, 8), "w1": _w(rng, 10, 8, 1, 1), "b1": _b(rng, 10)}
+    return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10, 1, 1]}, opset=11, name="softmax_tail")
+
+
 def keras_style(seed=0):
     """Keras export: NHWC input transposed to NCHW, Conv(valid) -> Relu -> BatchNorm twice, NHWC flatten, Dense."""
     rng = np.random.default_rng(seed)

@@ -286,6 +286,23 @@ def test_strict_refuses_float_ops_in_the_api_and_the_cli(tmp_path):
     assert "gwq-tvm: warning: ops kept in float (no integer kind takes them): LRN (lrn0)" in ok.stderr
 
 
+def test_a_float_op_followed_only_by_data_movement_ends_the_program_in_float():
+    """Before: Softmax over a 4-D map imports as reshape -> softmax -> reshape, and the program quantized the
+    softmax's output for the trailing reshape and dequantized it again (not integer-only).  After: the reshape
+    moves the float values, the last dequantize comes before the softmax, and the program is integer-only."""
+    model = N.softmax_tail()
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert floats == ["ops kept in float (no integer kind takes them): Softmax (prob)"]
+    assert q.integer_only.ok, q.integer_only
+    ops = [b.value.op.name for blk in q.mod["main"].body.blocks for b in blk.bindings
+           if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+    tail = ops[ops.index("relax.nn.softmax"):]
+    assert tail == ["relax.nn.softmax", "relax.reshape"], tail  # no floor/clip/astype: nothing requantized
+    got = assert_bit_exact(q, x)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_torch_float_ops_are_named_by_their_relax_ops():
     import torch
     from torch import nn

@@ -26,7 +26,7 @@ class LayoutKind(Kind):
         raise NotImplementedError
 
     def realize(self, em, node) -> None:
-        em.set_int(node, em.emit(self.relax_op(em.as_int(node.inputs[0]), node)))
+        em.move(node, lambda x: self.relax_op(x, node))
 
     def simulate(self, em, node) -> None:
         em.values[node.name] = em.emit(self.relax_op(em.values[node.inputs[0]], node))

@@ -83,6 +83,20 @@ class Emitter:
     def set_float(self, node: Node, expr) -> None:
         self.values[node.name] = Value(float_expr=expr)
 
+    def move(self, node: Node, op) -> None:
+        """Record ``op(input)`` for a data-movement ``node`` (reshape, transpose: same scale and zero point).
+
+        On integers as a rule; on a value that only a float op produced (a float fallback region's output) in
+        float, since quantizing after the move gives the same integers as before it: a float op followed only by
+        data movement to the network output (ONNX Softmax's flatten-softmax-reshape) then ends the program
+        without a quantize and dequantize around the move.
+        """
+        v = self.values[node.inputs[0]]
+        if v.int_expr is None and v.acc_expr is None and v.float_expr is not None:
+            self.set_float(node, self.emit(op(v.float_expr)))
+        else:
+            self.set_int(node, self.emit(op(self.as_int(node.inputs[0]))))
+
     # --- representation changes --------------------------------------
     def as_int(self, name: str):
         """``name``'s output as integers (requantizing an accumulator or quantizing a float value once)."""
