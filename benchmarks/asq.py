@@ -47,12 +47,14 @@ def config(bits: int, variant: str, mode: str):
 
 
 def latency_ms(mod, x1) -> float:
+    """Median milliseconds at batch 1 of ``mod`` built as ``gwq_tvm.build`` builds it (packed kernels, default
+    schedules).  Rows cached before ``latency_build`` was recorded were timed from plain ``tvm.compile``."""
     import tvm
     from tvm import relax
 
-    from gwq_tvm.runtime import host_target
+    import gwq_tvm
 
-    vm = relax.VirtualMachine(tvm.compile(mod, host_target()), tvm.cpu())
+    vm = relax.VirtualMachine(gwq_tvm.build(mod), tvm.cpu())
     arg = tvm.runtime.tensor(np.ascontiguousarray(x1))
     vm["main"](arg)
     times = []
@@ -78,7 +80,7 @@ def fp32_accuracy(name: str, test) -> float:
     return acc
 
 
-def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images: int) -> dict:
+def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images: int, threads: int = 2) -> dict:
     import gwq_tvm
     from gwq_tvm.data import bundled_model, fashion_mnist
     from gwq_tvm.passes.realize import RealizeIntegerProgram
@@ -96,7 +98,7 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
     q = gwq_tvm.quantize(str(bundled_model(MODELS[model])), calib[:256], cfg)
     qat = QATModel(q.graph, q.plan, adaptive_step="all" if variant.endswith("adapter") else None)
     t0 = time.time()
-    hist = train(qat, tx[:images], ty[:images], TrainConfig(epochs=epochs, threads=2), work_dir=OUT / "work" / key,
+    hist = train(qat, tx[:images], ty[:images], TrainConfig(epochs=epochs, threads=threads), work_dir=OUT / "work" / key,
                  log=lambda line: print(key, line, flush=True))
     seconds = time.time() - t0
     onnx_path, plan_path = export_qat(qat, OUT / "work" / key / "qat.onnx")
@@ -110,6 +112,7 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
            "adapters": sorted(plan.adapters)}
     x1 = test[0][:1]
     row["latency_ms"] = latency_ms(q2.mod, x1)
+    row["latency_build"] = "gwq_tvm.build"
     if plan.adapters:  # the same plan with its adapters removed: the branch's share of the latency
         tensors = {n: (t if t.dynamic is None else type(t)(t.bits, t.signed, t.group, t.exponent)) for n, t in plan.tensors.items()}
         plain = RealizeIntegerProgram(plan.replace(tensors=tensors, adapters={}))(q2.float_model.mod)
@@ -125,8 +128,10 @@ def table() -> None:
     (OUT / "asq.json").write_text(json.dumps(rows, indent=1))
     lines = ["# ASQ: POST weights and the adaptive step (bundled models, Fashion-MNIST)", "",
              "Accuracy of the **compiled integer program** on the 10k test images after QAT (schedule per row); fp32 is "
-             "the float model compiled by TVM.  Latency: batch 1, default schedules, median of "
-             f"{LAT_RUNS} runs on a shared, loaded 2-core machine (indicative).  Adapter overhead: latency share of the "
+             "the float model compiled by TVM.  Latency: batch 1, `gwq_tvm.build` (packed kernels, default schedules), "
+             f"median of {LAT_RUNS} runs on a shared, loaded 2-core machine (indicative); *§* marks rows timed before "
+             "that, from TVM's plain `tvm.compile` (naive loops: comparable only with each other).  Adapter overhead: "
+             "latency share of the "
              "adapter branch (same plan compiled without its adapters).  QAT schedule: epochs x images, and in brackets the "
              "wall minutes of the QAT on the shared machine, including any time the job was paused (not a training cost).  "
              "Only the rows listed ran.", "",
@@ -135,7 +140,8 @@ def table() -> None:
     for r in rows:
         ov = f"{r['adapter_overhead'] * 100:.1f}%" if "adapter_overhead" in r else "-"
         lines.append(f"| {r['model']} | W{r['bits']}A{r['bits']} | {r['variant']} | {r['mode']} | {r['accuracy'] * 100:.2f}% | "
-                     f"{r['fp32_accuracy'] * 100:.2f}% | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.2f} | {ov} | "
+                     f"{r['fp32_accuracy'] * 100:.2f}% | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.2f}"
+                     f"{'' if r.get('latency_build') else ' §'} | {ov} | "
                      f"{r['epochs']} x {r['images']} images ({r['qat_seconds_loaded'] / 60:.0f} min) |")
     (OUT / "asq.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -147,13 +153,15 @@ def main():
                     help="comma list of model:bits:variant:mode")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--images", type=int, default=60000)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the QAT (1 beside other jobs: spinning "
+                    "threads on a shared core slow it several times)")
     ap.add_argument("--table", action="store_true", help="only rebuild the table from the cached rows")
     args = ap.parse_args()
     if not args.table:
         for spec in args.rows.split(","):
             model, bits, variant, mode = spec.split(":")
             assert model in MODELS and variant in VARIANTS and mode in MODES, spec
-            r = run_row(model, int(bits), variant, mode, args.epochs, args.images)
+            r = run_row(model, int(bits), variant, mode, args.epochs, args.images, args.threads)
             print(f"{r['row']}: {r['accuracy'] * 100:.2f}% (fp32 {r['fp32_accuracy'] * 100:.2f}%)", flush=True)
     table()
 
