@@ -51,6 +51,20 @@ def test_infeasible_latency_budget_names_the_smallest_feasible_latency():
         p.solve(parse_budget("50%", "size"), None, parse_latency_budget("48us"))
 
 
+def test_a_budget_missed_by_less_than_a_microsecond_is_infeasible_not_met():
+    """A table measured under load (tests' ThreeLayers, this session): the size budget forces conv2d_1 to int4,
+    whose kernel measured 1.39 us slower than int8, so every policy predicts 7.60 us against a 110% budget of
+    6.84 us.  With the solver's row in seconds, its 1e-6 feasibility tolerance let that pass as "met"."""
+    p = Problem([Layer("c0", "x", 144, 16 * 144), Layer("c1", "a", 4608, 32 * 4608), Layer("fc", "b", 320, 320)],
+                {"c1": {8: 0.0, 4: 1.0}}, {}, weight_bits=(4, 8), act_bits=(8,), fixed_weights={"c0": 8, "fc": 8},
+                fixed_acts={"x": 8, "a": 8, "b": 8},
+                latency={"c0": {8: 2.2233e-6, 4: 2.3302e-6}, "c1": {8: 2.8125e-6, 4: 4.1996e-6},
+                         "fc": {8: 1.2373e-6, 4: 1.2650e-6}}, latency_w8a8=6.2138e-6)
+    with pytest.raises(PlanError, match=r"^latency budget 110% is infeasible with the other budgets: the smallest "
+                                        r"feasible predicted latency is 122\.3% \(0\.007601 ms\)$"):
+        p.solve(parse_budget("90%", "size"), None, parse_latency_budget("110%"))
+
+
 def test_a_latency_budget_without_a_table_is_refused():
     p = Problem([Layer("A", "t", 100, 1000)], {"A": {8: 0.0, 4: 1.0}}, {"t": {8: 0.0, 4: 4.0}}, weight_bits=(4, 8))
     with pytest.raises(PlanError, match="needs a latency table"):
@@ -90,23 +104,28 @@ def three():
 
 def test_latency_budget_plan_measures_the_table_once_and_compiles_bit_exact(three, tmp_path):
     """The strategy measures every conv/dense layer's int8 and int4 kernels and the W8A8 program, writes the table,
-    meets the predicted budget, and reads the table (not measuring again) on the next run."""
+    meets the predicted budget, and reads the table (not measuring again) on the next run.
+
+    The budget (200%) leaves room for timing noise: the 90% size budget puts conv2d_1 at int4, and under load its
+    int4 kernel has measured 1.4 us slower than its int8 one on a 6.2 us program, which a 110% budget would make
+    infeasible (the mechanism under test, not the machine's timing, must decide the outcome)."""
     model, x = three
     table = tmp_path / "t.latency.json"
-    cfg = QuantConfig(mixed_precision=True, latency_budget="110%", size_budget="90%", latency_table=str(table),
+    cfg = QuantConfig(mixed_precision=True, latency_budget="200%", size_budget="90%", latency_table=str(table),
                       mp_weight_bits=(4, 8))
     q = gwq_tvm.quantize(model, x, cfg, input_shape=(None, 1, 12, 12))
     rec = json.loads(table.read_text())
     assert set(rec["layers"]) == {"conv2d_0", "conv2d_1", "dense_0"} and rec["program_w8a8_s"] > 0
     assert all(r["int8"] > 0 and r["int4"] > 0 for r in rec["layers"].values())
     mp = q.plan.provenance["mixed_precision"]
-    assert mp["latency"]["predicted_s"] <= 1.10 * rec["program_w8a8_s"] * (1 + 1e-9)
+    assert mp["latency"]["predicted_s"] <= 2.0 * rec["program_w8a8_s"] * (1 + 1e-9)
+    assert q.plan.provenance["mixed_precision"]["weight_bits"]["conv2d_1"] == 4  # the size budget's choice
     np.testing.assert_array_equal(compile_and_run(q.mod, x), run_reference(q.mod, x))
     # the second run reads the table: make the only free layer's int4 kernel absurdly slow there, and the ILP
     # must keep it at 8 bits, which the 90% size budget then cannot allow -> one line naming the latency
     rec["layers"]["conv2d_1"]["int4"] = 1.0
     table.write_text(json.dumps(rec))
-    with pytest.raises(PlanError, match="latency budget 110% is infeasible with the other budgets"):
+    with pytest.raises(PlanError, match="latency budget 200% is infeasible with the other budgets"):
         gwq_tvm.quantize(model, x, cfg, input_shape=(None, 1, 12, 12))
 
 
