@@ -70,6 +70,33 @@ def test_dynamic_requant_within_one_lsb_and_exact_at_beta_one():
     np.testing.assert_array_equal(P.dynamic_bias(np.array([-7, 0, 5, 1 << 20]), one), [[-7, 0, 5, 1 << 20]] * 64)
 
 
+class PooledHead(torch.nn.Module):
+    """conv -> ReLU -> global pool -> 1x1 conv -> ReLU -> 1x1 conv on the 1x1 map -> dense (MobileNetV3's last
+    stage): the 1x1 convs' outputs are adapter candidates whose map has one pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, 2, 1)
+        self.a, self.b = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean((2, 3), keepdim=True)
+        return self.fc(torch.flatten(self.b(torch.relu(self.a(y))), 1))
+
+
+def test_adapter_on_a_one_pixel_map_is_bit_exact(fmnist):
+    """An adapter on a 1x1 map (window 1) averages nothing: its branch still reads (N, C).  Realizing one ended in
+    a Relax shape error (a (N, C, 1, 1) tensor fed to the branch's dense) on the bundled MobileNetV3."""
+    calib, test_x, _ = fmnist
+    torch.manual_seed(0)
+    q = gwq_tvm.quantize(PooledHead().eval(), calib[:64], W4A4_GWQ, input_shape=(None, 1, 28, 28))
+    plan = _with_adapters(q, trained=True)
+    assert any(q.graph.nodes[t].shape[2:] == (1, 1) for t in plan.adapters), plan.adapters
+    mod = RealizeIntegerProgram(plan)(q.float_model.mod)
+    np.testing.assert_array_equal(compile_and_run(mod, test_x[:8]), run_reference(mod, test_x[:8]))
+
+
 # --- plan ------------------------------------------------------------------------
 def test_plan_round_trip_and_bad_entries(resnet_w4a4):
     plan = _with_adapters(resnet_w4a4, trained=True)

@@ -32,7 +32,7 @@ class Adapter(Kind):
         from tvm.relax import op as R
 
         x = em.emit(R.astype(q0, "int32"))
-        g = em.emit(R.sum(x, axis=[2, 3])) if r.window > 1 else x
+        g = em.emit(R.sum(x, axis=list(range(2, x.ty.ndim))))  # (N, C), also for a 1x1 map (window 1)
         g = em.clip_cast(em.apply_sfc(g, r.gap, 2, "int64"), *r.gap_range, "int32")
         acc1 = em.emit(R.matmul(g, em.const(np.ascontiguousarray(r.w1.T), "int32"), out_dtype="int32"))
         acc1 = em.emit(R.add(acc1, em.const(r.b1.reshape(1, -1), "int32")))
