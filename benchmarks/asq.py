@@ -97,6 +97,7 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
     cfg = config(bits, variant, mode)
     q = gwq_tvm.quantize(str(bundled_model(MODELS[model])), calib[:256], cfg)
     qat = QATModel(q.graph, q.plan, adaptive_step="all" if variant.endswith("adapter") else None)
+    resumed = (OUT / "work" / key / "checkpoint.pt").exists()  # its QAT time below is then only the remainder's
     t0 = time.time()
     hist = train(qat, tx[:images], ty[:images], TrainConfig(epochs=epochs, threads=threads), work_dir=OUT / "work" / key,
                  log=lambda line: print(key, line, flush=True))
@@ -108,7 +109,7 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
                                               test[0], q2.float_model.input_shape), test[1])
     row = {"row": key, "model": model, "bits": bits, "variant": variant, "mode": mode, "accuracy": vm_acc,
            "fp32_accuracy": fp32_accuracy(model, test), "shift_share": q2.sfc["shift_share"], "sfc": q2.sfc,
-           "epochs": epochs, "images": images, "qat_seconds_loaded": seconds, "final_loss": hist[-1]["loss"] if hist else None,
+           "epochs": epochs, "images": images, "qat_seconds_loaded": seconds, "qat_resumed": resumed, "final_loss": hist[-1]["loss"] if hist else None,
            "adapters": sorted(plan.adapters)}
     x1 = test[0][:1]
     row["latency_ms"] = latency_ms(q2.mod, x1)
@@ -142,7 +143,9 @@ def table() -> None:
         lines.append(f"| {r['model']} | W{r['bits']}A{r['bits']} | {r['variant']} | {r['mode']} | {r['accuracy'] * 100:.2f}% | "
                      f"{r['fp32_accuracy'] * 100:.2f}% | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.2f}"
                      f"{'' if r.get('latency_build') else ' §'} | {ov} | "
-                     f"{r['epochs']} x {r['images']} images ({r['qat_seconds_loaded'] / 60:.0f} min) |")
+                     f"{r['epochs']} x {r['images']} images ("
+                     + ("resumed from a checkpoint" if r.get("qat_resumed") else f"{r['qat_seconds_loaded'] / 60:.0f} min")
+                     + ") |")
     (OUT / "asq.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
