@@ -51,6 +51,20 @@ def _compile_strict(mod):
         return compile_integer(mod, host_target())
 
 
+def _to_int8(y, shift: int):
+    """``clip(y >> shift, -128, 127)`` as int8: the requantize between two convs of the test modules."""
+    return relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(shift))), relax.prim_value(-128),
+                                         relax.prim_value(127)), "int8")
+
+
+def _assert_vnni_bit_exact(mod, x, dot: bool = True):
+    """Compiled strictly for this host, ``mod`` holds ``vpdpbusd`` (when ``dot``) and equals the numpy reference."""
+    ex = _compile_strict(mod)
+    if dot:
+        assert "vpdpbusd" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
 def _conv_module(c, o, hw, k, stride, padding, groups, dtype, dilation=1, seed=0):
     """x -> conv -> +bias -> (>>7, clip, int8) -> conv 1x1 -> + residual-free epilogue -> int32 output.
 
@@ -147,10 +161,7 @@ SHAPES = [  # c, o, hw, k, stride, padding, groups, dtype
 @pytest.mark.parametrize("c,o,hw,k,stride,padding,groups,dtype", SHAPES)
 def test_conv_sweep_bit_exact(c, o, hw, k, stride, padding, groups, dtype):
     """Packed + default-scheduled convs equal the numpy reference (strides, paddings, groups, odd channels)."""
-    mod, x = _conv_module(c, o, hw, k, stride, padding, groups, dtype)
-    ex = _compile_strict(mod)
-    assert "vpdpbusd" in _asm(ex)
-    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+    _assert_vnni_bit_exact(*_conv_module(c, o, hw, k, stride, padding, groups, dtype))
 
 
 @needs_vnni
@@ -185,8 +196,7 @@ def _grouped_after_conv_module(c=32, o=32, groups=2, seed=0):
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), padding=1, out_dtype="int32"))
-            y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(8))),
-                                                      relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            y = bb.emit(_to_int8(y, 8))
             z = bb.emit(relax.op.nn.conv2d(y, relax.const(w2), padding=1, groups=groups, out_dtype="int32"))
             out = bb.emit_output(z)
         bb.emit_func_output(out)
@@ -255,8 +265,7 @@ def _transposed_module(c, o, hw, k, stride, padding, output_padding, groups, dil
             y = x
             if dtype == "int8":
                 y = bb.emit(relax.op.nn.conv2d(x, relax.const(w0), padding=1, out_dtype="int32"))
-                y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(9))),
-                                                          relax.prim_value(-128), relax.prim_value(127)), "int8"))
+                y = bb.emit(_to_int8(y, 9))
             z = bb.emit(relax.op.nn.conv2d_transpose(y, relax.const(wt), strides=stride, padding=padding,
                                                      output_padding=output_padding, dilation=dilation, groups=groups,
                                                      out_dtype="int32"))
@@ -297,10 +306,7 @@ def test_transposed_conv_weight_is_the_flipped_output_major_kernel():
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("geometry", TRANSPOSED, ids=lambda g: "x".join(map(str, g)))
 def test_transposed_conv_sweep_bit_exact(geometry, dtype):
-    mod, x = _transposed_module(*geometry, dtype)
-    ex = _compile_strict(mod)
-    assert "vpdpbusd" in _asm(ex) or geometry[7] == geometry[0]  # depthwise: lane-wise, no dot product
-    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+    _assert_vnni_bit_exact(*_transposed_module(*geometry, dtype), dot=geometry[7] != geometry[0])  # depthwise: lanes
 
 
 def _conv1d_module(c, o, length, k, stride, padding, groups, dilation, dtype, seed=0):
@@ -316,8 +322,7 @@ def _conv1d_module(c, o, length, k, stride, padding, groups, dilation, dtype, se
             y = bb.emit(relax.op.nn.conv1d(x, relax.const(w1), strides=stride, padding=padding, dilation=dilation,
                                            groups=groups, out_dtype="int32"))
             y = bb.emit(relax.op.add(y, relax.const(bias)))
-            y = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(y, relax.const(np.int32(8))),
-                                                      relax.prim_value(-128), relax.prim_value(127)), "int8"))
+            y = bb.emit(_to_int8(y, 8))
             out = bb.emit_output(bb.emit(relax.op.nn.conv1d(y, relax.const(w2), padding=1, out_dtype="int32")))
         bb.emit_func_output(out)
     info = np.iinfo(dtype)
@@ -344,10 +349,7 @@ def test_conv1d_becomes_a_packed_conv_of_one_row():
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("geometry", CONV1D, ids=lambda g: "x".join(map(str, g)))
 def test_conv1d_sweep_bit_exact(geometry, dtype):
-    mod, x = _conv1d_module(*geometry, dtype)
-    ex = _compile_strict(mod)
-    assert "vpdpbusd" in _asm(ex)
-    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+    _assert_vnni_bit_exact(*_conv1d_module(*geometry, dtype))
 
 
 def _lookup_se_module(seed=0):
