@@ -421,6 +421,70 @@ def test_parallel_grain_keeps_small_kernels_serial():
         assert "T.vectorized" in conv3x3
 
 
+def _one_conv_module(c: int, o: int, hw: int, dtype: str, seed: int = 0):
+    """x -> 1x1 conv -> (>>7, clip 0..255, uint8): a conv whose input needs no staging in any family but AVX2."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, (o, c, 1, 1)).astype("int8")
+    x = relax.Var("x", relax.TensorType((1, c, hw, hw), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), out_dtype="int32"))
+            y = bb.emit(relax.op.right_shift(y, relax.const(np.int32(7))))
+            y = bb.emit(relax.op.astype(relax.op.clip(y, relax.prim_value(0), relax.prim_value(255)), "uint8"))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _workspace_calls(asm: str) -> int:
+    """Instructions of ``asm`` that reach ``TVMBackendAllocWorkspace`` (x86 GOT loads, aarch64 adrp/ldr pairs)."""
+    return sum(1 for line in asm.splitlines()
+               if "TVMBackendAllocWorkspace" in line and not line.strip().startswith((".", "_")))
+
+
+@pytest.mark.parametrize("target, dtype, staged", [
+    ({"kind": "llvm", "mcpu": "cascadelake"}, "uint8", 0),  # x86-vnni
+    ("alderlake", "uint8", 0),  # x86-avxvnni
+    ("cortex-a76", "int8", 0),  # aarch64-sdot
+    ("neoverse-n2", "uint8", 0),  # aarch64-i8mm
+    ("x86-avx2", "uint8", 1),  # x86-avx2 widens its input to int16 in one staged buffer (one allocation)
+])
+def test_conv_register_tile_stays_on_the_stack(target, dtype, staged):
+    """A packed conv's accumulators and its tensor intrinsic's operands live on the stack, not in TVM's workspace.
+
+    TVM 0.27 serves a scratch buffer of 1024 bytes or more, or of ``local`` scope, with a
+    ``TVMBackendAllocWorkspace``/``Free`` pair per iteration of the parallel loop, and LLVM then keeps the
+    accumulators in memory.  Two causes, both fixed in one place each: an 8-pixel x 2-block VNNI tile is exactly
+    1024 bytes (:func:`gwq_tvm.schedules.default.conv_register_tile` keeps tiles below it), and a TVMScript
+    ``name = expr`` inside a tensor intrinsic declares a ``local`` buffer in 0.27 (the intrinsics alias
+    with ``T.meta_var``).  Width 56 took the 8 x 2 tile before.  Compiled only, so every family is checked here.
+    """
+    from gwq_tvm.schedules.build import compile_packed
+    from gwq_tvm.schedules.targets import resolve_target
+
+    tgt = resolve_target(target)
+    ex = compile_packed(_one_conv_module(32, 64, 56, dtype), tgt, kernel_spec(tgt))
+    asm = "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    assert _workspace_calls(asm) == staged
+
+
+def test_conv_register_tile_holds_fewer_than_1024_bytes_of_accumulators():
+    """The VNNI tile: 7 pixels x 2 blocks where 8 x 2 (1024 bytes) would have been taken; one block when pairs
+    would leave fewer accumulators; families without channel pairs keep their own tile."""
+    from gwq_tvm.schedules.default import STACK_BYTES, conv_register_tile
+    from gwq_tvm.schedules.spec import AARCH64_SDOT
+
+    assert conv_register_tile(112, 6, X86_VNNI) == (7, 2)
+    assert conv_register_tile(32, 4, X86_VNNI) == (4, 2)
+    assert conv_register_tile(13, 4, X86_VNNI) == (13, 1)
+    assert conv_register_tile(56, 3, X86_VNNI) == (8, 1)  # an odd number of output blocks: no pairs
+    assert conv_register_tile(56, 4, AARCH64_SDOT) == (4, 1)
+    for width in range(1, 300):
+        owi, oci = conv_register_tile(width, 8, X86_VNNI)
+        assert width % owi == 0 and owi * oci * 16 * 4 < STACK_BYTES
+
+
 @needs_vnni
 @pytest.mark.parametrize("dtype, batch, k, n", [("uint8", 3, 17, 24), ("int8", 3, 17, 24), ("uint8", 1, 64, 10),
                                                ("int8", 2, 3, 5), ("uint8", 1, 512, 1000)])

@@ -84,8 +84,8 @@ def _dot_16x4_sdot_impl():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"))
+            a_i8x16 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"))
             for j in T.unroll(0, 4):
                 C[T.ramp(j * 4, 1, 4)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
@@ -130,13 +130,13 @@ def _dot_16x4_int4_sdot_impl(table: tuple):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:8, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            a_i8x16 = T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16")
-            tab = T.Shuffle(entries, list(range(16)))
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"))
+            a_i8x16 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 4), dtype="int8x16"))
+            tab = T.meta_var(T.Shuffle(entries, list(range(16))))
             for h, j in T.grid(2, 2):  # nibble h of rows 4j..4j+3: lanes 8h + 4j .. 8h + 4j + 3
-                codes = T.bitwise_and(T.shift_right(B.vload([j * 4, 0], dtype="uint8x16"),
+                codes = T.meta_var(T.bitwise_and(T.shift_right(B.vload([j * 4, 0], dtype="uint8x16"),
                                                     T.broadcast(T.Cast("uint8", h * 4), 16)),
-                                      T.broadcast(T.uint8(15), 16))
+                                      T.broadcast(T.uint8(15), 16)))
                 C[T.ramp(h * 8 + j * 4, 1, 4)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
                     C.vload([h * 8 + j * 4], dtype="int32x4"),
@@ -182,17 +182,17 @@ def _dot_16x8_usmmla_impl():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:8], B[0:16, 0:8])
             T.writes(C[0:16])
-            a_u8x16 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x8"), dtype="int64"), 2),
-                                    dtype="uint8x16")
+            a_u8x16 = T.meta_var(T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x8"), dtype="int64"), 2),
+                                    dtype="uint8x16"))
             for j in T.unroll(0, 8):
-                c = T.call_llvm_pure_intrin(
+                c = T.meta_var(T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(_USMMLA),
                     T.reinterpret(T.broadcast(T.reinterpret(C.vload([j * 2], dtype="int32x2"), dtype="int64"), 2),
                                   dtype="int32x4"),
                     a_u8x16,
                     B.vload([j * 2, 0], dtype="int8x16"),
                     dtype="int32x4",
-                )
+                ))
                 C[T.ramp(j * 2, 1, 2)] = T.Shuffle([c], [0, 1])
 
     return impl
@@ -212,17 +212,17 @@ def _dot_2x16x8_usmmla_impl(stride: int):
         with T.sblock("root"):
             T.reads(C[0:2, 0:16], A[0:stride + 1, 0:8], B[0:16, 0:8])
             T.writes(C[0:2, 0:16])
-            rows = T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0, 0], "uint8x8"), dtype="int64"),
+            rows = T.meta_var(T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0, 0], "uint8x8"), dtype="int64"),
                                              T.reinterpret(A.vload([stride, 0], "uint8x8"), dtype="int64")], [0, 1]),
-                                 dtype="uint8x16")
+                                 dtype="uint8x16"))
             for j in T.unroll(0, 8):
-                acc = T.call_llvm_pure_intrin(
+                acc = T.Bind(T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id(_USMMLA),
                     T.Shuffle([C.vload([0, j * 2], dtype="int32x2"), C.vload([1, j * 2], dtype="int32x2")], [0, 1, 2, 3]),
                     rows,
                     B.vload([j * 2, 0], dtype="int8x16"),
                     dtype="int32x4",
-                )
+                ))
                 C[0, T.ramp(j * 2, 1, 2)] = T.Shuffle([acc], [0, 1])
                 C[1, T.ramp(j * 2, 1, 2)] = T.Shuffle([acc], [2, 3])
 

@@ -58,8 +58,8 @@ def _dot_16x2_avx2_impl():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:2], B[0:16, 0:2])
             T.writes(C[0:16])
-            a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
-            a_i16x16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
+            a_pair = T.meta_var(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"))
+            a_i16x16 = T.meta_var(T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16"))
             for j in T.unroll(0, 2):
                 C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),

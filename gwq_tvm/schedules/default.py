@@ -71,6 +71,47 @@ def _register_tile(width: int, limit: int, minimum: int, fallback: int) -> int:
     return best
 
 
+#: TVM 0.27's ``LowerTVMBuiltin`` leaves a CPU scratch buffer on the stack only when it has global scope and
+#: fewer than ``kMaxStackAlloca`` = 1024 bytes.  A larger one becomes a ``TVMBackendAllocWorkspace`` /
+#: ``TVMBackendFreeWorkspace`` pair per iteration of the enclosing parallel loop, and LLVM then stores every
+#: accumulator of the register tile to it and loads it back for the epilogue.  An 8-pixel x 2-block VNNI tile
+#: (exactly 1024 bytes) made the 16 -> 96 expansion conv of MobileNetV2 1.6x slower than the 7 x 2 tile
+#: (benchmarks/results/layer_profile/README.md).  Register tiles are kept below it; ``test_schedules``'
+#: ``test_conv_register_tile_stays_on_the_stack`` fails if a kernel's tile is served from the workspace again.
+STACK_BYTES = 1024
+_ACC_BYTES = 16 * 4
+"""One output pixel's accumulators of one 16-lane output block (int32)."""
+
+
+def _stack_tile_cap(lanes: int = 16) -> int:
+    """Most ``pixels x blocks`` of ``lanes`` int32 accumulators that stay below :data:`STACK_BYTES`."""
+    return (STACK_BYTES - 1) // (lanes * 4)
+
+
+def conv_register_tile(width: int, out_blocks: int, spec: KernelSpec) -> tuple[int, int]:
+    """``(owi, oci)``: the conv's register tile of ``owi`` output pixels x ``oci`` 16-lane output blocks.
+
+    ``owi`` is the largest divisor of the output width up to ``spec.tile_limit``
+    (up to ``spec.tile_fallback`` below ``spec.tile_min``); families with
+    ``channel_pairs`` take two output blocks per broadcast activation.  The
+    tile holds ``owi * oci * 64`` bytes of accumulators, kept below
+    :data:`STACK_BYTES` (15 pixel-blocks): when two blocks of ``owi`` pixels
+    would not fit, two blocks of the largest divisor up to 7 are taken if
+    they hold at least ``owi`` accumulators, else one block of ``owi``.
+
+    >>> [conv_register_tile(w, 6, X86_VNNI) for w in (112, 56, 32, 7, 13)]
+    [(7, 2), (7, 2), (4, 2), (7, 2), (13, 1)]
+    """
+    cap = _stack_tile_cap()
+    owi = _register_tile(width, min(spec.tile_limit, cap), spec.tile_min, min(spec.tile_fallback, cap))
+    if not (spec.channel_pairs and out_blocks % 2 == 0):
+        return owi, 1
+    if 2 * owi <= cap:
+        return owi, 2
+    half = max(d for d in range(1, cap // 2 + 1) if width % d == 0)
+    return (half, 2) if 2 * half >= owi else (owi, 1)
+
+
 def _inline_elementwise(sch, keep) -> None:
     """Inline every non-reduction block except ``keep`` and the function's output blocks."""
     outputs = {_name(sch, b) for b in sch.get_output_blocks(sch.get_sblock("root"))}
@@ -187,11 +228,10 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, para
         _schedule_conv2d_tiles(sch, spec, block)
         return
     width = _extent(sch, x)
-    owi = _register_tile(width, spec.tile_limit, spec.tile_min, spec.tile_fallback)
+    owi, oci = conv_register_tile(width, _extent(sch, o), spec)
     pair = None
     if spec.pair_intrinsic is not None and stride is not None and _even_tile(width, spec.tile_limit) is not None:
-        owi, pair = _even_tile(width, spec.tile_limit), spec.pair_intrinsic(stride)
-    oci = 2 if spec.channel_pairs and _extent(sch, o) % 2 == 0 and owi <= 14 else 1
+        owi, oci, pair = _even_tile(width, spec.tile_limit), 1, spec.pair_intrinsic(stride)
     xo, xi = sch.split(x, [None, owi])
     oo, on = sch.split(o, [None, oci])
     if pair is not None:  # the intrinsic consumes [2 pixels] x [16 lanes] x [k]
@@ -283,7 +323,8 @@ def schedule_depthwise_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, p
     _inline_elementwise(sch, keep={DW_BLOCK, DW_INPUT_BLOCK})
     block = sch.get_sblock(DW_BLOCK)
     b, c, y, x, ci, ry, rx = sch.get_loops(block)
-    owi = _register_tile(_extent(sch, x), spec.tile_limit, spec.tile_min, spec.tile_fallback)
+    cap = _stack_tile_cap(_extent(sch, ci))
+    owi = _register_tile(_extent(sch, x), min(spec.tile_limit, cap), spec.tile_min, min(spec.tile_fallback, cap))
     xi = _row_tiles(sch, (b, c, y), x, owi, (ry, rx), ci, DW_INPUT_BLOCK, parallel)
     sch.unroll(xi)
     sch.vectorize(ci)

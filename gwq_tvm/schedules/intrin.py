@@ -17,6 +17,18 @@ same sum for two output pixels whose inputs are ``stride`` rows apart::
     C[p, i] += sum_k int32(A[p * stride, k]) * int32(B[i, k])     p < 2, i < 16, k < K
 
 The implementations (the instructions) live in :mod:`.vnni`, :mod:`.avx2` and :mod:`.arm`.
+
+Naming an operand inside an implementation (TVM 0.27)
+-----------------------------------------------------
+In 0.27's TVMScript, ``name = expr`` in a PrimFunc body declares a
+one-element ``local`` buffer and stores ``expr`` into it.  ``LowerTVMBuiltin``
+keeps only ``global`` buffers on the stack, so each such name became a
+``TVMBackendAllocWorkspace``/``Free`` pair per iteration of the kernel's
+parallel loop, and the broadcast activation went through memory on every
+step.  The implementations name their operands with ``T.meta_var(expr)``
+(substituted where used) or, for a value used twice, ``T.Bind(expr)`` (a let
+binding); ``test_conv_register_tile_stays_on_the_stack`` fails if a name
+allocates again.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class KernelSpec:
         width up to ``tile_limit``, or up to ``tile_fallback`` when that is
         below ``tile_min`` (each pixel holds 16 int32 accumulators per
         channel block: 1 zmm register on x86, 4 q registers on aarch64,
-        so an aarch64 tile above 6 spills).
+        so an aarch64 tile above 6 spills; every tile stays below 1024 bytes of
+        accumulators, :func:`gwq_tvm.schedules.default.conv_register_tile`).
     channel_pairs : bool
         May a tile hold two 16-channel blocks (wide register files)?
     operand_dtype : str or None

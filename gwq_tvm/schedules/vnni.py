@@ -63,9 +63,9 @@ def _dot_16x4_vnni_impl():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            b_i8x64 = B.vload([0, 0], dtype="int8x64")
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x64 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"))
+            b_i8x64 = T.meta_var(B.vload([0, 0], dtype="int8x64"))
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),
@@ -94,8 +94,8 @@ def _dot_16x4_avxvnni_impl():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x32 = T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32")
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
             for j in T.unroll(0, 2):
                 C[T.ramp(j * 8, 1, 8)] = T.call_llvm_pure_intrin(
                     T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
@@ -177,15 +177,15 @@ def _dot_16x4_int4_vnni_impl(table: tuple):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:8, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            packed = B.vload([0, 0], dtype="uint8x32")
-            low = T.bitwise_and(packed, T.broadcast(T.uint8(15), 32))
-            high = T.shift_right(packed, T.broadcast(T.uint8(4), 32))
-            codes = T.reinterpret(T.Shuffle([low, high], _CONCAT), dtype="int8x64")
-            weights = T.call_llvm_pure_intrin(
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x64 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"))
+            packed = T.meta_var(B.vload([0, 0], dtype="uint8x32"))
+            low = T.meta_var(T.bitwise_and(packed, T.broadcast(T.uint8(15), 32)))
+            high = T.meta_var(T.shift_right(packed, T.broadcast(T.uint8(4), 32)))
+            codes = T.meta_var(T.reinterpret(T.Shuffle([low, high], _CONCAT), dtype="int8x64"))
+            weights = T.meta_var(T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"), T.Shuffle(entries, _CONCAT), codes,
-                dtype="int8x64")
+                dtype="int8x64"))
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),
@@ -242,12 +242,12 @@ def _dot_16x4_int4_gfni_impl(table: tuple):
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:8, 0:4])
             T.writes(C[0:16])
-            a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_u8x64 = T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64")
-            packed = T.reinterpret(B.vload([0, 0], dtype="uint8x32"), dtype="int8x32")
-            decoded = T.call_llvm_pure_intrin(
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x64 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"))
+            packed = T.meta_var(T.reinterpret(B.vload([0, 0], dtype="uint8x32"), dtype="int8x32"))
+            decoded = T.meta_var(T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.vgf2p8affineqb.512"), T.Shuffle([packed, packed], _CONCAT),
-                T.Shuffle(matrix, _CONCAT), T.int8(0), dtype="int8x64")
+                T.Shuffle(matrix, _CONCAT), T.int8(0), dtype="int8x64"))
             weights = decoded if signed else T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"), T.Shuffle(entries, _CONCAT), decoded,
                 dtype="int8x64")
