@@ -23,7 +23,7 @@ Usage::
 
     PYTHONPATH=$PWD python benchmarks/layer_profile.py --models mobilenet_v2 mobilenet_v3_small
 
-Writes ``benchmarks/results/layer_profile/<model>.{json,md}`` (``--tag`` adds a suffix).
+Writes ``benchmarks/results/layer_profile/<model>_<plan>_t<threads>.{json,md}`` (``--tag`` adds a suffix).
 The models' caches come from ``kernels_bench.py`` (``benchmarks/.cache/<model>/``).
 """
 
@@ -293,7 +293,7 @@ def by_kind(rows: list) -> dict:
 
 def write(model: str, result: dict, tag: str) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = OUT / f"{model}{'_' + tag if tag else ''}"
+    stem = OUT / f"{model}_{result['plan']}_t{result['threads']}{'_' + tag if tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     ours, ort_ = result["ours_by_kind"], result["ort_by_kind"]
     lines = [f"# Per-layer profile: {model} ({result['plan']}, batch 1, {result['threads']} thread)", "",
