@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -83,7 +84,6 @@ def fp32_accuracy(name: str, test) -> float:
 def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images: int, threads: int = 2) -> dict:
     import gwq_tvm
     from gwq_tvm.data import bundled_model, fashion_mnist
-    from gwq_tvm.passes.realize import RealizeIntegerProgram
     from gwq_tvm.plan.quantplan import QuantPlan
     from gwq_tvm.qat import QATModel, TrainConfig, export_qat, train
 
@@ -111,7 +111,17 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
            "fp32_accuracy": fp32_accuracy(model, test), "shift_share": q2.sfc["shift_share"], "sfc": q2.sfc,
            "epochs": epochs, "images": images, "qat_seconds_loaded": seconds, "qat_resumed": resumed, "final_loss": hist[-1]["loss"] if hist else None,
            "adapters": sorted(plan.adapters)}
-    x1 = test[0][:1]
+    time_row(row, q2, plan, test[0][:1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def time_row(row: dict, q2, plan, x1) -> None:
+    """Time the row's compiled program (and, for adapter rows, the same plan without its adapters) into ``row``."""
+    from gwq_tvm.passes.realize import RealizeIntegerProgram
+
+    row["latency_load"] = os.getloadavg()[0]
     row["latency_ms"] = latency_ms(q2.mod, x1)
     row["latency_build"] = "gwq_tvm.build"
     if plan.adapters:  # the same plan with its adapters removed: the branch's share of the latency
@@ -119,7 +129,19 @@ def run_row(model: str, bits: int, variant: str, mode: str, epochs: int, images:
         plain = RealizeIntegerProgram(plan.replace(tensors=tensors, adapters={}))(q2.float_model.mod)
         row["latency_without_adapters_ms"] = latency_ms(plain, x1)
         row["adapter_overhead"] = 1 - row["latency_without_adapters_ms"] / row["latency_ms"]
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def retime_row(key: str) -> dict:
+    """Re-time a cached row from its exported QAT model and plan (``work/<key>/qat.*``); accuracy is kept."""
+    import gwq_tvm
+    from gwq_tvm.data import fashion_mnist
+    from gwq_tvm.plan.quantplan import QuantPlan
+
+    path = OUT / "rows" / f"{key}.json"
+    row = json.loads(path.read_text())
+    plan = QuantPlan.load(OUT / "work" / key / "qat.plan.json")
+    q2 = gwq_tvm.quantize(str(OUT / "work" / key / "qat.onnx"), plan=plan)
+    time_row(row, q2, plan, fashion_mnist("test")[0][:1])
     path.write_text(json.dumps(row, indent=1))
     return row
 
@@ -131,7 +153,8 @@ def table() -> None:
              "Accuracy of the **compiled integer program** on the 10k test images after QAT (schedule per row); fp32 is "
              "the float model compiled by TVM.  Latency: batch 1, `gwq_tvm.build` (packed kernels, default schedules), "
              f"median of {LAT_RUNS} runs on a shared, loaded 2-core machine (indicative); *§* marks rows timed before "
-             "that, from TVM's plain `tvm.compile` (naive loops: comparable only with each other).  Adapter overhead: "
+             "that, from TVM's plain `tvm.compile` (naive loops: comparable only with each other); a load average in brackets "
+             "is the one-minute load when the row was timed (rows timed since `time_row` recorded it).  Adapter overhead: "
              "latency share of the "
              "adapter branch (same plan compiled without its adapters).  QAT schedule: epochs x images, and in brackets the "
              "wall minutes of the QAT on the shared machine, including any time the job was paused (not a training cost).  "
@@ -140,9 +163,11 @@ def table() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ov = f"{r['adapter_overhead'] * 100:.1f}%" if "adapter_overhead" in r else "-"
+        load = f" (load {r['latency_load']:.1f})" if "latency_load" in r else ""
         lines.append(f"| {r['model']} | W{r['bits']}A{r['bits']} | {r['variant']} | {r['mode']} | {r['accuracy'] * 100:.2f}% | "
                      f"{r['fp32_accuracy'] * 100:.2f}% | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.2f}"
-                     f"{'' if r.get('latency_build') else ' §'} | {ov} | "
+                     f"{'' if r.get('latency_build') else ' §'}"
+                     f"{load} | {ov} | "
                      f"{r['epochs']} x {r['images']} images ("
                      + ("resumed from a checkpoint" if r.get("qat_resumed") else f"{r['qat_seconds_loaded'] / 60:.0f} min")
                      + ") |")
@@ -159,8 +184,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the QAT (1 beside other jobs: spinning "
                     "threads on a shared core slow it several times)")
     ap.add_argument("--table", action="store_true", help="only rebuild the table from the cached rows")
+    ap.add_argument("--retime", action="store_true", help="re-time the cached --rows (on a quiet machine) and rebuild "
+                    "the table; accuracies are kept")
     args = ap.parse_args()
-    if not args.table:
+    if args.retime:
+        for spec in args.rows.split(","):
+            model, bits, variant, mode = spec.split(":")
+            key = row_key(model, int(bits), variant, mode, args.epochs)
+            if not (OUT / "work" / key / "qat.plan.json").is_file():
+                print(f"{key}: no exported QAT model in work/{key}; not re-timed", flush=True)
+                continue
+            r = retime_row(key)
+            print(f"{r['row']}: {r['latency_ms']:.3f} ms (load {r['latency_load']:.1f})", flush=True)
+    elif not args.table:
         for spec in args.rows.split(","):
             model, bits, variant, mode = spec.split(":")
             assert model in MODELS and variant in VARIANTS and mode in MODES, spec
