@@ -109,6 +109,11 @@ def main(argv=None) -> int:
     if missing:
         print(f"ab_commits: no cache for {', '.join(missing)}; run benchmarks/kernels_bench.py --models {' '.join(missing)} first")
         return 1
+    for commit in (args.a, args.b):
+        if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"],
+                          capture_output=True).returncode:
+            print(f"ab_commits: {commit!r} is not a commit of {ROOT}")
+            return 2
     specs = [f"{m}:{p}" for m in args.models for p in PLANS]
     with tempfile.TemporaryDirectory() as tmp:
         (sha_a, dir_a), (sha_b, dir_b) = build(args.a, Path(tmp), specs), build(args.b, Path(tmp), specs)
