@@ -24,10 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import interleaved
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,17 +74,8 @@ def time_pair(model: str, plan: str, folders: dict, rounds: int, calls: int) -> 
     x = tvm.runtime.tensor(np.load(CACHE / model / "input.npy"))
     vms = {k: relax.VirtualMachine(tvm.runtime.load_module(str(d / f"{model}_{plan}.so")), tvm.cpu())
            for k, d in folders.items()}
-    per = {k: [] for k in vms}
-    for _ in range(rounds):
-        for k, vm in vms.items():
-            for _ in range(3):
-                vm["main"](x)
-            ts = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                vm["main"](x)
-                ts.append(time.perf_counter() - t0)
-            per[k].append(1e3 * statistics.median(ts))
+    per = interleaved({k: (lambda vm=vm: vm["main"](x)) for k, vm in vms.items()}, rounds, per_round=calls, warmup=0,
+                      rewarm=3)
     ratios = [b / a for a, b in zip(per["A"], per["B"])]
     return {"A_ms": statistics.median(per["A"]), "B_ms": statistics.median(per["B"]),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}

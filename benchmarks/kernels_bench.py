@@ -1,7 +1,11 @@
 """Fast integer kernels side by side: gwq-tvm int8 vs TVM fp32, ONNX Runtime, PyTorch (issue 5).
 
-One script, one run.  Batch 1, 1 and 2 threads, the median of ``--runs``
-(>= 50) timed calls after warm-up, for two models:
+One script, one run.  Batch 1, 1 and 2 threads.  The columns of a model are
+timed interleaved (``_timing.interleaved``): each round gives every engine in
+turn two untimed calls and five timed ones, ``--runs`` (>= 50) timed calls per
+cell in all, and a cell's latency is the median of its round medians.  All
+engines of a row thus see the same machine load, and its drift cancels in the
+ratios.  Models:
 
 * ``resnet18``: a ResNet-18 at 224x224 with seeded random weights (``resnet18.py``),
   quantized with random calibration images;
@@ -36,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -136,8 +139,6 @@ def _input_name(onnx_path) -> str:
 
 def tune_int8(name: str, tuning_dir: Path, trials: int) -> float:
     """Tune the int8 program of ``name`` into ``tuning_dir`` (resumes); return the wall seconds spent."""
-    import tvm
-
     import gwq_tvm
     from gwq_tvm.plan.quantplan import QuantPlan
     from gwq_tvm.runtime import host_target
@@ -186,25 +187,11 @@ def _fp32_module(name: str, fused: bool = True):
 
 # --- measurement (worker process, one thread count) ------------------------
 SLOW_CELL_S = 60.0
-"""A cell whose runs would take longer than this (the naive-loop TVM fp32 baseline) gets 10 runs."""
-
-
-def _median_ms(fn, runs: int) -> tuple[float, int]:
-    """(median latency in ms, number of timed runs) after warm-up."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    if first * runs > SLOW_CELL_S:
-        runs = 10
-    else:
-        for _ in range(4):
-            fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), runs
+"""A cell whose rounds would take longer than this (the naive-loop TVM fp32 baseline) is timed in 2 rounds."""
+#: timed calls of one engine per round, and untimed calls before them.  One call per round would measure every
+#: engine cold: the previous engine's thread pool still spins (ORT's and TVM's workers busy-wait after a run) and
+#: has evicted the caches; a short burst after two untimed calls measures the engine as a user's loop sees it.
+CALLS_PER_ROUND, REWARM = 5, 2
 
 
 def _tvm_runner(ex, x):
@@ -218,7 +205,6 @@ def _tvm_runner(ex, x):
 
 def _gwq_candidates(name: str, x, tuning_dir, fp32_dir):
     import tvm
-    from tvm import relax
 
     import gwq_tvm
     from gwq_tvm.plan.quantplan import QuantPlan
@@ -311,27 +297,40 @@ def _no_grad(m, x):
 
 
 def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path: Path, models=MODELS) -> None:
-    """Measure every column for both models with ``threads`` threads; write JSON to ``out_path``."""
+    """Measure every column of each model with ``threads`` threads, the columns interleaved round by round
+    (:func:`_timing.interleaved`: every engine sees the same machine load); write JSON to ``out_path``."""
     import torch
 
+    from _timing import interleaved, median_ms
+
     torch.set_num_threads(threads)
-    results = {}
+    results = {"_runs": {}, "_load": {}}
     for name in models:
         _, calib, x = _model_data(name)
         makers = {**_gwq_candidates(name, x, tuning_dirs.get(name), fp32_dirs.get(name)),
                   **_ort_candidates(name, x, threads), **_torch_candidates(name, x, calib)}
-        row, counts = {}, {}
+        calls, errors = {}, {}
         for col in COLUMNS:
             if col not in makers:
                 continue
             try:
-                row[col], counts[col] = _median_ms(makers[col](), runs)
+                calls[col] = makers[col]()
             except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                row[col] = None
-                print(f"[{name} {col}] failed: {err}", file=sys.stderr)
-            print(f"threads={threads} {name:9s} {col:22s} {row[col]}", file=sys.stderr, flush=True)
+                errors[col] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        load = os.getloadavg()[0]
+        per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
+                                slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
+        row = {col: None for col in calls}
+        row.update(median_ms(per_round))
+        for col, err in errors.items():
+            row[col] = None
+            print(f"[{name} {col}] failed: {err}", file=sys.stderr)
+        for col in COLUMNS:
+            if col in row:
+                print(f"threads={threads} {name:9s} {col:22s} {row[col]}", file=sys.stderr, flush=True)
         results[name] = row
-        results.setdefault("_runs", {})[name] = counts
+        results["_runs"][name] = {col: len(v) * CALLS_PER_ROUND for col, v in per_round.items()}
+        results["_load"][name] = [load, os.getloadavg()[0]]
     out_path.write_text(json.dumps(results))
 
 
@@ -395,14 +394,22 @@ def intrinsic_peak_gmacs(name: str, a_dtype: str, b_dtype: str, k: int, target=N
     return k_iters * rows * blocks * 16 * k / secs / 1e9
 
 
+def _load_range(meta: dict) -> str:
+    """The lowest and highest 1-minute load average seen while timing (before and after each row)."""
+    seen = [v for per in meta.get("load_average", {}).values() for pair in per.values() for v in pair]
+    return f"{min(seen):.1f}-{max(seen):.1f}" if seen else "n/a"
+
+
 def write_report(results: dict, meta: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "kernels_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = [
         "# Fast integer kernels: latency (ms, median, batch 1)",
         "",
-        f"Machine: {meta['cpu']} ({meta['mcpu']}), {meta['runs']} runs per cell after warm-up (10 for a cell "
-        f"slower than {SLOW_CELL_S:.0f} s in total: the naive-loop TVM fp32 baseline; see the JSON); "
+        f"Machine: {meta['cpu']} ({meta['mcpu']}); the columns of a row are timed interleaved: each round gives every "
+        f"engine {REWARM} untimed and {CALLS_PER_ROUND} timed calls in turn, {meta['runs']} timed calls per cell, the "
+        f"latency is the median of the round medians (2 rounds for a cell slower than {SLOW_CELL_S:.0f} s in total: "
+        f"the naive-loop TVM fp32 baseline; see the JSON); load average {_load_range(meta)} while timing; "
         f"measured single-core vpdpbusd peak {meta['vnni_peak_gmacs']:.0f} GMAC/s. "
         f"Ratio = latency / ORT int8 latency (lower is better). Tuned int8: {meta.get('tuning', 'n/a')}.",
         "",
@@ -481,7 +488,7 @@ def main(argv=None) -> None:
     tune_secs = tune_int8("resnet18", args.tuning_dir, args.trials) if args.trials > 0 and "resnet18" in args.models else None
     if args.fp32_trials > 0:
         tune_fp32("resnet18", args.fp32_tuning_dir, args.fp32_trials)
-    results, runs_per_cell = {}, {}
+    results, runs_per_cell, load = {}, {}, {}
     for threads in args.threads:
         out = CACHE / f"worker_{threads}.json"
         env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
@@ -491,12 +498,13 @@ def main(argv=None) -> None:
         subprocess.run(cmd, check=True, env=env)
         measured = json.loads(out.read_text())
         runs_per_cell[str(threads)] = measured.pop("_runs", {})
+        load[str(threads)] = measured.pop("_load", {})
         results[str(threads)] = measured
     from gwq_tvm.runtime import host_target
 
     meta = {
         "cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
-        "runs": args.runs, "runs_per_cell": runs_per_cell, "vnni_peak_gmacs": vnni_peak_gmacs(),
+        "runs": args.runs, "runs_per_cell": runs_per_cell, "load_average": load, "vnni_peak_gmacs": vnni_peak_gmacs(),
         "gmacs": {name: model_gmacs(name) for name in args.models},
         "tuning": (f"ResNet-18 only, {args.trials} trials budget (resumable DB {args.tuning_dir}); "
                    f"this run spent {tune_secs:.0f} s tuning" if tune_secs is not None else "not tuned in this run")

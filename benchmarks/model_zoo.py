@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _timing import interleaved, median_ms
+
 OUT = Path(__file__).resolve().parent / "results" / "model_zoo"
 CACHE = Path(tempfile.gettempdir()) / "gwq_model_zoo"
 
@@ -141,21 +143,6 @@ def _agreement(ref: list[list[np.ndarray]], test: list[list[np.ndarray]], kind) 
     a = np.concatenate([r[0].argmax(axis=1).reshape(-1) for r in ref])
     b = np.concatenate([t[0].argmax(axis=1).reshape(-1) for t in test])
     return float((a == b).mean())
-
-
-def _interleaved_ms(calls: dict, runs: int) -> dict:
-    """Median milliseconds of each of ``calls`` (name -> no-argument callable), timed in ``runs`` interleaved
-    rounds (one call of each per round, after one warm-up call each), so that every program of a row sees
-    the same machine load."""
-    for fn in calls.values():
-        fn()
-    times: dict = {k: [] for k in calls}
-    for _ in range(runs):
-        for k, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> dict:
@@ -273,7 +260,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
     except Exception as err:  # noqa: BLE001
         row["ort_int8"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     row["load_average_timing"] = os.getloadavg()[0]
-    for key, ms in _interleaved_ms(timers, runs).items():
+    for key, ms in median_ms(interleaved(timers, runs)).items():
         (row[key[0]] if len(key) == 2 else row)[key[-1]] = ms
     row["latency"] = f"interleaved, {runs} rounds"
     return row

@@ -102,3 +102,38 @@ def test_dominance_says_when_the_closest_gwq_point_is_the_error_only_plan_itself
     # the min-shift-share search may pick the error-only grouping (its sweep includes sfc_cost=0): a tie, said so
     rows = {"error-only K=4": _row(0.92, 0.14), "gwq share>=err K=4": {**_row(0.92, 0.14), "same_plan_as": "error-only K=4"}}
     assert gwq_tradeoff.dominance(rows).endswith("lead 0.00 pt, the same plan)")
+
+
+def test_interleaved_timing_runs_every_program_once_per_round_in_turn():
+    _timing = pytest.importorskip("_timing")
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    per = _timing.interleaved(calls, 4, warmup=2)
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 4  # the warm-up, then one of each per round
+    assert {k: len(v) for k, v in per.items()} == {"a": 4, "b": 4}
+    order.clear()
+    per = _timing.interleaved(calls, 2, per_round=3, warmup=1, rewarm=1)
+    assert order == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+    assert set(_timing.median_ms(per)) == {"a", "b"}
+
+
+def test_interleaved_timing_caps_a_slow_program_and_reports_a_failing_one():
+    import time
+
+    _timing = pytest.importorskip("_timing")
+    count = {"slow": 0}
+
+    def slow():
+        count["slow"] += 1
+        time.sleep(0.01)
+
+    def broken():
+        raise RuntimeError("no kernel for this target\nsecond line")
+
+    errors = {}
+    per = _timing.interleaved({"slow": slow, "fast": lambda: None, "broken": broken}, 6, slow_s=0.03, slow_rounds=2,
+                              errors=errors)
+    assert len(per["slow"]) == 2 and count["slow"] == 3 and len(per["fast"]) == 6
+    assert "broken" not in per and errors == {"broken": "RuntimeError: no kernel for this target"}
+    with pytest.raises(RuntimeError):
+        _timing.interleaved({"broken": broken}, 1)

@@ -1,0 +1,78 @@
+"""Interleaved latency timing shared by the benchmarks that compare programs side by side.
+
+On a shared machine the load drifts by 10% or more within a minute.  A
+benchmark that times program A for a while and then program B charges that
+drift to the ratio B/A.  :func:`interleaved` instead times every program in
+each *round*, one after the other, so that all of them see the same load, and
+keeps each round's median: a ratio taken round by round then cancels the drift
+common to the programs, and the median over rounds drops the rounds a burst
+of foreign load hit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1, rewarm: int = 0,
+                slow_s: float | None = None, slow_rounds: int = 10, errors: dict | None = None) -> dict:
+    """Per-round median milliseconds of each callable, timed in interleaved rounds.
+
+    Parameters
+    ----------
+    calls : dict of str to callable
+        The programs, each a no-argument callable running one inference.
+    rounds : int
+        Number of rounds.  Each round runs, for each program in turn, ``rewarm``
+        untimed calls and then ``per_round`` timed ones.
+    warmup : int
+        Untimed calls of each program before the first round (at least one: it also
+        tells a slow program, and a program that fails, before any timing).
+    slow_s : float, optional
+        A program whose first warm-up call, times ``rounds * per_round``, would exceed
+        this many seconds (a naive-loop baseline) is timed in the first
+        ``slow_rounds`` rounds only.
+    errors : dict, optional
+        If given, a program that raises is dropped and ``errors[name]`` holds
+        ``"Type: first line of the message"``; otherwise the exception propagates.
+
+    Returns
+    -------
+    dict of str to list of float
+        ``name -> [median ms of round r]`` for the rounds the program ran in.
+    """
+    live, limit = {}, {}
+    for name, fn in calls.items():
+        try:
+            t0 = time.perf_counter()
+            for _ in range(max(warmup, 1)):
+                fn()
+            first = (time.perf_counter() - t0) / max(warmup, 1)
+        except Exception as err:  # noqa: BLE001 - reported per program when errors is given
+            if errors is None:
+                raise
+            errors[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            continue
+        live[name] = fn
+        slow = slow_s is not None and first * rounds * per_round > slow_s
+        limit[name] = min(rounds, slow_rounds) if slow else rounds
+    out: dict = {name: [] for name in live}
+    for r in range(rounds):
+        for name, fn in live.items():
+            if r >= limit[name]:
+                continue
+            for _ in range(rewarm):
+                fn()
+            ts = []
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            out[name].append(1e3 * statistics.median(ts))
+    return out
+
+
+def median_ms(per_round: dict) -> dict:
+    """``name -> median over rounds`` of :func:`interleaved`'s result."""
+    return {name: float(statistics.median(v)) for name, v in per_round.items()}
