@@ -11,8 +11,10 @@ Its parameters are
   ``2**round(e)`` with a straight-through estimator;
 * per stored weight scale (one per tensor, per output channel, or per GDRQ
   filter group: ``G x 1`` blocks), the scale's real log2 (power-of-two weights,
-  the GWQ/pot case, again rounded with an STE) or the scale itself (per-layer
-  plans with free weight scales).  A filter group's step is shared by its
+  the GWQ/pot case, again rounded with an STE) or the log2 of its ratio to the
+  plan's scale, ``s = s0 * 2**p`` (per-layer plans with free weight scales), so
+  that one optimizer step moves large and small scales alike, by a relative
+  amount (:meth:`QATModel.scale_param_groups`).  A filter group's step is shared by its
   channels (LSQ gradient summed over the group), so it folds into the
   per-channel SFC of the compiled program like a per-channel scale.
 
@@ -227,14 +229,18 @@ class QATModel(nn.Module):
             {t: nn.Parameter(torch.tensor(float(plan.tensors[t].exponent), dtype=torch.float64)) for t in self.quantized}
         )
         self.pot_weights = {n: _is_pot(plan.layers[n].scales) for n in layers}
-        #: log2 of power-of-two weight scales, or the free scales themselves (one per stored scale)
+        #: log2 of each stored weight scale: of the scale itself where it is a power of two (rounded in the forward),
+        #: else of its ratio to the plan's value ``s = s0 * 2**p`` (``p = 0`` at the start: exactly the plan's scale).
+        #: In the log domain one Adam step moves every scale by the same relative amount, large or small.
         self.weight_scale = nn.ParameterDict(
             {
-                n: nn.Parameter(torch.tensor(np.log2(plan.layers[n].scales) if self.pot_weights[n] else plan.layers[n].scales,
+                n: nn.Parameter(torch.tensor(np.log2(plan.layers[n].scales) if self.pot_weights[n] else np.zeros(len(plan.layers[n].scales)),
                                              dtype=torch.float64))
                 for n in layers
             }
         )
+        #: ``s0``, the plan's free (non power-of-two) weight scales (float64; fixed, rebuilt from the plan)
+        self.weight_scale0 = {n: torch.tensor(plan.layers[n].scales, dtype=torch.float64) for n in layers if not self.pot_weights[n]}
         #: the stored scale of each output channel (a buffer: moves with the model)
         self.channel_scale = {n: torch.from_numpy(scale_groups(plan.layers[n], graph.nodes[n].weight.shape[0])) for n in layers}
         self.scale_clip, self.act_clip_k = scale_clip, act_clip_k
@@ -370,7 +376,7 @@ class QATModel(nn.Module):
         layers = {}
         for n, layer in base.layers.items():
             p = self.weight_scale[n].detach().double().numpy()
-            ws = np.exp2(np.round(p)) if self.pot_weights[n] else np.abs(p)
+            ws = np.exp2(np.round(p)) if self.pot_weights[n] else self.weight_scale0[n].numpy() * np.exp2(p)
             layers[n] = dataclasses.replace(layer, scales=tuple(float(v) for v in ws))
         provenance = dict(base.provenance)
         if self.scale_clip is not None or self.act_clip_k is not None:
@@ -380,6 +386,24 @@ class QATModel(nn.Module):
             adapters[t] = a.quant()
             tensors = {n: (dataclasses.replace(tq, dynamic=t) if self.graph.tensor_of(n) == t else tq) for n, tq in tensors.items()}
         return base.replace(groups=groups, tensors=tensors, layers=layers, provenance=provenance, adapters=adapters)
+
+    def scale_param_groups(self, lr: float) -> list[dict]:
+        """Adam groups giving every scale parameter a step of about ``lr`` in relative (log2) terms.
+
+        Mantissas live in ``[1, 2)``; exponents and weight scales are log2
+        values (:attr:`weight_scale`), so ``lr`` suits them as it is.  An
+        adapter's hidden step is stored as itself (``1/64`` at the start) and
+        gets ``lr * |h_0|``.  (Adam's step does not depend on a parameter's size:
+        with the plain ``lr`` on a stored scale, one step changed a POST unit
+        ``alpha_c * 2**-F`` of ``1.5e-3`` by 100%, and per-layer MobileNetV3
+        W3A3 POST training collapsed.)
+        """
+        logs = list(self.mantissa.values()) + list(self.exponent.values()) + list(self.weight_scale.values())
+        groups = [{"params": logs, "lr": lr}] if logs else []
+        for a in self.adapter.values():
+            size = abs(float(a.hidden_scale.detach()))
+            groups.append({"params": [a.hidden_scale], "lr": lr * size if size > 0 else lr})
+        return groups
 
     @torch.no_grad()
     def normalize_(self) -> None:
@@ -404,7 +428,7 @@ class QATModel(nn.Module):
 
     def _weight_scale(self, n: str, dtype) -> torch.Tensor:
         p = self.weight_scale[n].to(dtype)
-        s = torch.exp2(round_ste(p)) if self.pot_weights[n] else p.abs()
+        s = torch.exp2(round_ste(p)) if self.pot_weights[n] else self.weight_scale0[n].to(dtype) * torch.exp2(p)
         w = self.weight[n]
         per_scale = w[0].numel() * (w.shape[0] // s.numel() if self.base_plan.layers[n].granularity == "block" else 1)
         g = 1.0 / math.sqrt(per_scale * S.weight_qmax(self.base_plan.layers[n].bits))

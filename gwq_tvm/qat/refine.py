@@ -79,22 +79,6 @@ def _full_loss(model: QATModel, images: np.ndarray, teacher: np.ndarray, batch: 
     return total / len(images)
 
 
-def _param_groups(model: QATModel, lr: float) -> list[dict]:
-    """Adam groups giving every scale parameter a step of about ``lr`` in relative (log2) terms.
-
-    Mantissas live in ``[1, 2)`` and exponents are log2 values, so ``lr`` suits
-    them as it is; a layer with free (non power-of-two) weight scales stores the
-    scales themselves (about ``1e-2``), so its step is ``lr`` times their mean
-    magnitude (with the plain ``lr`` one Adam step would change them by 100%).
-    """
-    groups = [{"params": list(model.mantissa.values()) + list(model.exponent.values())
-               + [model.weight_scale[n] for n, pot in model.pot_weights.items() if pot], "lr": lr}]
-    for n, pot in model.pot_weights.items():
-        if not pot:
-            groups.append({"params": [model.weight_scale[n]], "lr": lr * float(model.weight_scale[n].detach().abs().mean())})
-    return groups
-
-
 def refine_plan(graph: Graph, plan: QuantPlan, images, steps: int, *, lr: float = REFINE_LR, batch: int = REFINE_BATCH,
                 seed: int = 0, log=None) -> QuantPlan:
     """Refine ``plan``'s scales on calibration ``images`` for ``steps`` Adam steps (weights frozen).
@@ -129,7 +113,7 @@ def refine_plan(graph: Graph, plan: QuantPlan, images, steps: int, *, lr: float 
     model = QATModel(graph, plan)
     for p in list(model.weight.values()) + list(model.bias.values()):
         p.requires_grad_(False)
-    opt = torch.optim.Adam(_param_groups(model, lr))
+    opt = torch.optim.Adam(model.scale_param_groups(lr))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.eval()
     best_loss, best_plan = _full_loss(model, images, teacher), plan

@@ -43,7 +43,9 @@ class TrainConfig:
     lr : float
         Peak Adam learning rate of the weights and biases.
     scale_lr : float
-        Peak Adam learning rate of mantissas, activation exponents and weight-scale exponents.
+        Peak Adam learning rate of the scales, a relative (log2) step: mantissas,
+        exponents and weight scales take it as it is, adapter hidden steps
+        ``scale_lr`` times their starting size (:meth:`QATModel.scale_param_groups`).
     distill : float
         Weight in [0, 1] of the distillation loss (KL to the float model's softmax); the
         label cross-entropy gets ``1 - distill``.
@@ -112,12 +114,17 @@ def _save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+#: the parametrization and Adam groups a checkpoint belongs to (2: free weight scales as log2 ratios, one group per
+#: adapter hidden step); a checkpoint of another layout is refused as "other training settings", not resumed wrongly
+OPTIMIZER_LAYOUT = 2
+
+
 def _param_groups(model: QATModel, cfg: TrainConfig):
+    """Weights, biases and adapter layers at ``cfg.lr``; every scale at a relative step of ``cfg.scale_lr``
+    (:meth:`~gwq_tvm.qat.model.QATModel.scale_param_groups`)."""
     adapters = list(getattr(model, "adapter", {}).values())
     weights = list(model.weight.values()) + list(model.bias.values()) + [p for a in adapters for p in (a.w1, a.b1, a.w2, a.b2)]
-    scales = (list(model.mantissa.values()) + list(model.exponent.values()) + list(model.weight_scale.values())
-              + [a.hidden_scale for a in adapters])
-    return [{"params": weights, "lr": cfg.lr}, {"params": scales, "lr": cfg.scale_lr}]
+    return [{"params": weights, "lr": cfg.lr}] + model.scale_param_groups(cfg.scale_lr)
 
 
 @torch.no_grad()
@@ -157,7 +164,8 @@ def train(model: QATModel, images: np.ndarray, labels: np.ndarray, cfg: TrainCon
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.Adam(_param_groups(model, cfg))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    identity = {"fingerprint": model.base_plan.fingerprint, "plan": model.base_plan.to_dict(), "train": cfg.to_dict(), "samples": n}
+    identity = {"fingerprint": model.base_plan.fingerprint, "plan": model.base_plan.to_dict(), "train": cfg.to_dict(), "samples": n,
+                "optimizer": OPTIMIZER_LAYOUT}
     if model.scale_clip is not None or model.act_clip_k is not None:  # GDRQ Scale-Clip: part of what is trained
         identity["scale_clip"] = model.clip_settings()
     history, start = [], 0
