@@ -32,6 +32,8 @@ MODELS = {"resnet": "fmnist_resnet", "mobilenetv3": "fmnist_mobilenetv3"}
 VARIANTS = ("uniform", "post", "uniform+adapter", "post+adapter")
 MODES = ("per-layer", "gwq")
 LAT_RUNS = 30
+#: rows trained before c016c22 (relative scale steps in QAT), kept for the comparison column
+BEFORE_FIX = "rows_before_c016c22"
 
 
 def row_key(model: str, bits: int, variant: str, mode: str, epochs: int = 1) -> str:
@@ -149,6 +151,8 @@ def retime_row(key: str) -> dict:
 def table() -> None:
     rows = [json.loads(p.read_text()) for p in sorted((OUT / "rows").glob("*.json"))]
     (OUT / "asq.json").write_text(json.dumps(rows, indent=1))
+    # the same rows trained before c016c22 (free weight scales and adapter hidden steps then took absolute Adam steps)
+    before = {p.stem: json.loads(p.read_text())["accuracy"] for p in sorted((OUT / BEFORE_FIX).glob("*.json"))}
     lines = ["# ASQ: POST weights and the adaptive step (bundled models, Fashion-MNIST)", "",
              "Accuracy of the **compiled integer program** on the 10k test images after QAT (schedule per row); fp32 is "
              "the float model compiled by TVM.  Latency: batch 1, `gwq_tvm.build` (packed kernels, default schedules), "
@@ -158,13 +162,16 @@ def table() -> None:
              "latency share of the "
              "adapter branch (same plan compiled without its adapters).  QAT schedule: epochs x images, and in brackets the "
              "wall minutes of the QAT on the shared machine, including any time the job was paused (not a training cost).  "
-             "Only the rows listed ran.", "",
-             "| model | bits | weights | mode | accuracy | fp32 | shift share | latency (ms) | adapter overhead | QAT schedule |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Only the rows listed ran.  *before c016c22*: the same row trained before that commit, when per-layer free "
+             "weight scales and adapter hidden steps took Adam's absolute steps (100% of a POST unit per step); rows not "
+             "trained again since are listed there only (`" + BEFORE_FIX + "/`).", "",
+             "| model | bits | weights | mode | accuracy | before c016c22 | fp32 | shift share | latency (ms) | adapter overhead | QAT schedule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ov = f"{r['adapter_overhead'] * 100:.1f}%" if "adapter_overhead" in r else "-"
         load = f" (load {r['latency_load']:.1f})" if "latency_load" in r else ""
-        lines.append(f"| {r['model']} | W{r['bits']}A{r['bits']} | {r['variant']} | {r['mode']} | {r['accuracy'] * 100:.2f}% | "
+        old = f"{before[r['row']] * 100:.2f}%" if r["row"] in before else "-"
+        lines.append(f"| {r['model']} | W{r['bits']}A{r['bits']} | {r['variant']} | {r['mode']} | {r['accuracy'] * 100:.2f}% | {old} | "
                      f"{r['fp32_accuracy'] * 100:.2f}% | {r['shift_share'] * 100:.1f}% | {r['latency_ms']:.2f}"
                      f"{'' if r.get('latency_build') else ' §'}"
                      f"{load} | {ov} | "
