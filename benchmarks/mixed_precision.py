@@ -36,18 +36,17 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 OUT = Path(__file__).parent / "results" / "mixed_precision"
 MODELS = ("fmnist_resnet", "fmnist_mobilenetv3")
 BUDGETS = ("30%", "40%", "50%")
 UNIFORM = {"W8A8": dict(), "W4A8": dict(weight_bits=4), "W4A4": dict(weight_bits=4, act_bits=4),
-           "W2A8": dict(weight_bits=2)}
-#: uniform rows fine-tuned with QAT (those of equal or larger size than every budget, below W8A8)
-UNIFORM_QAT = ("W4A8", "W4A4")
+           "W3A8": dict(weight_bits=3), "W2A8": dict(weight_bits=2)}
+#: uniform rows fine-tuned with QAT (those of equal or larger size than some budget, below W8A8)
+UNIFORM_QAT = ("W4A8", "W4A4", "W3A8")
 CALIB = 512
-#: joint indicator training: images of the 60k training set, epochs
-INDICATOR_IMAGES, INDICATOR_EPOCHS = 20000, 1
+#: joint indicator training: images of the 60k training set, epochs, Adam learning rate of the log-steps
+#: (``--indicator-*``; the file records what trained it)
+INDICATOR_IMAGES, INDICATOR_EPOCHS, INDICATOR_SCALE_LR = 20000, 1, 1e-2
 #: QAT fine-tuning of the chosen policies: epochs, training images per model (MobileNetV3's steps cost ~7x the
 #: ResNet's here, and the shared machine gave each process about a fifth of a core)
 QAT_EPOCHS = 1
@@ -107,7 +106,7 @@ def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     if kind == "learned":
         cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance="learned", importance_file=str(path))
         rec = learn_importance(model_path, calib, train[0][:INDICATOR_IMAGES], train[1][:INDICATOR_IMAGES], cfg,
-                               TrainConfig(epochs=INDICATOR_EPOCHS, scale_lr=1e-2), log=print)
+                               TrainConfig(epochs=INDICATOR_EPOCHS, scale_lr=INDICATOR_SCALE_LR), log=print)
     else:  # measured by the strategy itself on the calibration images; saved from the plan's record
         cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance=kind)
         q = gwq_tvm.quantize(model_path, calib, cfg)
@@ -216,10 +215,10 @@ def learned_movement(name: str) -> str | None:
     graph = extract_graph(gwq_tvm.load_model(bundled_model(name)).mod)
     ratios = [v / lsq_init(graph.nodes[n].weight, b) for n, d in rec["weights"].items() for b, v in d.items()]
     st = rec["settings"]
-    return (f"{st['steps']} joint steps ({st['images']} images, {rec['seconds']:.0f} s loaded) left every learned weight "
-            f"step within {min(ratios):.2f}x to {max(ratios):.2f}x of its LSQ start 2 mean|W| / sqrt(qmax), so the "
-            "indicators mostly rank the layers by their mean |W| (a longer run or a larger step learning rate would let "
-            "them move further).")
+    tc = st["train"]
+    return (f"{st['steps']} joint steps ({tc['epochs']} epoch(s) x {st['images']} images, batch {tc['batch_size']}, "
+            f"step learning rate {tc['scale_lr']:g} on log s; {rec['seconds']:.0f} s) left the learned weight steps "
+            f"between {min(ratios):.2f}x and {max(ratios):.2f}x of their LSQ start 2 mean|W| / sqrt(qmax).")
 
 
 def table() -> None:
@@ -236,8 +235,8 @@ def table() -> None:
              f"(binomial standard error about 0.3 pt). PTQ: quantized from {CALIB} calibration images. QAT: fine-tuned from the "
              f"float weights with the row's plan ({QAT_EPOCHS} epoch x the first {', '.join(f'{v} ({k})' for k, v in QAT_IMAGES.items())} "
              "training images, LSQ-style `gwq_tvm.qat`), "
-             "exported and compiled. Learned indicators: one joint QAT run over all candidate widths "
-             f"({INDICATOR_EPOCHS} epoch x {INDICATOR_IMAGES} training images). The first and last layers' weights and the "
+             "exported and compiled. Learned indicators: one joint QAT run over all candidate widths (its schedule "
+             "below each model's table). The first and last layers' weights and the "
              "model input stay at 8 bits in every ILP/greedy policy (not in the uniform rows). Size: packed weight bytes "
              "(bits x count / 8; today's modules still store int8 containers); BitOps: MACs x w_bits x a_bits per sample. "
              "Times were taken on a shared, loaded 2-core machine.", ""]
@@ -257,21 +256,23 @@ def table() -> None:
         if moved:
             lines += ["", f"Learned indicators: {moved}"]
         lines += ["", "Target: at every size budget the learned mixed policy (after QAT) is more accurate than every uniform "
-                  "policy of equal or larger size (compared after QAT where the uniform row has one, else PTQ):", ""]
-        for budget in BUDGETS:
-            learned = rows.get(f"ILP learned size {budget}")
-            if learned is None or "qat_accuracy" not in learned:
-                continue
-            rivals = [(u, rows[u]) for u in UNIFORM if u in rows and rows[u]["size_bytes"] >= learned["size_bytes"] and u != "W8A8"]
-            verdicts = []
-            for u, r in rivals:
-                acc = r.get("qat_accuracy", r["ptq_accuracy"])
-                kind = "QAT" if "qat_accuracy" in r else "PTQ"
-                verdicts.append(f"{u} {kind} {acc * 100:.2f}% ({'beaten' if learned['qat_accuracy'] > acc else 'NOT beaten'})")
-            w8 = rows.get("W8A8")
-            w8s = f"; W8A8 PTQ {w8['ptq_accuracy'] * 100:.2f}% ({'beaten' if learned['qat_accuracy'] > w8['ptq_accuracy'] else 'not beaten'})" if w8 else ""
-            lines.append(f"- {budget}: learned {learned['qat_accuracy'] * 100:.2f}% (size {learned['size_percent']:.1f}%) vs "
-                         + ", ".join(verdicts) + w8s)
+                  "policy of equal or larger size (compared after QAT where the uniform row has one, else PTQ); the proxy "
+                  "policies (post-training indicator, fine-tuned with the same QAT) for comparison:", ""]
+        for kind in ("learned", "proxy"):
+            for budget in BUDGETS:
+                mixed = rows.get(f"ILP {kind} size {budget}")
+                if mixed is None or "qat_accuracy" not in mixed:
+                    continue
+                rivals = [(u, rows[u]) for u in UNIFORM if u in rows and rows[u]["size_bytes"] >= mixed["size_bytes"] and u != "W8A8"]
+                verdicts = []
+                for u, r in rivals:
+                    acc = r.get("qat_accuracy", r["ptq_accuracy"])
+                    how = "QAT" if "qat_accuracy" in r else "PTQ"
+                    verdicts.append(f"{u} {how} {acc * 100:.2f}% ({'beaten' if mixed['qat_accuracy'] > acc else 'NOT beaten'})")
+                w8 = rows.get("W8A8")
+                w8s = f"; W8A8 PTQ {w8['ptq_accuracy'] * 100:.2f}% ({'beaten' if mixed['qat_accuracy'] > w8['ptq_accuracy'] else 'not beaten'})" if w8 else ""
+                lines.append(f"- {budget}: {kind} {mixed['qat_accuracy'] * 100:.2f}% (size {mixed['size_percent']:.1f}%) vs "
+                             + ", ".join(verdicts) + w8s)
         lines.append("")
     if (OUT / "notes.md").exists():  # the hand-written reading of the numbers
         lines += [(OUT / "notes.md").read_text()]
@@ -280,6 +281,7 @@ def table() -> None:
 
 
 def main():
+    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
     ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
@@ -288,7 +290,13 @@ def main():
                     help="fine-tune these rows too (label prefixes, e.g. 'ILP proxy')")
     ap.add_argument("--only", nargs="*", default=[], metavar="PREFIX", help="only the rows with these label prefixes")
     ap.add_argument("--table", action="store_true", help="merge the per-model results into mixed_precision.{json,md}")
+    ap.add_argument("--indicator-epochs", type=int, default=INDICATOR_EPOCHS, help="epochs of the joint indicator run")
+    ap.add_argument("--indicator-images", type=int, default=INDICATOR_IMAGES, help="training images of the joint run")
+    ap.add_argument("--indicator-scale-lr", type=float, default=INDICATOR_SCALE_LR, help="Adam rate of its log-steps")
+    ap.add_argument("--out", type=Path, default=OUT, help="results folder (default: the committed one)")
     args = ap.parse_args()
+    OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR = (args.out, args.indicator_epochs, args.indicator_images,
+                                                                  args.indicator_scale_lr)
     if args.model:
         run_model(args.model, args.phase, args.also_qat, args.only)
     if args.table or not args.model:
