@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _timing import interleaved, median_ms
+
 OUT = Path(__file__).parent / "results" / "int4_kernels"
 #: (name, C_in, C_out, H=W, k, stride); a dense is ("dense ...", K, N, 0, 0, 0)
 SHAPES = [("conv 64x64 56x56 3x3 (ResNet-18 s1)", 64, 64, 56, 3, 1),
@@ -84,17 +86,6 @@ def _module(shape, form: str, seed: int = 0):
     return bb.get(), rng.integers(0, 256, (1, c) if dense else (1, c, hw, hw)).astype("uint8")
 
 
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def _cold_median_ms(fn, runs: int, scratch: np.ndarray) -> float:
     """Median of ``runs`` calls, each after writing ``scratch`` (larger than the last-level cache share), so
     that the call reads its weights from memory, as a batch-1 network does once earlier layers evicted them."""
@@ -136,7 +127,7 @@ def worker(threads: int, runs: int, out: Path) -> None:
     rows = {}
     scratch = np.zeros(64 << 20, np.uint8)  # 64 MiB: twice the L3 of this Zen 4
     for shape in SHAPES:
-        row = {}
+        row, calls = {}, {}
         for form in FORMS:
             mod, x = _module(shape, "post" if form == "post-take" else form)
             use = no_int4 if form == "post-take" else spec
@@ -144,8 +135,11 @@ def worker(threads: int, runs: int, out: Path) -> None:
             arg = tvm.runtime.tensor(np.ascontiguousarray(x))
             row[f"{form} exact"] = bool(np.array_equal(vm["main"](arg).numpy(), run_reference(mod, x)))
             row[f"{form} bytes"] = _weight_bytes(mod, use)
-            row[form] = _median_ms(lambda: vm["main"](arg), runs)
-            row[f"{form} cold"] = _cold_median_ms(lambda: vm["main"](arg), max(10, runs // 4), scratch)
+            calls[form] = lambda vm=vm, arg=arg: vm["main"](arg)
+        # warm: the forms interleaved (10 calls each per round, after 2 untimed), so they share the machine's load
+        row.update(median_ms(interleaved(calls, max(runs // 10, 1), per_round=10, warmup=5, rewarm=2)))
+        for form, fn in calls.items():
+            row[f"{form} cold"] = _cold_median_ms(fn, max(10, runs // 4), scratch)
         rows[shape[0]] = row
         print(f"threads={threads} {shape[0]}: {row}", file=sys.stderr, flush=True)
     out.write_text(json.dumps({"family": spec.name, "rows": rows}))

@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import interleaved, median_ms
 
 OUT = Path(__file__).parent / "results" / "post_kernel"
 #: (name, C_in, C_out, H=W, k, stride) of the convs; a dense is ("dense", K, N, 0, 0, 0)
@@ -46,7 +46,6 @@ SHAPES = [("conv 64x64 14x14 3x3", 64, 64, 14, 3, 1), ("conv 128x128 7x7 3x3", 1
 
 
 def _module(shape, form: str, seed: int = 0):
-    import tvm
     from tvm import relax
     from tvm.relax import op as R
 
@@ -106,17 +105,6 @@ def _decode_module(shape, form: str):
     return bb.get(), (post.codes(j, 4) if form == "lut" else j.astype("int8"))
 
 
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def worker(threads: int, runs: int, out: Path) -> None:
     import tvm
     from tvm import relax
@@ -132,7 +120,7 @@ def worker(threads: int, runs: int, out: Path) -> None:
     spec = kernel_spec(target)
     rows = {}
     for shape in SHAPES:
-        row = {}
+        row, calls = {}, {}
         ref = None
         for form in ("int8", "post-lut", "post-take"):
             mod, x = _module(shape, "int8" if form == "int8" else "post")
@@ -142,12 +130,14 @@ def worker(threads: int, runs: int, out: Path) -> None:
             got = vm["main"](arg).numpy()
             ref = run_reference(mod, x) if ref is None else ref
             row[f"{form} exact"] = bool(np.array_equal(got, ref))
-            row[form] = _median_ms(lambda: vm["main"](arg), runs)
+            calls[form] = lambda vm=vm, arg=arg: vm["main"](arg)
         for form in ("lut", "shift"):
             mod, x = _decode_module(shape, form)
             vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
             arg = tvm.runtime.tensor(np.ascontiguousarray(x))
-            row[f"decode {form}"] = _median_ms(lambda: vm["main"](arg), runs)
+            calls[f"decode {form}"] = lambda vm=vm, arg=arg: vm["main"](arg)
+        # all forms of a shape interleaved (10 calls each per round, after 2 untimed): they share the machine's load
+        row.update(median_ms(interleaved(calls, max(runs // 10, 1), per_round=10, warmup=5, rewarm=2)))
         rows[shape[0]] = row
         print(f"threads={threads} {shape[0]}: {row}", file=sys.stderr, flush=True)
     out.write_text(json.dumps(rows))
