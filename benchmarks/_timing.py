@@ -16,7 +16,7 @@ import time
 
 
 def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1, rewarm: int = 0,
-                slow_s: float | None = None, slow_rounds: int = 10, errors: dict | None = None) -> dict:
+                settle_s: float = 0.0, slow_s: float | None = None, slow_rounds: int = 10, errors: dict | None = None) -> dict:
     """Per-round median milliseconds of each callable, timed in interleaved rounds.
 
     Parameters
@@ -29,6 +29,11 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
     warmup : int
         Untimed calls of each program before the first round (at least one: it also
         tells a slow program, and a program that fails, before any timing).
+    settle_s : float
+        Seconds to sleep before each program's turn in a round.  Multi-threaded
+        runtimes busy-wait after a call (ONNX Runtime's pool of each session,
+        GNU OpenMP under PyTorch, TVM's pool); without a pause the previous
+        program's spinning workers take the cores from the next one.
     slow_s : float, optional
         A program whose first warm-up call, times ``rounds * per_round``, would exceed
         this many seconds (a naive-loop baseline) is timed in the first
@@ -62,6 +67,8 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
         for name, fn in live.items():
             if r >= limit[name]:
                 continue
+            if settle_s:
+                time.sleep(settle_s)
             for _ in range(rewarm):
                 fn()
             ts = []

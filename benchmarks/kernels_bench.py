@@ -2,7 +2,8 @@
 
 One script, one run.  Batch 1, 1 and 2 threads.  The columns of a model are
 timed interleaved (``_timing.interleaved``): each round gives every engine in
-turn two untimed calls and five timed ones, ``--runs`` (>= 50) timed calls per
+turn (after a 0.5 s pause at 2 threads, so other sessions' pools stop
+spinning) two untimed calls and five timed ones, ``--runs`` (>= 50) timed calls per
 cell in all, and a cell's latency is the median of its round medians.  All
 engines of a row thus see the same machine load, and its drift cancels in the
 ratios.  Models:
@@ -188,10 +189,15 @@ def _fp32_module(name: str, fused: bool = True):
 # --- measurement (worker process, one thread count) ------------------------
 SLOW_CELL_S = 60.0
 """A cell whose rounds would take longer than this (the naive-loop TVM fp32 baseline) is timed in 2 rounds."""
-#: timed calls of one engine per round, and untimed calls before them.  One call per round would measure every
-#: engine cold: the previous engine's thread pool still spins (ORT's and TVM's workers busy-wait after a run) and
-#: has evicted the caches; a short burst after two untimed calls measures the engine as a user's loop sees it.
+#: timed calls of one engine per round, and untimed calls before them.  One call per round measured every engine
+#: cold (caches evicted by the previous engine, 2-13x on the small models); a short burst after two untimed calls
+#: measures the engine as a user's inference loop sees it.
 CALLS_PER_ROUND, REWARM = 5, 2
+#: pause before each engine's turn with more than one thread.  Each ORT session keeps its own pool, and pools
+#: busy-wait after a run: back to back, ORT int8 at 2 threads took 19.7 ms on ResNet-18 against 12.8 ms at 1, its
+#: second core held by the ORT fp32 session's spinning worker.  (At 1 thread there is no pool; a pause there only
+#: costs the next engine a colder start, ~5% measured on ORT int8 MobileNetV2.)
+SETTLE_S = 0.5
 
 
 def _tvm_runner(ex, x):
@@ -319,7 +325,7 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
                 errors[col] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
         load = os.getloadavg()[0]
         per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
-                                slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
+                                settle_s=SETTLE_S if threads > 1 else 0.0, slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
         row = {col: None for col in calls}
         row.update(median_ms(per_round))
         for col, err in errors.items():
@@ -407,7 +413,8 @@ def write_report(results: dict, meta: dict) -> None:
         "# Fast integer kernels: latency (ms, median, batch 1)",
         "",
         f"Machine: {meta['cpu']} ({meta['mcpu']}); the columns of a row are timed interleaved: each round gives every "
-        f"engine {REWARM} untimed and {CALLS_PER_ROUND} timed calls in turn, {meta['runs']} timed calls per cell, the "
+        f"engine in turn (after a {SETTLE_S:g} s pause at 2 threads: pools stop spinning) {REWARM} untimed and "
+        f"{CALLS_PER_ROUND} timed calls, {meta['runs']} timed calls per cell, the "
         f"latency is the median of the round medians (2 rounds for a cell slower than {SLOW_CELL_S:.0f} s in total: "
         f"the naive-loop TVM fp32 baseline; see the JSON); load average {_load_range(meta)} while timing; "
         f"measured single-core vpdpbusd peak {meta['vnni_peak_gmacs']:.0f} GMAC/s. "

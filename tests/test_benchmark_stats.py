@@ -137,3 +137,16 @@ def test_interleaved_timing_caps_a_slow_program_and_reports_a_failing_one():
     assert "broken" not in per and errors == {"broken": "RuntimeError: no kernel for this target"}
     with pytest.raises(RuntimeError):
         _timing.interleaved({"broken": broken}, 1)
+
+
+def test_interleaved_timing_pauses_before_each_turn_when_asked():
+    import time
+
+    _timing = pytest.importorskip("_timing")
+    stamps = []
+    calls = {"a": lambda: stamps.append(("a", time.perf_counter())), "b": lambda: stamps.append(("b", time.perf_counter()))}
+    _timing.interleaved(calls, 2, warmup=1, settle_s=0.03)
+    timed = stamps[2:]  # after the warm-up calls
+    assert [k for k, _ in timed] == ["a", "b", "a", "b"]
+    gaps = [t1 - t0 for (_, t0), (_, t1) in zip(timed, timed[1:])]
+    assert min(gaps) >= 0.03  # every turn waited for the previous program's workers to go idle
