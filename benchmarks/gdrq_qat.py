@@ -47,6 +47,7 @@ from gwq_tvm.data import bundled_model, fashion_mnist
 from gwq_tvm.plan import scales as S
 from gwq_tvm.plan.program import sfc_sites, sfc_summary
 from gwq_tvm.qat import QATModel, TrainConfig, clip_options, export_qat, train
+from gwq_tvm.qat.train import OPTIMIZER_LAYOUT
 from gwq_tvm.runtime import host_target
 
 from qat_tradeoff import _merge, compiled_accuracy  # benchmarks/: the script's own folder is on sys.path
@@ -107,7 +108,7 @@ def run_row(setting, method, mode, args, data, log):
         "clip_k_choice": K_CHOICE if method == "gdrq" else None,
         "act_clip_k": cfg.act_clip_k, "scale_clip": cfg.scale_clip,
         "epochs": args.epochs, "train_images": len(train_x), "train_seconds": sum(h["seconds"] for h in history),
-        "row_seconds": time.time() - t0, "integer_only": bool(q2.integer_only.ok),
+        "row_seconds": time.time() - t0, "integer_only": bool(q2.integer_only.ok), "qat_layout": OPTIMIZER_LAYOUT,
     }
 
 
@@ -122,8 +123,9 @@ def table(rows, fp32, n_test) -> str:
         groups = sorted({str(v) for v in r["weight_groups"].values()})
         steps = ("G=" + "/".join(groups) if r["method"] == "gdrq" else "per channel") + (", pow2" if r["pot_weight_steps"] else ", free")
         method = r["method"] + (" (k: post-training search)" if r.get("clip_k_choice") == "ptq-search" else "")
+        stale = " †" if r["mode"] == "per-layer" and r.get("qat_layout", 1) < 2 else ""
         lines.append(
-            f"| {r['setting']} | {method} | {r['mode']}{' K=1' if r['mode'] == 'gwq' else ''} | "
+            f"| {r['setting']} | {method} | {r['mode']}{' K=1' if r['mode'] == 'gwq' else ''}{stale} | "
             f"{r['qat_accuracy'] * 100:.2f}% +- {r['stderr'] * 100:.2f} | {(r['qat_accuracy'] - fp32) * 100:+.2f} | "
             f"{r['shift_share'] * 100:.1f}% | {r['multiply_elements']} / {r['shift_elements']} | {steps} | "
             f"{r['epochs']} x {r['train_images']} | {r['train_seconds'] / 60:.1f} min |")
@@ -149,6 +151,11 @@ def table(rows, fp32, n_test) -> str:
                          f"with k per layer (chosen on the starting weights) "
                          + ", ".join(f"{n} {k:g}" for n, k in r["weight_clip_k"].items())
                          + f"; activation ranges capped at {r['act_clip_k']:g} * sigma (running estimate)")
+    if any(r["mode"] == "per-layer" and r.get("qat_layout", 1) < 2 for r in rows):
+        lines.append("- † trained before c016c22, when QAT gave per-layer plans' free weight steps Adam's absolute step "
+                     "(2e-3 per update: ~5% of a typical 3-4 bit weight step on MobileNetV3, over 100% of the smallest): such rows "
+                     "understate per-layer QAT; "
+                     "GWQ rows (power-of-two steps, trained as log2) are not affected.")
     lines.append("- In the gwq K=1 rows every weight step and GDRQ group step is a power of two (the layer's SFC inside the one "
                  "activation group must stay a shift, so QAT learns the group steps' log2 with a rounding STE); in the "
                  "per-layer rows the steps are free.  The filter-group steps fold into the per-channel SFC constants: the "
