@@ -57,7 +57,7 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
         except Exception as err:  # noqa: BLE001 - reported per program when errors is given
             if errors is None:
                 raise
-            errors[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            errors[name] = error_line(err)
             continue
         live[name] = fn
         slow = slow_s is not None and first * rounds * per_round > slow_s
@@ -78,6 +78,12 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
                 ts.append(time.perf_counter() - t0)
             out[name].append(1e3 * statistics.median(ts))
     return out
+
+
+def error_line(err: BaseException) -> str:
+    """``"Type: first line of the message"`` (at most 300 characters of it): how a benchmark reports a failed program."""
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return f"{type(err).__name__}: {first}"
 
 
 def median_ms(per_round: dict) -> dict:

@@ -307,7 +307,7 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
     (:func:`_timing.interleaved`: every engine sees the same machine load); write JSON to ``out_path``."""
     import torch
 
-    from _timing import interleaved, median_ms
+    from _timing import error_line, interleaved, median_ms
 
     torch.set_num_threads(threads)
     results = {"_runs": {}, "_load": {}}
@@ -322,7 +322,7 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
             try:
                 calls[col] = makers[col]()
             except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                errors[col] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                errors[col] = error_line(err)
         load = os.getloadavg()[0]
         per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
                                 settle_s=SETTLE_S if threads > 1 else 0.0, slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _timing import interleaved, median_ms
+from _timing import error_line, interleaved, median_ms
 
 OUT = Path(__file__).resolve().parent / "results" / "model_zoo"
 CACHE = Path(tempfile.gettempdir()) / "gwq_model_zoo"
@@ -258,7 +258,7 @@ def run_row(name: str, samples: int, calib_n: int, runs: int, threads: int) -> d
         timers[("ort_int8", "latency_ms")] = lambda: s8.run(None, {in_name: x1})
         score_logits(row["ort_int8"], lambda p: [z.run(None, {in_name: x[None]}) for z in [ort_int8(p)] for x in xs])
     except Exception as err:  # noqa: BLE001
-        row["ort_int8"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        row["ort_int8"] = {"error": error_line(err)}
     row["load_average_timing"] = os.getloadavg()[0]
     for key, ms in median_ms(interleaved(timers, runs)).items():
         (row[key[0]] if len(key) == 2 else row)[key[-1]] = ms
