@@ -89,3 +89,27 @@ def error_line(err: BaseException) -> str:
 def median_ms(per_round: dict) -> dict:
     """``name -> median over rounds`` of :func:`interleaved`'s result."""
     return {name: float(statistics.median(v)) for name, v in per_round.items()}
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """``(steal, total)`` clock ticks of all CPUs so far, from ``/proc/stat`` (``None`` where it is not readable).
+
+    *Steal* is time a virtual CPU was ready to run but the hypervisor ran
+    something else.  On a cloud VM whose two vCPUs share oversubscribed host
+    cores it is near zero with one busy vCPU and can reach tens of percent with
+    both busy: then no 2-thread program can run twice as fast as a 1-thread one.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Stolen share of all CPU time between two :func:`cpu_jiffies` readings: ``d steal / d total``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])

@@ -150,3 +150,17 @@ def test_interleaved_timing_pauses_before_each_turn_when_asked():
     assert [k for k, _ in timed] == ["a", "b", "a", "b"]
     gaps = [t1 - t0 for (_, t0), (_, t1) in zip(timed, timed[1:])]
     assert min(gaps) >= 0.03  # every turn waited for the previous program's workers to go idle
+
+
+def test_steal_share_is_the_stolen_part_of_all_cpu_time_between_two_readings(tmp_path, monkeypatch):
+    _timing = pytest.importorskip("_timing")
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest time is already in user)
+    lines = iter(["cpu  100 0 50 800 0 0 0 50 30 0\n", "cpu  200 0 60 900 0 0 0 90 60 0\n"])
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: (stat.write_text(next(lines)), real_open(stat))[1]
+                        if path == "/proc/stat" else real_open(path, *a, **k))
+    before, after = _timing.cpu_jiffies(), _timing.cpu_jiffies()
+    assert before == (50, 1000) and after == (90, 1250)
+    assert _timing.steal_share(before, after) == pytest.approx(40 / 250)
+    assert _timing.steal_share(None, after) is None and _timing.steal_share(after, after) is None
