@@ -352,23 +352,20 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
 # --- reporting ---------------------------------------------------------------
 def combine_processes(measured: list) -> tuple[dict, dict]:
     """Combine worker processes: ``model -> column -> median ms`` over the processes that timed the cell,
-    and ``model -> column -> [min, max]`` of them.
+    and ``model -> column -> [ms of process 1, 2, ...]`` (``None`` where a process has no value).
 
     Interleaving cancels the load drift *within* one process; it cannot cancel what differs *between*
-    processes (where the allocator put the buffers, which host cores the vCPUs landed on).  On this VM
-    MobileNetV2 at 2 threads took 1.95 to 3.29 ms in four fresh processes minutes apart, so one process
-    per thread count decides a 2-thread speed-up by chance.
+    processes (where the allocator put the buffers, which host cores the vCPUs landed on, how much the
+    hypervisor took).  On this VM MobileNetV2 at 2 threads took 1.95 to 3.29 ms in four fresh processes
+    minutes apart, so one process per thread count decides a 2-thread speed-up by chance.
     """
-    out, spread = {}, {}
-    for m in measured:
+    values: dict = {}
+    for k, m in enumerate(measured):
         for name, row in m.items():
             for col, v in row.items():
-                out.setdefault(name, {}).setdefault(col, [])
-                if v is not None:
-                    out[name][col].append(v)
-    results = {name: {col: (float(np.median(v)) if v else None) for col, v in row.items()} for name, row in out.items()}
-    spread = {name: {col: ([min(v), max(v)] if v else None) for col, v in row.items()} for name, row in out.items()}
-    return results, spread
+                values.setdefault(name, {}).setdefault(col, [None] * len(measured))[k] = v
+    results = {name: {col: _median_or_none(v) for col, v in row.items()} for name, row in values.items()}
+    return results, values
 
 
 def _median_or_none(values):
@@ -516,13 +513,24 @@ def write_report(results: dict, meta: dict) -> None:
     spread = meta.get("process_spread")
     if spread and meta.get("processes", 1) > 1:
         cols = ["gwq-tvm int8 default", "gwq-tvm GWQ default", "ORT int8"]
-        lines += ["", "**Range over the worker processes** (min-max ms of the per-process medians): the part of "
-                  "the variation that interleaving within one process cannot cancel.", "",
-                  "| threads | model | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-        for threads, per_model in spread.items():
-            for name, row in per_model.items():
-                cells = [("n/a" if not row.get(c) else f"{row[c][0]:.3f}-{row[c][1]:.3f}") for c in cols]
-                lines.append(f"| {threads} | {name} | " + " | ".join(cells) + " |")
+        scaling = meta.get("core_scaling") or []
+        lines += ["", "**Per process pair.** Process k at 1 thread ran just before process k at 2 threads; their "
+                  "ratio is that moment's 2-thread speed-up, next to the 2-core `vpdpbusd` ceiling measured in the "
+                  "2-thread process (before / after its timing, table below). Interleaving within a process "
+                  "cannot cancel what differs between processes.", "",
+                  "| model | column | 1 thread, ms per process | 2 threads, ms per process | speed-up per pair |",
+                  "|---|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        for name in spread.get("1", {}):
+            for col in cols:
+                one, two = spread["1"][name].get(col) or [], spread.get("2", {}).get(name, {}).get(col) or []
+                ups = ["n/a" if a is None or b is None else f"{a / b:.2f}x" for a, b in zip(one, two)]
+                lines.append(f"| {name} | {col} | {' / '.join(map(fmt, one))} | {' / '.join(map(fmt, two))} | "
+                             f"{' / '.join(ups)} |")
+        if scaling:
+            pairs = [f"{scaling[i]['ratio']:.2f}x / {scaling[i + 1]['ratio']:.2f}x" for i in range(0, len(scaling) - 1, 2)]
+            lines += ["", "Ceiling per 2-thread process (before / after): " + "; ".join(
+                f"process {k + 1}: {v}" for k, v in enumerate(pairs)) + "."]
     scaling = meta.get("core_scaling")
     if scaling:
         lines += ["", "**The 2-thread ceiling of this run.** The `vpdpbusd` peak on 1 and on 2 cores (one register-resident "
