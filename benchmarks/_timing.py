@@ -16,7 +16,8 @@ import time
 
 
 def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1, rewarm: int = 0,
-                settle_s: float = 0.0, slow_s: float | None = None, slow_rounds: int = 10, errors: dict | None = None) -> dict:
+                rewarm_s: float = 0.0, settle_s: float = 0.0, slow_s: float | None = None, slow_rounds: int = 10,
+                errors: dict | None = None) -> dict:
     """Per-round median milliseconds of each callable, timed in interleaved rounds.
 
     Parameters
@@ -25,10 +26,18 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
         The programs, each a no-argument callable running one inference.
     rounds : int
         Number of rounds.  Each round runs, for each program in turn, ``rewarm``
-        untimed calls and then ``per_round`` timed ones.
+        untimed calls (more while ``rewarm_s`` has not passed) and then ``per_round``
+        timed ones.
     warmup : int
         Untimed calls of each program before the first round (at least one: it also
         tells a slow program, and a program that fails, before any timing).
+    rewarm_s : float
+        Least seconds of untimed calls before a turn's timed ones.  After an idle
+        pause (``settle_s``) a core is slow for several milliseconds: on this VM a
+        0.07 ms program's first call took 0.36 ms, and a 0.15 ms program timed after
+        a 0.5 s pause and 2 untimed calls read 0.18-0.20 ms against 0.14-0.15 ms
+        back to back.  A count of calls cannot cover that for every program size;
+        a time can.
     settle_s : float
         Seconds to sleep before each program's turn in a round.  Multi-threaded
         runtimes busy-wait after a call (ONNX Runtime's pool of each session,
@@ -69,8 +78,11 @@ def interleaved(calls: dict, rounds: int, *, per_round: int = 1, warmup: int = 1
                 continue
             if settle_s:
                 time.sleep(settle_s)
-            for _ in range(rewarm):
+            t_warm = time.perf_counter()
+            done = 0
+            while done < rewarm or time.perf_counter() - t_warm < rewarm_s:
                 fn()
+                done += 1
             ts = []
             for _ in range(per_round):
                 t0 = time.perf_counter()

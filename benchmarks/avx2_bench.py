@@ -1,11 +1,13 @@
 """The x86-avx2 kernel family against ONNX Runtime int8 (QDQ) and fp32, and gwq-tvm's scheduled fp32.
 
-Batch 1, 1 and 2 threads (each a fresh subprocess: TVM's pool size is fixed
-at start-up), the median of ``--runs`` timed calls after warm-up, each
-configuration measured ``--rounds`` times interleaved (the median of the
-rounds is reported, the spread kept in the JSON: the CPU is shared).  Models
-and the ORT int8 model are prepared as :mod:`kernels_bench` prepares them
-(cached in ``benchmarks/.cache``).
+Batch 1, 1 and 2 threads, each thread count in ``--processes`` fresh worker
+processes (TVM's pool size is fixed at start-up), 1- and 2-thread workers
+alternating.  Within a worker the columns of a model are timed interleaved
+round by round (:func:`_timing.interleaved`, as :mod:`kernels_bench` does:
+every engine sees the same load and the same hypervisor steal, recorded per
+model); a cell is the median over the workers, every worker's value kept in
+the JSON.  Models and the ORT int8 model are prepared as :mod:`kernels_bench`
+prepares them (cached in ``benchmarks/.cache``).
 
 Columns:
 
@@ -20,15 +22,18 @@ Columns:
 Peaks (one core): the ``vpmaddwd`` intrinsic of the family as TVM builds it
 (:func:`kernels_bench.intrinsic_peak_gmacs`), and the raw instruction
 sequences of ``avx2_peak.c`` (``vpmaddwd``; ``vpmaddubsw + vpmaddwd``, the
-saturating u8 x s8 sequence; fp32 FMA).  ORT int8 on AVX2 uses the
-``vpmaddubsw`` sequence, so its ratio to ours overstates the cost of
-exactness only by the difference of those two peaks.
+saturating u8 x s8 sequence; fp32 FMA).  ORT picks its int8 kernels from
+the CPU it runs on (:func:`ort_int8_isa`): on an AVX2-only CPU the
+``vpmaddubsw`` sequence, so the ratio overstates the cost of exactness only by
+the difference of those two peaks; on a CPU with AVX-512 VNNI or AVX-VNNI ORT
+uses ``vpdpbusd`` while our kernels are forced onto AVX2, and the ratio
+overstates the handicap the family would have on an AVX2-only CPU.
 
 Writes ``benchmarks/results/avx2_bench/avx2_bench.{json,md}``.
 
 Usage::
 
-    python benchmarks/avx2_bench.py [--models bundled resnet18] [--threads 1 2] [--runs 50] [--rounds 2]
+    python benchmarks/avx2_bench.py [--models bundled resnet18] [--threads 1 2] [--runs 50] [--processes 2]
 """
 
 from __future__ import annotations
@@ -38,13 +43,11 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "avx2_bench"
@@ -82,20 +85,50 @@ def _candidates(name: str, x, threads: int) -> dict:
 
 
 def worker(threads: int, runs: int, models, out_path: Path) -> None:
-    """Measure every column of ``models`` with ``threads`` threads; write JSON to ``out_path``."""
-    results = {}
+    """Measure every column of ``models`` with ``threads`` threads, the columns interleaved round by round;
+    write ``model -> column -> ms`` (``None`` for a failed column) and each model's load and steal to ``out_path``."""
+    from _timing import cpu_jiffies, error_line, interleaved, median_ms, steal_share
+
+    results = {"_load": {}, "_steal": {}}
     for name in models:
         _, _, x = KB._model_data(name)
-        row = {}
+        calls, errors = {}, {}
         for col, make in _candidates(name, x, threads).items():
             try:
-                row[col] = KB._median_ms(make(), runs)[0]
+                calls[col] = make()
             except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                row[col] = None
-                print(f"[{name} {col}] failed: {err}", file=sys.stderr)
+                errors[col] = error_line(err)
+        load, jiffies = os.getloadavg()[0], cpu_jiffies()
+        per_round = interleaved(calls, -(-runs // KB.CALLS_PER_ROUND), per_round=KB.CALLS_PER_ROUND, warmup=5,
+                                rewarm=KB.REWARM, rewarm_s=KB.REWARM_S, settle_s=KB.SETTLE_S, errors=errors)
+        row = {col: None for col in COLUMNS}
+        row.update(median_ms(per_round))
+        for col, err in errors.items():
+            row[col] = None
+            print(f"[{name} {col}] failed: {err}", file=sys.stderr)
+        for col in COLUMNS:
             print(f"threads={threads} {name:9s} {col:20s} {row[col]}", file=sys.stderr, flush=True)
         results[name] = row
+        results["_load"][name] = [load, os.getloadavg()[0]]
+        results["_steal"][name] = steal_share(jiffies, cpu_jiffies())
     out_path.write_text(json.dumps(results))
+
+
+def ort_int8_isa(cpuinfo: str) -> str:
+    """The instruction ONNX Runtime's int8 GEMM dispatches to on a CPU with these ``/proc/cpuinfo`` flags.
+
+    MLAS picks the widest u8 x s8 kernel the CPU has: AVX-512 VNNI, then AVX-VNNI
+    (both ``vpdpbusd``), then AVX-512BW or AVX2 (``vpmaddubsw`` + ``vpmaddwd``).
+    """
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+    flags = set(line.split(":", 1)[-1].split())
+    if "avx512_vnni" in flags:
+        return "avx512-vnni"
+    if "avx_vnni" in flags:
+        return "avx-vnni"
+    if "avx512bw" in flags:
+        return "avx512bw"
+    return "avx2"
 
 
 def sequence_peaks() -> dict:
@@ -123,6 +156,26 @@ def intrinsic_peak() -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+#: what ORT's int8 GEMM runs on, per :func:`ort_int8_isa`
+_ORT_KERNEL = {"avx512-vnni": "`vpdpbusd` on 512 bits", "avx-vnni": "`vpdpbusd` on 256 bits",
+               "avx512bw": "`vpmaddubsw` + `vpmaddwd` on 512 bits"}
+
+
+def _ort_caveat(isa: str) -> str:
+    if isa == "avx2":
+        return ("ORT's AVX2 int8 kernel uses the saturating `vpmaddubsw` sequence, so part of the ratio is the price of "
+                "exactness (see the peaks below), not of the schedules.")
+    return (f"**On this CPU ORT int8 runs its {isa} kernels ({_ORT_KERNEL[isa]}) while ours are forced onto the AVX2 "
+            "family**: the ratio overstates the handicap the family has on an AVX2-only CPU, where ORT too has only "
+            "the 256-bit `vpmaddubsw` sequence.")
+
+
+def _steal_range(meta: dict) -> str:
+    shares = [v for per_t in meta["all_processes"].values() for proc in per_t
+              for v in proc.get("_steal", {}).values() if v is not None]
+    return f"{100 * min(shares):.0f}-{100 * max(shares):.0f}%" if shares else "not available"
+
+
 def write_report(results: dict, meta: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "avx2_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
@@ -130,13 +183,13 @@ def write_report(results: dict, meta: dict) -> None:
     lines = [
         "# x86-avx2 kernels: latency (ms, median, batch 1)",
         "",
-        f"Machine: {meta['cpu']} ({meta['mcpu']}), target {meta['target']}; median of {meta['runs']} runs per cell, "
-        f"median of {meta['rounds']} interleaved rounds (all rounds in the JSON). The CPU was shared with other jobs "
-        f"(load average {meta['load_avg'][0]:.1f} at the start): absolute numbers are pessimistic, ratios less so.",
+        f"Machine: {meta['cpu']} ({meta['mcpu']}), target {meta['target']}; {meta['runs']} timed calls per cell, "
+        f"the engines of a model interleaved round by round in each of {meta['processes']} worker processes per thread "
+        f"count (1- and 2-thread workers alternating); a cell is the median over the processes (every process's value "
+        f"in the JSON). Load average {meta['load_avg'][0]:.1f} at the start; hypervisor steal per worker "
+        f"{_steal_range(meta)}.",
         "",
-        "Ratio = latency / ORT int8 latency. ORT's AVX2 int8 kernel uses the saturating `vpmaddubsw` sequence; "
-        "ours is exact (`vpmaddwd` on int16-widened operands), so part of the ratio is the price of exactness "
-        "(see the peaks below), not of the schedules.",
+        "Ratio = latency / ORT int8 latency. Ours is exact (`vpmaddwd` on int16-widened operands). " + _ort_caveat(meta["ort_int8_isa"]),
         "",
     ]
     for threads, per_model in results.items():
@@ -173,7 +226,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--processes", type=int, default=2, help="worker processes per thread count (median over them)")
     ap.add_argument("--models", nargs="+", default=list(KB.MODELS), choices=KB.MODELS)
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -184,23 +237,23 @@ def main(argv=None) -> None:
     load = os.getloadavg()
     for name in args.models:
         KB.prepare(name)
-    rounds: dict = {str(t): [] for t in args.threads}
-    for r in range(args.rounds):
+    processes: dict = {str(t): [] for t in args.threads}
+    for r in range(args.processes):
         for threads in args.threads:
             out = KB.CACHE / f"avx2_worker_{threads}_{r}.json"
             env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
             subprocess.run([sys.executable, __file__, "--worker", str(threads), "--worker-out", str(out),
                             "--runs", str(args.runs), "--models", *args.models], check=True, env=env)
-            rounds[str(threads)].append(json.loads(out.read_text()))
-    results = {}
-    for threads, runs in rounds.items():
-        results[threads] = {name: {col: (statistics.median(v) if (v := [r[name][col] for r in runs if r[name].get(col)]) else None)
-                                   for col in COLUMNS} for name in args.models}
+            processes[str(threads)].append(json.loads(out.read_text()))
+    results = {threads: KB.combine_processes([{n: p[n] for n in args.models} for p in procs])[0]
+               for threads, procs in processes.items()}
     from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.amx import read_cpuinfo
 
     meta = {"cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
-            "target": str(avx2_target()), "runs": args.runs, "rounds": args.rounds, "load_avg": load,
-            "all_rounds": rounds, "intrinsic_peak_gmacs": intrinsic_peak(), "sequence_peaks_gmacs": sequence_peaks(),
+            "target": str(avx2_target()), "runs": args.runs, "processes": args.processes, "load_avg": load,
+            "ort_int8_isa": ort_int8_isa(read_cpuinfo()), "all_processes": processes,
+            "intrinsic_peak_gmacs": intrinsic_peak(), "sequence_peaks_gmacs": sequence_peaks(),
             "gmacs": {name: KB.model_gmacs(name) for name in args.models}}
     write_report(results, meta)
     print((OUT / "avx2_bench.md").read_text())

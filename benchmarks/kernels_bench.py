@@ -2,8 +2,8 @@
 
 One script, one run.  Batch 1, 1 and 2 threads.  The columns of a model are
 timed interleaved (``_timing.interleaved``): each round gives every engine in
-turn (after a 0.5 s pause at 2 threads, so other sessions' pools stop
-spinning) two untimed calls and five timed ones, ``--runs`` (>= 50) timed calls per
+turn (after a 0.5 s pause, so other sessions' pools stop spinning) two
+or more untimed calls (at least 20 ms of them) and five timed ones, ``--runs`` (>= 50) timed calls per
 cell in all, and a cell's latency is the median of its round medians.  All
 engines of a row thus see the same machine load, and its drift cancels in the
 ratios.  Models:
@@ -197,10 +197,16 @@ SLOW_CELL_S = 60.0
 #: cold (caches evicted by the previous engine, 2-13x on the small models); a short burst after two untimed calls
 #: measures the engine as a user's inference loop sees it.
 CALLS_PER_ROUND, REWARM = 5, 2
-#: pause before each engine's turn with more than one thread.  Each ORT session keeps its own pool, and pools
+#: least seconds of untimed calls before the timed ones (besides ``REWARM`` calls): after the pause the first call
+#: of a 0.07 ms program took 0.29-0.40 ms here, and two calls do not cover that for the small models.
+REWARM_S = 0.02
+#: pause before each engine's turn, at every thread count.  Each ORT session keeps its own pool, and pools
 #: busy-wait after a run: back to back, ORT int8 at 2 threads took 19.7 ms on ResNet-18 against 12.8 ms at 1, its
-#: second core held by the ORT fp32 session's spinning worker.  (At 1 thread there is no pool; a pause there only
-#: costs the next engine a colder start, ~5% measured on ORT int8 MobileNetV2.)
+#: second core held by the ORT fp32 session's spinning worker.  At 1 thread there is no pool, but the pause is kept
+#: there too so that both thread counts are timed alike: on this VM a pause moves a small program's whole process
+#: into a slower state (the bundled MobileNetV3, serial kernels, 1 thread: 0.14 ms back to back in 4 of 4
+#: processes, 0.17-0.21 ms with the pause in 4 of 4), and a pause at 2 threads only made the 2-thread column of
+#: the small models look slower than the 1-thread one (session 23; README, kernels_bench section).
 SETTLE_S = 0.5
 
 
@@ -331,7 +337,7 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
                 errors[col] = error_line(err)
         load, jiffies = os.getloadavg()[0], cpu_jiffies()
         per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
-                                settle_s=SETTLE_S if threads > 1 else 0.0, slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
+                                rewarm_s=REWARM_S, settle_s=SETTLE_S, slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
         row = {col: None for col in calls}
         row.update(median_ms(per_round))
         for col, err in errors.items():
@@ -474,7 +480,8 @@ def write_report(results: dict, meta: dict) -> None:
         "# Fast integer kernels: latency (ms, median, batch 1)",
         "",
         f"Machine: {meta['cpu']} ({meta['mcpu']}); the columns of a row are timed interleaved: each round gives every "
-        f"engine in turn (after a {SETTLE_S:g} s pause at 2 threads: pools stop spinning) {REWARM} untimed and "
+        f"engine in turn (after a {SETTLE_S:g} s pause at every thread count: pools stop spinning) {REWARM} or more "
+        f"untimed calls (at least {REWARM_S * 1e3:g} ms of them) and "
         f"{CALLS_PER_ROUND} timed calls, {meta['runs']} timed calls per cell in each of {meta.get('processes', 1)} "
         f"fresh worker processes per thread count (1- and 2-thread processes alternating); a process's latency is "
         f"the median of its round medians (2 rounds for a cell slower than {SLOW_CELL_S:.0f} s in total: "
