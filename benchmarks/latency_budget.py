@@ -37,7 +37,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "latency_budget"

@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 
 import gwq_tvm
 from gwq_tvm.config import QuantConfig

@@ -380,7 +380,6 @@ def export_qdq(plan: QuantPlan, model, output, graph: Graph | None = None, *, we
             _copy(b, unit.head, {})
             if unit.act is not None:
                 _copy(b, unit.act, {})
-        node = graph.nodes[unit.name]
         if materialized(graph, unit.name):
             b.qdq(unit.name, unit.output)
     used_inits = {t for n in b.nodes for t in n.input}

@@ -12,7 +12,7 @@ import gwq_tvm
 from gwq_tvm import QuantConfig
 from gwq_tvm.errors import PlanError
 from gwq_tvm.plan import program as P
-from gwq_tvm.plan.sfc import INT32_MAX, INT32_MIN_BITS, apply_sfc, int32_multiply, make_sfc
+from gwq_tvm.plan.sfc import INT32_MAX, apply_sfc, int32_multiply, make_sfc
 from gwq_tvm.reference import run_reference
 
 from conftest import compile_and_run

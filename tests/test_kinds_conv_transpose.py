@@ -21,7 +21,6 @@ from gwq_tvm.plan.program import sfc_edges, sfc_sites, sfc_summary
 from gwq_tvm.qat import QATModel
 from gwq_tvm.reference import run_reference
 
-from conftest import compile_and_run
 from test_kinds_edge import _bit_exact, _kinds, _quantize, _randomize_bn, _sqnr
 
 GWQ = QuantConfig(mode="gwq", groups=2, loss_aware=False)

@@ -21,7 +21,7 @@ from gwq_tvm.schedules import layout as L
 from gwq_tvm.schedules.build import compile_integer, packed_fused_module
 from gwq_tvm.schedules.default import ScheduleIntegerKernels
 from gwq_tvm.schedules.spec import X86_VNNI, kernel_spec
-from gwq_tvm.schedules.vnni import VNNI_INTRIN, has_vnni, register_vnni_intrinsic
+from gwq_tvm.schedules.vnni import has_vnni, register_vnni_intrinsic
 
 from conftest import tensorized_dot_16x4
 

@@ -1,6 +1,5 @@
 """PTQ-SL (sub-layerwise weight blocks, channel reordering, block-scale search) and GDRQ (Scale-Clip, filter groups)."""
 
-import dataclasses
 import subprocess
 import sys
 

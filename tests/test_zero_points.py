@@ -19,7 +19,7 @@ from gwq_tvm import QuantConfig
 from gwq_tvm.errors import PlanError, UnsupportedOpError
 from gwq_tvm.graph import kind_of
 from gwq_tvm.plan.program import zero_point_blocker
-from gwq_tvm.plan.quantplan import QuantPlan, TensorQuant
+from gwq_tvm.plan.quantplan import QuantPlan
 from gwq_tvm.reference import run_reference
 
 from conftest import compile_and_run
