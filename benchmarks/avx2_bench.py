@@ -87,30 +87,12 @@ def _candidates(name: str, x, threads: int) -> dict:
 def worker(threads: int, runs: int, models, out_path: Path) -> None:
     """Measure every column of ``models`` with ``threads`` threads, the columns interleaved round by round;
     write ``model -> column -> ms`` (``None`` for a failed column) and each model's load and steal to ``out_path``."""
-    from _timing import cpu_jiffies, error_line, interleaved, median_ms, steal_share
-
     results = {"_load": {}, "_steal": {}}
     for name in models:
         _, _, x = KB._model_data(name)
-        calls, errors = {}, {}
-        for col, make in _candidates(name, x, threads).items():
-            try:
-                calls[col] = make()
-            except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                errors[col] = error_line(err)
-        load, jiffies = os.getloadavg()[0], cpu_jiffies()
-        per_round = interleaved(calls, -(-runs // KB.CALLS_PER_ROUND), per_round=KB.CALLS_PER_ROUND, warmup=5,
-                                rewarm=KB.REWARM, rewarm_s=KB.REWARM_S, settle_s=KB.SETTLE_S, errors=errors)
-        row = {col: None for col in COLUMNS}
-        row.update(median_ms(per_round))
-        for col, err in errors.items():
-            row[col] = None
-            print(f"[{name} {col}] failed: {err}", file=sys.stderr)
-        for col in COLUMNS:
-            print(f"threads={threads} {name:9s} {col:20s} {row[col]}", file=sys.stderr, flush=True)
-        results[name] = row
-        results["_load"][name] = [load, os.getloadavg()[0]]
-        results["_steal"][name] = steal_share(jiffies, cpu_jiffies())
+        timed = KB.time_engines(_candidates(name, x, threads), runs, f"threads={threads} {name:9s}")
+        results[name] = timed["row"]
+        results["_load"][name], results["_steal"][name] = timed["load"], timed["steal"]
     out_path.write_text(json.dumps(results))
 
 

@@ -312,12 +312,40 @@ def _no_grad(m, x):
         return m(x)
 
 
+def time_engines(makers: dict, runs: int, label: str, slow_s: float | None = None) -> dict:
+    """Build every engine of one row and time them interleaved (:func:`_timing.interleaved`, this module's protocol).
+
+    ``makers`` maps a column to a no-argument function returning the engine's one-inference callable; a column
+    whose build or run fails gets ``None`` and one line on stderr.  Returns ``row`` (column -> median ms or None),
+    ``runs`` (column -> timed calls), ``load`` (1-minute load average before and after) and ``steal`` (the
+    hypervisor's share of CPU time while timing, :func:`_timing.steal_share`).
+    """
+    from _timing import cpu_jiffies, error_line, interleaved, median_ms, steal_share
+
+    calls, errors = {}, {}
+    for col, make in makers.items():
+        try:
+            calls[col] = make()
+        except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
+            errors[col] = error_line(err)
+    load, jiffies = os.getloadavg()[0], cpu_jiffies()
+    per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
+                            rewarm_s=REWARM_S, settle_s=SETTLE_S, slow_s=slow_s, slow_rounds=2, errors=errors)
+    row = {col: None for col in makers}
+    row.update(median_ms(per_round))
+    for col, err in errors.items():
+        row[col] = None
+        print(f"[{label.strip()} {col}] failed: {err}", file=sys.stderr)
+    for col, value in row.items():
+        print(f"{label} {col:22s} {value}", file=sys.stderr, flush=True)
+    return {"row": row, "runs": {col: len(v) * CALLS_PER_ROUND for col, v in per_round.items()},
+            "load": [load, os.getloadavg()[0]], "steal": steal_share(jiffies, cpu_jiffies())}
+
+
 def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path: Path, models=MODELS) -> None:
     """Measure every column of each model with ``threads`` threads, the columns interleaved round by round
     (:func:`_timing.interleaved`: every engine sees the same machine load); write JSON to ``out_path``."""
     import torch
-
-    from _timing import cpu_jiffies, error_line, interleaved, median_ms, steal_share
 
     torch.set_num_threads(threads)
     results = {"_runs": {}, "_load": {}, "_steal": {}}
@@ -325,31 +353,12 @@ def worker(threads: int, runs: int, tuning_dirs: dict, fp32_dirs: dict, out_path
         results["_scaling"] = [core_scaling()]
     for name in models:
         _, calib, x = _model_data(name)
-        makers = {**_gwq_candidates(name, x, tuning_dirs.get(name), fp32_dirs.get(name)),
-                  **_ort_candidates(name, x, threads), **_torch_candidates(name, x, calib)}
-        calls, errors = {}, {}
-        for col in COLUMNS:
-            if col not in makers:
-                continue
-            try:
-                calls[col] = makers[col]()
-            except Exception as err:  # noqa: BLE001 - a failing baseline is reported, not fatal
-                errors[col] = error_line(err)
-        load, jiffies = os.getloadavg()[0], cpu_jiffies()
-        per_round = interleaved(calls, -(-runs // CALLS_PER_ROUND), per_round=CALLS_PER_ROUND, warmup=5, rewarm=REWARM,
-                                rewarm_s=REWARM_S, settle_s=SETTLE_S, slow_s=SLOW_CELL_S, slow_rounds=2, errors=errors)
-        row = {col: None for col in calls}
-        row.update(median_ms(per_round))
-        for col, err in errors.items():
-            row[col] = None
-            print(f"[{name} {col}] failed: {err}", file=sys.stderr)
-        for col in COLUMNS:
-            if col in row:
-                print(f"threads={threads} {name:9s} {col:22s} {row[col]}", file=sys.stderr, flush=True)
-        results[name] = row
-        results["_runs"][name] = {col: len(v) * CALLS_PER_ROUND for col, v in per_round.items()}
-        results["_load"][name] = [load, os.getloadavg()[0]]
-        results["_steal"][name] = steal_share(jiffies, cpu_jiffies())
+        offered = {**_gwq_candidates(name, x, tuning_dirs.get(name), fp32_dirs.get(name)),
+                   **_ort_candidates(name, x, threads), **_torch_candidates(name, x, calib)}
+        timed = time_engines({col: offered[col] for col in COLUMNS if col in offered}, runs,
+                             f"threads={threads} {name:9s}", slow_s=SLOW_CELL_S)
+        results[name] = timed["row"]
+        results["_runs"][name], results["_load"][name], results["_steal"][name] = timed["runs"], timed["load"], timed["steal"]
     if threads > 1:
         results["_scaling"].append(core_scaling())
     out_path.write_text(json.dumps(results))

@@ -198,3 +198,15 @@ def test_interleaved_timing_rewarms_for_a_least_time_after_the_pause():
     stamps.clear()
     _timing.interleaved({"a": lambda: stamps.append(1)}, 2, warmup=1, rewarm=3)  # no least time: exactly 3
     assert len(stamps) == 1 + 2 * (3 + 1)
+
+
+def test_time_engines_reports_a_failing_build_as_none_and_times_the_rest(capsys):
+    kb = pytest.importorskip("kernels_bench")
+
+    def broken():
+        raise ValueError("no such model\nmore")
+
+    timed = kb.time_engines({"fast": lambda: (lambda: None), "broken": broken}, kb.CALLS_PER_ROUND, "t=1 m")
+    assert timed["row"]["broken"] is None and timed["row"]["fast"] >= 0.0
+    assert timed["runs"] == {"fast": kb.CALLS_PER_ROUND} and len(timed["load"]) == 2
+    assert "[t=1 m broken] failed: ValueError: no such model" in capsys.readouterr().err
