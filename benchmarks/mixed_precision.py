@@ -51,6 +51,8 @@ INDICATOR_IMAGES, INDICATOR_EPOCHS, INDICATOR_SCALE_LR = 20000, 1, 1e-2
 #: ResNet's here, and the shared machine gave each process about a fifth of a core)
 QAT_EPOCHS = 1
 QAT_IMAGES = {"fmnist_resnet": 10000, "fmnist_mobilenetv3": 5000}
+#: torch threads of each QAT (``--qat-threads``; 1 beside another job: spinning threads on a shared core stall)
+QAT_THREADS = None
 
 
 def figures(q) -> dict:
@@ -85,7 +87,7 @@ def qat_accuracy(q, work: Path, train, test, images: int) -> dict:
 
     t0 = time.time()
     model = QATModel(q.graph, q.plan)
-    hist = qat_train(model, train[0][:images], train[1][:images], TrainConfig(epochs=QAT_EPOCHS))
+    hist = qat_train(model, train[0][:images], train[1][:images], TrainConfig(epochs=QAT_EPOCHS, threads=QAT_THREADS))
     onnx_path, plan_path = export_qat(model, work / "qat.onnx")
     q2 = gwq_tvm.quantize(str(onnx_path), plan=QuantPlan.load(plan_path))
     assert {n: w.bits for n, w in q2.plan.layers.items()} == {n: w.bits for n, w in q.plan.layers.items()}
@@ -230,15 +232,18 @@ def table() -> None:
             for label, fields in json.loads((OUT / f"{m}.qat.json").read_text()).items():
                 res["rows"][label].update(fields)
     write_text(OUT / "mixed_precision.json", json.dumps(results, indent=1) + "\n")
+    schedules = "; ".join(f"{m} " + ", ".join(sorted({r["qat_schedule"] for r in res["rows"].values() if "qat_schedule" in r}))
+                          for m, res in results.items())
     lines = ["# Mixed precision: LIMPQ's ILP (learned / proxy / HAWQ indicators) and a greedy baseline against uniform policies", "",
              f"Bundled models, Fashion-MNIST: every accuracy is of the **compiled integer program** on the 10k test images "
              f"(binomial standard error about 0.3 pt). PTQ: quantized from {CALIB} calibration images. QAT: fine-tuned from the "
-             f"float weights with the row's plan ({QAT_EPOCHS} epoch x the first {', '.join(f'{v} ({k})' for k, v in QAT_IMAGES.items())} "
-             "training images, LSQ-style `gwq_tvm.qat`), "
+             f"float weights with the row's plan (epochs x the first training images: {schedules}; LSQ-style `gwq_tvm.qat`), "
              "exported and compiled. Learned indicators: one joint QAT run over all candidate widths (its schedule "
              "below each model's table). The first and last layers' weights and the "
              "model input stay at 8 bits in every ILP/greedy policy (not in the uniform rows). Size: packed weight bytes "
-             "(bits x count / 8; today's modules still store int8 containers); BitOps: MACs x w_bits x a_bits per sample. "
+             "(bits x count / 8, the ideal packing; compiled modules store 2-4-bit weights as nibbles, two per byte, so a "
+             "2- or 3-bit layer's stored bytes are those of 4 bits; `int4_export_size.py` measures the .so); "
+             "BitOps: MACs x w_bits x a_bits per sample. "
              "Times were taken on a shared, loaded 2-core machine.", ""]
     for m, res in results.items():
         rows = res["rows"]
@@ -281,7 +286,7 @@ def table() -> None:
 
 
 def main():
-    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR
+    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR, QAT_EPOCHS, QAT_THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
     ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
@@ -293,8 +298,14 @@ def main():
     ap.add_argument("--indicator-epochs", type=int, default=INDICATOR_EPOCHS, help="epochs of the joint indicator run")
     ap.add_argument("--indicator-images", type=int, default=INDICATOR_IMAGES, help="training images of the joint run")
     ap.add_argument("--indicator-scale-lr", type=float, default=INDICATOR_SCALE_LR, help="Adam rate of its log-steps")
+    ap.add_argument("--qat-epochs", type=int, default=QAT_EPOCHS, help="epochs of each row's QAT fine-tuning")
+    ap.add_argument("--qat-images", type=int, help="training images of each row's QAT (default: per model, above)")
+    ap.add_argument("--qat-threads", type=int, help="torch threads of the QAT")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (default: the committed one)")
     args = ap.parse_args()
+    QAT_EPOCHS, QAT_THREADS = args.qat_epochs, args.qat_threads
+    if args.qat_images:
+        QAT_IMAGES.update(dict.fromkeys(QAT_IMAGES, args.qat_images))
     OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR = (args.out, args.indicator_epochs, args.indicator_images,
                                                                   args.indicator_scale_lr)
     if args.model:
