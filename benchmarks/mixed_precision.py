@@ -47,6 +47,8 @@ CALIB = 512
 #: joint indicator training: images of the 60k training set, epochs, Adam learning rate of the log-steps
 #: (``--indicator-*``; the file records what trained it)
 INDICATOR_IMAGES, INDICATOR_EPOCHS, INDICATOR_SCALE_LR = 20000, 1, 1e-2
+#: the authors' uniform-width passes in every joint step (``--indicator-uniform-passes``)
+INDICATOR_UNIFORM = False
 #: QAT fine-tuning of the chosen policies: epochs, training images per model (MobileNetV3's steps cost ~7x the
 #: ResNet's here, and the shared machine gave each process about a fifth of a core)
 QAT_EPOCHS = 1
@@ -108,7 +110,8 @@ def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     if kind == "learned":
         cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance="learned", importance_file=str(path))
         rec = learn_importance(model_path, calib, train[0][:INDICATOR_IMAGES], train[1][:INDICATOR_IMAGES], cfg,
-                               TrainConfig(epochs=INDICATOR_EPOCHS, scale_lr=INDICATOR_SCALE_LR), log=print)
+                               TrainConfig(epochs=INDICATOR_EPOCHS, scale_lr=INDICATOR_SCALE_LR, threads=QAT_THREADS),
+                               log=print, uniform_passes=INDICATOR_UNIFORM)
     else:  # measured by the strategy itself on the calibration images; saved from the plan's record
         cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance=kind)
         q = gwq_tvm.quantize(model_path, calib, cfg)
@@ -218,7 +221,8 @@ def learned_movement(name: str) -> str | None:
     ratios = [v / lsq_init(graph.nodes[n].weight, b) for n, d in rec["weights"].items() for b, v in d.items()]
     st = rec["settings"]
     tc = st["train"]
-    return (f"{st['steps']} joint steps ({tc['epochs']} epoch(s) x {st['images']} images, batch {tc['batch_size']}, "
+    passes = ", each with one pass per uniform weight width before the sampled one" if st.get("uniform_passes") else ""
+    return (f"{st['steps']} joint steps{passes} ({tc['epochs']} epoch(s) x {st['images']} images, batch {tc['batch_size']}, "
             f"step learning rate {tc['scale_lr']:g} on log s; {rec['seconds']:.0f} s) left the learned weight steps "
             f"between {min(ratios):.2f}x and {max(ratios):.2f}x of their LSQ start 2 mean|W| / sqrt(qmax).")
 
@@ -286,7 +290,7 @@ def table() -> None:
 
 
 def main():
-    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR, QAT_EPOCHS, QAT_THREADS
+    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR, INDICATOR_UNIFORM, QAT_EPOCHS, QAT_THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
     ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
@@ -298,12 +302,14 @@ def main():
     ap.add_argument("--indicator-epochs", type=int, default=INDICATOR_EPOCHS, help="epochs of the joint indicator run")
     ap.add_argument("--indicator-images", type=int, default=INDICATOR_IMAGES, help="training images of the joint run")
     ap.add_argument("--indicator-scale-lr", type=float, default=INDICATOR_SCALE_LR, help="Adam rate of its log-steps")
+    ap.add_argument("--indicator-uniform-passes", action="store_true",
+                    help="the authors' extra pass per candidate width in every joint step")
     ap.add_argument("--qat-epochs", type=int, default=QAT_EPOCHS, help="epochs of each row's QAT fine-tuning")
     ap.add_argument("--qat-images", type=int, help="training images of each row's QAT (default: per model, above)")
     ap.add_argument("--qat-threads", type=int, help="torch threads of the QAT")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (default: the committed one)")
     args = ap.parse_args()
-    QAT_EPOCHS, QAT_THREADS = args.qat_epochs, args.qat_threads
+    QAT_EPOCHS, QAT_THREADS, INDICATOR_UNIFORM = args.qat_epochs, args.qat_threads, args.indicator_uniform_passes
     if args.qat_images:
         QAT_IMAGES.update(dict.fromkeys(QAT_IMAGES, args.qat_images))
     OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR = (args.out, args.indicator_epochs, args.indicator_images,

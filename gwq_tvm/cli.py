@@ -302,7 +302,8 @@ def _importance_file(args, calib):
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                        scale_lr=args.scale_lr if args.scale_lr is not None else INDICATOR_SCALE_LR)
     log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))  # noqa: E731
-    rec = learn_importance(args.model, calib, x, y, cfg, tcfg, input_shape=args.input_shape, log=log)
+    rec = learn_importance(args.model, calib, x, y, cfg, tcfg, input_shape=args.input_shape, log=log,
+                           uniform_passes=args.uniform_passes)
     save_importance(path, rec)
     print(f"wrote {path} (learned indicators: {rec['settings']['steps']} steps, {rec['seconds']:.0f} s)")
     return path, None
@@ -714,6 +715,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--scale-lr", type=float, default=None,
                    help="Adam learning rate of the log step sizes (default 1e-2: relative change per step)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--uniform-passes", action="store_true",
+                   help="also one pass per candidate width with every layer at it, each step (the LIMPQ authors' "
+                   "scheme; about 5x the time)")
     _add_quant_options(p)
     p.set_defaults(func=cmd_plan)
 

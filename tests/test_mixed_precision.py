@@ -251,6 +251,38 @@ def test_joint_training_gives_one_finite_step_per_candidate_width(resnet_parts):
     assert all(model.layer_bits[n] == (8,) for n in fixed_w)
 
 
+def test_uniform_passes_train_every_width_every_step(resnet_parts):
+    """The authors' scheme: each step also runs one pass per candidate weight width with every free layer at it
+    (activations at the smallest candidate not below it), so after k steps every (layer, width) was drawn at
+    least k times and every step has moved; the activation pairing is {2, 3, 4} -> 4, 8 -> 8."""
+    import torch
+
+    from gwq_tvm.data import fashion_mnist
+    from gwq_tvm.qat import TrainConfig
+    from gwq_tvm.qat.importance import JointModel, train_indicators
+
+    graph, stats, free_layers, free_tensors, fixed_w, fixed_a = resnet_parts
+    torch.manual_seed(0)
+    model = JointModel(graph, stats, QuantConfig(), free_layers, free_tensors, (2, 3, 4, 8), (4, 8),
+                       fixed_weights=fixed_w, fixed_acts=fixed_a)
+    for bits, act in ((2, 4), (3, 4), (4, 4), (8, 8)):
+        policy = model.uniform_(bits)
+        assert {policy["w"][n] for n in free_layers} == {bits} and {policy["a"][t] for t in free_tensors} == {act}
+        assert all(policy["w"][n] == 8 for n in fixed_w)
+    model.draws = dict.fromkeys(model.draws, 0)
+    x, y = fashion_mnist("calib")
+    run = train_indicators(model, x[:64], y[:64], TrainConfig(epochs=1, batch_size=32, distill=0.0, seed=3),
+                           uniform_passes=True)
+    assert run["steps"] == 2
+    for n in free_layers:
+        counts = run["draws"]["weights"][n]
+        assert sum(counts.values()) == 2 * 5 and min(counts.values()) >= 2, counts
+        for b in (2, 3, 4, 8):
+            assert float(model.log_step[model.key(n, b, "w")].detach()) != model.initial[model.key(n, b, "w")]
+    for t in free_tensors:
+        assert sum(run["draws"]["tensors"][t].values()) == 2 * 5
+
+
 def test_importance_file_reruns_the_ilp_for_any_budget(tmp_path, fmnist):
     """Indicators read from a file: each budget's policy is the ILP's on those values (no measuring);
     a file of another kind or model is one line."""
@@ -347,12 +379,14 @@ def test_cli_plan_learned_trains_once_and_reuses_the_indicators(tmp_path, capsys
     model = str(gwq_tvm.data.bundled_model())
     common = ["--quiet", "plan", model, "--mixed-precision", "--importance", "learned", "--calib-samples", "64"]
     assert main([*common, "--size-budget", "50%", "--train-data", "bundled:calib", "--train-limit", "64",
-                 "--batch-size", "32", "-o", str(tmp_path / "m.plan.json")]) == 0
+                 "--batch-size", "32", "--uniform-passes", "-o", str(tmp_path / "m.plan.json")]) == 0
     out = capsys.readouterr().out
     imp = tmp_path / "m.importance.json"
     assert f"wrote {imp} (learned indicators: 2 steps" in out
     rec = load_importance(imp)
-    assert rec["kind"] == "learned" and rec["settings"]["images"] == 64
+    assert rec["kind"] == "learned" and rec["settings"]["images"] == 64 and rec["settings"]["uniform_passes"] is True
+    # the authors' scheme: every free layer at every width in both steps, plus one sampled width each
+    assert all(sum(c.values()) == 2 * 5 and min(c.values()) >= 2 for c in rec["settings"]["draws"]["weights"].values())
     # another budget: the indicators are read, not trained again
     assert main([*common, "--size-budget", "40%", "--importance-file", str(imp), "-o", str(tmp_path / "n.plan.json")]) == 0
     out = capsys.readouterr().out

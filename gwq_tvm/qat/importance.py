@@ -21,8 +21,15 @@ layer's values are represented more coarsely there).  The ILP
 (:class:`~gwq_tvm.plan.mixed_precision.Problem`) then minimises their sum.
 Where our scheme differs from the authors' code, on purpose:
 
-* one sampled policy per step (theirs adds one pass per uniform width: 5x the
-  cost, which this 2-core CPU cannot pay);
+* by default one sampled policy per step.  The authors' code also runs, before
+  it, one pass per candidate width with every free layer at that width
+  (their ``set_uniform_policy_mode``), accumulating all gradients into one
+  optimizer step; ``uniform_passes=True`` (``plan --uniform-passes``) does
+  that too, at ``1 + max(len(weight widths), len(act widths))`` times the
+  cost.  Our activation candidates differ from the weights' ({4, 8} against
+  {2, 3, 4, 8}), so uniform pass ``k`` puts every free layer's weights at the
+  ``k``-th weight width and every free tensor at the smallest activation width
+  not below it (the largest if none is): {2, 3, 4} -> 4, 8 -> 8;
 * Adam on ``log s`` (theirs: SGD on ``s`` with LSQ's gradient scale
   ``1/sqrt(N * qmax)``, an SGD device that Adam's per-parameter normalisation
   makes moot; in the log domain Adam's steps are relative, so one learning
@@ -188,6 +195,19 @@ class JointModel(nn.Module):
                 self.draws[self.key(n, b, what)] += 1
         return {k: dict(v) for k, v in self.policy.items()}
 
+    def uniform_(self, bits: int) -> dict:
+        """Put every free layer's weights at ``bits`` and every free tensor at the smallest activation width
+        ``>= bits`` (the largest if none is): one of the authors' uniform passes.  Returns the policy."""
+        act = min((a for a in self.ab if a >= bits), default=self.ab[-1])
+        for n in self.free_layers:
+            self.policy["w"][n] = bits
+        for t in self.free_tensors:
+            self.policy["a"][t] = act
+        for what, chosen in self.policy.items():
+            for n, b in chosen.items():
+                self.draws[self.key(n, b, what)] += 1
+        return {k: dict(v) for k, v in self.policy.items()}
+
     def quant_weight(self, n: str, dtype=torch.float32) -> torch.Tensor:
         b = self.policy["w"][n]
         qmax = S.weight_qmax(b)
@@ -224,8 +244,13 @@ class JointModel(nn.Module):
 
 
 def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, cfg=None, *, log=None,
-                     max_steps: int | None = None) -> dict:
+                     max_steps: int | None = None, uniform_passes: bool = False) -> dict:
     """LIMPQ's joint training of ``model`` (in place): one sampled policy per step.
+
+    With ``uniform_passes`` each step first runs one pass per candidate weight
+    width with every free layer at it (:meth:`JointModel.uniform_`), then the
+    sampled policy; the gradients of all passes add up into one optimizer step,
+    as in the authors' ``indicators_pretraining``.
 
     Adam with two groups (weights and biases at ``cfg.lr``; log-steps at
     ``cfg.scale_lr``), cosine schedule, loss ``(1 - d) * CE(labels) + d * KL(float teacher)``
@@ -267,14 +292,13 @@ def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, 
             if done >= total:
                 break
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            model.sample_(rng)
-            logits = model(torch.from_numpy(images[idx]))
-            loss = F.cross_entropy(logits, torch.from_numpy(labels[idx]))
-            if teacher is not None:
-                kd = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(torch.from_numpy(teacher[idx]), 1),
-                              log_target=True, reduction="batchmean")
-                loss = (1 - cfg.distill) * loss + cfg.distill * kd
+            x, y = torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
             opt.zero_grad(set_to_none=True)
+            for bits in (model.wb if uniform_passes else ()):
+                model.uniform_(bits)
+                _joint_loss(model(x), y, teacher, idx, cfg.distill).backward()
+            model.sample_(rng)
+            loss = _joint_loss(model(x), y, teacher, idx, cfg.distill)
             loss.backward()
             opt.step()
             sched.step()
@@ -291,13 +315,25 @@ def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, 
     return {"steps": done, "seconds": time.time() - t0, "history": history, "draws": draws}
 
 
-def learn_importance(model, calib_data, images, labels, config, train_config=None, *, input_shape=None, log=None) -> dict:
+def _joint_loss(logits, labels, teacher, idx, distill: float) -> torch.Tensor:
+    """``(1 - d) * CE(labels) + d * KL(float teacher)`` of one pass of the joint run (``d`` = ``distill``)."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher is None:
+        return loss
+    kd = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(torch.from_numpy(teacher[idx]), 1),
+                  log_target=True, reduction="batchmean")
+    return (1 - distill) * loss + distill * kd
+
+
+def learn_importance(model, calib_data, images, labels, config, train_config=None, *, input_shape=None, log=None,
+                     uniform_passes: bool = False) -> dict:
     """LIMPQ's learned indicators of ``model`` for the mixed-precision ILP of ``config``.
 
     Calibrates ``model`` on ``calib_data`` (signedness and initial activation
     steps), builds the :class:`JointModel` over the ILP's free layers and
     tensors (:func:`~gwq_tvm.calibration.mixed_precision.problem_layers`) and
-    trains it on the labelled ``images`` (:func:`train_indicators`).
+    trains it on the labelled ``images`` (:func:`train_indicators`; ``uniform_passes``
+    adds the authors' uniform-width passes to every step).
 
     Returns
     -------
@@ -317,14 +353,14 @@ def learn_importance(model, calib_data, images, labels, config, train_config=Non
     free_layers, free_tensors = free_names(layers, fixed_w, fixed_a)
     joint = JointModel(graph, stats, base, free_layers, free_tensors, config.mp_weight_bits, config.mp_act_bits,
                        fixed_weights=fixed_w, fixed_acts=fixed_a)
-    run = train_indicators(joint, images, labels, train_config, log=log)
+    run = train_indicators(joint, images, labels, train_config, log=log, uniform_passes=uniform_passes)
     iw, ia = joint.indicators()
     initial = {n: {b: math.exp(joint.initial[joint.key(n, b, "w")]) for b in joint.wb} for n in free_layers}
     from .train import TrainConfig
 
     return record("learned", graph, config, iw, ia, seconds=run["seconds"],
                   settings={"train": (train_config or TrainConfig(epochs=1, scale_lr=INDICATOR_SCALE_LR)).to_dict(), "images": int(len(images)),
-                            "steps": run["steps"], "history": run["history"], "draws": run["draws"],
+                            "steps": run["steps"], "uniform_passes": bool(uniform_passes), "history": run["history"], "draws": run["draws"],
                             "initial_weight_steps": initial})
 
 
