@@ -109,12 +109,23 @@ def test_plan_round_trip_and_bad_entries(resnet_w4a4):
         (lambda d: d["adapters"][t].__setitem__("hidden_scale", 0), f"adapters.{t}.hidden_scale"),
         (lambda d: d["adapters"][t].__setitem__("gain", 1), f"adapters.{t}.gain: unknown key"),
         (lambda d: d["tensors"][t].__setitem__("dynamic", "nope"), f"tensors.{t}.dynamic: no adapter 'nope'"),
+        (lambda d: d["adapters"][t].__setitem__("hidden_scale", 1e-300), rf"adapters.{t}.hidden_scale: 1e-300 is outside \[1e-12"),
+        # an entry no tensor names would be silently ignored
+        (lambda d: d["tensors"][t].pop("dynamic"), f"adapters.{t}: no tensor's 'dynamic' names this adapter"),
     ]:
         bad = QuantPlan.from_dict(d).to_dict()
         edit(bad)
         with pytest.raises(PlanError, match=msg) as err:
             QuantPlan.from_dict(bad)
         assert "\n" not in str(err.value)
+    # in-range numbers whose SFC no Q31 multiplier applies (here w1 to the hidden scale: ratio ~1e27) are the
+    # plan's error at that site, in one line, not a ValueError from the arithmetic
+    w1 = np.asarray(plan.adapters[t].w1)
+    w1[0, 0] = 1e30
+    huge = plan.replace(adapters={**plan.adapters, t: dataclasses.replace(plan.adapters[t], w1=tuple(map(tuple, w1)))})
+    with pytest.raises(PlanError, match=f"adapters.{t}: w1 to hidden_scale: SFC ratio too large") as err:
+        P.adapter_recipe(resnet_w4a4.graph, t, huge)
+    assert "\n" not in str(err.value)
     # an adapter on a tensor that an add reads is refused when realizing, in one line
     bad = plan.replace(tensors={**plan.tensors, "conv2d_0": dataclasses.replace(plan.tensors["conv2d_0"], dynamic=t)})
     with pytest.raises(PlanError, match="tensors.conv2d_0.dynamic: the adapted tensor must be a conv2d output"):

@@ -64,3 +64,16 @@ def test_a_hand_edited_scale_the_bias_does_not_fit_is_one_line():
     plan = dataclasses.replace(q.plan, layers={**q.plan.layers, conv: dataclasses.replace(wq, scales=tuple(low))})
     with pytest.raises(PlanError, match=rf"layers\.{conv}: channel {DEAD}'s bias .* does not fit the int32 accumulator"):
         gwq_tvm.quantize(model, plan=plan, input_shape=(None, 2, 8, 8))
+
+
+def test_a_hand_edited_scale_no_requantizer_applies_is_one_line():
+    """The opposite edit: a weight scale inside the checker's bounds (1e12) whose requantize ratio
+    ``s_in * s_w / s_out`` (~1e11) has no Q31 multiplier: the plan's error at that site, not a ValueError."""
+    model, x = _model(), np.random.default_rng(0).standard_normal((16, 2, 8, 8)).astype(np.float32)
+    q = gwq_tvm.quantize(model, x, QuantConfig(), input_shape=(None, 2, 8, 8))
+    conv = q.graph.layers()[1]
+    wq = q.plan.layers[conv]
+    plan = dataclasses.replace(q.plan, layers={**q.plan.layers, conv: dataclasses.replace(wq, scales=(1e12,) * len(wq.scales))})
+    with pytest.raises(PlanError, match=rf"{conv}: requantize: SFC ratio too large for a Q31 multiplier") as err:
+        gwq_tvm.quantize(model, plan=plan, input_shape=(None, 2, 8, 8))
+    assert "\n" not in str(err.value)

@@ -88,6 +88,21 @@ def magnitude(tq: TensorQuant) -> int:
 PARTIAL_PRECISION_BITS = 8
 
 
+def plan_sfc(ratio, where: str) -> SFC:
+    """:func:`~gwq_tvm.plan.sfc.make_sfc` of a ratio the plan's scales set, at site ``where``.
+
+    In-range scales can still combine into a ratio no integer requantizer applies
+    (``M >= 2**30``: a Q31 mantissa would need a negative shift), e.g. a
+    hand-edited weight scale of ``1e12``; that is the plan's error, named here,
+    not an arithmetic one.
+    """
+    try:
+        return make_sfc(ratio)
+    except ValueError as err:
+        raise PlanError(f"{where}: {err} (the plan's scales give a scale-factor conversion no integer requantizer "
+                        "applies; check them)") from None
+
+
 @dataclass(frozen=True)
 class Partial:
     """One input block's int32 partial accumulator of a layer with ``n_in > 1`` weight blocks.
@@ -247,7 +262,7 @@ def input_block_partials(node: "Node", wq: np.ndarray, grid: np.ndarray, s_in: f
         sel = None
         if not grouped:
             w, sel = w[:, lo:hi], (lo, hi)
-        sfc = make_sfc(ratio[:, j] * (1 << p))
+        sfc = plan_sfc(ratio[:, j] * (1 << p), f"layers.{node.name}: input block {j}")
         partials.append(Partial(sel, np.ascontiguousarray(w), sfc, _work_dtype(sfc, int(part_bounds[:, j].max()))))
     return Accumulator(acc_scale, bound, wq, bq, partials=tuple(partials))
 
@@ -314,7 +329,7 @@ def requant(node: "Node", acc: Accumulator, plan: QuantPlan) -> Requant:
     int64 with the Q31 one.  A bound of 0 means "not known" (QAT's simulation,
     whose weights move): the Q31 multiply is kept.
     """
-    sfc = make_sfc(acc.scale / plan.scale(node.name))
+    sfc = plan_sfc(acc.scale / plan.scale(node.name), f"{node.name}: requantize")
     qmin, qmax = out_range(node, plan)
     dtype = container(plan.tensors[node.name])
     z = zero_point(plan, node.name)
@@ -331,7 +346,7 @@ def add_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
     s_out = plan.scale(node.name)
     out = []
     for src in node.inputs:
-        sfc = make_sfc(math.ldexp(plan.scale(src) / s_out, p))
+        sfc = plan_sfc(math.ldexp(plan.scale(src) / s_out, p), f"{node.name}: input {src}")
         if magnitude(plan.tensors[src]) * float(sfc.ratio.max()) * 2 > INT32_MAX:
             raise PlanError(f"{node.name}: input {src} rescaled by {sfc.ratio.max():.3g} overflows int32")
         out.append(sfc)
@@ -341,7 +356,7 @@ def add_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
 def concat_inputs(node: "Node", plan: QuantPlan) -> list[SFC]:
     """The SFC of each concat input into the output scale: ``s_i / s_out``."""
     s_out = plan.scale(node.name)
-    return [make_sfc(plan.scale(src) / s_out) for src in node.inputs]
+    return [plan_sfc(plan.scale(src) / s_out, f"{node.name}: input {src}") for src in node.inputs]
 
 
 def zero_point_blocker(graph: "Graph", owner: str, layers) -> str | None:
@@ -600,17 +615,17 @@ def adapter_recipe(graph: "Graph", name: str, plan: QuantPlan) -> AdapterRecipe:
     s_t = plan.scale(name)
     s_g = math.ldexp(s_t, tq.bits - GAP_BITS)
     gap_range = S.qrange(GAP_BITS, tq.signed)
-    gap = make_sfc(math.ldexp(1.0, GAP_BITS - tq.bits) / window)
+    gap = plan_sfc(math.ldexp(1.0, GAP_BITS - tq.bits) / window, f"adapters.{tq.dynamic}: average")
     s1 = adapter_weight_scale(w1)
     w1q = np.clip(np.rint(w1 / s1[:, None]), -ADAPTER_WEIGHT_QMAX, ADAPTER_WEIGHT_QMAX).astype(np.int8)
     b1q = np.rint(b1 / (s_g * s1))
     if np.abs(b1q).max() > INT32_MAX >> 1:
         raise PlanError(f"adapters.{tq.dynamic}.b1: the bias does not fit the int32 accumulator")
     s_h = a.hidden_scale
-    sfc1 = make_sfc(s_g * s1 / s_h)
+    sfc1 = plan_sfc(s_g * s1 / s_h, f"adapters.{tq.dynamic}: w1 to hidden_scale")
     s2 = float(adapter_weight_scale(w2[None, :])[0])
     w2q = np.clip(np.rint(w2 / s2), -ADAPTER_WEIGHT_QMAX, ADAPTER_WEIGHT_QMAX).astype(np.int8)
-    sfc2 = make_sfc(math.ldexp(s_h * s2, BETA_FRAC_BITS))
+    sfc2 = plan_sfc(math.ldexp(s_h * s2, BETA_FRAC_BITS), f"adapters.{tq.dynamic}: w2 to beta")
     b2q = int(np.clip(np.rint(math.ldexp(a.b2, BETA_FRAC_BITS)), -INT32_MAX, INT32_MAX))
     return AdapterRecipe(tq.dynamic, window, gap, gap_range, w1q, b1q.astype(np.int32), sfc1, w2q, sfc2, b2q,
                          (s_g, s1, s_h, s2))

@@ -45,6 +45,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ConfigError, PlanError
+from .validate import MAX_SCALE, MIN_SCALE
 
 FORMAT = "gwq-tvm/quantplan"
 VERSION = 2
@@ -418,7 +419,8 @@ _KEYS = {
 def _known(d: Mapping, what: str, path: str) -> None:
     unknown = sorted(set(d) - _KEYS[what])
     if unknown:
-        raise PlanError(f"{path}.{unknown[0]}: unknown key (a {what} entry has {', '.join(sorted(_KEYS[what]))})")
+        raise PlanError(f"{path}.{unknown[0]}: unknown key ({'an' if what[0] in 'aeiou' else 'a'} {what} entry has "
+                       f"{', '.join(sorted(_KEYS[what]))})")
 
 
 def _read_v2(d: Mapping) -> QuantPlan:
@@ -561,7 +563,11 @@ def _validate(plan: QuantPlan) -> None:
             raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} on a signed tensor (zero points are for unsigned tensors only)")
         if not 0 <= t.zero_point <= (1 << t.bits) - 1:
             raise PlanError(f"tensors.{name}.zero_point: {t.zero_point} is outside the {t.bits}-bit unsigned range 0..{(1 << t.bits) - 1}")
+    used = {t.dynamic for t in plan.tensors.values()}
     for name, a in plan.adapters.items():
+        if name not in used:
+            raise PlanError(f"adapters.{name}: no tensor's 'dynamic' names this adapter, so it would be ignored "
+                            f"(set tensors.<tensor>.dynamic to {name!r}, or remove the entry)")
         _check_adapter(a, f"adapters.{name}")
     for name, w in plan.layers.items():
         p = f"layers.{name}"
@@ -613,3 +619,5 @@ def _check_adapter(a: AdapterQuant, p: str) -> None:
             raise PlanError(f"{p}.{key}: values must be finite")
     if not (math.isfinite(a.hidden_scale) and a.hidden_scale > 0):
         raise PlanError(f"{p}.hidden_scale: {a.hidden_scale!r} must be positive and finite")
+    if not MIN_SCALE <= a.hidden_scale <= MAX_SCALE:
+        raise PlanError(f"{p}.hidden_scale: {a.hidden_scale!r} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}]")

@@ -19,10 +19,11 @@ from ..errors import PlanError
 
 #: Largest ``|exponent|`` of a tensor scale ``m * 2**exponent``.
 MAX_EXPONENT = 64
-#: Range of every real scale (tensor and weight scales).  Together with the
-#: 8-bit data and int32 accumulators it keeps every scale-factor conversion
-#: ``s_in * s_w / s_out`` in ``[1e-36, 1e36]``, far inside float32/float64 and
-#: the fixed-point multiplier-and-shift forms the SFCs are realized in.
+#: Range of every real scale (tensor, weight and adapter hidden scales).  It
+#: keeps every scale-factor conversion ``s_in * s_w / s_out`` in ``[1e-36, 1e36]``,
+#: far inside float32/float64; a ratio of ``2**30`` or more has no Q31
+#: multiplier-and-shift form and is refused where the SFC is built
+#: (:func:`gwq_tvm.plan.program.plan_sfc`), naming the site.
 MIN_SCALE, MAX_SCALE = 1e-12, 1e12
 
 
