@@ -264,8 +264,9 @@ def test_depthwise_blocks_under_gcd_fit(shape, blocks, fitted):
 ])
 def test_bad_block_shapes_are_named(net, blocks, message):
     fm, x = net
-    with pytest.raises(PlanError, match=message):
+    with pytest.raises(PlanError, match=message) as err:
         gwq_tvm.quantize(fm, x, QuantConfig(weight_blocks=blocks))
+    assert str(err.value).endswith("--weight-blocks-fit gcd) gives such layers the largest grid that divides them")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -60,10 +60,13 @@ def block_shape(name: str, weight_shape: tuple, blocks, fit: str = "strict") -> 
     n_out = c_out if n_out == "C" else int(n_out)
     if fit == "gcd":
         return math.gcd(n_out, c_out), math.gcd(int(n_in), k)
+    hint = "; weight_blocks_fit='gcd' (--weight-blocks-fit gcd) gives such layers the largest grid that divides them"
     if n_out > c_out or n_in > k:
-        raise PlanError(f"{name}: weight blocks {n_out}x{n_in} are larger than its {c_out}x{k} weight (C_out x C_in/groups*kh*kw)")
+        raise PlanError(f"{name}: weight blocks {n_out}x{n_in} (filter groups x input blocks) are larger than its "
+                        f"{c_out}x{k} weight (C_out x C_in/groups*kh*kw){hint}")
     if c_out % n_out or k % n_in:
-        raise PlanError(f"{name}: weight blocks {n_out}x{n_in} do not divide its {c_out}x{k} weight (C_out x C_in/groups*kh*kw)")
+        raise PlanError(f"{name}: weight blocks {n_out}x{n_in} (filter groups x input blocks) do not divide its "
+                        f"{c_out}x{k} weight (C_out x C_in/groups*kh*kw){hint}")
     return n_out, int(n_in)
 
 
