@@ -279,14 +279,24 @@ def _importance_file(args, calib):
     is written from the measured indicators, so that later budgets reuse them.
     Returns ``(read, write)`` paths (either may be ``None``).
     """
+    kind = args.importance or "proxy"
+    if getattr(args, "uniform_passes", False) and not (getattr(args, "mixed_precision", None) and kind == "learned"):
+        raise GwqError("--uniform-passes is an option of the learned indicators' joint run: give it with "
+                       "--mixed-precision --importance learned")
     if not getattr(args, "mixed_precision", None):
         return None, None
-    kind = args.importance or "proxy"
     path = Path(args.importance_file) if args.importance_file else None
     if kind != "learned":
         return (path, None) if path is None or path.exists() else (None, path)
     path = path or Path(args.output).with_name(Path(args.output).name.removesuffix(".json").removesuffix(".plan") + ".importance.json")
     if path.exists():
+        if getattr(args, "uniform_passes", False):
+            from .qat.importance import load_importance
+
+            settings = load_importance(path).get("settings")
+            if not (isinstance(settings, dict) and settings.get("uniform_passes") is True):
+                raise GwqError(f"{path} holds indicators trained without --uniform-passes: remove it, or name another "
+                               "--importance-file, to train them with the passes")
         return path, None
     try:
         from .qat import TrainConfig
@@ -530,6 +540,12 @@ def cmd_train(args):
     out = Path(args.output)
     _check_plan_options(args)
     _check_outputs(args, out, out.with_suffix(".plan.json"))
+    adaptive = None
+    if args.adaptive_step is not None:  # ASQ: "all" (the flag alone) or a comma list of tensors / conv layers
+        adaptive = "all" if args.adaptive_step == "all" else [n.strip() for n in args.adaptive_step.split(",") if n.strip()]
+        if not adaptive:
+            raise GwqError(f"--adaptive-step {args.adaptive_step!r} names no layer (give the flag alone for every "
+                           "candidate tensor, or a comma list of conv layers)")
     x, y = _load_data(args.data, "training data", args.limit)
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
@@ -539,9 +555,6 @@ def cmd_train(args):
     q = api.quantize(args.model, calib, cfg, plan=plan, input_shape=args.input_shape, show_progress=not args.quiet)
     # GDRQ: filter groups (--weight-groups) come with the plan; Scale-Clip (--scale-clip, --scale-clip-k,
     # --act-clip-k, or the given plan's recorded config) is trained with the weights
-    adaptive = None
-    if args.adaptive_step is not None:  # ASQ: "all" (the flag alone) or a comma list of tensors / conv layers
-        adaptive = "all" if args.adaptive_step == "all" else [n for n in args.adaptive_step.split(",") if n]
     model = QATModel(q.graph, q.plan, **clip_options(plan.config if plan is not None else cfg), adaptive_step=adaptive)
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".qat")
     test = _load_data(args.test, "test data") if args.test else None

@@ -190,6 +190,11 @@ def test_cli_train_adaptive_step_post_gwq(tmp_path, capsys):
     assert main(args + ["--adaptive-step", "dense_0"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("gwq-tvm: error: --adaptive-step dense_0") and "\n" not in err
+    # a list that names nothing is refused before any work, not trained without adapters
+    assert main(args + ["--adaptive-step", " , "]) == 2
+    assert capsys.readouterr().err.strip() == ("gwq-tvm: error: --adaptive-step ' , ' names no layer (give the flag "
+                                               "alone for every candidate tensor, or a comma list of conv layers)")
+    assert not out.exists()
     assert main(args + ["--adaptive-step", "conv2d_2"]) == 0
     plan = QuantPlan.load(out.with_suffix(".plan.json"))
     assert list(plan.adapters) == ["conv2d_1"] and plan.tensors["conv2d_1"].dynamic == "conv2d_1"

@@ -1,5 +1,7 @@
 """Mixed precision: LIMPQ's bit-width ILP, the proxy importance, the strategy, the CLI."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -387,6 +389,15 @@ def test_cli_plan_learned_trains_once_and_reuses_the_indicators(tmp_path, capsys
     assert rec["kind"] == "learned" and rec["settings"]["images"] == 64 and rec["settings"]["uniform_passes"] is True
     # the authors' scheme: every free layer at every width in both steps, plus one sampled width each
     assert all(sum(c.values()) == 2 * 5 and min(c.values()) >= 2 for c in rec["settings"]["draws"]["weights"].values())
+    # the flag belongs to the learned run: alone it is one line, and a file trained without it is not reused with it
+    assert main(["--quiet", "plan", model, "--uniform-passes", "-o", str(tmp_path / "x.plan.json")]) == 2
+    assert "--uniform-passes is an option of the learned indicators' joint run" in capsys.readouterr().err
+    plain = tmp_path / "plain.importance.json"
+    plain.write_text(json.dumps({**json.loads(imp.read_text()), "settings": {"uniform_passes": False}}))
+    assert main([*common, "--size-budget", "40%", "--importance-file", str(plain), "--uniform-passes",
+                 "-o", str(tmp_path / "y.plan.json")]) == 2
+    assert "trained without --uniform-passes" in capsys.readouterr().err
+    assert not (tmp_path / "x.plan.json").exists() and not (tmp_path / "y.plan.json").exists()
     # another budget: the indicators are read, not trained again
     assert main([*common, "--size-budget", "40%", "--importance-file", str(imp), "-o", str(tmp_path / "n.plan.json")]) == 0
     out = capsys.readouterr().out
