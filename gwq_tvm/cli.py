@@ -386,13 +386,20 @@ def cmd_eval(args):
 
     import numpy as np
 
-    from .calibration import check_batch, check_labels
+    from .calibration import check_batch, check_labels, input_range_warning
 
     if not Path(args.module).is_file():
         raise GwqError(f"module not found: {args.module}")
     if args.json:
         _check_outputs(args, args.json)
     x, y = _load_data(args.data, "evaluation data", args.limit)
+    plan_path = Path(args.module).with_suffix(".plan.json")
+    plan = QuantPlan.load(plan_path) if plan_path.is_file() else None
+    shape = plan.input_shape if plan is not None else None
+    x = check_batch(x, shape or (None,) + tuple(np.shape(x)[1:]), "evaluation data")
+    note = input_range_warning(x, plan) if plan is not None else None
+    if note:
+        warnings.warn(note, stacklevel=1)
     tracker, key = _rpc(args)
     if args.against is not None:
         t0 = time.time()
@@ -408,9 +415,6 @@ def cmd_eval(args):
         return
     if tracker is not None or args.json:
         raise GwqError("--rpc-tracker and --json need --against MODEL.onnx (the float model to compare with)")
-    plan_path = Path(args.module).with_suffix(".plan.json")
-    shape = QuantPlan.load(plan_path).input_shape if plan_path.is_file() else None
-    x = check_batch(x, shape or (None,) + tuple(np.shape(x)[1:]), "evaluation data")
     if y is not None:
         check_labels(y, len(x))  # before running; their range is checked against the model's outputs
     shape = shape or (None,) + x.shape[1:]

@@ -567,6 +567,26 @@ def test_eval_with_wrong_labels_prints_no_accuracy(assets, tmp_path, capsys):
     assert "accuracy:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("factor, says", [(1.0, None), (1000.0, "most large values are clipped"),
+                                           (1e-4, "nearly every value rounds to a few codes")])
+def test_eval_warns_once_when_data_is_not_scaled_like_the_calibration_data(assets, tmp_path, capsys, factor, says):
+    """Data 1000x or 1e-4x the calibration data's scale runs, with one warning naming the input range."""
+    import warnings
+
+    np.savez(tmp_path / "e.npz", images=_calib(20) * factor, labels=np.arange(20) % 4)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _cli("eval", str(assets / "tiny.so"), "--data", str(tmp_path / "e.npz")) == 0
+    assert "accuracy:" in capsys.readouterr().out
+    notes = [str(w.message) for w in caught if "scaled like the calibration data" in str(w.message)]
+    if says is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and says in notes[0] and "the input quantizer covers [" in notes[0]
+        assert "\n" not in notes[0]
+
+
 @pytest.mark.parametrize("link", [False, True])
 def test_output_equal_to_input_is_refused(assets, tmp_path, capsys, link):
     model = tmp_path / "m.onnx"

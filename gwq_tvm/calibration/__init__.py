@@ -64,6 +64,41 @@ def check_batch(data, input_shape: tuple, what: str = "calibration data") -> np.
     return arr
 
 
+#: :func:`input_range_warning` flags data whose 99th percentile of ``|x|`` is above this multiple of the
+#: input's quantized range bound, or below this fraction of it
+RANGE_OVER, RANGE_UNDER = 2.0, 1 / 50
+
+
+def input_range_warning(data: np.ndarray, plan, what: str = "evaluation data") -> str | None:
+    """A one-line warning when ``data`` is not scaled like the data ``plan``'s input was calibrated on.
+
+    The input quantizer represents ``[s (qmin - z), s (qmax - z)]`` (``s``, ``z``: the
+    plan's input scale and zero point) and clips the rest.  With ``p = percentile(|x|, 99)``
+    and ``R`` the larger end of that range in magnitude, ``p > RANGE_OVER * R`` means most
+    large values clip (e.g. uint8 pixels 0-255 fed to a model calibrated on ``[0, 1]``), and
+    ``p < RANGE_UNDER * R`` that nearly all values round to a few codes.  ``None`` when neither.
+    """
+    from ..plan import scales as S
+
+    name = "input"  # the graph input's node name (:func:`gwq_tvm.extract.extract_graph`)
+    if name not in plan.tensors:
+        return None
+    tq = plan.tensors[name]
+    qmin, qmax = S.qrange(tq.bits, tq.signed)
+    s = plan.scale(name)
+    lo, hi = s * (qmin - tq.zero_point), s * (qmax - tq.zero_point)
+    bound = max(abs(lo), abs(hi))
+    p = float(np.percentile(np.abs(data), 99))
+    if p > RANGE_OVER * bound:
+        how = f"is {p / bound:.3g}x the largest value the quantized input holds, so most large values are clipped"
+    elif p < RANGE_UNDER * bound:
+        how = f"is {p / bound:.2%} of the quantized input's range, so nearly every value rounds to a few codes"
+    else:
+        return None
+    return (f"{what} is not scaled like the calibration data: its 99th percentile of |x| ({p:.4g}) {how} "
+            f"(the input quantizer covers [{lo:.4g}, {hi:.4g}]); preprocess it as the model expects")
+
+
 def check_labels(labels, count: int, num_classes: int | None = None, what: str = "labels") -> np.ndarray:
     """Validate class labels for ``count`` samples and return them as int64.
 
