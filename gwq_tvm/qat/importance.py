@@ -25,8 +25,7 @@ Where our scheme differs from the authors' code, on purpose:
   it, one pass per candidate width with every free layer at that width
   (their ``set_uniform_policy_mode``), accumulating all gradients into one
   optimizer step; ``uniform_passes=True`` (``plan --uniform-passes``) does
-  that too, at ``1 + max(len(weight widths), len(act widths))`` times the
-  cost.  Our activation candidates differ from the weights' ({4, 8} against
+  that too, at ``1 + len(weight widths)`` times the cost.  Our activation candidates differ from the weights' ({4, 8} against
   {2, 3, 4, 8}), so uniform pass ``k`` puts every free layer's weights at the
   ``k``-th weight width and every free tensor at the smallest activation width
   not below it (the largest if none is): {2, 3, 4} -> 4, 8 -> 8;
@@ -190,10 +189,7 @@ class JointModel(nn.Module):
             self.policy["w"][n] = int(rng.choice(self.wb))
         for t in self.free_tensors:
             self.policy["a"][t] = int(rng.choice(self.ab))
-        for what, chosen in self.policy.items():
-            for n, b in chosen.items():
-                self.draws[self.key(n, b, what)] += 1
-        return {k: dict(v) for k, v in self.policy.items()}
+        return self._count_policy()
 
     def uniform_(self, bits: int) -> dict:
         """Put every free layer's weights at ``bits`` and every free tensor at the smallest activation width
@@ -203,6 +199,10 @@ class JointModel(nn.Module):
             self.policy["w"][n] = bits
         for t in self.free_tensors:
             self.policy["a"][t] = act
+        return self._count_policy()
+
+    def _count_policy(self) -> dict:
+        """Count the current policy's (name, width) pairs as drawn; return a copy of it."""
         for what, chosen in self.policy.items():
             for n, b in chosen.items():
                 self.draws[self.key(n, b, what)] += 1
@@ -262,7 +262,7 @@ def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, 
     dict
         ``{"steps", "seconds", "history": [per-epoch loss], "draws": {name: {bits: count}}}``.
     """
-    from .train import TrainConfig, check_training_data
+    from .train import TrainConfig, check_training_data, distill_loss
 
     cfg = cfg or TrainConfig(epochs=1, scale_lr=INDICATOR_SCALE_LR)
     if cfg.threads:
@@ -294,11 +294,12 @@ def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, 
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, y = torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
             opt.zero_grad(set_to_none=True)
+            t = None if teacher is None else torch.from_numpy(teacher[idx])
             for bits in (model.wb if uniform_passes else ()):
                 model.uniform_(bits)
-                _joint_loss(model(x), y, teacher, idx, cfg.distill).backward()
+                distill_loss(model(x), y, t, cfg.distill).backward()
             model.sample_(rng)
-            loss = _joint_loss(model(x), y, teacher, idx, cfg.distill)
+            loss = distill_loss(model(x), y, t, cfg.distill)
             loss.backward()
             opt.step()
             sched.step()
@@ -313,16 +314,6 @@ def train_indicators(model: JointModel, images: np.ndarray, labels: np.ndarray, 
     draws = {"weights": {n: {b: model.draws[model.key(n, b, "w")] for b in model.wb} for n in model.free_layers},
              "tensors": {t: {a: model.draws[model.key(t, a, "a")] for a in model.ab} for t in model.free_tensors}}
     return {"steps": done, "seconds": time.time() - t0, "history": history, "draws": draws}
-
-
-def _joint_loss(logits, labels, teacher, idx, distill: float) -> torch.Tensor:
-    """``(1 - d) * CE(labels) + d * KL(float teacher)`` of one pass of the joint run (``d`` = ``distill``)."""
-    loss = F.cross_entropy(logits, labels)
-    if teacher is None:
-        return loss
-    kd = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(torch.from_numpy(teacher[idx]), 1),
-                  log_target=True, reduction="batchmean")
-    return (1 - distill) * loss + distill * kd
 
 
 def learn_importance(model, calib_data, images, labels, config, train_config=None, *, input_shape=None, log=None,

@@ -133,6 +133,16 @@ def float_logits(model: QATModel, images: np.ndarray, batch: int = 1000) -> np.n
     return np.concatenate([float_forward(model.graph, torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)])
 
 
+def distill_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, distill: float) -> torch.Tensor:
+    """The QAT loss ``(1 - d) * CE(logits, labels) + d * KL(softmax(teacher) || softmax(logits))``, ``d = distill``
+    (plain cross-entropy without ``teacher``)."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher is None:
+        return loss
+    kd = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+    return (1 - distill) * loss + distill * kd
+
+
 def train(model: QATModel, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig = TrainConfig(), *,
           work_dir=None, show_progress: bool = False, log=None, stop_after_steps: int | None = None) -> list[dict]:
     """Fine-tune ``model`` in place; returns the per-epoch history.
@@ -203,11 +213,7 @@ def train(model: QATModel, images: np.ndarray, labels: np.ndarray, cfg: TrainCon
             x = torch.from_numpy(images[idx])
             y = torch.from_numpy(labels[idx])
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None:
-                t = torch.from_numpy(teacher[idx])
-                kd = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t, 1), log_target=True, reduction="batchmean")
-                loss = (1 - cfg.distill) * loss + cfg.distill * kd
+            loss = distill_loss(logits, y, None if teacher is None else torch.from_numpy(teacher[idx]), cfg.distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
