@@ -68,9 +68,9 @@ def _run_remote(remote, ex, x, preset, path):
     return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
-def _dense_module(dtype, n=3, k=17, m=24, seed=2):
+def _dense_module(dtype, n=3, k=17, m=24, seed=2, weight_range=(-128, 127)):
     rng = np.random.default_rng(seed)
-    w = rng.integers(-128, 128, (k, m)).astype("int8")
+    w = rng.integers(weight_range[0], weight_range[1] + 1, (k, m)).astype("int8")
     x = relax.Var("x", relax.TensorType((n, k), dtype))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):

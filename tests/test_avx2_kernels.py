@@ -1,4 +1,5 @@
-"""The x86-avx2 kernel family: ``vpmaddwd`` on int16-widened operands, bit-exact against the numpy reference.
+"""The x86-avx2 kernel family: ``vpmaddwd`` on int16-widened operands, and ``vpmaddubsw`` for convs whose
+weights fit 7 bits, bit-exact against the numpy reference.
 
 The numeric tests need a CPU with AVX2 (they run the AVX2 code here, on any
 AVX2 CPU, forced with the ``x86-avx2`` preset or :func:`compile_packed`);
@@ -14,9 +15,10 @@ import gwq_tvm
 from gwq_tvm.schedules.pack_layout import PackInt8Layout
 from gwq_tvm.reference import run_reference
 from gwq_tvm.runtime import host_target
-from gwq_tvm.schedules.avx2 import AVX2_INTRIN, has_avx2, register_avx2_intrinsic
+from gwq_tvm.schedules.avx2 import (AVX2_INTRIN, NARROW_INTRIN, NARROW_WEIGHT_MAX, has_avx2, register_avx2_intrinsic,
+                                    register_avx2_narrow_intrinsic)
 from gwq_tvm.schedules.build import compile_packed
-from gwq_tvm.schedules.spec import X86_AVX2, X86_AVXVNNI, X86_VNNI, kernel_spec
+from gwq_tvm.schedules.spec import X86_AVX2, X86_AVX2_NARROW, X86_AVXVNNI, X86_VNNI, kernel_spec
 from gwq_tvm.schedules.targets import resolve_target
 
 from conftest import tensorized_dot_16x4
@@ -137,3 +139,102 @@ def test_avx2_transposed_conv_bit_exact(geometry):
     for dtype in ("int8", "uint8"):
         mod, x = _transposed_module(*geometry, dtype)
         np.testing.assert_array_equal(_run(_compile_avx2(mod), x), run_reference(mod, x))
+
+
+# --- the narrow-weight step: vpmaddubsw where |w| <= 64 ---------------------------
+NARROW = (-NARROW_WEIGHT_MAX, NARROW_WEIGHT_MAX)
+
+
+def _conv_weights(packed) -> list:
+    return [b.value.args[1].fields[1] for blk in packed["main"].body.blocks for b in blk.bindings
+            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"
+            and b.value.args[0].name_hint.startswith("gwq_conv2d")]
+
+
+def test_narrow_spec_is_chosen_by_the_weight_bound():
+    """[-64, 64] takes the vpmaddubsw step (255 * 64 * 2 = 32640 fits int16); one weight of 65 or -65 does not."""
+    assert X86_AVX2.for_weight(np.array([-64, 3, 64], np.int8)) is X86_AVX2_NARROW
+    assert X86_AVX2.for_weight(np.array([-65, 3, 64], np.int8)) is X86_AVX2
+    assert X86_AVX2.for_weight(np.array([-64, 65], np.int8)) is X86_AVX2
+    assert X86_VNNI.for_weight(np.zeros(4, np.int8)) is X86_VNNI  # families without a narrow step keep theirs
+    assert 255 * NARROW_WEIGHT_MAX * 2 < 2**15 <= 255 * (NARROW_WEIGHT_MAX + 1) * 2
+    assert X86_AVX2_NARROW.input_offset("int8") == 128 and X86_AVX2_NARROW.weight_dtype == "int8"
+
+
+def test_pack_pass_keeps_narrow_weights_int8_four_deep():
+    """Weights within 7 bits: int8, four deep (the VNNI layout); one step beyond: int16 pairs as before."""
+    for weight_range, dtype, k in ((NARROW, "int8", 4), ((-65, 64), "int16", 2)):
+        mod, _ = _conv_module(5, 17, 8, 3, 2, 1, 1, "int8", weight_range=weight_range)
+        weights = _conv_weights(PackInt8Layout(X86_AVX2)(mod))
+        assert len(weights) == 2
+        assert all(str(w.ty.dtype) == dtype and int(w.ty.shape.values[-1]) == k for w in weights)
+
+
+def test_narrow_intrinsic_emits_vpmaddubsw_exact_within_the_bound():
+    """The 16x4 u8 x s8 step alone: vpmaddubsw in the assembly, exact at 255 x +-64; at 255 x -128 the int16 pair
+    sum saturates (why the layout pass checks the bound)."""
+    lib = tensorized_dot_16x4(register_avx2_narrow_intrinsic(), "uint8", resolve_target("x86-avx2"))
+    assert NARROW_INTRIN == register_avx2_narrow_intrinsic()
+    assert "vpmaddubsw" in lib.mod.inspect_source("asm")
+    if not AVX2:
+        pytest.skip("host CPU has no AVX2: built, not run")
+
+    def run(av, bv):
+        out = tvm.runtime.tensor(np.full(16, 12345, "int32"))  # the kernel's init zeroes it first
+        lib(tvm.runtime.tensor(av), tvm.runtime.tensor(bv), out)
+        return out.numpy()
+
+    rng = np.random.default_rng(1)
+    top = np.full(4, 255, "uint8")
+    for av in (top, rng.integers(0, 256, 4).astype("uint8")):
+        for bv in (np.full((16, 4), -64), np.full((16, 4), 64), rng.integers(-64, 65, (16, 4))):
+            bv = bv.astype("int8")
+            np.testing.assert_array_equal(run(av, bv), bv.astype(np.int64) @ av.astype(np.int64))
+    assert run(top, np.full((16, 4), -128, "int8"))[0] == 2 * -(2**15)  # saturated: not -130560
+
+
+@needs_avx2
+@pytest.mark.parametrize("c,o,hw,k,stride,padding,groups,dtype", SHAPES)
+def test_avx2_narrow_conv_sweep_bit_exact(c, o, hw, k, stride, padding, groups, dtype):
+    """The same sweep with 7-bit weights (both ends of [-64, 64] present): vpmaddubsw, equal to the reference."""
+    mod, x = _conv_module(c, o, hw, k, stride, padding, groups, dtype, weight_range=NARROW)
+    ex = _compile_avx2(mod)
+    if groups == 1:
+        assert "vpmaddubsw" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("weight", [-NARROW_WEIGHT_MAX, NARROW_WEIGHT_MAX])
+def test_avx2_narrow_extreme_values_bit_exact(dtype, weight):
+    """Every weight at -64 or at +64 against mostly extreme activations: int16 pair sums of +-32640, the edge of
+    exactness, wherever two top activations meet."""
+    mod, _ = _conv_module(32, 16, 6, 3, 1, 1, 1, dtype, weight_range=(weight, weight))
+    hi = 255 if dtype == "uint8" else 127
+    x = np.where(np.random.default_rng(3).random((2, 32, 6, 6)) < 0.8, hi, -128 if dtype == "int8" else 0).astype(dtype)
+    ex = _compile_avx2(mod)
+    assert "vpmaddubsw" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype, batch, k, n", [("uint8", 3, 17, 24), ("int8", 1, 512, 1000)])
+def test_avx2_narrow_dense_bit_exact(dtype, batch, k, n):
+    """A dense with 7-bit weights: the packed 1x1 conv on vpmaddubsw."""
+    mod, data = _dense_module(dtype, n=batch, k=k, m=n, weight_range=NARROW)
+    ex = _compile_avx2(mod)
+    assert "vpmaddubsw" in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))
+
+
+@needs_avx2
+def test_bundled_model_at_7_weight_bits_runs_on_vpmaddubsw_bit_exact(fmnist):
+    """--weight-bits 7 on the AVX2 preset: every conv/dense on vpmaddubsw (none widened), logits equal to the reference."""
+    calib, test_x, _ = fmnist
+    q = gwq_tvm.quantize(gwq_tvm.data.bundled_model(), calib[:256], gwq_tvm.QuantConfig(weight_bits=7))
+    ex = gwq_tvm.build(q, resolve_target("x86-avx2"))
+    asm = _asm(ex)
+    assert asm.count("vpmaddubsw") >= 8
+    x = test_x[:48]
+    np.testing.assert_array_equal(_run(ex, x), run_reference(q.mod, x))

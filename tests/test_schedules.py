@@ -65,15 +65,23 @@ def _assert_vnni_bit_exact(mod, x, dot: bool = True):
     np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
 
 
-def _conv_module(c, o, hw, k, stride, padding, groups, dtype, dilation=1, seed=0):
+def _conv_module(c, o, hw, k, stride, padding, groups, dtype, dilation=1, seed=0, weight_range=(-128, 127)):
     """x -> conv -> +bias -> (>>7, clip, int8) -> conv 1x1 -> + residual-free epilogue -> int32 output.
 
     Two convs in a row check that the packed layout flows from one to the next
     (the second conv has a signed int8 input, so it takes the +128 path).
+    Both weights are drawn from ``weight_range`` (inclusive), and hold both its ends.
     """
     rng = np.random.default_rng(seed)
-    w1 = rng.integers(-128, 128, (o, c // groups, k, k)).astype("int8")
-    w2 = rng.integers(-128, 128, (7, o, 1, 1)).astype("int8")
+    lo, hi = weight_range
+
+    def weight(shape):
+        w = rng.integers(lo, hi + 1, shape)
+        w.flat[:2] = lo, hi
+        return w.astype("int8")
+
+    w1 = weight((o, c // groups, k, k))
+    w2 = weight((7, o, 1, 1))
     bias = rng.integers(-5000, 5000, (1, o, 1, 1)).astype("int32")
     x = relax.Var("x", relax.TensorType((2, c, hw, hw), dtype))
     bb = relax.BlockBuilder()

@@ -26,6 +26,25 @@ the exact path is the one built.  The price is memory: weights are stored as
 int16 (packed at compile time) and the padded-input stage writes
 activations widened to int16.  No offset is needed either: int8 and uint8
 both widen exactly.
+
+The narrow-weight step: ``vpmaddubsw`` where it is exact
+--------------------------------------------------------
+A conv whose int8 weights all lie in ``[-64, 64]`` (a plan at 7 weight bits
+or fewer, e.g. ``--weight-bits 7``, the ``reduce_range`` ORT offers for the
+same reason, or the 2-4-bit layers of a mixed-precision plan) cannot
+saturate: ``|a0 * w0 + a1 * w1| <= 255 * 64 * 2 = 32640 < 2**15``.  Such a
+conv takes the VNNI layout (uint8 activations, the +128 offset for int8
+ones, int8 weights four deep) and one call::
+
+    C[i] += sum_k int32(A[k]) * int32(B[i, k])     i < 16, k < 4,
+    A: uint8[4], B: int8[16, 4] with |B| <= 64, C: int32[16]
+
+is, per 8 lanes, ``vpmaddubsw`` (32 u8 x s8 products into 16 int16 pair
+sums, exact by the bound above), ``vpmaddwd`` by ones (the two pairs of a
+lane into int32) and ``vpaddd``: 64 products per 6 instructions against
+32 per 4, and no widened copies of the input or the weight.  The exactness
+rests on the weight bound alone, which the layout pass checks on the
+constant weight before choosing this step (:data:`NARROW_WEIGHT_MAX`).
 """
 
 from __future__ import annotations
@@ -35,7 +54,7 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
-from .intrin import dot_16xk_desc
+from .intrin import dot_16x4_desc, dot_16xk_desc
 
 AVX2_INTRIN = "gwq_dot_16x2_avx2"
 """Our name for the 16-lane, 2-deep int16 x int16 -> int32 ``vpmaddwd`` intrinsic."""
@@ -69,6 +88,51 @@ def _dot_16x2_avx2_impl():
                 )
 
     return impl
+
+
+NARROW_INTRIN = "gwq_dot_16x4_avx2_narrow"
+"""Our name for the 16-lane, 4-deep uint8 x int8 -> int32 ``vpmaddubsw`` step, exact for ``|weight| <= 64``."""
+
+NARROW_WEIGHT_MAX = 64
+"""Largest ``|weight|`` the ``vpmaddubsw`` step takes: ``255 * 64 * 2 = 32640`` fits int16, ``255 * 65 * 2`` does not."""
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_narrow_impl():
+    """The ``vpmaddubsw`` implementation, parsed from TVMScript on first use (as :func:`_dot_16x2_avx2_impl`)."""
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
+            for j in T.unroll(0, 2):
+                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        a_u8x32,
+                        B.vload([j * 8, 0], dtype="int8x32"),
+                        dtype="int16x16",
+                    ),
+                    T.broadcast(T.int16(1), 16),
+                    dtype="int32x8",
+                )
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register_avx2_narrow_intrinsic() -> str:
+    """Register :data:`NARROW_INTRIN` (idempotent, cheap) and return its name."""
+    tvm.s_tir.TensorIntrin.register(NARROW_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_narrow_impl(), override=True)
+    return NARROW_INTRIN
 
 
 @functools.lru_cache(maxsize=None)

@@ -208,6 +208,15 @@ def _even_tile(width: int, limit: int) -> int | None:
     return max((d for d in range(2, limit + 1, 2) if width % d == 0), default=None)
 
 
+def _conv_spec(sch: s_tir.Schedule, block, spec: KernelSpec) -> KernelSpec:
+    """The spec the conv ``block`` was packed for: ``spec.narrow`` when the layout pass gave it the narrow
+    step's weight (int8, where ``spec`` widens to ``spec.operand_dtype``; :meth:`KernelSpec.for_weight`)."""
+    if spec.narrow is None:
+        return spec
+    weight = next(r.source for r in sch.get(block).reads if len(r.region) == 7)
+    return spec.narrow if str(weight.dtype) == spec.narrow.weight_dtype != spec.weight_dtype else spec
+
+
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, parallel: bool = True) -> None:
     """Schedule a (fused) ``gwq_conv2d_nchwc`` kernel of family ``spec`` (tensorized, or vector lanes).
 
@@ -218,6 +227,7 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, spec: KernelSpec = X86_VNNI, para
     """
     _inline_elementwise(sch, keep={CONV_BLOCK, CONV_INPUT_BLOCK})
     block = sch.get_sblock(CONV_BLOCK)
+    spec = _conv_spec(sch, block, spec)
     intrin = spec.intrinsic() if spec.intrinsic is not None else None
     table = sch.get(block).annotations.get(INT4_TABLE_ATTR)
     if table is not None:  # packed int4 (pack_layout does so only for families with an int4 step)

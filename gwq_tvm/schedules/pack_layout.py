@@ -293,7 +293,8 @@ class _Packer:
             y = self.bb.emit_te(C.depthwise_conv2d_nchwc, src.expr, wp, **geometry, primfunc_name_hint="gwq_dwconv2d")
             return _Packed(y, w.shape[0], src.block)
         in_block, out_block = (TILE_K, TILE_N) if tiles else (src.block, L.OC_BLOCK)
-        offset = self.spec.input_offset(_dtype(data))
+        spec = self.spec if tiles else self.spec.for_weight(w)  # AVX2: the vpmaddubsw step for 7-bit weights
+        offset = spec.input_offset(_dtype(data))
         nibbles = None if tiles else self.int4_weight(w, lookup)
         if nibbles is not None:  # two codes per byte, decoded in the kernel's registers
             table, codes = nibbles
@@ -301,11 +302,10 @@ class _Packer:
             y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset,
                                 table=tuple(int(t) for t in table), primfunc_name_hint="gwq_conv2d_int4")
         else:
-            wdtype = self.spec.weight_dtype
-            wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, in_block, self.spec.k_block, out_block),
-                                    wdtype)
+            wp = self.packed_weight(w, lookup, lambda v: L.pack_conv_weight(v, in_block, spec.k_block, out_block),
+                                    spec.weight_dtype)
             y = self.bb.emit_te(C.conv2d_nchwc_int8, src.expr, wp, **geometry, offset=offset,
-                                widen=self.spec.operand_dtype, primfunc_name_hint="gwq_conv2d")
+                                widen=spec.operand_dtype, primfunc_name_hint="gwq_conv2d")
         if offset:
             comp = L.offset_compensation(w, offset).astype(np.int32).reshape(1, -1, 1, 1)
             comp = L.pack_channel_const(comp, w.shape[0], out_block)

@@ -12,6 +12,7 @@ x86-amx        uint8        4       ``tdpbusd`` (Mx64x64) x86 with AMX-INT8 + AV
 x86-vnni       uint8        4       ``vpdpbusd`` (16x4)   x86 with AVX-512 VNNI
 x86-avxvnni    uint8        4       2 x ``vpdpbusd`` ymm  x86 with AVX-VNNI + AVX2, no AVX-512 VNNI
 x86-avx2       int16        2       2 x ``vpmaddwd``      x86 with AVX2, no (AVX-)VNNI
+x86-avx2 (7b)  uint8        4       2 x ``vpmaddubsw``    the same, convs whose weights fit 7 bits
 aarch64-i8mm   uint8        8       8 x ``usmmla``        aarch64 ``+i8mm`` (A710, N2, V1/Graviton3)
 aarch64-sdot   int8         4       4 x ``sdot`` (16x4)   aarch64 ``+dotprod`` (A76, N1, rpi5)
 aarch64-neon   as is        1       16 vector lanes       aarch64 NEON only (A72, rpi4)
@@ -22,7 +23,9 @@ activations of the other 8-bit type are offset by +-128 inside the kernel
 and compensated exactly (:func:`gwq_tvm.schedules.layout.offset_compensation`).
 The AVX2 family widens both operands to int16 instead (weights at compile
 time, activations in the conv's padded-input stage; see :mod:`.avx2`), which
-is exact for int8 and uint8 alike.  ``k`` is the reduction depth innermost
+is exact for int8 and uint8 alike; a conv whose weights fit 7 bits takes
+its exact ``vpmaddubsw`` step in the VNNI layout instead
+(:attr:`KernelSpec.narrow`).  ``k`` is the reduction depth innermost
 in the packed weight.  The i8mm family's step covers two output pixels
 (``[2] x [16] x [8]``, see :mod:`.arm`), with a one-pixel step for output
 widths that have no even register tile.
@@ -41,13 +44,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import tvm
 
 from .amx import has_amx, register_amx_intrinsic
 from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic, register_sdot_intrinsic, register_usmmla_intrinsic,
                   register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
-from .avx2 import has_avx2, register_avx2_intrinsic
+from .avx2 import NARROW_WEIGHT_MAX, has_avx2, register_avx2_intrinsic, register_avx2_narrow_intrinsic
 from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_int4_intrinsic, register_vnni_intrinsic
 
 
@@ -100,6 +104,13 @@ class KernelSpec:
         32 bytes of nibble codes decoded through a 16-entry table in
         registers, then the family's dot product) and returns its name;
         ``None``: the family keeps int4 weights as int8.
+    narrow : KernelSpec or None
+        The family's kernel for a conv whose int8 weights all lie within
+        ``+-narrow_max`` (:meth:`for_weight`): AVX2's exact ``vpmaddubsw``
+        step for weights of 7 bits or fewer (:mod:`.avx2`).  A narrow conv is
+        packed and scheduled from these fields; ``None``: every conv uses this spec.
+    narrow_max : int
+        The weight bound of :attr:`narrow`.
     """
 
     name: str
@@ -115,6 +126,8 @@ class KernelSpec:
     pair_intrinsic: Callable[[int], str] | None = None
     tune_intrinsic: bool = False
     int4_intrinsic: Callable[[tuple], str] | None = None
+    narrow: KernelSpec | None = None
+    narrow_max: int = 0
 
     def __post_init__(self):
         if self.input_dtype not in (None, "int8", "uint8"):
@@ -123,6 +136,12 @@ class KernelSpec:
             raise ValueError(f"k_block must be 1, 2, 4 or 8, not {self.k_block}")
         if self.operand_dtype not in (None, "int16"):
             raise ValueError(f"operand_dtype must be int16 or None, not {self.operand_dtype!r}")
+
+    def for_weight(self, w: np.ndarray) -> KernelSpec:
+        """The spec that runs a conv of int8 weight ``w``: :attr:`narrow` when every ``|w| <= narrow_max``, else this one."""
+        if self.narrow is not None and w.size and -self.narrow_max <= int(w.min()) and int(w.max()) <= self.narrow_max:
+            return self.narrow
+        return self
 
     @property
     def weight_dtype(self) -> str:
@@ -151,9 +170,16 @@ X86_AMX = KernelSpec("x86-amx", "uint8", 4, register_vnni_intrinsic, tile_limit=
 """x86 with AMX-INT8 (Sapphire Rapids and later): ``tdpbusd`` tiles for the stride-1 convs of 64+ input channels and
 dense layers, the ``x86-vnni`` kernels (same fields) for every other conv."""
 
+X86_AVX2_NARROW = KernelSpec("x86-avx2-narrow", "uint8", 4, register_avx2_narrow_intrinsic, tile_limit=6, tile_min=4,
+                             tile_fallback=7, channel_pairs=False)
+"""The x86-avx2 family's convs with weights in [-64, 64]: the VNNI layout and offset, ``vpmaddubsw`` + ``vpmaddwd``
+by ones per 8 lanes (exact by the weight bound, :mod:`.avx2`), register tiles as the widened kernels'."""
+
 X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6, tile_min=4, tile_fallback=7,
-                      channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE)
-"""x86 with AVX2 only: 16 ymm registers (2 per pixel's 16 accumulators), ``vpmaddwd`` on int16-widened operands."""
+                      channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE, narrow=X86_AVX2_NARROW,
+                      narrow_max=NARROW_WEIGHT_MAX)
+"""x86 with AVX2 only: 16 ymm registers (2 per pixel's 16 accumulators), ``vpmaddwd`` on int16-widened operands;
+convs whose weights fit 7 bits take :data:`X86_AVX2_NARROW` instead."""
 
 X86_AVXVNNI = KernelSpec("x86-avxvnni", "uint8", 4, register_avxvnni_intrinsic, tile_limit=6, tile_min=4,
                          tile_fallback=7, channel_pairs=False)
