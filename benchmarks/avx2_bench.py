@@ -15,11 +15,16 @@ Columns:
   ``x86-avx2`` family (this CPU's target when it is an AVX2-only CPU, else
   the ``x86-avx2`` preset, forcing it);
 * ``gwq-tvm GWQ avx2``: the GWQ plan, same kernels;
+* ``gwq-tvm W7A8 avx2``: the per-layer plan at 7 weight bits (``--weight-bits 7``,
+  what ORT calls ``reduce_range``): every conv's weights lie in [-64, 64], so
+  the family runs them on its exact ``vpmaddubsw`` step (:mod:`gwq_tvm.schedules.avx2`)
+  instead of widening to int16; its accuracy cost is measured on the bundled
+  model (``bundled_w7_accuracy`` in the JSON);
 * ``gwq-tvm fp32``: :func:`gwq_tvm.schedules.float.compile_float` (what
   calibration and the sensitivity analysis run);
 * ``ORT fp32``, ``ORT int8`` (QDQ, per-channel, u8 activations x s8 weights).
 
-Peaks (one core): the ``vpmaddwd`` intrinsic of the family as TVM builds it
+Peaks (one core): the ``vpmaddwd`` and ``vpmaddubsw`` intrinsics of the family as TVM builds them
 (:func:`kernels_bench.intrinsic_peak_gmacs`), and the raw instruction
 sequences of ``avx2_peak.c`` (``vpmaddwd``; ``vpmaddubsw + vpmaddwd``, the
 saturating u8 x s8 sequence; fp32 FMA).  ORT picks its int8 kernels from
@@ -55,7 +60,42 @@ sys.path.insert(0, str(HERE))
 
 import kernels_bench as KB  # noqa: E402
 
-COLUMNS = ["gwq-tvm int8 avx2", "gwq-tvm GWQ avx2", "gwq-tvm fp32", "ORT fp32", "ORT int8"]
+COLUMNS = ["gwq-tvm int8 avx2", "gwq-tvm GWQ avx2", "gwq-tvm W7A8 avx2", "gwq-tvm fp32", "ORT fp32", "ORT int8"]
+
+W7_PLAN = "w7.plan.json"
+"""The per-layer plan at 7 weight bits, next to :func:`kernels_bench._paths`' plans."""
+
+
+def prepare_w7(name: str) -> Path:
+    """Quantize ``name`` per layer at 7 weight bits (from the cached calibration images) once; return the plan path."""
+    import gwq_tvm
+    from gwq_tvm.config import QuantConfig
+
+    path = KB._paths(name)["plan"].with_name(W7_PLAN)
+    if not path.exists():
+        onnx_path, calib, _ = KB._model_data(name)
+        gwq_tvm.quantize(str(onnx_path), calib, QuantConfig(weight_bits=7)).plan.save(path)
+    return path
+
+
+def bundled_w7_accuracy() -> dict:
+    """Test accuracy (10k Fashion-MNIST images) of the bundled model's compiled AVX2 programs at W8A8 and W7A8."""
+    import tvm
+    from tvm import relax
+
+    import gwq_tvm
+    from gwq_tvm.api import accuracy, predict
+    from gwq_tvm.config import QuantConfig
+    from gwq_tvm.data import bundled_model, fashion_mnist
+
+    calib, _ = fashion_mnist("calib")
+    test_x, test_y = fashion_mnist("test")
+    out = {}
+    for label, bits in (("W8A8", 8), ("W7A8", 7)):
+        q = gwq_tvm.quantize(str(bundled_model()), calib[:512], QuantConfig(weight_bits=bits))
+        vm = relax.VirtualMachine(gwq_tvm.build(q, avx2_target()), tvm.cpu())
+        out[label] = accuracy(predict(vm, test_x, q.float_model.input_shape), test_y)
+    return out
 
 
 def avx2_target():
@@ -79,6 +119,8 @@ def _candidates(name: str, x, threads: int) -> dict:
     return {
         "gwq-tvm int8 avx2": lambda: KB._tvm_runner(gwq_tvm.build(q("plan"), target), x),
         "gwq-tvm GWQ avx2": lambda: KB._tvm_runner(gwq_tvm.build(q("plan_gwq"), target), x),
+        "gwq-tvm W7A8 avx2": lambda: KB._tvm_runner(gwq_tvm.build(gwq_tvm.quantize(
+            str(p["onnx"]), plan=QuantPlan.load(p["plan"].with_name(W7_PLAN))), target), x),
         "gwq-tvm fp32": lambda: KB._tvm_runner(compile_float(gwq_tvm.load_model(str(p["onnx"])).mod), x),
         **KB._ort_candidates(name, x, threads),
     }
@@ -126,14 +168,17 @@ def sequence_peaks() -> dict:
     return {ln.split()[0]: float(ln.split()[1]) for ln in lines if ln.strip()}
 
 
-def intrinsic_peak() -> float:
-    """Single-core GMAC/s of the family's ``vpmaddwd`` intrinsic as TVM builds it (a 1-thread subprocess)."""
+def intrinsic_peak(narrow: bool = False) -> float:
+    """Single-core GMAC/s of the family's ``vpmaddwd`` intrinsic (``narrow``: its ``vpmaddubsw`` step) as TVM
+    builds it (a 1-thread subprocess)."""
     from gwq_tvm.schedules.avx2 import OPERAND_DTYPE
 
     env = dict(os.environ, TVM_NUM_THREADS="1")
+    call = ("register_avx2_narrow_intrinsic as r; print(KB.intrinsic_peak_gmacs(r(), 'uint8', 'int8', 4, "
+            if narrow else "register_avx2_intrinsic as r; print(KB.intrinsic_peak_gmacs(r(), %r, %r, 2, "
+            % (OPERAND_DTYPE, OPERAND_DTYPE))
     code = ("import sys; sys.path.insert(0, %r); import kernels_bench as KB, avx2_bench as A; "
-            "from gwq_tvm.schedules.avx2 import register_avx2_intrinsic as r; "
-            "print(KB.intrinsic_peak_gmacs(r(), %r, %r, 2, A.avx2_target(), rows=6, blocks=1, slots=8))") % (str(HERE), OPERAND_DTYPE, OPERAND_DTYPE)
+            "from gwq_tvm.schedules.avx2 import " % str(HERE)) + call + "A.avx2_target(), rows=6, blocks=1, slots=8))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -171,7 +216,12 @@ def write_report(results: dict, meta: dict) -> None:
         f"in the JSON). Load average {meta['load_avg'][0]:.1f} at the start; hypervisor steal per worker "
         f"{_steal_range(meta)}.",
         "",
-        "Ratio = latency / ORT int8 latency. Ours is exact (`vpmaddwd` on int16-widened operands). " + _ort_caveat(meta["ort_int8_isa"]),
+        "Ratio = latency / ORT int8 latency. Ours is exact: `vpmaddwd` on int16-widened operands for 8-bit weights; "
+        "at 7 weight bits (W7A8: every weight in [-64, 64]) `vpmaddubsw`, which cannot saturate there. "
+        + _ort_caveat(meta["ort_int8_isa"]),
+        "",
+        "W7A8's accuracy cost, bundled model on the 10k Fashion-MNIST test images (its AVX2 programs): "
+        + ", ".join(f"{k} {100 * v:.2f}%" for k, v in meta["bundled_w7_accuracy"].items()) + ".",
         "",
     ]
     for threads, per_model in results.items():
@@ -185,12 +235,14 @@ def write_report(results: dict, meta: dict) -> None:
     lines += [
         "## Throughput",
         "",
-        f"Single-core peaks, GMAC/s: our `vpmaddwd` intrinsic built by TVM {meta['intrinsic_peak_gmacs']:.1f}; raw "
+        f"Single-core peaks, GMAC/s: our `vpmaddwd` intrinsic built by TVM {meta['intrinsic_peak_gmacs']:.1f}, our "
+        f"`vpmaddubsw` (W7) intrinsic {meta['narrow_intrinsic_peak_gmacs']:.1f}; raw "
         f"sequences (avx2_peak.c): `vpmaddwd` {peaks.get('wd', float('nan')):.1f}, `vpmaddubsw+vpmaddwd` "
         f"{peaks.get('ubsw', float('nan')):.1f}, fp32 FMA {peaks.get('fma', float('nan')):.1f}.",
         "",
-        "| model | GMAC | threads | int8 avx2 GMAC/s | % of 1-core vpmaddwd peak | ORT int8 GMAC/s | gwq-tvm fp32 GMAC/s | % of 1-core FMA peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | GMAC | threads | int8 avx2 GMAC/s | % of 1-core vpmaddwd peak | W7A8 avx2 GMAC/s | % of 1-core "
+        "vpmaddubsw peak | ORT int8 GMAC/s | gwq-tvm fp32 GMAC/s | % of 1-core FMA peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for threads, per_model in results.items():
         for name, row in per_model.items():
@@ -198,8 +250,9 @@ def write_report(results: dict, meta: dict) -> None:
             rate = lambda v: g / (v / 1e3) if v else None  # noqa: E731
             fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
             pct = lambda v, peak: "n/a" if v is None or not peak else f"{100 * v / peak / int(threads):.0f}%"  # noqa: E731
-            i8, f32 = rate(row.get("gwq-tvm int8 avx2")), rate(row.get("gwq-tvm fp32"))
+            i8, f32, w7 = (rate(row.get(c)) for c in ("gwq-tvm int8 avx2", "gwq-tvm fp32", "gwq-tvm W7A8 avx2"))
             lines.append(f"| {name} | {g:.3f} | {threads} | {fmt(i8)} | {pct(i8, meta['intrinsic_peak_gmacs'])} | "
+                         f"{fmt(w7)} | {pct(w7, meta['narrow_intrinsic_peak_gmacs'])} | "
                          f"{fmt(rate(row.get('ORT int8')))} | {fmt(f32)} | {pct(f32, peaks.get('fma'))} |")
     (OUT / "avx2_bench.md").write_text("\n".join(lines) + "\n")
 
@@ -219,6 +272,7 @@ def main(argv=None) -> None:
     load = os.getloadavg()
     for name in args.models:
         KB.prepare(name)
+        prepare_w7(name)
     processes: dict = {str(t): [] for t in args.threads}
     for r in range(args.processes):
         for threads in args.threads:
@@ -235,7 +289,8 @@ def main(argv=None) -> None:
     meta = {"cpu": platform.processor() or platform.machine(), "mcpu": str(host_target().attrs.get("mcpu", "")),
             "target": str(avx2_target()), "runs": args.runs, "processes": args.processes, "load_avg": load,
             "ort_int8_isa": ort_int8_isa(read_cpuinfo()), "all_processes": processes,
-            "intrinsic_peak_gmacs": intrinsic_peak(), "sequence_peaks_gmacs": sequence_peaks(),
+            "intrinsic_peak_gmacs": intrinsic_peak(), "narrow_intrinsic_peak_gmacs": intrinsic_peak(narrow=True),
+            "sequence_peaks_gmacs": sequence_peaks(), "bundled_w7_accuracy": bundled_w7_accuracy(),
             "gmacs": {name: KB.model_gmacs(name) for name in args.models}}
     write_report(results, meta)
     print((OUT / "avx2_bench.md").read_text())
