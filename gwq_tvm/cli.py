@@ -193,6 +193,18 @@ def _print_summary(q, out=None):
     print(format_text(q.report()), file=out)
 
 
+def _narrow_weight_hint(plan, target, out=None) -> None:
+    """On a family with a faster step for 7-bit weights (x86-avx2's ``vpmaddubsw``), name the layers that miss it."""
+    from .schedules.spec import kernel_spec
+
+    spec = kernel_spec(target)
+    wide = [name for name, w in plan.layers.items() if w.bits > 7 and w.codebook == "uniform"]
+    if spec is not None and spec.narrow is not None and wide:
+        print(f"{spec.name}: {len(wide)} of {len(plan.layers)} weight layers have 8-bit weights and run on the widened "
+              f"int16 step; --weight-bits 7 puts them on the exact, faster vpmaddubsw step ({spec.narrow.name}; README: "
+              "Fast kernels and tuning)", file=out or sys.stdout)
+
+
 def cmd_compile(args):
     from . import api
     from .schedules.targets import export_compiler
@@ -233,6 +245,7 @@ def cmd_compile(args):
                        "choose another -o")
     api.export(ex, out, None if keep_plan else plan, fcompile=fcompile, reference=reference)  # all files, or none
     _print_summary(q)
+    _narrow_weight_hint(plan, target)
     print(f"wrote {out}, {out.with_suffix('.plan.json')} and {reference_path(out).name} ({time.time() - t0:.1f}s)")
 
 

@@ -238,3 +238,20 @@ def test_bundled_model_at_7_weight_bits_runs_on_vpmaddubsw_bit_exact(fmnist):
     assert asm.count("vpmaddubsw") >= 8
     x = test_x[:48]
     np.testing.assert_array_equal(_run(ex, x), run_reference(q.mod, x))
+
+
+def test_compile_names_the_8_bit_layers_that_miss_the_narrow_step(bundled_int8, capsys):
+    """'compile' on an AVX2 target says how many layers run widened and which option puts them on vpmaddubsw;
+    nothing on a family without a narrow step, nor when no layer is above 7 bits."""
+    import dataclasses
+
+    from gwq_tvm.cli import _narrow_weight_hint
+
+    plan = bundled_int8.plan
+    _narrow_weight_hint(plan, resolve_target("x86-avx2"))
+    line = capsys.readouterr().out
+    assert line.startswith(f"x86-avx2: {len(plan.layers)} of {len(plan.layers)} weight layers") and "--weight-bits 7" in line
+    _narrow_weight_hint(plan, tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    seven = dataclasses.replace(plan, layers={n: dataclasses.replace(w, bits=7) for n, w in plan.layers.items()})
+    _narrow_weight_hint(seven, resolve_target("x86-avx2"))
+    assert capsys.readouterr().out == ""
