@@ -25,6 +25,13 @@ and its weight bytes (the packed constant the module stores) are recorded.
 start-up), median of ``--runs`` calls after warm-up.  Writes
 ``benchmarks/results/int4_kernels/int4_kernels.{json,md}``; ``--loaded``
 marks figures taken on a shared, loaded machine.
+
+``--target x86-avx2`` (any preset or target string) builds for that family
+instead of this CPU's and writes ``int4_kernels_<family>.{json,md}``.  In the
+AVX2 family ``int8`` widens to int16 for ``vpmaddwd`` while ``int4`` and
+``post`` take the exact ``vpmaddubsw`` step of weights within [-64, 64],
+decoded from nibbles by ``vpshufb`` (:mod:`gwq_tvm.schedules.avx2`): there
+the ratio measures that step and the packing together.
 """
 
 from __future__ import annotations
@@ -55,6 +62,18 @@ SHAPES = [("conv 64x64 56x56 3x3 (ResNet-18 s1)", 64, 64, 56, 3, 1),
           ("dense 512x1000 (ResNet-18 fc)", 512, 1000, 0, 0, 0),
           ("dense 1024x1000 (MobileNetV3-S fc)", 1024, 1000, 0, 0, 0)]
 FORMS = ("int8", "int4", "post", "post-take")
+
+#: What the forms run on, per family (the report's legend)
+FORMS_TEXT = {
+    "x86-vnni": "`int4`: uniform weights in [-8, 7] stored two per byte, decoded in registers (GFNI vgf2p8affineqb on "
+                "this CPU) into vpdpbusd; `post`: POST 4-bit codes, same kernel with the POST table; `post-take`: the old "
+                "POST path (take(table, codes) per call, then the int8 kernel).",
+    "x86-avx2": "Forced x86-avx2 family: `int8` is widened to int16 for vpmaddwd; `int4` (weights in [-8, 7]) is "
+                "stored two per byte, decoded by vpshufb and fed to the exact vpmaddubsw step that every weight within "
+                "[-64, 64] takes, so int4/int8 measures that step and the packing together; `post`: POST 4-bit codes, "
+                "same kernel with the POST table (levels within +-64); `post-take`: the family's int4 step switched off, "
+                "take(table, codes) per call into int8 weights, then the vpmaddubsw step.",
+}
 
 
 def _module(shape, form: str, seed: int = 0):
@@ -112,18 +131,25 @@ def _weight_bytes(mod, spec) -> int:
     return int(sum(v.nbytes for v in found))
 
 
-def worker(threads: int, runs: int, out: Path) -> None:
+def _target(name: str | None):
+    from gwq_tvm.runtime import host_target
+    from gwq_tvm.schedules.targets import resolve_target
+
+    return host_target() if name is None else resolve_target(name)
+
+
+def worker(threads: int, runs: int, out: Path, target_name: str | None = None) -> None:
     import tvm
     from tvm import relax
 
     from gwq_tvm.reference import run_reference
-    from gwq_tvm.runtime import host_target
     from gwq_tvm.schedules.build import compile_packed
     from gwq_tvm.schedules.spec import kernel_spec
 
-    target = host_target()
+    target = _target(target_name)
     spec = kernel_spec(target)
-    no_int4 = dataclasses.replace(spec, int4_intrinsic=None)
+    no_int4 = dataclasses.replace(spec, int4_intrinsic=None, narrow=spec.narrow and dataclasses.replace(
+        spec.narrow, int4_intrinsic=None))  # (AVX2: the int4 step is its narrow kernels')
     rows = {}
     scratch = np.zeros(64 << 20, np.uint8)  # 64 MiB: twice the L3 of this Zen 4
     for shape in SHAPES:
@@ -150,18 +176,19 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--loaded", action="store_true", help="mark the figures as taken on a loaded machine")
+    ap.add_argument("--target", default=None, help="a preset or target to build for (default: this CPU)")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
-        return worker(args.worker, args.runs, Path(args.worker_out))
+        return worker(args.worker, args.runs, Path(args.worker_out), args.target)
     OUT.mkdir(parents=True, exist_ok=True)
     results, family = {}, None
     for t in args.threads:
         part = OUT / f".threads{t}.json"
         env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t))
-        subprocess.run([sys.executable, __file__, "--worker", str(t), "--worker-out", str(part), "--runs", str(args.runs)],
-                       check=True, env=env)
+        subprocess.run([sys.executable, __file__, "--worker", str(t), "--worker-out", str(part), "--runs", str(args.runs)]
+                       + (["--target", args.target] if args.target else []), check=True, env=env)
         part_data = json.loads(part.read_text())
         results[str(t)], family = part_data["rows"], part_data["family"]
         part.unlink()
@@ -169,14 +196,14 @@ def main(argv=None) -> None:
             "load_average": os.getloadavg()}
     from gwq_tvm.atomic import write_text
 
-    write_text(OUT / "int4_kernels.json", json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    stem = "int4_kernels" if args.target is None else f"int4_kernels_{family}"
+    write_text(OUT / f"{stem}.json", json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     note = ("**Taken on a shared machine under load from other jobs (load average "
             f"{meta['load_average'][0]:.1f} on 2 cores at the end): compare ratios, not absolute figures.**\n\n"
             if args.loaded else "")
+    forms = FORMS_TEXT.get(family, FORMS_TEXT["x86-vnni"])
     lines = [f"# Packed int4 weight kernels vs int8 ({family}, batch 1, median ms)", "",
-             note + "`int4`: uniform weights in [-8, 7] stored two per byte, decoded in registers (GFNI vgf2p8affineqb on "
-             "this CPU) into vpdpbusd; `post`: POST 4-bit codes, same kernel with the POST table; `post-take`: the old POST path "
-             "(take(table, codes) per call, then the int8 kernel). Ratios are against `int8`; "
+             note + forms + " Ratios are against `int8`; "
              "weight KiB = the packed constants the module stores. Warm: the call repeated (weights in cache); "
              "cold: a 64 MiB buffer written before each call (weights from memory).", ""]
     for t, rows in results.items():
@@ -192,7 +219,7 @@ def main(argv=None) -> None:
                          f"{r['int4 cold'] / r['int8 cold']:.2f} | {r['post cold'] / r['int8 cold']:.2f} | "
                          f"{r['int8 bytes'] / 1024:.1f} / {r['int4 bytes'] / 1024:.1f} | {exact} |")
         lines.append("")
-    write_text(OUT / "int4_kernels.md", "\n".join(lines))
+    write_text(OUT / f"{stem}.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ from gwq_tvm.schedules.targets import resolve_target
 
 from conftest import tensorized_dot_16x4
 from test_arm_kernels import _dense_module
+from test_int4_kernels import SHAPES as INT4_SHAPES
+from test_int4_kernels import _int4_kernels
+from test_int4_kernels import conv_module as int4_conv_module
+from test_int4_kernels import dense_module as int4_dense_module
 from test_schedules import SHAPES, TRANSPOSED, _asm, _conv_module, _run, _transposed_module
 
 AVX2 = has_avx2(host_target())
@@ -255,3 +259,49 @@ def test_compile_names_the_8_bit_layers_that_miss_the_narrow_step(bundled_int8, 
     seven = dataclasses.replace(plan, layers={n: dataclasses.replace(w, bits=7) for n, w in plan.layers.items()})
     _narrow_weight_hint(seven, resolve_target("x86-avx2"))
     assert capsys.readouterr().out == ""
+
+
+# --- packed int4 on the narrow step: vpshufb decode + vpmaddubsw -------------------
+@needs_avx2
+@pytest.mark.parametrize("form", ["int4", "post"])
+@pytest.mark.parametrize("c,o,hw,k,stride,padding,dtype", INT4_SHAPES)
+def test_avx2_int4_conv_bit_exact(c, o, hw, k, stride, padding, dtype, form):
+    """Uniform int4 and POST 4-bit weights: two codes per byte, decoded by vpshufb into the vpmaddubsw step."""
+    mod, x = int4_conv_module(c, o, hw, k, stride, padding, dtype, form)
+    assert _int4_kernels(mod, X86_AVX2) == 2
+    ex = _compile_avx2(mod)
+    asm = _asm(ex)
+    assert "vpshufb" in asm and "vpmaddubsw" in asm
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("form", ["int4", "post"])
+@pytest.mark.parametrize("batch,k,n,dtype", [(3, 17, 24, "int8"), (1, 512, 1000, "uint8")])
+def test_avx2_int4_dense_bit_exact(batch, k, n, dtype, form):
+    mod, x = int4_dense_module(batch, k, n, dtype, form)
+    assert _int4_kernels(mod, X86_AVX2) == 1
+    np.testing.assert_array_equal(_run(_compile_avx2(mod), x), run_reference(mod, x))
+
+
+@needs_avx2
+def test_avx2_lookup_beyond_the_narrow_bound_is_not_decoded_into_vpmaddubsw():
+    """A 16-level lookup whose used levels reach 100 fits nibbles but not the narrow step: the AVX2 family keeps
+    the per-call lookup and the widened int16 kernel (exact), where VNNI, which has no bound, packs nibbles."""
+    rng = np.random.default_rng(5)
+    table = np.array([0, 1, -1, 2, -2, 4, -4, 8, -8, 16, -16, 32, -32, 64, -64, 100], np.int8)
+    codes = rng.integers(0, 16, (16, 8, 3, 3)).astype("uint8")
+    codes.flat[0] = 15
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "uint8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = bb.emit(relax.op.take(relax.const(table), relax.const(codes), axis=0, mode="clip"))
+            out = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, w, padding=1, out_dtype="int32")))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert (_int4_kernels(mod, X86_AVX2), _int4_kernels(mod, X86_VNNI)) == (0, 1)
+    data = np.full((1, 8, 6, 6), 255, np.uint8)
+    ex = _compile_avx2(mod)
+    assert "vpmaddubsw" not in _asm(ex)
+    np.testing.assert_array_equal(_run(ex, data), run_reference(mod, data))

@@ -94,8 +94,8 @@ def dense_module(batch, k, n, dtype, form, seed=0):
     return bb.get(), rng.integers(info.min, info.max + 1, (batch, k)).astype(dtype)
 
 
-def _int4_kernels(mod) -> int:
-    packed = PackInt8Layout()(mod)
+def _int4_kernels(mod, spec=None) -> int:
+    packed = (PackInt8Layout() if spec is None else PackInt8Layout(spec))(mod)
     return sum(b.value.args[0].name_hint.startswith("gwq_conv2d_int4") for blk in packed["main"].body.blocks
                for b in blk.bindings if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir")
 

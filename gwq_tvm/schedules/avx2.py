@@ -45,6 +45,12 @@ lane into int32) and ``vpaddd``: 64 products per 6 instructions against
 32 per 4, and no widened copies of the input or the weight.  The exactness
 rests on the weight bound alone, which the layout pass checks on the
 constant weight before choosing this step (:data:`NARROW_WEIGHT_MAX`).
+
+Packed int4 weights take the same step after a decode in registers
+(:func:`register_avx2_int4_intrinsic`): 32 bytes of nibble codes, the low
+nibbles for lanes 0-7 and the high ones for lanes 8-15, each looked up by
+``vpshufb`` in the 16-entry code table (the sign extension table for uniform
+int4, the POST levels, whose 4-bit ones lie within +-64).
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import functools
 import tvm
 from tvm.script import tirx as T
 
-from .intrin import dot_16x4_desc, dot_16xk_desc
+from .intrin import dot_16x4_desc, dot_16x4_int4_desc, dot_16xk_desc
 
 AVX2_INTRIN = "gwq_dot_16x2_avx2"
 """Our name for the 16-lane, 2-deep int16 x int16 -> int32 ``vpmaddwd`` intrinsic."""
@@ -133,6 +139,65 @@ def register_avx2_narrow_intrinsic() -> str:
     """Register :data:`NARROW_INTRIN` (idempotent, cheap) and return its name."""
     tvm.s_tir.TensorIntrin.register(NARROW_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_narrow_impl(), override=True)
     return NARROW_INTRIN
+
+
+INT4_INTRIN = "gwq_dot_16x4_int4_avx2"
+"""Name prefix of the packed int4 steps of the narrow kernels (one per code table)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _dot_16x4_int4_impl(table: tuple):
+    """The packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`) on ``vpmaddubsw``.
+
+    One 32-byte load of codes; ``& 15`` gives lanes 0-7's four codes each,
+    ``>> 4`` lanes 8-15's; ``vpshufb`` looks each half up in the table (a
+    constant repeated in both 128-bit lanes; indices below 16 never set bit 7,
+    so no byte is zeroed); each 32 int8 weights then take the narrow step.
+    Exact when every entry looked up lies within +-:data:`NARROW_WEIGHT_MAX`
+    (the layout pass checks the weights it decodes to).
+    """
+    entries = [tvm.tirx.const(int(t), "int8") for t in table] * 2
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((8, 4), "uint8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:16])
+            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
+            a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
+            packed = T.meta_var(B.vload([0, 0], dtype="uint8x32"))
+            for j in T.unroll(0, 2):
+                codes = T.meta_var(T.reinterpret(T.shift_right(packed, T.broadcast(T.uint8(4 * j), 32))
+                                                 & T.broadcast(T.uint8(15), 32), dtype="int8x32"))
+                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        a_u8x32,
+                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"),
+                                                T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"),
+                        dtype="int16x16",
+                    ),
+                    T.broadcast(T.int16(1), 16),
+                    dtype="int32x8",
+                )
+
+    return impl
+
+
+@functools.lru_cache(maxsize=None)
+def register_avx2_int4_intrinsic(table: tuple) -> str:
+    """Register the narrow int4 step of code table ``table`` (16 ints; idempotent, cheap) and return its name."""
+    from .vnni import table_key
+
+    table = tuple(int(t) for t in table)
+    name = f"{INT4_INTRIN}_{table_key(table)}"
+    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), _dot_16x4_int4_impl(table), override=True)
+    return name
 
 
 @functools.lru_cache(maxsize=None)

@@ -210,9 +210,12 @@ def _even_tile(width: int, limit: int) -> int | None:
 
 def _conv_spec(sch: s_tir.Schedule, block, spec: KernelSpec) -> KernelSpec:
     """The spec the conv ``block`` was packed for: ``spec.narrow`` when the layout pass gave it the narrow
-    step's weight (int8, where ``spec`` widens to ``spec.operand_dtype``; :meth:`KernelSpec.for_weight`)."""
+    step's weight (int8, where ``spec`` widens to ``spec.operand_dtype``; :meth:`KernelSpec.for_weight`) or
+    packed int4 codes that only the narrow step decodes."""
     if spec.narrow is None:
         return spec
+    if sch.get(block).annotations.get(INT4_TABLE_ATTR) is not None:
+        return spec if spec.int4_intrinsic is not None else spec.narrow
     weight = next(r.source for r in sch.get(block).reads if len(r.region) == 7)
     return spec.narrow if str(weight.dtype) == spec.narrow.weight_dtype != spec.weight_dtype else spec
 

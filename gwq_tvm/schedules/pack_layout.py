@@ -246,7 +246,7 @@ class _Packer:
         table, codes = lookup
         return self.bb.emit(_lookup(table.astype(dtype), pack(codes)))
 
-    def int4_weight(self, w: np.ndarray, lookup) -> tuple | None:
+    def int4_weight(self, w: np.ndarray, lookup, spec: KernelSpec | None = None) -> tuple | None:
         """``(table16, codes)`` when this family has an int4 step and the weight fits 4-bit codes, else ``None``.
 
         A POST weight ``take(table, codes)`` with at most 16 levels keeps its codes and its table (padded
@@ -254,7 +254,8 @@ class _Packer:
         fewer, :attr:`gwq_tvm.plan.quantplan.WeightQuant.storage` ``"int4"``) becomes nibble codes with
         the sign extension table.  Either way ``table16[codes] == w`` exactly, so the rewrite is lossless.
         """
-        if not self.int4 or self.spec.int4_intrinsic is None or self.spec.intrinsic is None:
+        spec = spec or self.spec  # the conv's (KernelSpec.for_weight), whose int4 step runs it
+        if not self.int4 or spec.int4_intrinsic is None or spec.intrinsic is None:
             return None  # (a family with its dot-product step removed, e.g. an aarch64 layout run on x86, has no int4 step)
         if lookup is not None:
             table, codes = lookup
@@ -295,7 +296,7 @@ class _Packer:
         in_block, out_block = (TILE_K, TILE_N) if tiles else (src.block, L.OC_BLOCK)
         spec = self.spec if tiles else self.spec.for_weight(w)  # AVX2: the vpmaddubsw step for 7-bit weights
         offset = spec.input_offset(_dtype(data))
-        nibbles = None if tiles else self.int4_weight(w, lookup)
+        nibbles = None if tiles else self.int4_weight(w, lookup, spec)
         if nibbles is not None:  # two codes per byte, decoded in the kernel's registers
             table, codes = nibbles
             wp = relax.const(L.pack_conv_weight_int4(codes, in_block), "uint8")

@@ -51,7 +51,8 @@ from .amx import has_amx, register_amx_intrinsic
 from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic, register_sdot_intrinsic, register_usmmla_intrinsic,
                   register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
-from .avx2 import NARROW_WEIGHT_MAX, has_avx2, register_avx2_intrinsic, register_avx2_narrow_intrinsic
+from .avx2 import (NARROW_WEIGHT_MAX, has_avx2, register_avx2_int4_intrinsic, register_avx2_intrinsic,
+                   register_avx2_narrow_intrinsic)
 from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_int4_intrinsic, register_vnni_intrinsic
 
 
@@ -171,9 +172,10 @@ X86_AMX = KernelSpec("x86-amx", "uint8", 4, register_vnni_intrinsic, tile_limit=
 dense layers, the ``x86-vnni`` kernels (same fields) for every other conv."""
 
 X86_AVX2_NARROW = KernelSpec("x86-avx2-narrow", "uint8", 4, register_avx2_narrow_intrinsic, tile_limit=6, tile_min=4,
-                             tile_fallback=7, channel_pairs=False)
+                             tile_fallback=7, channel_pairs=False, int4_intrinsic=register_avx2_int4_intrinsic)
 """The x86-avx2 family's convs with weights in [-64, 64]: the VNNI layout and offset, ``vpmaddubsw`` + ``vpmaddwd``
-by ones per 8 lanes (exact by the weight bound, :mod:`.avx2`), register tiles as the widened kernels'."""
+by ones per 8 lanes (exact by the weight bound, :mod:`.avx2`), register tiles as the widened kernels'; packed int4
+weights decoded by ``vpshufb`` into the same step."""
 
 X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6, tile_min=4, tile_fallback=7,
                       channel_pairs=False, operand_dtype=AVX2_OPERAND_DTYPE, narrow=X86_AVX2_NARROW,
