@@ -103,6 +103,15 @@ NARROW_WEIGHT_MAX = 64
 """Largest ``|weight|`` the ``vpmaddubsw`` step takes: ``255 * 64 * 2 = 32640`` fits int16, ``255 * 65 * 2`` does not."""
 
 
+def quad_sums(a_u8x32, w_i8x32):
+    """8 int32 lanes, lane ``i`` = ``sum_k a[4i + k] * w[4i + k]`` (``k < 4``): ``vpmaddubsw`` (int16 pair sums,
+    exact when ``|w| <= 64``), then ``vpmaddwd`` by ones (the two pairs of a lane)."""
+    pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a_u8x32, w_i8x32,
+                                    dtype="int16x16")
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                                   T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+
 @functools.lru_cache(maxsize=None)
 def _dot_16x4_narrow_impl():
     """The ``vpmaddubsw`` implementation, parsed from TVMScript on first use (as :func:`_dot_16x2_avx2_impl`)."""
@@ -119,17 +128,8 @@ def _dot_16x4_narrow_impl():
             a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
             a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
             for j in T.unroll(0, 2):
-                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                        a_u8x32,
-                        B.vload([j * 8, 0], dtype="int8x32"),
-                        dtype="int16x16",
-                    ),
-                    T.broadcast(T.int16(1), 16),
-                    dtype="int32x8",
-                )
+                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + quad_sums(
+                    a_u8x32, B.vload([j * 8, 0], dtype="int8x32"))
 
     return impl
 
@@ -173,18 +173,9 @@ def _dot_16x4_int4_impl(table: tuple):
             for j in T.unroll(0, 2):
                 codes = T.meta_var(T.reinterpret(T.shift_right(packed, T.broadcast(T.uint8(4 * j), 32))
                                                  & T.broadcast(T.uint8(15), 32), dtype="int8x32"))
-                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                    T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                        a_u8x32,
-                        T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"),
-                                                T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"),
-                        dtype="int16x16",
-                    ),
-                    T.broadcast(T.int16(1), 16),
-                    dtype="int32x8",
-                )
+                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + quad_sums(
+                    a_u8x32, T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"),
+                                                     T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"))
 
     return impl
 
