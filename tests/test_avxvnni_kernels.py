@@ -26,6 +26,10 @@ from gwq_tvm.schedules.vnni import AVXVNNI_INTRIN, has_avxvnni, has_vnni, regist
 
 from conftest import tensorized_dot_16x4
 from test_arm_kernels import _dense_module
+from test_int4_kernels import SHAPES as INT4_SHAPES
+from test_int4_kernels import _int4_kernels
+from test_int4_kernels import conv_module as int4_conv_module
+from test_int4_kernels import dense_module as int4_dense_module
 from test_schedules import SHAPES, _asm, _conv_module, _run
 
 
@@ -157,3 +161,33 @@ def test_bundled_model_through_build_for_alderlake_is_vex_vpdpbusd(bundled_int8)
     asm = _asm(gwq_tvm.build(bundled_int8, resolve_target("alderlake")))
     _vex_only(asm)
     assert asm.count("{vex}\tvpdpbusd") >= 8 and "vpmaddwd" not in asm
+
+
+# --- packed int4: vpshufb decode into vpdpbusd ymm ---------------------------------
+@needs_ymm_vnni
+@pytest.mark.parametrize("form", ["int4", "post"])
+@pytest.mark.parametrize("c,o,hw,k,stride,padding,dtype", INT4_SHAPES)
+def test_avxvnni_int4_conv_bit_exact(c, o, hw, k, stride, padding, dtype, form):
+    """Uniform int4 and POST 4-bit weights stored two per byte, looked up by vpshufb, fed to vpdpbusd ymm."""
+    mod, x = int4_conv_module(c, o, hw, k, stride, padding, dtype, form)
+    assert _int4_kernels(mod, X86_AVXVNNI) == 2
+    ex = _compile_avxvnni(mod)
+    asm = _asm(ex)
+    assert "vpshufb" in asm and _YMM_DOT.search(asm)
+    np.testing.assert_array_equal(_run(ex, x), run_reference(mod, x))
+
+
+@needs_ymm_vnni
+@pytest.mark.parametrize("form", ["int4", "post"])
+def test_avxvnni_int4_dense_bit_exact(form):
+    mod, x = int4_dense_module(1, 512, 1000, "uint8", form)
+    assert _int4_kernels(mod, X86_AVXVNNI) == 1
+    np.testing.assert_array_equal(_run(_compile_avxvnni(mod), x), run_reference(mod, x))
+
+
+def test_alderlake_int4_conv_is_vex_vpdpbusd_after_vpshufb():
+    """Built for alderlake (no AVX-512): the int4 decode and the dot product are VEX on ymm, no zmm anywhere."""
+    mod, _ = int4_conv_module(16, 32, 8, 3, 1, 1, "uint8", "post")
+    asm = _asm(compile_packed(mod, resolve_target("alderlake"), X86_AVXVNNI))
+    _vex_only(asm)
+    assert "vpshufb" in asm

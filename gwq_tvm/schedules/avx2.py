@@ -145,16 +145,16 @@ INT4_INTRIN = "gwq_dot_16x4_int4_avx2"
 """Name prefix of the packed int4 steps of the narrow kernels (one per code table)."""
 
 
-@functools.lru_cache(maxsize=None)
-def _dot_16x4_int4_impl(table: tuple):
-    """The packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`) on ``vpmaddubsw``.
+def int4_ymm_impl(table: tuple, step):
+    """A packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`) on 256-bit registers.
 
     One 32-byte load of codes; ``& 15`` gives lanes 0-7's four codes each,
     ``>> 4`` lanes 8-15's; ``vpshufb`` looks each half up in the table (a
     constant repeated in both 128-bit lanes; indices below 16 never set bit 7,
-    so no byte is zeroed); each 32 int8 weights then take the narrow step.
-    Exact when every entry looked up lies within +-:data:`NARROW_WEIGHT_MAX`
-    (the layout pass checks the weights it decodes to).
+    so no byte is zeroed); each 32 int8 weights then go to
+    ``step(acc: int32x8, a: uint8x32, w: int8x32) -> int32x8``, the family's
+    8-lane dot product (the narrow ``vpmaddubsw`` step here, ``vpdpbusd ymm``
+    for AVX-VNNI, :func:`gwq_tvm.schedules.vnni.register_avxvnni_int4_intrinsic`).
     """
     entries = [tvm.tirx.const(int(t), "int8") for t in table] * 2
 
@@ -173,11 +173,16 @@ def _dot_16x4_int4_impl(table: tuple):
             for j in T.unroll(0, 2):
                 codes = T.meta_var(T.reinterpret(T.shift_right(packed, T.broadcast(T.uint8(4 * j), 32))
                                                  & T.broadcast(T.uint8(15), 32), dtype="int8x32"))
-                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + quad_sums(
-                    a_u8x32, T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"),
-                                                     T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"))
+                C[T.ramp(j * 8, 1, 8)] = step(
+                    C.vload([j * 8], dtype="int32x8"), a_u8x32,
+                    T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b"),
+                                            T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"))
 
     return impl
+
+
+def _narrow_step(acc, a_u8x32, w_i8x32):
+    return acc + quad_sums(a_u8x32, w_i8x32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,7 +192,8 @@ def register_avx2_int4_intrinsic(table: tuple) -> str:
 
     table = tuple(int(t) for t in table)
     name = f"{INT4_INTRIN}_{table_key(table)}"
-    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), _dot_16x4_int4_impl(table), override=True)
+    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), int4_ymm_impl(table, _narrow_step),
+                                    override=True)
     return name
 
 

@@ -53,7 +53,8 @@ from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic,
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import (NARROW_WEIGHT_MAX, has_avx2, register_avx2_int4_intrinsic, register_avx2_intrinsic,
                    register_avx2_narrow_intrinsic)
-from .vnni import has_avxvnni, has_vnni, register_avxvnni_intrinsic, register_vnni_int4_intrinsic, register_vnni_intrinsic
+from .vnni import (has_avxvnni, has_vnni, register_avxvnni_int4_intrinsic, register_avxvnni_intrinsic,
+                   register_vnni_int4_intrinsic, register_vnni_intrinsic)
 
 
 @dataclass(frozen=True)
@@ -184,9 +185,10 @@ X86_AVX2 = KernelSpec("x86-avx2", None, 2, register_avx2_intrinsic, tile_limit=6
 convs whose weights fit 7 bits take :data:`X86_AVX2_NARROW` instead."""
 
 X86_AVXVNNI = KernelSpec("x86-avxvnni", "uint8", 4, register_avxvnni_intrinsic, tile_limit=6, tile_min=4,
-                         tile_fallback=7, channel_pairs=False)
+                         tile_fallback=7, channel_pairs=False, int4_intrinsic=register_avxvnni_int4_intrinsic)
 """x86 with AVX-VNNI but no AVX-512 (Alder Lake and later client cores): the VNNI layout and offset, 16 ymm
-registers tiled as the AVX2 family's (2 per pixel's 16 accumulators), ``vpdpbusd ymm`` (VEX) twice per step."""
+registers tiled as the AVX2 family's (2 per pixel's 16 accumulators), ``vpdpbusd ymm`` (VEX) twice per step; packed
+int4 weights decoded by ``vpshufb`` into the same instruction."""
 
 AARCH64_I8MM = KernelSpec("aarch64-i8mm", "uint8", 8, register_usmmla_intrinsic, tile_limit=6, tile_min=2,
                           tile_fallback=7, channel_pairs=False, pair_intrinsic=register_usmmla_pair_intrinsic,

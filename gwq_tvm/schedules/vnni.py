@@ -115,6 +115,28 @@ def register_avxvnni_intrinsic() -> str:
     return AVXVNNI_INTRIN
 
 
+AVXVNNI_INT4_INTRIN = "gwq_dot_16x4_int4_avxvnni"
+"""Name prefix of the AVX-VNNI family's packed int4 steps (one per code table)."""
+
+
+def _vpdpbusd_ymm(acc, a_u8x32, w_i8x32):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), acc, a_u8x32, w_i8x32,
+                                   dtype="int32x8")
+
+
+@functools.lru_cache(maxsize=None)
+def register_avxvnni_int4_intrinsic(table: tuple) -> str:
+    """Register the AVX-VNNI family's packed int4 step of code table ``table`` (16 ints; idempotent) and return its
+    name: ``vpshufb`` over the table into ``vpdpbusd ymm`` (:func:`gwq_tvm.schedules.avx2.int4_ymm_impl`)."""
+    from .avx2 import int4_ymm_impl
+
+    table = tuple(int(t) for t in table)
+    name = f"{AVXVNNI_INT4_INTRIN}_{table_key(table)}"
+    tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), int4_ymm_impl(table, _vpdpbusd_ymm),
+                                    override=True)
+    return name
+
+
 @functools.lru_cache(maxsize=None)
 def register_vnni_intrinsic() -> str:
     """Register the fixed intrinsic under :data:`VNNI_INTRIN` (idempotent) and return that name.
