@@ -201,3 +201,67 @@ def test_compile_with_gwq_tvm_records_does_not_import_the_stock_intrinsics(tmp_p
         "assert 'tvm.s_tir.tensor_intrin' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(__file__))], check=True, cwd=tmp_path, timeout=600)
+
+
+def _parametric_records(work_dir) -> int:
+    """A JSON database of default-schedule records whose intrinsics carry parameters in their names: the AVX2
+    narrow step (7-bit weights), AVX2 and VNNI int4 steps (code tables); returns how many records it holds."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gwq_tvm.schedules.spec import X86_VNNI
+
+    db = T.open_database(work_dir)
+    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 1})
+    vnni = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 1})
+    rng = np.random.default_rng(1)
+    count = 0
+    for lo, hi, target in ((-64, 64, avx2), (-8, 7, avx2), (-8, 7, vnni)):
+        x = relax.Var("x", relax.TensorType((1, 16, 8, 8), "uint8"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                w = relax.const(rng.integers(lo, hi + 1, (16, 16, 3, 3)).astype("int8"))
+                out = bb.emit_output(bb.emit(relax.op.nn.conv2d(x, w, padding=1, out_dtype="int32")))
+            bb.emit_func_output(out)
+        for task in T.extract_tuning_tasks(bb.get(), target):
+            tmod = task.dispatched[0]
+            sch = T._default_schedule(tmod, T._spec(target) if target is avx2 else X86_VNNI)
+            if sch is None or "sch.tensorize(" not in str(sch.trace):
+                continue
+            args = ms.arg_info.ArgInfo.from_prim_func(tmod["main"])
+            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(tmod), [1e-4], target, args))
+            count += 1
+    return count
+
+
+def test_a_fresh_process_keeps_records_of_parametric_intrinsics(tmp_path):
+    """A record whose trace names the narrow or an int4 step is readable in a new process: open_database registers
+    them by name.  Before, it could not read them, called them corrupt and rewrote the user's database without them."""
+    import subprocess
+    import sys
+
+    written = _parametric_records(tmp_path / "db")
+    text = (tmp_path / "db" / T.RECORD_FILE).read_text()
+    names = {"gwq_dot_16x4_avx2_narrow", "gwq_dot_16x4_int4_avx2_", "gwq_dot_16x4_int4_vnni_"}
+    assert written == 3 and all(n in text for n in names), text[:300]
+    script = ("import sys, warnings; warnings.simplefilter('error')\n"
+              "from gwq_tvm.schedules.tune import open_database\n"
+              "print(len(open_database(sys.argv[1]).get_all_tuning_records()))\n"
+              "assert 'tvm.s_tir.tensor_intrin' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db")], check=True, capture_output=True,
+                         text=True, timeout=600)
+    assert int(out.stdout.strip().splitlines()[-1]) == written
+    assert (tmp_path / "db" / T.RECORD_FILE).read_text() == text  # nothing rewritten
+
+
+def test_register_named_intrinsic_knows_every_parametric_name():
+    from gwq_tvm.schedules.amx import register_amx_intrinsic
+    from gwq_tvm.schedules.spec import AARCH64_I8MM, AARCH64_SDOT, X86_AVX2, X86_AVXVNNI, register_named_intrinsic
+    from gwq_tvm.schedules.vnni import register_int4
+
+    table = tuple(range(8)) + tuple(range(-8, 0))
+    for name in (X86_AVX2.narrow.intrinsic(), X86_AVX2.narrow.int4_intrinsic(table), X86_AVXVNNI.int4_intrinsic(table),
+                 AARCH64_SDOT.int4_intrinsic(table), register_int4(table, True), register_int4(table, False),
+                 AARCH64_I8MM.pair_intrinsic(2), register_amx_intrinsic(5)):
+        assert register_named_intrinsic(name), name
+    assert not register_named_intrinsic("gwq_dot_16x4_int4_avx2_zz") and not register_named_intrinsic("dot_16x4_vnni")

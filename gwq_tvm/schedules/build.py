@@ -8,7 +8,7 @@ from tvm import relax
 from .amx import request_amx_permission
 from .default import ScheduleIntegerKernels
 from .pack_layout import PackInt8Layout
-from .spec import X86_VNNI, KernelSpec, kernel_spec
+from .spec import X86_VNNI, KernelSpec, kernel_spec, register_named_intrinsic
 from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic
 
 
@@ -133,7 +133,9 @@ def compile_integer(mod: tvm.IRModule, target: tvm.target.Target, database=None)
 
 
 def _needs_stock_intrinsics(database) -> bool:
-    """Does a record of ``database`` tensorize with TVM's stock VNNI intrinsic, or one not registered yet?
+    """Does a record of ``database`` tensorize with TVM's stock VNNI intrinsic, or one neither registered nor ours?
+
+    (Ours are registered here by name, :func:`.spec.register_named_intrinsic`.)
 
     Only then is :func:`.vnni.fix_stock_vnni_intrinsic` needed, which imports
     ``tvm.s_tir.tensor_intrin`` (17-24 s here); the records ``gwq-tvm tune``
@@ -143,7 +145,8 @@ def _needs_stock_intrinsics(database) -> bool:
         for inst in record.trace.as_json()[0]:
             if str(inst[0]) == "Tensorize" and len(inst[2]):
                 name = str(inst[2][0])
-                if name == STOCK_VNNI_INTRIN or tvm.s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+                if name == STOCK_VNNI_INTRIN or (tvm.s_tir.TensorIntrin.get(name, allow_missing=True) is None
+                                                 and not register_named_intrinsic(name)):
                     return True
     return False
 

@@ -47,14 +47,16 @@ from typing import Callable
 import numpy as np
 import tvm
 
+import re
+
 from .amx import has_amx, register_amx_intrinsic
 from .arm import (has_dotprod, has_i8mm, has_neon, register_sdot_int4_intrinsic, register_sdot_intrinsic, register_usmmla_intrinsic,
                   register_usmmla_pair_intrinsic)
 from .avx2 import OPERAND_DTYPE as AVX2_OPERAND_DTYPE
 from .avx2 import (NARROW_WEIGHT_MAX, has_avx2, register_avx2_int4_intrinsic, register_avx2_intrinsic,
                    register_avx2_narrow_intrinsic)
-from .vnni import (has_avxvnni, has_vnni, register_avxvnni_int4_intrinsic, register_avxvnni_intrinsic,
-                   register_vnni_int4_intrinsic, register_vnni_intrinsic)
+from .vnni import (VNNI_INT4_INTRIN, has_avxvnni, has_vnni, register_avxvnni_int4_intrinsic, register_avxvnni_intrinsic,
+                   register_int4, register_vnni_int4_intrinsic, register_vnni_intrinsic, table_of_key)
 
 
 @dataclass(frozen=True)
@@ -231,3 +233,34 @@ def kernel_spec(target: tvm.target.Target) -> KernelSpec | None:
     if has_neon(target):
         return AARCH64_NEON
     return None
+
+
+#: Our intrinsics whose name carries a parameter: ``(pattern, register(match))``.  The int4 steps name their code
+#: table (:func:`.vnni.table_key`), the i8mm pair step its stride, the AMX step its tile height.
+_NAMED = (
+    (re.compile(rf"{VNNI_INT4_INTRIN}_gfni_([0-9a-f]{{32}})"), lambda m: register_int4(table_of_key(m[1]), True)),
+    (re.compile(rf"{VNNI_INT4_INTRIN}_([0-9a-f]{{32}})"), lambda m: register_int4(table_of_key(m[1]), False)),
+    (re.compile(r"gwq_dot_16x4_int4_avxvnni_([0-9a-f]{32})"), lambda m: X86_AVXVNNI.int4_intrinsic(table_of_key(m[1]))),
+    (re.compile(r"gwq_dot_16x4_int4_avx2_([0-9a-f]{32})"), lambda m: X86_AVX2_NARROW.int4_intrinsic(table_of_key(m[1]))),
+    (re.compile(r"gwq_dot_16x4_int4_sdot_([0-9a-f]{32})"), lambda m: AARCH64_SDOT.int4_intrinsic(table_of_key(m[1]))),
+    (re.compile(r"gwq_dot_2x16x8_usmmla_s(\d+)"), lambda m: AARCH64_I8MM.pair_intrinsic(int(m[1]))),
+    (re.compile(r"gwq_amx_tdpbusd_(\d+)x64x64"), lambda m: register_amx_intrinsic(int(m[1]))),
+)
+
+
+def register_named_intrinsic(name: str) -> bool:
+    """Register our tensor intrinsic called ``name`` (as :func:`kernel_spec`'s families register it while
+    scheduling); ``False`` when no family has one of that name.
+
+    A tuning record's trace refers to the intrinsics it tensorized with by name; a
+    process that replays it (a fresh ``compile --tuning-db``) must have registered
+    them, or TVM cannot read the record (:func:`gwq_tvm.schedules.tune.open_database`).
+    """
+    for family in FAMILIES + tuple(f.narrow for f in FAMILIES if f.narrow is not None):
+        if family.intrinsic is not None and family.intrinsic() == name:
+            return True
+    for pattern, register in _NAMED:
+        m = pattern.fullmatch(name)
+        if m is not None:
+            return register(m) == name
+    return False

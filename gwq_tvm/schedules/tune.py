@@ -38,10 +38,9 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..atomic import write_text
 from ..errors import GwqError
-from .amx import register_amx_intrinsic
 from .build import compile_integer, kernel_module
 from .default import apply_default_schedule
-from .spec import FAMILIES, X86_VNNI, KernelSpec, kernel_spec
+from .spec import X86_VNNI, KernelSpec, kernel_spec, register_named_intrinsic
 from .vnni import STOCK_VNNI_INTRIN, fix_stock_vnni_intrinsic
 
 WORKLOAD_FILE = "database_workload.json"
@@ -268,15 +267,12 @@ def open_database(work_dir) -> ms.database.JSONDatabase:
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    for family in FAMILIES:
-        if family.intrinsic is not None:
-            family.intrinsic()
     records = work_dir / RECORD_FILE
     text = records.read_bytes().decode("utf-8", errors="replace") if records.exists() else ""
     if f'"{STOCK_VNNI_INTRIN}"' in text:
         fix_stock_vnni_intrinsic()
-    for rows in sorted({int(r) for r in re.findall(r'"gwq_amx_tdpbusd_(\d+)x64x64"', text)}):
-        register_amx_intrinsic(rows)  # records of the x86-amx family (one intrinsic per tile height)
+    for name in sorted(set(re.findall(r'"(gwq_[a-z0-9_]+)"', text))):
+        register_named_intrinsic(name)  # the narrow, int4, pair and AMX steps carry parameters in their names
     if '"dot_4x4_' in text:  # MetaSchedule's aarch64 (NEON/sdot/udot) intrinsics, registered on import
         import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401
     sanitize_database(work_dir)

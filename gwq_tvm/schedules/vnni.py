@@ -177,6 +177,11 @@ def table_key(table) -> str:
     return "".join(f"{int(t) + 128:02x}" for t in table)
 
 
+def table_of_key(key: str) -> tuple:
+    """The code table a :func:`table_key` suffix names (``table_of_key(table_key(t)) == tuple(t)``)."""
+    return tuple(b - 128 for b in bytes.fromhex(key))
+
+
 @functools.lru_cache(maxsize=None)
 def _dot_16x4_int4_vnni_impl(table: tuple):
     """The packed int4 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_int4_desc`) in registers.
@@ -292,11 +297,12 @@ def register_vnni_int4_intrinsic(table: tuple) -> str:
     shift and concatenation (:func:`_dot_16x4_int4_vnni_impl`, Cascade Lake).
     """
     target = tvm.target.Target.current(allow_none=True)
-    return _register_int4(tuple(int(t) for t in table), target is not None and _has_feature(target, "gfni"))
+    return register_int4(tuple(int(t) for t in table), target is not None and _has_feature(target, "gfni"))
 
 
 @functools.lru_cache(maxsize=None)
-def _register_int4(table: tuple, gfni: bool) -> str:
+def register_int4(table: tuple, gfni: bool) -> str:
+    """Register the VNNI int4 step of ``table``, with or without GFNI (see :func:`register_vnni_int4_intrinsic`)."""
     name = f"{VNNI_INT4_INTRIN}{'_gfni' if gfni else ''}_{table_key(table)}"
     impl = _dot_16x4_int4_gfni_impl(table) if gfni else _dot_16x4_int4_vnni_impl(table)
     tvm.s_tir.TensorIntrin.register(name, dot_16x4_int4_desc("uint8", table), impl, override=True)
