@@ -10,7 +10,9 @@ a constant weight, and every such dense (``matmul`` by a constant, as the
 * activations in NCHW[cb]c (``cb`` = 16, or 4/8/12 for thin inputs), conv
   outputs in NCHW16c, weights packed to ``OIHW[cb/k]i16o[k]i`` here, at compile
   time (``k`` = 8 for i8mm, 4 for the dot-product instructions, 2 for AVX2, 1 for NEON
-  lanes; int16 for AVX2, int8 otherwise); the convs an AMX family covers
+  lanes; int16 for AVX2, int8 otherwise), each conv by the spec its weight
+  selects (:meth:`~gwq_tvm.schedules.spec.KernelSpec.for_weight`: AVX2 convs
+  whose weights fit 7 bits take the VNNI layout); the convs an AMX family covers
   (:func:`_tile_rows`) take NCHW64c inputs and ``OIHW16i64o4i`` weights and
   give NCHW64c outputs, the others stay as above;
 * a grouped conv whose groups fill whole output blocks is one packed kernel
