@@ -265,3 +265,19 @@ def test_register_named_intrinsic_knows_every_parametric_name():
                  AARCH64_I8MM.pair_intrinsic(2), register_amx_intrinsic(5)):
         assert register_named_intrinsic(name), name
     assert not register_named_intrinsic("gwq_dot_16x4_int4_avx2_zz") and not register_named_intrinsic("dot_16x4_vnni")
+
+
+def test_a_preset_without_core_count_is_refused_with_a_target_that_works():
+    """Presets carry no 'num-cores'; the one-line refusal names a JSON target (same CPU) that tuning accepts."""
+    import re
+
+    from gwq_tvm.errors import GwqError
+    from gwq_tvm.schedules.targets import resolve_target
+
+    with pytest.raises(GwqError) as err:
+        T.check_tunable(resolve_target("x86-avx2"))
+    message = str(err.value)
+    assert "\n" not in message
+    suggested = json.loads(re.search(r"--target '(\{.*\})'", message)[1])
+    assert suggested == {"kind": "llvm", "mcpu": "haswell", "num-cores": 4}
+    T.check_tunable(tvm.target.Target(suggested))

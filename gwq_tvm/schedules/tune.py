@@ -283,7 +283,10 @@ def open_database(work_dir) -> ms.database.JSONDatabase:
 def check_tunable(target: tvm.target.Target) -> None:
     """MetaSchedule needs the device's core count in the target: raise a clear error without it."""
     if target.attrs.get("num-cores") is None:
-        raise GwqError(f"tuning needs the device's core count in the target ('num-cores'): {target}")
+        example = json.dumps({**{k: str(v) for k, v in target.export().items() if k in ("kind", "mcpu", "mtriple")},
+                              "num-cores": 4})
+        raise GwqError(f"tuning needs the device's core count in the target ('num-cores'): {target}; give it as JSON, "
+                       f"e.g. --target '{example}'")
 
 
 def specialize_batch(mod: tvm.IRModule, batch: int) -> tvm.IRModule:
