@@ -112,9 +112,14 @@ def quad_sums(a_u8x32, w_i8x32):
                                    T.broadcast(T.int16(1), 16), dtype="int32x8")
 
 
-@functools.lru_cache(maxsize=None)
-def _dot_16x4_narrow_impl():
-    """The ``vpmaddubsw`` implementation, parsed from TVMScript on first use (as :func:`_dot_16x2_avx2_impl`)."""
+def dot_ymm_impl(step):
+    """A 16-lane, 4-deep uint8 x int8 step (:func:`gwq_tvm.schedules.intrin.dot_16x4_desc`) on 256-bit registers.
+
+    The four activation bytes are broadcast to 8 lanes; lanes 0-7 and 8-15
+    each go to ``step(acc: int32x8, a: uint8x32, w: int8x32) -> int32x8``,
+    the family's 8-lane dot product: the narrow ``vpmaddubsw`` step here,
+    ``vpdpbusd ymm`` for AVX-VNNI (:func:`gwq_tvm.schedules.vnni.register_avxvnni_intrinsic`).
+    """
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -128,16 +133,20 @@ def _dot_16x4_narrow_impl():
             a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
             a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
             for j in T.unroll(0, 2):
-                C[T.ramp(j * 8, 1, 8)] = C.vload([j * 8], dtype="int32x8") + quad_sums(
-                    a_u8x32, B.vload([j * 8, 0], dtype="int8x32"))
+                C[T.ramp(j * 8, 1, 8)] = step(C.vload([j * 8], dtype="int32x8"), a_u8x32,
+                                              B.vload([j * 8, 0], dtype="int8x32"))
 
     return impl
+
+
+def _narrow_step(acc, a_u8x32, w_i8x32):
+    return acc + quad_sums(a_u8x32, w_i8x32)
 
 
 @functools.lru_cache(maxsize=None)
 def register_avx2_narrow_intrinsic() -> str:
     """Register :data:`NARROW_INTRIN` (idempotent, cheap) and return its name."""
-    tvm.s_tir.TensorIntrin.register(NARROW_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_narrow_impl(), override=True)
+    tvm.s_tir.TensorIntrin.register(NARROW_INTRIN, dot_16x4_desc("uint8"), dot_ymm_impl(_narrow_step), override=True)
     return NARROW_INTRIN
 
 
@@ -179,10 +188,6 @@ def int4_ymm_impl(table: tuple, step):
                                             T.Shuffle(entries, list(range(32))), codes, dtype="int8x32"))
 
     return impl
-
-
-def _narrow_step(acc, a_u8x32, w_i8x32):
-    return acc + quad_sums(a_u8x32, w_i8x32)
 
 
 @functools.lru_cache(maxsize=None)

@@ -81,47 +81,22 @@ AVXVNNI_INTRIN = "gwq_dot_16x4_avxvnni"
 """Our name for the same 16-lane, 4-deep uint8 x int8 -> int32 step as two 256-bit ``vpdpbusd``."""
 
 
-@functools.lru_cache(maxsize=None)
-def _dot_16x4_avxvnni_impl():
-    """The 256-bit implementation, parsed from TVMScript on first use (as :func:`_dot_16x4_vnni_impl`)."""
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_i32 = T.meta_var(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"))
-            a_u8x32 = T.meta_var(T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"))
-            for j in T.unroll(0, 2):
-                C[T.ramp(j * 8, 1, 8)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-                    C.vload([j * 8], dtype="int32x8"),
-                    a_u8x32,
-                    B.vload([j * 8, 0], dtype="int8x32"),
-                    dtype="int32x8",
-                )
-
-    return impl
+def _vpdpbusd_ymm(acc, a_u8x32, w_i8x32):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), acc, a_u8x32, w_i8x32,
+                                   dtype="int32x8")
 
 
 @functools.lru_cache(maxsize=None)
 def register_avxvnni_intrinsic() -> str:
     """Register :data:`AVXVNNI_INTRIN` (idempotent, cheap) and return its name."""
-    tvm.s_tir.TensorIntrin.register(AVXVNNI_INTRIN, dot_16x4_desc("uint8"), _dot_16x4_avxvnni_impl(), override=True)
+    from .avx2 import dot_ymm_impl
+
+    tvm.s_tir.TensorIntrin.register(AVXVNNI_INTRIN, dot_16x4_desc("uint8"), dot_ymm_impl(_vpdpbusd_ymm), override=True)
     return AVXVNNI_INTRIN
 
 
 AVXVNNI_INT4_INTRIN = "gwq_dot_16x4_int4_avxvnni"
 """Name prefix of the AVX-VNNI family's packed int4 steps (one per code table)."""
-
-
-def _vpdpbusd_ymm(acc, a_u8x32, w_i8x32):
-    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), acc, a_u8x32, w_i8x32,
-                                   dtype="int32x8")
 
 
 @functools.lru_cache(maxsize=None)
