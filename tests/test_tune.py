@@ -93,13 +93,39 @@ def test_corrupt_records_are_skipped_with_a_warning(tmp_path):
     with records.open("a") as f:
         f.write('[0, {"not": "a record"}]\n')
         f.write(good[0][: len(good[0]) // 2])  # interrupted write
-    with pytest.warns(UserWarning, match="skipped 2 corrupt"):
+    before = records.read_bytes()
+    with pytest.warns(UserWarning, match=r"skipped 2 corrupt line\(s\); the original file\(s\) are kept as .*record\.json\.orig$"):
         database = T.open_database(tmp_path)
     assert records.read_text().splitlines() == good
+    assert (tmp_path / (T.RECORD_FILE + ".orig")).read_bytes() == before  # set aside, not lost
     assert database.has_workload(tmod) and len(database.get_top_k(database.commit_workload(tmod), 10)) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         T.open_database(tmp_path)  # clean now: no warning
+    with records.open("a") as f:  # a second repair keeps its own copy and leaves the first one alone
+        f.write("garbage\n")
+    again = records.read_bytes()
+    with pytest.warns(UserWarning, match=r"kept as .*\.orig\.1$"):
+        T.open_database(tmp_path)
+    assert (tmp_path / (T.RECORD_FILE + ".orig")).read_bytes() == before
+    assert (tmp_path / (T.RECORD_FILE + ".orig.1")).read_bytes() == again
+
+
+def test_a_broken_workload_line_keeps_both_original_files(tmp_path):
+    """A workload line rewritten (to keep the record indices) is set aside with the records it orphans."""
+    target = _target()
+    _default_record(T.open_database(tmp_path), target)
+    workloads, records = tmp_path / T.WORKLOAD_FILE, tmp_path / T.RECORD_FILE
+    wl = workloads.read_text().splitlines()
+    workloads.write_text("\n".join(wl + ["{broken"]) + "\n")
+    with records.open("a") as f:
+        f.write(records.read_text().splitlines()[0].replace("[0,", f"[{len(wl)},", 1) + "\n")  # a record of that line
+    wbefore, rbefore = workloads.read_bytes(), records.read_bytes()
+    with pytest.warns(UserWarning, match="skipped 2 corrupt.*workload.json.orig, .*record.json.orig$"):
+        T.open_database(tmp_path)
+    assert (tmp_path / (T.WORKLOAD_FILE + ".orig")).read_bytes() == wbefore
+    assert (tmp_path / (T.RECORD_FILE + ".orig")).read_bytes() == rbefore
+    assert len(workloads.read_text().splitlines()) == len(wl) + 1  # indices stay stable
 
 
 @pytest.mark.slow

@@ -231,9 +231,13 @@ def sanitize_database(work_dir) -> int:
 
     A record is kept when TVM can deserialize it against its workload.  If
     anything was dropped, the files are rewritten atomically (temp file +
-    rename) and a warning names the count.  Workloads are kept in place
-    (records refer to them by line index); an unreadable workload line makes
-    its records unreadable, and they are dropped.
+    rename) and a warning names the count and where the original files were
+    kept: each file rewritten is first copied, byte for byte, to a new
+    ``<name>.orig[.N]`` beside it (never over an earlier copy), so a line we
+    could not read (a newer TVM's, an intrinsic registered by someone else's
+    code) is set aside, not lost.  Workloads are kept in place (records refer
+    to them by line index); an unreadable workload line makes its records
+    unreadable, and they are dropped.
     """
     work_dir = Path(work_dir)
     wpath, rpath = work_dir / WORKLOAD_FILE, work_dir / RECORD_FILE
@@ -248,7 +252,10 @@ def sanitize_database(work_dir) -> int:
     keep = [ln for ln in rlines if _valid_record(ln, workloads)]
     dropped = bad_workloads + len(rlines) - len(keep)
     if dropped:
-        warnings.warn(f"tuning database {work_dir}: skipped {dropped} corrupt line(s)", stacklevel=2)
+        rewritten = ([wpath] if bad_workloads else []) + [rpath]
+        kept = [_keep_original(p) for p in rewritten if p.exists()]
+        warnings.warn(f"tuning database {work_dir}: skipped {dropped} corrupt line(s); the original file(s) are kept as "
+                      + ", ".join(str(k) for k in kept), stacklevel=2)
         if bad_workloads:
             # keep line indices stable: replace a broken workload by a copy of a valid one
             filler = next((ln for ln, w in zip(wlines, workloads) if w is not None), None)
@@ -256,6 +263,22 @@ def sanitize_database(work_dir) -> int:
             _atomic_write(wpath, wlines)
         _atomic_write(rpath, keep)
     return dropped
+
+
+def _keep_original(path: Path) -> Path:
+    """Copy ``path`` to the first free ``<path>.orig``, ``<path>.orig.1``, ... (created exclusively); return it."""
+    data = path.read_bytes()
+    for k in range(10000):
+        copy = path.with_name(path.name + (".orig" if k == 0 else f".orig.{k}"))
+        try:
+            with open(copy, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return copy
+        except FileExistsError:
+            continue
+    raise GwqError(f"tuning database {path.parent}: 10000 earlier copies of {path.name} are kept there; remove some")
 
 
 def open_database(work_dir) -> ms.database.JSONDatabase:
