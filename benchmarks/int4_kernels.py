@@ -182,6 +182,22 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.worker is not None:
         return worker(args.worker, args.runs, Path(args.worker_out), args.target)
+    if args.target is not None:  # a bad --target is one line here, not a traceback from the worker process
+        import platform
+
+        from gwq_tvm.errors import GwqError
+        from gwq_tvm.schedules.arm import is_aarch64
+        from gwq_tvm.schedules.spec import kernel_spec
+
+        try:
+            target = _target(args.target)
+        except GwqError as err:
+            ap.error(f"--target: {err}")
+        if kernel_spec(target) is None:
+            ap.error(f"--target {args.target}: no gwq-tvm int8 kernel family for it")
+        if is_aarch64(target) != (platform.machine() in ("aarch64", "arm64")):
+            ap.error(f"--target {args.target}: the kernels are timed on this {platform.machine()} CPU; "
+                     "build for a family it can run")
     OUT.mkdir(parents=True, exist_ok=True)
     results, family = {}, None
     for t in args.threads:
