@@ -53,6 +53,9 @@ INDICATOR_UNIFORM = False
 #: ResNet's here, and the shared machine gave each process about a fifth of a core)
 QAT_EPOCHS = 1
 QAT_IMAGES = {"fmnist_resnet": 10000, "fmnist_mobilenetv3": 5000}
+#: the ILP's candidate weight widths (``--weight-widths``; default: ``QuantConfig.mp_weight_bits``, {2, 3, 4, 8}).  The
+#: authors' ResNet runs offer every width from 2 to 6 (their ``cand``), with the first and last layers at 8
+MP_WEIGHT_BITS = None
 #: torch threads of each QAT (``--qat-threads``; 1 beside another job: spinning threads on a shared core stall)
 QAT_THREADS = None
 
@@ -97,6 +100,11 @@ def qat_accuracy(q, work: Path, train, test, images: int) -> dict:
             "qat_schedule": f"{QAT_EPOCHS} x {images} images", "qat_loss": hist[-1]["loss"]}
 
 
+def widths() -> dict:
+    """The ``QuantConfig`` fields of ``--weight-widths`` (none: the default candidates)."""
+    return {"mp_weight_bits": MP_WEIGHT_BITS} if MP_WEIGHT_BITS else {}
+
+
 def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     """Measure (or train) ``kind`` indicators of ``name`` once; the file every budget reads."""
     import gwq_tvm
@@ -108,12 +116,12 @@ def indicator_file(name: str, kind: str, model_path, calib, train) -> Path:
     if path.exists():
         return path
     if kind == "learned":
-        cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance="learned", importance_file=str(path))
+        cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance="learned", importance_file=str(path), **widths())
         rec = learn_importance(model_path, calib, train[0][:INDICATOR_IMAGES], train[1][:INDICATOR_IMAGES], cfg,
                                TrainConfig(epochs=INDICATOR_EPOCHS, scale_lr=INDICATOR_SCALE_LR, threads=QAT_THREADS),
                                log=print, uniform_passes=INDICATOR_UNIFORM)
     else:  # measured by the strategy itself on the calibration images; saved from the plan's record
-        cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance=kind)
+        cfg = QuantConfig(mixed_precision=True, size_budget="50%", importance=kind, **widths())
         q = gwq_tvm.quantize(model_path, calib, cfg)
         mp = q.plan.provenance["mixed_precision"]
         rec = record(kind, q.graph, cfg, {n: {int(b): v for b, v in d.items()} for n, d in mp["importance"]["weights"].items()},
@@ -156,7 +164,8 @@ def run_model(name: str, phase: str = "all", also_qat=(), only=()) -> None:
     for budget in BUDGETS:
         for kind, search in (("learned", "ilp"), ("proxy", "ilp"), ("hessian", "ilp"), ("proxy", "greedy")):
             label = f"{'greedy' if search == 'greedy' else 'ILP'} {kind} size {budget}"
-            todo.append((label, dict(mixed_precision=True, size_budget=budget, importance=kind, mp_search=search), kind, budget))
+            todo.append((label, dict(mixed_precision=True, size_budget=budget, importance=kind, mp_search=search, **widths()),
+                         kind, budget))
     for label, kw, kind, budget in todo:
         if only and not label.startswith(tuple(only)):
             continue
@@ -280,8 +289,9 @@ def table() -> None:
                     verdicts.append(f"{u} {how} {acc * 100:.2f}% ({'beaten' if mixed['qat_accuracy'] > acc else 'NOT beaten'})")
                 w8 = rows.get("W8A8")
                 w8s = f"; W8A8 PTQ {w8['ptq_accuracy'] * 100:.2f}% ({'beaten' if mixed['qat_accuracy'] > w8['ptq_accuracy'] else 'not beaten'})" if w8 else ""
+                against = ", ".join(verdicts) + w8s if verdicts or w8s else "no uniform row in this table"
                 lines.append(f"- {budget}: {kind} {mixed['qat_accuracy'] * 100:.2f}% (size {mixed['size_percent']:.1f}%) vs "
-                             + ", ".join(verdicts) + w8s)
+                             + against)
         lines.append("")
     if (OUT / "notes.md").exists():  # the hand-written reading of the numbers
         lines += [(OUT / "notes.md").read_text()]
@@ -290,7 +300,7 @@ def table() -> None:
 
 
 def main():
-    global OUT, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR, INDICATOR_UNIFORM, QAT_EPOCHS, QAT_THREADS
+    global OUT, MP_WEIGHT_BITS, INDICATOR_EPOCHS, INDICATOR_IMAGES, INDICATOR_SCALE_LR, INDICATOR_UNIFORM, QAT_EPOCHS, QAT_THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=MODELS, help="measure this model's rows (resumable)")
     ap.add_argument("--phase", choices=("all", "ptq", "qat"), default="all",
@@ -307,8 +317,11 @@ def main():
     ap.add_argument("--qat-epochs", type=int, default=QAT_EPOCHS, help="epochs of each row's QAT fine-tuning")
     ap.add_argument("--qat-images", type=int, help="training images of each row's QAT (default: per model, above)")
     ap.add_argument("--qat-threads", type=int, help="torch threads of the QAT")
+    ap.add_argument("--weight-widths", type=int, nargs="+", metavar="BITS",
+                    help="the ILP's candidate weight widths (default: QuantConfig's 2 3 4 8)")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (default: the committed one)")
     args = ap.parse_args()
+    MP_WEIGHT_BITS = tuple(args.weight_widths) if args.weight_widths else None
     QAT_EPOCHS, QAT_THREADS, INDICATOR_UNIFORM = args.qat_epochs, args.qat_threads, args.indicator_uniform_passes
     if args.qat_images:
         QAT_IMAGES.update(dict.fromkeys(QAT_IMAGES, args.qat_images))
