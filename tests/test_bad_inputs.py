@@ -426,6 +426,7 @@ CASES = [
     Case("data-crc-damaged", _crc_damaged, _calib_with("bad.npz"), "CRC"),
     Case("data-truncated-npz", _truncated_npz, _calib_with("bad.npz"), "bad.npz"),
     Case("data-npz-no-images", save_array("c.npz", None, weights=np.zeros(3)), _calib_with("c.npz"), "images"),
+    Case("data-npz-empty-archive", save_array("c.npz", None), _calib_with("c.npz"), "images"),  # a zip of no member
     Case("data-text-file", write_bytes("c.npy", b"1,2,3\n4,5,6\n"), _calib_with("c.npy"), "c.npy"),
     Case("data-directory", _mkdir("c.npy"), _calib_with("c.npy"), "directory"),
     Case("data-missing", _none, _calib_with("nope.npy"), "not found"),
