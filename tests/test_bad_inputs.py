@@ -141,6 +141,15 @@ def write_model(**kw):
     return f
 
 
+def conv1_attribute(**attrs):
+    """tiny.onnx with these attributes set on conv1 (ONNX checks their type, not their sign)."""
+    def f(d):
+        model = tiny_model()
+        model.graph.node[0].attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+        onnx.save(model, str(d / "tiny.onnx"))
+    return f
+
+
 def weight_with(value, where=(0, 0, 0, 0)):
     w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.3
     w[where] = value
@@ -342,6 +351,9 @@ CASES = [
     Case("onnx-nan-weight", weight_with(np.nan), COMPILE, "w1"),
     Case("onnx-inf-weight", weight_with(-np.inf), COMPILE, "NaN/Inf"),
     Case("onnx-absurd-weight", weight_with(3e35), COMPILE, "magnitude"),
+    Case("onnx-negative-stride", conv1_attribute(strides=[-1, 1]), COMPILE, "conv1' has strides [-1, 1]"),
+    Case("onnx-zero-dilation", conv1_attribute(dilations=[1, 0]), COMPILE, "dilations [1, 0]; every value must be >= 1"),
+    Case("onnx-zero-group", conv1_attribute(group=0), COMPILE, "group [0]"),
     Case("onnx-dynamic-hw", write_model(hw=("H", "W")), COMPILE, "--input-shape"),
     Case("onnx-input-shape-rank", _none, COMPILE + ["--input-shape", "N,8,8"], "rank"),
     Case("onnx-input-shape-contradicts", _none, COMPILE + ["--input-shape", "N,3,8,8"], "contradicts"),

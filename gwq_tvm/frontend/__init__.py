@@ -142,6 +142,10 @@ MIN_OPSET = 7
 #: Initializers with an element larger than this in magnitude are refused (no trained network has them).
 MAX_ABS_WEIGHT = 1e30
 _STANDARD_DOMAINS = ("", "ai.onnx")
+#: Sliding-window ops and their attributes that must be >= 1 (the ONNX spec's; TVM's importer takes a negative
+#: stride silently and fails later, inside legalization, on a negative output shape)
+_POSITIVE_ATTRS = {op: ("strides", "dilations", "kernel_shape", "group")
+                   for op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool")}
 
 
 def check_onnx(model, source: str) -> None:
@@ -150,7 +154,8 @@ def check_onnx(model, source: str) -> None:
     Raises
     ------
     ModelError
-        Naming the first node of a custom/unknown domain, an opset outside
+        Naming the first node of a custom/unknown domain, or a conv/pool node
+        with a stride, dilation, kernel size or group below 1, an opset outside
         ``[MIN_OPSET, newest the installed onnx knows]``, or an initializer
         holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
     """
@@ -168,6 +173,12 @@ def check_onnx(model, source: str) -> None:
         if node.domain not in _STANDARD_DOMAINS:
             raise ModelError(f"{source}: node {node.name or node.op_type!r} is {node.domain}::{node.op_type}, an op of "
                              f"a custom domain; gwq-tvm imports standard ONNX ops (domain '') only")
+        for attr in node.attribute:
+            if attr.name in _POSITIVE_ATTRS.get(node.op_type, ()):
+                values = list(attr.ints) if attr.type == onnx.AttributeProto.INTS else [attr.i]
+                if any(v < 1 for v in values):
+                    raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has {attr.name} "
+                                     f"{values}; every value must be >= 1")
     for init in model.graph.initializer:
         try:
             w = numpy_helper.to_array(init)
