@@ -150,6 +150,12 @@ def conv1_attribute(**attrs):
     return f
 
 
+def _no_outputs(d):
+    model = tiny_model()
+    del model.graph.output[:]
+    onnx.save(model, str(d / "tiny.onnx"))
+
+
 def weight_with(value, where=(0, 0, 0, 0)):
     w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.3
     w[where] = value
@@ -351,6 +357,7 @@ CASES = [
     Case("onnx-nan-weight", weight_with(np.nan), COMPILE, "w1"),
     Case("onnx-inf-weight", weight_with(-np.inf), COMPILE, "NaN/Inf"),
     Case("onnx-absurd-weight", weight_with(3e35), COMPILE, "magnitude"),
+    Case("onnx-no-outputs", _no_outputs, COMPILE, "declares no graph outputs"),
     Case("onnx-negative-stride", conv1_attribute(strides=[-1, 1]), COMPILE, "conv1' has strides [-1, 1]"),
     Case("onnx-zero-dilation", conv1_attribute(dilations=[1, 0]), COMPILE, "dilations [1, 0]; every value must be >= 1"),
     Case("onnx-zero-group", conv1_attribute(group=0), COMPILE, "group [0]"),

@@ -281,6 +281,8 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise ModelError(f"{source}: gwq-tvm quantizes single-input models; this one has {len(inputs)} inputs")
+    if not model.graph.output:
+        raise ModelError(f"{source}: the model declares no graph outputs; there is nothing to compute")
     check_onnx(model, source)
     unknown = _onnx_unsupported_ops(model)
     if unknown:
