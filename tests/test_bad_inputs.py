@@ -156,6 +156,25 @@ def _no_outputs(d):
     onnx.save(model, str(d / "tiny.onnx"))
 
 
+def _batch_tied_flatten(model, batch=1):
+    """``model`` with its Flatten replaced by a Reshape to the constant ``[batch, classes]`` (PyTorch's
+    ``x.view(1, -1)`` exported with a dynamic batch axis): its shapes hold at that batch size only."""
+    g = model.graph
+    g.node[-1].CopyFrom(helper.make_node("Reshape", ["p", "shape1"], ["y"], name="flat"))
+    g.initializer.append(numpy_helper.from_array(np.array([batch, 4], np.int64), "shape1"))
+    return model
+
+
+def _batch_3_only(d):
+    onnx.save(_batch_tied_flatten(tiny_model(), batch=3), str(d / "tiny.onnx"))
+
+
+def weight_of_shape(shape):
+    def f(d):
+        onnx.save(tiny_model(w1=np.zeros(shape, np.float32)), str(d / "tiny.onnx"))
+    return f
+
+
 def weight_with(value, where=(0, 0, 0, 0)):
     w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.3
     w[where] = value
@@ -358,6 +377,8 @@ CASES = [
     Case("onnx-inf-weight", weight_with(-np.inf), COMPILE, "NaN/Inf"),
     Case("onnx-absurd-weight", weight_with(3e35), COMPILE, "magnitude"),
     Case("onnx-no-outputs", _no_outputs, COMPILE, "declares no graph outputs"),
+    Case("onnx-batch-3-only", _batch_3_only, COMPILE, "hold neither at batch 2"),
+    Case("onnx-empty-kernel", weight_of_shape((4, 1, 0, 3)), COMPILE, "empty weight 'w1' (shape [4, 1, 0, 3])"),
     Case("onnx-negative-stride", conv1_attribute(strides=[-1, 1]), COMPILE, "conv1' has strides [-1, 1]"),
     Case("onnx-zero-dilation", conv1_attribute(dilations=[1, 0]), COMPILE, "dilations [1, 0]; every value must be >= 1"),
     Case("onnx-zero-group", conv1_attribute(group=0), COMPILE, "group [0]"),
@@ -637,6 +658,19 @@ def test_input_shape_with_dynamic_batch_compiles(tmp_path, capsys):
     assert _cli("compile", str(tmp_path / "dyn.onnx"), "--input-shape", "N,1,8,8", "--calib", str(tmp_path / "c.npy"),
                 "-o", str(tmp_path / "dyn.so")) == 0
     assert json.loads((tmp_path / "dyn.plan.json").read_text())["input_shape"] == [None, 1, 8, 8]
+
+
+def test_a_dynamic_batch_that_holds_only_at_batch_1_compiles_for_batch_1(tmp_path, capsys):
+    """A Reshape to a constant batch of 1 under a dynamic batch axis: compiled for batch 1 with one warning, and the
+    module then runs any number of samples (one at a time).  Before, calibration's batched run failed inside numpy."""
+    onnx.save(_batch_tied_flatten(tiny_model()), str(tmp_path / "b1.onnx"))
+    np.save(tmp_path / "c.npy", _calib())
+    with pytest.warns(UserWarning, match=r"shapes hold only at batch 1 \(at batch 2: Reshape .*compiling it for batch 1"):
+        assert _cli("compile", str(tmp_path / "b1.onnx"), "--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "b1.so")) == 0
+    assert json.loads((tmp_path / "b1.plan.json").read_text())["input_shape"] == [1, 1, 8, 8]
+    capsys.readouterr()
+    assert _cli("eval", str(tmp_path / "b1.so"), "--data", str(tmp_path / "c.npy")) == 0
+    assert "ran 16 samples" in capsys.readouterr().out
 
 
 def test_a_failed_compile_leaves_no_output(assets, tmp_path, capsys, monkeypatch):

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,54 @@ def _finish(mod: tvm.IRModule, source: str, origins: dict | None = None) -> Floa
     if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 2:
         raise ModelError(f"{source}: the model input must be a float32 tensor; got {ty}")
     shape = tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in ty.shape.values)
+    if shape[0] is None:
+        mod, shape = _check_dynamic_batch(mod, ty.shape.values[0], shape, source)
     return FloatModel(mod, param.name, shape, source, origins or {})
+
+
+#: the batch size a dynamic-batch model is checked at (any size other than 1 would do)
+CHECK_BATCH = 2
+
+
+def _bind_batch(mod: tvm.IRModule, batch_var, size: int):
+    """``mod`` with its batch variable bound to ``size`` (Relax re-infers every shape: a mismatch raises).
+
+    A failed bind leaves a half-built BlockBuilder whose destructor warns on the
+    native stderr: it is collected here, with that stderr silenced."""
+    failed = False
+    with _native_stderr_silenced():
+        try:
+            return relax.transform.BindSymbolicVars({batch_var: size})(mod)
+        except Exception:
+            failed = True
+            raise
+        finally:
+            if failed:
+                gc.collect()
+
+
+def _check_dynamic_batch(mod, batch_var, shape, source):
+    """A model declaring a dynamic batch must hold its shapes at other batch sizes than 1.
+
+    Real exports often do not: a ``Reshape`` to ``[1, -1]``-style constants or a
+    conv whose kernel is an activation tie the shapes to one batch size.  Such
+    a model is checked at batch :data:`CHECK_BATCH`; if it fails there and holds
+    at batch 1, it is compiled for batch 1 (data then runs one sample at a
+    time) with one warning saying why; if it holds at neither, it is refused.
+    """
+    try:
+        _bind_batch(mod, batch_var, CHECK_BATCH)
+        return mod, shape
+    except Exception as err:  # noqa: BLE001 - TVM's shape inference raises ValueError/TVMError/InternalError
+        reason = last_line(err)
+    try:
+        fixed = _bind_batch(mod, batch_var, 1)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"{source}: the model declares a dynamic batch, but its shapes hold neither at batch "
+                         f"{CHECK_BATCH} ({reason}) nor at batch 1 ({last_line(err)})") from None
+    warnings.warn(f"{source}: the model declares a dynamic batch, but its shapes hold only at batch 1 (at batch "
+                  f"{CHECK_BATCH}: {reason}); compiling it for batch 1", stacklevel=3)
+    return fixed, (1, *shape[1:])
 
 
 @contextlib.contextmanager
@@ -142,6 +190,8 @@ MIN_OPSET = 7
 #: Initializers with an element larger than this in magnitude are refused (no trained network has them).
 MAX_ABS_WEIGHT = 1e30
 _STANDARD_DOMAINS = ("", "ai.onnx")
+#: ops whose second input is a weight (an empty one is a damaged model, not an empty layer)
+_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Sliding-window ops and their attributes that must be >= 1 (the ONNX spec's; TVM's importer takes a negative
 #: stride silently and fails later, inside legalization, on a negative output shape)
 _POSITIVE_ATTRS = {op: ("strides", "dilations", "kernel_shape", "group")
@@ -155,7 +205,8 @@ def check_onnx(model, source: str) -> None:
     ------
     ModelError
         Naming the first node of a custom/unknown domain, or a conv/pool node
-        with a stride, dilation, kernel size or group below 1, an opset outside
+        with a stride, dilation, kernel size or group below 1 or an empty
+        constant weight, an opset outside
         ``[MIN_OPSET, newest the installed onnx knows]``, or an initializer
         holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
     """
@@ -179,6 +230,12 @@ def check_onnx(model, source: str) -> None:
                 if any(v < 1 for v in values):
                     raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has {attr.name} "
                                      f"{values}; every value must be >= 1")
+    weights = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        init = weights.get(node.input[1]) if node.op_type in _WEIGHTED_OPS and len(node.input) > 1 else None
+        if init is not None and 0 in init.dims:
+            raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has an empty weight "
+                             f"{init.name!r} (shape {list(init.dims)})")
     for init in model.graph.initializer:
         try:
             w = numpy_helper.to_array(init)
