@@ -32,6 +32,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from gwq_tvm.api import REFERENCE_SAMPLES
 from gwq_tvm.cli import EXIT_BUG, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,6 +291,15 @@ def _truncate_so(fraction):
     return f
 
 
+def _edit_reference(edit):
+    """tiny.ref.npz with ``edit(inputs, outputs) -> (inputs, outputs)`` applied (a hand-edited or foreign file)."""
+    def f(d):
+        with np.load(d / "tiny.ref.npz") as ref:
+            inputs, outputs = edit(ref["inputs"], ref["outputs"])
+        np.savez(d / "tiny.ref.npz", inputs=inputs, outputs=outputs)
+    return f
+
+
 def _text_so(d):
     (d / "tiny.so").write_text("this is not a shared library\n")
 
@@ -492,6 +502,13 @@ CASES = [
     Case("so-missing", _none, ["eval", "{d}/nope.so"], "not found"),
     Case("bench-so-truncated", _truncate_so(0.7), ["bench", "{d}/tiny.so", "--repeat", "1"], "truncated"),
     Case("bench-so-text", _text_so, ["bench", "{d}/tiny.so", "--repeat", "1"], "not a shared library"),
+    *[Case(f"bench-reference-{name}", _edit_reference(edit), ["bench", "{d}/tiny.so", "--repeat", "1"], match)
+      for name, edit, match in (
+          ("empty", lambda x, y: (x[:0], y[:0]), "(no samples)"),
+          ("nan-inputs", lambda x, y: (x * np.nan, y), "inputs hold NaN/Inf"),
+          ("float64-inputs", lambda x, y: (x.astype(np.float64), y), "inputs of dtype float64"),
+          ("fewer-outputs", lambda x, y: (x, y[:1]), f"for {REFERENCE_SAMPLES} inputs"),
+          ("other-image-size", lambda x, y: (x[:, :, :5], y), "the module takes ('N', 1, 8, 8)"))],
     # ---- options
     Case("opt-plan-and-weight-bits", _none, ["compile", "{d}/tiny.onnx", "--plan", "{d}/tiny.plan.json", "-o",
                                              "{d}/out.so", "--weight-bits", "4"], "--weight-bits"),

@@ -67,9 +67,26 @@ def read_reference(module) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     try:
         with np.load(path) as data:
-            return data["inputs"], data["outputs"]
+            inputs, outputs = data["inputs"], data["outputs"]
     except Exception as err:  # noqa: BLE001 - zip/pickle/key errors all mean the same to the user
         raise GwqError(f"{path} is not a gwq-tvm reference file ({type(err).__name__}); recompile the module") from None
+    problem = _reference_problem(inputs, outputs)
+    if problem:
+        raise GwqError(f"{path} is not a gwq-tvm reference file ({problem}); recompile the module")
+    return inputs, outputs
+
+
+def _reference_problem(inputs: np.ndarray, outputs: np.ndarray) -> str | None:
+    """What makes ``(inputs, outputs)`` something :func:`save_reference` never writes (``None``: nothing)."""
+    if inputs.dtype != np.float32 or inputs.ndim < 2:
+        return f"inputs of dtype {inputs.dtype} and rank {inputs.ndim}, not a float32 batch"
+    if len(inputs) == 0:
+        return "no samples"
+    if not np.isfinite(inputs).all():
+        return "inputs hold NaN/Inf"
+    if outputs.dtype.kind not in "fiu" or outputs.ndim < 1 or len(outputs) != len(inputs):
+        return f"outputs of dtype {outputs.dtype} and shape {outputs.shape} for {len(inputs)} inputs"
+    return None
 
 
 @dataclass(frozen=True)
@@ -311,6 +328,11 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
     if inputs is None:
         if ref is not None:
             inputs = ref[0]
+            shape = _input_shape(module)
+            if shape is not None and (len(shape) != inputs.ndim or any(
+                    d is not None and d != got for d, got in zip(shape, inputs.shape))):
+                raise GwqError(f"{reference_path(module)} holds inputs of shape {inputs.shape}; the module takes "
+                               f"{tuple('N' if d is None else d for d in shape)}: recompile the module")
         else:
             shape = _input_shape(module)
             if shape is None or any(d is None for d in shape[1:]):
