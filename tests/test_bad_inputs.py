@@ -389,6 +389,8 @@ CASES = [
     Case("onnx-no-outputs", _no_outputs, COMPILE, "declares no graph outputs"),
     Case("onnx-batch-3-only", _batch_3_only, COMPILE, "hold neither at batch 2"),
     Case("onnx-empty-kernel", weight_of_shape((4, 1, 0, 3)), COMPILE, "empty weight 'w1' (shape [4, 1, 0, 3])"),
+    Case("onnx-kernel-shape-contradicts-weight", conv1_attribute(kernel_shape=[5, 5]), COMPILE,
+         "kernel_shape [5, 5], but its weight 'w1' is [4, 1, 3, 3]"),
     Case("onnx-negative-stride", conv1_attribute(strides=[-1, 1]), COMPILE, "conv1' has strides [-1, 1]"),
     Case("onnx-zero-dilation", conv1_attribute(dilations=[1, 0]), COMPILE, "dilations [1, 0]; every value must be >= 1"),
     Case("onnx-zero-group", conv1_attribute(group=0), COMPILE, "group [0]"),

@@ -205,8 +205,8 @@ def check_onnx(model, source: str) -> None:
     ------
     ModelError
         Naming the first node of a custom/unknown domain, or a conv/pool node
-        with a stride, dilation, kernel size or group below 1 or an empty
-        constant weight, an opset outside
+        with a stride, dilation, kernel size or group below 1, an empty
+        constant weight or a ``kernel_shape`` its weight contradicts, an opset outside
         ``[MIN_OPSET, newest the installed onnx knows]``, or an initializer
         holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
     """
@@ -236,6 +236,11 @@ def check_onnx(model, source: str) -> None:
         if init is not None and 0 in init.dims:
             raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has an empty weight "
                              f"{init.name!r} (shape {list(init.dims)})")
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+        if init is not None and node.op_type in ("Conv", "ConvTranspose") and kernel is not None \
+                and kernel != list(init.dims[2:]):
+            raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has kernel_shape {kernel}, "
+                             f"but its weight {init.name!r} is {list(init.dims)}")
     for init in model.graph.initializer:
         try:
             w = numpy_helper.to_array(init)
