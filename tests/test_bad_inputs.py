@@ -170,6 +170,15 @@ def _batch_3_only(d):
     onnx.save(_batch_tied_flatten(tiny_model(), batch=3), str(d / "tiny.onnx"))
 
 
+def _leaky_alpha(alpha):
+    """tiny.onnx with its ReLU a LeakyRelu of slope ``alpha`` (a NaN slope reached the plan as NaN scales)."""
+    def f(d):
+        model = tiny_model()
+        model.graph.node[1].CopyFrom(helper.make_node("LeakyRelu", ["c1"], ["r1"], name="relu1", alpha=alpha))
+        onnx.save(model, str(d / "tiny.onnx"))
+    return f
+
+
 def weight_of_shape(shape):
     def f(d):
         onnx.save(tiny_model(w1=np.zeros(shape, np.float32)), str(d / "tiny.onnx"))
@@ -391,6 +400,8 @@ CASES = [
     Case("onnx-empty-kernel", weight_of_shape((4, 1, 0, 3)), COMPILE, "empty weight 'w1' (shape [4, 1, 0, 3])"),
     Case("onnx-kernel-shape-contradicts-weight", conv1_attribute(kernel_shape=[5, 5]), COMPILE,
          "kernel_shape [5, 5], but its weight 'w1' is [4, 1, 3, 3]"),
+    Case("onnx-nan-attribute", _leaky_alpha(float("nan")), COMPILE, "LeakyRelu node 'relu1' has alpha nan"),
+    Case("onnx-inf-attribute", _leaky_alpha(float("inf")), COMPILE, "alpha inf; the model is damaged"),
     Case("onnx-negative-stride", conv1_attribute(strides=[-1, 1]), COMPILE, "conv1' has strides [-1, 1]"),
     Case("onnx-zero-dilation", conv1_attribute(dilations=[1, 0]), COMPILE, "dilations [1, 0]; every value must be >= 1"),
     Case("onnx-zero-group", conv1_attribute(group=0), COMPILE, "group [0]"),

@@ -190,6 +190,8 @@ MIN_OPSET = 7
 #: Initializers with an element larger than this in magnitude are refused (no trained network has them).
 MAX_ABS_WEIGHT = 1e30
 _STANDARD_DOMAINS = ("", "ai.onnx")
+#: float attributes that may be infinite (an open clip bound; -inf padding before a max pool)
+_INFINITE_OK = {"Clip": ("min", "max"), "Pad": ("value",)}
 #: ops whose second input is a weight (an empty one is a damaged model, not an empty layer)
 _WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Sliding-window ops and their attributes that must be >= 1 (the ONNX spec's; TVM's importer takes a negative
@@ -204,12 +206,18 @@ def check_onnx(model, source: str) -> None:
     Raises
     ------
     ModelError
-        Naming the first node of a custom/unknown domain, or a conv/pool node
-        with a stride, dilation, kernel size or group below 1, an empty
-        constant weight or a ``kernel_shape`` its weight contradicts, an opset outside
-        ``[MIN_OPSET, newest the installed onnx knows]``, or an initializer
-        holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
+        Naming what is wrong, the first of:
+
+        * an opset outside ``[MIN_OPSET, newest the installed onnx knows]``;
+        * a node of a custom/unknown domain;
+        * a float attribute that is NaN or infinite (but a ``Clip`` bound or a
+          ``Pad`` value);
+        * a conv/pool stride, dilation, kernel size or group below 1;
+        * an empty constant weight, or a ``kernel_shape`` its weight contradicts;
+        * an initializer holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
     """
+    import math
+
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -225,6 +233,12 @@ def check_onnx(model, source: str) -> None:
             raise ModelError(f"{source}: node {node.name or node.op_type!r} is {node.domain}::{node.op_type}, an op of "
                              f"a custom domain; gwq-tvm imports standard ONNX ops (domain '') only")
         for attr in node.attribute:
+            floats = [attr.f] if attr.type == onnx.AttributeProto.FLOAT else (
+                list(attr.floats) if attr.type == onnx.AttributeProto.FLOATS else [])
+            if any(math.isnan(v) or (math.isinf(v) and attr.name not in _INFINITE_OK.get(node.op_type, ()))
+                   for v in floats):
+                raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has {attr.name} "
+                                 f"{floats[0] if len(floats) == 1 else floats}; the model is damaged")
             if attr.name in _POSITIVE_ATTRS.get(node.op_type, ()):
                 values = list(attr.ints) if attr.type == onnx.AttributeProto.INTS else [attr.i]
                 if any(v < 1 for v in values):
