@@ -91,16 +91,12 @@ def _bind_batch(mod: tvm.IRModule, batch_var, size: int):
 
     A failed bind leaves a half-built BlockBuilder whose destructor warns on the
     native stderr: it is collected here, with that stderr silenced."""
-    failed = False
     with _native_stderr_silenced():
         try:
             return relax.transform.BindSymbolicVars({batch_var: size})(mod)
         except Exception:
-            failed = True
+            gc.collect()
             raise
-        finally:
-            if failed:
-                gc.collect()
 
 
 def _check_dynamic_batch(mod, batch_var, shape, source):
@@ -228,33 +224,31 @@ def check_onnx(model, source: str) -> None:
     if version is None or not MIN_OPSET <= version <= newest:
         raise ModelError(f"{source}: ONNX opset {version} is not supported; gwq-tvm reads opsets {MIN_OPSET} to {newest} "
                          "(convert the model with onnx.version_converter)")
+    weights = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
         if node.domain not in _STANDARD_DOMAINS:
             raise ModelError(f"{source}: node {node.name or node.op_type!r} is {node.domain}::{node.op_type}, an op of "
                              f"a custom domain; gwq-tvm imports standard ONNX ops (domain '') only")
+        where = f"{source}: {node.op_type} node {node.name or node.output[0]!r}"
         for attr in node.attribute:
             floats = [attr.f] if attr.type == onnx.AttributeProto.FLOAT else (
                 list(attr.floats) if attr.type == onnx.AttributeProto.FLOATS else [])
             if any(math.isnan(v) or (math.isinf(v) and attr.name not in _INFINITE_OK.get(node.op_type, ()))
                    for v in floats):
-                raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has {attr.name} "
-                                 f"{floats[0] if len(floats) == 1 else floats}; the model is damaged")
+                raise ModelError(f"{where} has {attr.name} {floats[0] if len(floats) == 1 else floats}; "
+                                 "the model is damaged")
             if attr.name in _POSITIVE_ATTRS.get(node.op_type, ()):
                 values = list(attr.ints) if attr.type == onnx.AttributeProto.INTS else [attr.i]
                 if any(v < 1 for v in values):
-                    raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has {attr.name} "
-                                     f"{values}; every value must be >= 1")
-    weights = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
+                    raise ModelError(f"{where} has {attr.name} {values}; every value must be >= 1")
         init = weights.get(node.input[1]) if node.op_type in _WEIGHTED_OPS and len(node.input) > 1 else None
-        if init is not None and 0 in init.dims:
-            raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has an empty weight "
-                             f"{init.name!r} (shape {list(init.dims)})")
+        if init is None:
+            continue
+        if 0 in init.dims:
+            raise ModelError(f"{where} has an empty weight {init.name!r} (shape {list(init.dims)})")
         kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
-        if init is not None and node.op_type in ("Conv", "ConvTranspose") and kernel is not None \
-                and kernel != list(init.dims[2:]):
-            raise ModelError(f"{source}: {node.op_type} node {node.name or node.output[0]!r} has kernel_shape {kernel}, "
-                             f"but its weight {init.name!r} is {list(init.dims)}")
+        if node.op_type in ("Conv", "ConvTranspose") and kernel is not None and kernel != list(init.dims[2:]):
+            raise ModelError(f"{where} has kernel_shape {kernel}, but its weight {init.name!r} is {list(init.dims)}")
     for init in model.graph.initializer:
         try:
             w = numpy_helper.to_array(init)

@@ -326,15 +326,14 @@ def bench_module(module, *, tracker: str | None = None, key: str | None = None, 
         check_key(tracker, key, timeout=min(timeout, 10.0))  # quick, clear errors before any work
     ref = read_reference(module) if inputs is None else None
     if inputs is None:
+        shape = _input_shape(module)
         if ref is not None:
             inputs = ref[0]
-            shape = _input_shape(module)
             if shape is not None and (len(shape) != inputs.ndim or any(
                     d is not None and d != got for d, got in zip(shape, inputs.shape))):
                 raise GwqError(f"{reference_path(module)} holds inputs of shape {inputs.shape}; the module takes "
                                f"{tuple('N' if d is None else d for d in shape)}: recompile the module")
         else:
-            shape = _input_shape(module)
             if shape is None or any(d is None for d in shape[1:]):
                 raise GwqError(f"no {reference_path(module).name} or static input shape beside {module}: pass inputs")
             inputs = np.zeros((shape[0] or 1,) + tuple(shape[1:]), np.float32)
