@@ -323,6 +323,47 @@ def test_torch_float_ops_are_named_by_their_relax_ops():
     assert_bit_exact(q, x)
 
 
+def _small_torch_net(dtype=None):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 10))
+    return net if dtype is None else net.to(dtype)
+
+
+def test_torch_import_leaves_the_callers_module_in_training_mode():
+    """Before: import called ``module.eval()`` on the user's own module, so a model quantized mid-training
+    went on training with frozen batch-norm statistics."""
+    net = _small_torch_net().train()
+    gwq_tvm.load_model(net, input_shape=(None, 1, 8, 8))
+    assert net.training and all(m.training for m in net.modules())
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_torch_module_of_another_float_dtype_imports_as_float32(dtype):
+    """Before: a half or double module failed inside torch.export ('Input type (float) and bias type
+    (c10::Half) should be the same'); it is imported as a float32 copy, the caller's module unchanged."""
+    import torch
+
+    net = _small_torch_net(getattr(torch, dtype))
+    fm = gwq_tvm.load_model(net, input_shape=(None, 1, 8, 8))
+    assert fm.mod["main"].params[0].ty.dtype == "float32"
+    assert next(net.parameters()).dtype == getattr(torch, dtype)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e35])
+def test_torch_parameter_with_nan_inf_or_huge_values_is_refused_by_name(value):
+    """Before: a NaN weight imported silently and compiled to a program whose channel computed garbage
+    (the ONNX path already refused such an initializer)."""
+    net = _small_torch_net()
+    with __import__("torch").no_grad():
+        net[0].weight[1, 0, 0, 0] = value
+    with pytest.raises(ModelError, match=r"torch: parameter '0.weight' holds"):
+        gwq_tvm.load_model(net, input_shape=(None, 1, 8, 8))
+
+
 # --- pad and pool kinds -------------------------------------------------------------------------------------------
 def test_onnx_pad_imports_as_relax_pad():
     """The TVM 0.27 workaround (gwq_tvm/frontend/onnx_pad.py): without it Pad is an opaque call_tir."""

@@ -254,13 +254,23 @@ def check_onnx(model, source: str) -> None:
             w = numpy_helper.to_array(init)
         except Exception as err:  # noqa: BLE001 - raw data of the wrong size, external data missing, ...
             raise ModelError(f"{source}: initializer {init.name!r} is unreadable ({type(err).__name__})") from None
-        if w.dtype.kind not in "fc" or w.size == 0:
-            continue
-        if not np.isfinite(w).all():
-            raise ModelError(f"{source}: initializer {init.name!r} holds {int((~np.isfinite(w)).sum())} NaN/Inf values")
-        if np.abs(w).max() > MAX_ABS_WEIGHT:
-            raise ModelError(f"{source}: initializer {init.name!r} holds a weight of magnitude {float(np.abs(w).max()):.3g} "
-                             f"(> {MAX_ABS_WEIGHT:g}); the model is damaged")
+        check_weight_values(w, f"{source}: initializer {init.name!r}")
+
+
+def check_weight_values(w, what: str) -> None:
+    """Refuse a float weight ``w`` (numpy) holding NaN/Inf or an element with ``|w| > MAX_ABS_WEIGHT``.
+
+    ``what`` names it in the message (``"model.onnx: initializer 'w'"``).  Integer and empty arrays pass.
+    """
+    import numpy as np
+
+    if w.dtype.kind not in "fc" or w.size == 0:
+        return
+    if not np.isfinite(w).all():
+        raise ModelError(f"{what} holds {int((~np.isfinite(w)).sum())} NaN/Inf values")
+    if np.abs(w).max() > MAX_ABS_WEIGHT:
+        raise ModelError(f"{what} holds a weight of magnitude {float(np.abs(w).max()):.3g} (> {MAX_ABS_WEIGHT:g}); "
+                         "the model is damaged")
 
 
 def _show(shape) -> str:
@@ -429,7 +439,9 @@ def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatMod
     import torch
     from tvm.relax.frontend.torch import from_exported_program
 
-    module = module.eval()
+    module, restore_modes = _torch_import_copy(module)
+    if isinstance(example_input, torch.Tensor) and example_input.is_floating_point():
+        example_input = example_input.float()
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
     try:
         with torch.no_grad():
@@ -437,7 +449,41 @@ def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatMod
         mod = from_exported_program(exported, keep_params_as_input=False)
     except Exception as err:
         raise ModelError(f"torch module could not be exported/imported: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        restore_modes()
     return _finish(mod, "torch")
+
+
+def _torch_import_copy(module):
+    """``(copy, restore)``: an eval-mode float32 copy of ``module``, its parameters and buffers checked
+    (:func:`check_weight_values`), and what to call once it is exported.
+
+    The caller's module keeps its training mode and dtypes: importing must not change a model that is still
+    being trained.  A float16/bfloat16/float64 module is imported as float32 (what the fp32 program
+    computes in).  A module that cannot be deep-copied is imported in place (``restore`` puts its modes
+    back) and must already be float32.
+    """
+    import copy
+
+    import torch
+
+    try:
+        imported = copy.deepcopy(module)
+    except Exception:  # noqa: BLE001 - a module holding an uncopyable attribute (a lock, a file)
+        imported = None
+    source = module if imported is None else imported
+    floating = [(n, t) for n, t in (*source.named_parameters(), *source.named_buffers()) if t.is_floating_point()]
+    for name, t in floating:
+        check_weight_values(t.detach().float().cpu().numpy(), f"torch: parameter {name!r}")
+    if imported is None:
+        other = next((f"{n} ({t.dtype})" for n, t in floating if t.dtype != torch.float32), None)
+        if other is not None:
+            raise ModelError(f"torch module holds non-float32 parameter {other} and cannot be copied to convert it; "
+                             "call .float() on it first")
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
+        return module, lambda: [m.train(mode) for m, mode in modes]
+    return imported.float().eval(), lambda: None
 
 
 def load_model(model, input_shape=None, example_input=None) -> FloatModel:
