@@ -193,6 +193,12 @@ def channel_constant(value, var, channels: int, ndim: int):
     return value.op.name, np.broadcast_to(const.reshape(-1), (channels,)).astype(np.float64)
 
 
+def is_float_tensor(var) -> bool:
+    """Is ``var`` a float tensor (what the integer kinds quantize; a bool mask or int64 index is not)?"""
+    ty = var.ty
+    return isinstance(ty, relax.TensorType) and str(ty.dtype).startswith(("float", "bfloat"))
+
+
 def extract_graph(mod: tvm.IRModule) -> Graph:
     """Read ``mod["main"]`` (canonical fp32) into a :class:`Graph`.
 
@@ -217,9 +223,9 @@ def extract_graph(mod: tvm.IRModule) -> Graph:
             continue
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
             raise ModelError(f"unsupported binding in main: {type(value).__name__} {b.var.name}")
-        if any(match(w, i, value) for match in matchers_for(value.op.name)):
-            continue
         args = [v for v in vars_in(value) if v in w.var_node]
+        if all(is_float_tensor(v) for v in args) and any(match(w, i, value) for match in matchers_for(value.op.name)):
+            continue
         w.add("float", b.var, args, call=value, attrs=dict(op=value.op.name))
     if outputs is None:
         out = func.body.body

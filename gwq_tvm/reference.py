@@ -285,6 +285,24 @@ def _strided_slice(x, axes, begin, end, strides=None):
     return x[tuple(index)]
 
 
+def _arg_reduce(np_fn):
+    """``argmax``/``argmin``: the first index of the extreme value (TVM's default), keepdims as asked."""
+    def run(args, attrs, dtype, name):
+        x = args[0]
+        if attrs.axis is None:
+            out = np_fn(x.reshape(-1)).reshape((1,) * x.ndim if attrs.keepdims else ())
+        else:
+            out = np_fn(x, axis=int(attrs.axis), keepdims=bool(attrs.keepdims))
+        return np.asarray(out).astype(dtype)
+
+    return run
+
+
+def _compare(np_fn):
+    """A comparison (bool result) of floats or integers: exact in numpy for either."""
+    return lambda a, at, dt, n: np_fn(a[0], a[1])
+
+
 _OPS = {
     "relax.add": _binary(np.add),
     "relax.subtract": _binary(np.subtract),
@@ -318,6 +336,19 @@ _OPS = {
     # kinds2 branch: transposed and 1-D convolution
     "relax.nn.conv1d": lambda a, at, dt, n: _checked(_conv1d(a[0], a[1], at), dt, n),
     "relax.nn.conv2d_transpose": lambda a, at, dt, n: _checked(_conv2d_transpose(a[0], a[1], at), dt, n),
+    # masks and indices a model computes from its data (kept in float, but not float values)
+    "relax.argmax": _arg_reduce(np.argmax),
+    "relax.argmin": _arg_reduce(np.argmin),
+    "relax.greater": _compare(np.greater),
+    "relax.greater_equal": _compare(np.greater_equal),
+    "relax.less": _compare(np.less),
+    "relax.less_equal": _compare(np.less_equal),
+    "relax.equal": _compare(np.equal),
+    "relax.not_equal": _compare(np.not_equal),
+    "relax.logical_and": _compare(np.logical_and),
+    "relax.logical_or": _compare(np.logical_or),
+    "relax.logical_not": lambda a, at, dt, n: np.logical_not(a[0]),
+    "relax.where": lambda a, at, dt, n: np.where(a[0], a[1], a[2]).astype(dt),
 }
 
 

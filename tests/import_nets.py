@@ -184,6 +184,42 @@ def softmax_tail(seed=0):
     return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10, 1, 1]}, opset=11, name="softmax_tail")
 
 
+def argmax_head(seed=0):
+    """A segmentation head as exporters end it: Conv -> Relu -> Conv to 5 class maps -> ArgMax(axis=1, keepdims=1),
+    an int64 label map (N, 1, H, W) as the model's output."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="classifier"),
+        helper.make_node("ArgMax", ["c1"], ["y"], axis=1, keepdims=1, name="labels"),
+    ]
+    inits = {"w0": _w(rng, 8, 1, 3, 3), "b0": _b(rng, 8), "w1": _w(rng, 5, 8, 1, 1), "b1": _b(rng, 5)}
+    model = make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 1, 8, 8]}, name="argmax_head")
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    return model
+
+
+def mask_gather(seed=0):
+    """Index arithmetic on data: a channel mean thresholded to a 0/1 int64 index (Greater -> Cast), shifted by an
+    int64 Add, gathers rows of an embedding table that a Gemm reads (as ``nn.Embedding`` on computed ids)."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("GlobalAveragePool", ["c0"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Greater", ["f", "zero"], ["m"], name="positive"),
+        helper.make_node("Cast", ["m"], ["i"], to=onnx.TensorProto.INT64, name="ids"),
+        helper.make_node("Add", ["i", "one"], ["j"], name="shift"),
+        helper.make_node("Gather", ["table", "j"], ["e"], axis=0, name="embed"),
+        helper.make_node("ReduceSum", ["e", "axis1"], ["s"], keepdims=0, name="pool_ids"),
+        helper.make_node("Gemm", ["s", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = {"w0": _w(rng, 4, 1, 3, 3), "b0": _b(rng, 4), "zero": np.zeros(1, np.float32), "one": np.ones(1, np.int64),
+             "table": _w(rng, 3, 6), "axis1": np.array([1], np.int64), "wf": _w(rng, 10, 6), "bf": _b(rng, 10)}
+    return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10]}, name="mask_gather")
+
+
 def keras_style(seed=0):
     """Keras export: NHWC input transposed to NCHW, Conv(valid) -> Relu -> BatchNorm twice, NHWC flatten, Dense."""
     rng = np.random.default_rng(seed)

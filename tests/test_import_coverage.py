@@ -323,6 +323,37 @@ def test_torch_float_ops_are_named_by_their_relax_ops():
     assert_bit_exact(q, x)
 
 
+def test_argmax_label_map_output_compiles_integer_only_and_bit_exact():
+    """Before: a model ending in ArgMax (segmentation heads) compiled, then failed writing its host reference:
+    the numpy reference had no rule for an op with an integer result (an internal error in ``compile``)."""
+    model = N.argmax_head()
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert floats == ["ops kept in float (no integer kind takes them): ArgMax (labels)"]
+    # the argmax runs on the dequantized class maps: the checker names that dequantize, and nothing else
+    assert [op.split(" = ")[1] for op in q.integer_only.float_ops] == ["relax.astype", "relax.multiply"]
+    assert not q.integer_only.float_kernels
+    labels = assert_bit_exact(q, x)
+    assert labels.dtype == np.int64 and labels.shape == (8, 1, 8, 8) and len(np.unique(labels)) > 1
+
+
+def test_index_arithmetic_on_data_stays_in_float_and_is_bit_exact():
+    """Before: the int64 ``Add`` of an index computation was taken for a per-channel affine layer and quantized
+    (an internal error: 'Binary operators must have the same datatype'); integer kinds now take float tensors
+    only, and the reference checks the comparison, the mask and the gather."""
+    from gwq_tvm.extract import extract_graph
+
+    model = N.mask_gather()
+    graph = extract_graph(gwq_tvm.load_model(model).mod)
+    assert [n.attrs["op"] for n in graph.float_nodes()] == ["relax.greater", "relax.astype", "relax.add",
+                                                           "relax.less", "relax.add", "relax.where", "relax.take",
+                                                           "relax.sum"]
+    x = _inputs(model)
+    q, _ = _quantize(model, x)
+    got = assert_bit_exact(q, x)
+    assert np.isfinite(got).all() and got.std() > 0
+
+
 def _small_torch_net(dtype=None):
     import torch
     from torch import nn
@@ -362,6 +393,23 @@ def test_torch_parameter_with_nan_inf_or_huge_values_is_refused_by_name(value):
         net[0].weight[1, 0, 0, 0] = value
     with pytest.raises(ModelError, match=r"torch: parameter '0.weight' holds"):
         gwq_tvm.load_model(net, input_shape=(None, 1, 8, 8))
+
+
+def test_torch_sort_is_refused_at_import_by_its_op():
+    """Before: ``torch.sort`` imported and failed inside calibration's compile ('CodeGenVM cannot emit this
+    Relax operator directly ... R.argsort'), an internal error."""
+    import torch
+
+    class Sorted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _small_torch_net()
+
+        def forward(self, x):
+            return torch.sort(self.net(x), dim=1)[0]
+
+    with pytest.raises(ModelError, match=r"relax\.(arg)?sort needs a sort"):
+        gwq_tvm.load_model(Sorted(), input_shape=(None, 1, 8, 8))
 
 
 # --- pad and pool kinds -------------------------------------------------------------------------------------------

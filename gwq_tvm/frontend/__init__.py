@@ -76,10 +76,37 @@ def _finish(mod: tvm.IRModule, source: str, origins: dict | None = None) -> Floa
     ty = param.ty
     if not isinstance(ty, relax.TensorType) or ty.dtype != "float32" or ty.ndim < 2:
         raise ModelError(f"{source}: the model input must be a float32 tensor; got {ty}")
+    _check_ops(func, source, origins or {})
     shape = tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else None for v in ty.shape.values)
     if shape[0] is None:
         mod, shape = _check_dynamic_batch(mod, ty.shape.values[0], shape, source)
     return FloatModel(mod, param.name, shape, source, origins or {})
+
+
+#: ops TVM 0.27 lowers for a CPU only through its library dispatch (``DispatchSortScan``), not ``LegalizeOps``
+_DISPATCH_ONLY = ("relax.sort", "relax.argsort", "relax.topk")
+
+
+def _check_ops(func: relax.Function, source: str, origins: dict) -> None:
+    """Refuse ops no backend of gwq-tvm can run, naming them as the user wrote them (ONNX op type and node).
+
+    * an op returning several tensors, but ``Split`` (whose parts the slice kind takes): TopK, a
+      ``torch.sort``; a float island carries one tensor per op;
+    * the sort family (:data:`_DISPATCH_ONLY`), which TVM's ``LegalizeOps`` does not lower.
+    """
+    for block in func.body.blocks:
+        for b in block.bindings:
+            value = b.value
+            if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+                continue
+            name = value.op.name
+            several = isinstance(b.var.ty, relax.TupleType) and name != "relax.split"
+            if several or name in _DISPATCH_ONLY:
+                op_type, node = origins.get(b.var, (name, None))
+                what = f"{op_type} node {node!r}" if node else op_type
+                why = "returns several tensors" if several else "needs a sort, which gwq-tvm's CPU programs do not lower"
+                raise ModelError(f"{source}: {what} {why}; gwq-tvm cannot compile it (remove it from the exported "
+                                 "model and apply it to the program's output)")
 
 
 #: the batch size a dynamic-batch model is checked at (any size other than 1 would do)
