@@ -168,6 +168,10 @@ def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> re
 def export(executable, path, plan: QuantPlan | None = None, fcompile=None, reference=None) -> Path:
     """Write ``executable`` as a shared library, ``plan`` beside it as ``<stem>.plan.json``.
 
+    An existing file at ``path`` is replaced only if it is a compiled module
+    (:func:`gwq_tvm.atomic.check_replaceable_module`): a model or data file
+    named as the output by mistake is refused, never overwritten.
+
     All files are written to temporaries and renamed into place together at
     the end (:func:`gwq_tvm.atomic.atomic_paths`): a failure or an interrupt
     leaves none of them half-written, and no new library beside an old plan.
@@ -178,10 +182,11 @@ def export(executable, path, plan: QuantPlan | None = None, fcompile=None, refer
         Sample inputs and their reference outputs (:func:`reference_samples`),
         written as ``<stem>.ref.npz`` for ``gwq-tvm bench``.
     """
-    from .atomic import atomic_paths
+    from .atomic import atomic_paths, check_replaceable_module
     from .remote.bench import reference_path, save_reference
 
     path = Path(path)
+    check_replaceable_module(path)
     dests = [path] + ([path.with_suffix(".plan.json")] if plan is not None else [])
     dests += [reference_path(path)] if reference is not None else []
     with atomic_paths(*dests) as temps:

@@ -108,3 +108,31 @@ def check_outputs(outputs, inputs) -> None:
             if os.path.samefile(out, src):
                 raise GwqError(f"output {out} is the input {what} {src}: refusing to overwrite the input "
                                "(choose another output)")
+
+
+#: How a compiled module starts: ELF, Mach-O (both byte orders, 32/64-bit) and PE shared libraries, and the
+#: gzip stream of the tar archive ``export_library`` writes for a ``.tar`` path
+_LIBRARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe", b"MZ",
+                  b"\x1f\x8b")
+
+
+def check_replaceable_module(path) -> None:
+    """Raise :class:`GwqError` if ``path`` exists and is not a compiled module (nor empty).
+
+    Writing a module replaces an older module at its path, as a rebuild should;
+    an ONNX model, a plan or a data file there is something the user made,
+    named by mistake as the output (``export(lib, "model.onnx")``), and is
+    never overwritten.  A module is a shared library (ELF, Mach-O, PE) or the
+    (gzipped) tar archive ``export_library`` writes for a ``.tar`` path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise GwqError(f"output {path} is a directory; give a file name")
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head or head.startswith(_LIBRARY_MAGIC) or head[257:262] == b"ustar":
+        return
+    raise GwqError(f"output {path} exists and is not a compiled module; refusing to overwrite it "
+                   "(choose another output, or remove the file)")

@@ -210,6 +210,7 @@ def cmd_compile(args):
     from .schedules.targets import export_compiler
     from .plan.quantplan import QuantPlan
 
+    from .atomic import check_replaceable_module
     from .remote.bench import reference_path
 
     out = Path(args.output)
@@ -220,6 +221,7 @@ def cmd_compile(args):
     # it is left as it is when the plan compiled is that file's, never rewritten
     keep_plan = bool(args.plan) and plan_out.exists() and Path(args.plan).exists() and os.path.samefile(args.plan, plan_out)
     _check_outputs(args, out, *([] if keep_plan else [plan_out]), reference_path(out))
+    check_replaceable_module(out)  # before any work; api.export checks it again
     plan = QuantPlan.load(args.plan) if args.plan else None
     calib = _calibration(args)
     t0 = time.time()

@@ -32,6 +32,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import gwq_tvm
 from gwq_tvm.api import REFERENCE_SAMPLES
 from gwq_tvm.cli import EXIT_BUG, EXIT_USAGE, main
 
@@ -177,6 +178,17 @@ def _leaky_alpha(alpha):
         model.graph.node[1].CopyFrom(helper.make_node("LeakyRelu", ["c1"], ["r1"], name="relu1", alpha=alpha))
         onnx.save(model, str(d / "tiny.onnx"))
     return f
+
+
+def _topk_head(d):
+    """tiny.onnx ending in TopK(k=2) of its logits, the values its output (the indices unused)."""
+    model = tiny_model()
+    g = model.graph
+    g.node[-1].output[0] = "logits"
+    g.node.append(helper.make_node("TopK", ["logits", "k"], ["y", "idx"], axis=1, name="top2"))
+    g.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "k"))
+    g.output[0].type.tensor_type.shape.dim[1].dim_value = 2
+    onnx.save(model, str(d / "tiny.onnx"))
 
 
 def weight_of_shape(shape):
@@ -396,6 +408,7 @@ CASES = [
     Case("onnx-inf-weight", weight_with(-np.inf), COMPILE, "NaN/Inf"),
     Case("onnx-absurd-weight", weight_with(3e35), COMPILE, "magnitude"),
     Case("onnx-no-outputs", _no_outputs, COMPILE, "declares no graph outputs"),
+    Case("onnx-topk", _topk_head, COMPILE, "TopK node 'top2' returns several tensors; gwq-tvm cannot compile it"),
     Case("onnx-batch-3-only", _batch_3_only, COMPILE, "hold neither at batch 2"),
     Case("onnx-empty-kernel", weight_of_shape((4, 1, 0, 3)), COMPILE, "empty weight 'w1' (shape [4, 1, 0, 3])"),
     Case("onnx-kernel-shape-contradicts-weight", conv1_attribute(kernel_shape=[5, 5]), COMPILE,
@@ -578,6 +591,9 @@ CASES = [
          "calibration data"),
     Case("out-is-directory", _mkdir("outdir"), ["compile", "{d}/tiny.onnx", "--calib", "{d}/calib.npy", "-o",
                                                 "{d}/outdir"], "directory"),
+    Case("out-is-another-model", lambda d: shutil.copy(d / "tiny.onnx", d / "other.onnx"),
+         ["compile", "{d}/tiny.onnx", "--calib", "{d}/calib.npy", "-o", "{d}/other.onnx"],
+         "other.onnx exists and is not a compiled module; refusing to overwrite it"),
     Case("out-report-json-is-model", lambda d: shutil.copy(d / "tiny.onnx", d / "r.json"),
          ["report", "{d}/r.json", "--calib", "{d}/calib.npy", "-o", "{d}/r.html"], "model"),
 ]
@@ -672,6 +688,24 @@ def test_output_equal_to_input_is_refused(assets, tmp_path, capsys, link):
     _error_lines(capsys.readouterr().err, "refusing to overwrite")
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({model.name, out.name})
+
+
+def test_api_export_refuses_to_overwrite_a_file_that_is_not_a_module(assets, tmp_path):
+    """Before: ``gwq_tvm.export(lib, "model.onnx")`` replaced the user's model with the library (the CLI
+    refused only an output that *is* its own input).  A previous module at the path is still replaced."""
+    from gwq_tvm.errors import GwqError
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(assets / "tiny.onnx", model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    lib = gwq_tvm.build(gwq_tvm.quantize(str(model), _calib()))
+    with pytest.raises(GwqError, match="exists and is not a compiled module"):
+        gwq_tvm.export(lib, model)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+    for name in ("m.so", "m.tar"):
+        gwq_tvm.export(lib, tmp_path / name)
+        gwq_tvm.export(lib, tmp_path / name)  # a rebuild replaces its module
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.so", "m.tar"]
 
 
 def test_input_shape_with_dynamic_batch_compiles(tmp_path, capsys):
