@@ -8,6 +8,7 @@ Each stage is usable alone (``load_model`` -> ``calibrate`` -> ``build_plan`` ->
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tvm import relax
 from .calibration import calibrate, check_batch, check_labels
 from .calibration.sensitivity import SENSITIVITY_SAMPLES, tensor_sensitivity
 from .config import QuantConfig, ScaleMode
-from .errors import IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
+from .errors import ConfigError, IntegerOnlyError, ModelError, PlanError, UnsupportedOpError, last_line
 from .frontend import FloatModel, load_model
 from .frontend.onnx_origins import describe_float_ops
 from .extract import extract_graph
@@ -102,6 +103,7 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     IntegerOnlyError
         If a model whose ops are all supported does not realize integer-only (a bug).
     """
+    config, plan = _api_config(config), _api_plan(plan)
     fm = load_model(model, input_shape=input_shape)
     graph = extract_graph(fm.mod)
     config = apply_end_bits(graph, config)
@@ -141,13 +143,36 @@ def quantize(model, calib_data=None, config: QuantConfig = QuantConfig(), *, pla
     return QuantizedModel(fm, graph, plan, mod, report, stats, sensitivity)
 
 
+def _api_config(config) -> QuantConfig:
+    """``config`` as a :class:`QuantConfig`: one already, or a mapping of its fields (``{"mode": "gwq"}``)."""
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, dict):
+        try:
+            return QuantConfig(**config)
+        except TypeError as err:  # an unknown field name
+            raise ConfigError(f"config: {err}".replace("QuantConfig.__init__() ", "")) from None
+    raise ConfigError(f"config must be a QuantConfig or a dict of its fields; got {type(config).__name__}")
+
+
+def _api_plan(plan) -> QuantPlan | None:
+    """``plan`` as a :class:`QuantPlan`: ``None``, one already, or the path of its JSON file."""
+    if plan is None or isinstance(plan, QuantPlan):
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        return QuantPlan.load(plan)
+    raise PlanError(f"plan must be a QuantPlan or the path of its JSON file; got {type(plan).__name__}")
+
+
 def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> relax.VMExecutable:
     """Compile a realized module (or :class:`QuantizedModel`) for ``target`` (default: this CPU).
 
     Parameters
     ----------
     qmodel_or_mod : QuantizedModel or tvm.IRModule
-    target : tvm.target.Target, optional
+    target : tvm.target.Target, str or dict, optional
+        A target, or what ``--target`` takes (``"host"``, a preset such as ``"rpi4"``, TVM target JSON);
+        default: this CPU.
     database : tvm.s_tir.meta_schedule.Database, optional
         MetaSchedule tuning records (:func:`gwq_tvm.schedules.tune.load_database`).
     fast : bool
@@ -157,9 +182,13 @@ def build(qmodel_or_mod, target=None, *, database=None, fast: bool = True) -> re
         ``tvm.compile`` (naive loops).
     """
     from .schedules.build import compile_integer
+    from .schedules.targets import resolve_target
 
     mod = qmodel_or_mod.mod if isinstance(qmodel_or_mod, QuantizedModel) else qmodel_or_mod
-    target = target or host_target()
+    if not isinstance(mod, tvm.IRModule):
+        raise ConfigError(f"build takes a QuantizedModel (from quantize) or a realized IRModule; "
+                          f"got {type(qmodel_or_mod).__name__}")
+    target = resolve_target(target)
     if not fast:
         return tvm.compile(mod, target)
     return compile_integer(mod, target, database=database)

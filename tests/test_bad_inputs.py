@@ -708,6 +708,33 @@ def test_api_export_refuses_to_overwrite_a_file_that_is_not_a_module(assets, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.so", "m.tar"]
 
 
+def test_api_takes_a_config_dict_a_plan_path_and_a_target_name(assets, tmp_path):
+    """Before: a dict config, a plan path and a target name each ended in an AttributeError inside gwq-tvm."""
+    from gwq_tvm.plan.quantplan import QuantPlan
+
+    q = gwq_tvm.quantize(str(assets / "tiny.onnx"), _calib(), {"mode": "gwq", "groups": 2})
+    assert q.plan == gwq_tvm.quantize(str(assets / "tiny.onnx"), _calib(), gwq_tvm.QuantConfig(mode="gwq", groups=2)).plan
+    q.plan.save(tmp_path / "p.json")
+    again = gwq_tvm.quantize(str(assets / "tiny.onnx"), plan=str(tmp_path / "p.json"))
+    assert again.plan == QuantPlan.load(tmp_path / "p.json")
+    gwq_tvm.build(again, "host")
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: gwq_tvm.quantize(m, _calib(), {"mood": "gwq"}), "unexpected keyword argument 'mood'"),
+    (lambda m: gwq_tvm.quantize(m, _calib(), "gwq"), "config must be a QuantConfig or a dict"),
+    (lambda m: gwq_tvm.quantize(m, plan=3), "plan must be a QuantPlan or the path"),
+    (lambda m: gwq_tvm.build(None), "build takes a QuantizedModel"),
+    (lambda m: gwq_tvm.build(gwq_tvm.quantize(m, _calib()), "nonsense-cpu"), "bad target 'nonsense-cpu'"),
+    (lambda m: gwq_tvm.build(gwq_tvm.quantize(m, _calib()), 5), "got int 5"),
+], ids=["config-field", "config-type", "plan-type", "build-none", "target-name", "target-type"])
+def test_api_misuse_is_a_gwq_error(assets, call, match):
+    from gwq_tvm.errors import GwqError
+
+    with pytest.raises(GwqError, match=match):
+        call(str(assets / "tiny.onnx"))
+
+
 def test_input_shape_with_dynamic_batch_compiles(tmp_path, capsys):
     """``--input-shape N,1,28,28`` (the README's syntax) segfaulted in TVM 0.27's ONNX import; see frontend._set_input_shape."""
     from gwq_tvm.data import BUNDLED_MODEL

@@ -52,6 +52,9 @@ def resolve_target(name) -> tvm.target.Target:
         return host_target()
     if isinstance(name, tvm.target.Target):
         return check_supported(name)
+    if not isinstance(name, (str, dict)):
+        raise GwqError(f"a target is a name, TVM target JSON, a dict or a tvm.target.Target; got {type(name).__name__} "
+                       f"{name!r}")
     try:
         if isinstance(name, dict):
             target = tvm.target.Target(name)
