@@ -395,6 +395,28 @@ def test_torch_parameter_with_nan_inf_or_huge_values_is_refused_by_name(value):
         gwq_tvm.load_model(net, input_shape=(None, 1, 8, 8))
 
 
+@pytest.mark.parametrize("out, integer", [(8, True), (4, True), (3, False)], ids=["identity", "2x2-windows", "uneven"])
+def test_torch_adaptive_average_pool_is_an_integer_pool_where_its_windows_are_uniform(out, integer):
+    """Before: every ``AdaptiveAvgPool2d`` but the 1x1 one stayed in float, so a VGG/AlexNet-style head
+    (``AdaptiveAvgPool2d(7)`` on a 7x7 map, an identity) was not integer-only.  Where the output size divides
+    the input's it is the average pool of kernel = stride = H/oh; uneven windows stay in float."""
+    from torch import nn
+
+    import torch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(out), nn.Flatten(),
+                        nn.Linear(4 * out * out, 10))
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    q, floats = _quantize(net, x, input_shape=(None, 1, 8, 8))
+    kinds = [n.kind for n in q.graph.nodes.values()]
+    assert ("avgpool" in kinds) == integer and bool(floats) != integer
+    assert q.integer_only.ok == integer
+    got = assert_bit_exact(q, x)
+    want = net(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
 def test_torch_sort_is_refused_at_import_by_its_op():
     """Before: ``torch.sort`` imported and failed inside calibration's compile ('CodeGenVM cannot emit this
     Relax operator directly ... R.argsort'), an internal error."""

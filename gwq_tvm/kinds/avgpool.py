@@ -53,13 +53,29 @@ def window_counts(n: int, k: int, s: int, before: int, after: int, ceil: bool, i
     return counts
 
 
+def adaptive_windows(size: tuple, out: tuple) -> tuple | None:
+    """``(pool_size, strides)`` of an adaptive average pool from ``size`` (H, W) to ``out``, when it is one.
+
+    PyTorch's adaptive window ``i`` spans ``[floor(i*H/oh), ceil((i+1)*H/oh))``;
+    where ``oh`` divides ``H`` these are the disjoint windows of an average pool
+    with kernel and stride ``H / oh`` (``out == size``: windows of one element).
+    Otherwise windows differ in size or overlap: ``None``.
+    """
+    if any(o < 1 or n % o for n, o in zip(size, out)):
+        return None
+    k = [n // o for n, o in zip(size, out)]
+    return k, k
+
+
 class AvgPool(AccumulatingKind):
     name = "avgpool"
-    ops = ("relax.nn.avg_pool2d",)
+    ops = ("relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
 
     def match(self, w, i, call) -> bool:
         from ..ir import static_shape
 
+        if call.op.name == "relax.nn.adaptive_avg_pool2d":
+            return self._match_adaptive(w, i, call)
         a = call.attrs
         if a.layout != "NCHW" or any(int(d) != 1 for d in a.dilation):
             return False
@@ -82,6 +98,24 @@ class AvgPool(AccumulatingKind):
             attrs.update(window_rows=rows, window_cols=cols, sum_padding=[top, left, bottom_sum, right_sum],
                          ceil_mode=ceil, count_include_pad=include)
         w.add("avgpool", w.bindings[i].var, [call.args[0]], attrs=attrs)
+        return True
+
+    def _match_adaptive(self, w, i, call) -> bool:
+        """``adaptive_avg_pool2d`` to a size dividing the input's (a VGG/AlexNet head's ``AdaptiveAvgPool2d(7)``
+        on a 7x7 map, an identity): the uniform pool of :func:`adaptive_windows`.  Pools to 1x1 are left to
+        :mod:`.global_avgpool`."""
+        from ..ir import static_shape
+
+        shape = static_shape(call.args[0])
+        if call.attrs.layout != "NCHW" or len(shape) != 4 or min(shape[2:]) < 1:
+            return False
+        out = tuple(int(v) for v in call.attrs.output_size) if call.attrs.output_size is not None else shape[2:]
+        out = out * 2 if len(out) == 1 else out
+        windows = adaptive_windows(shape[2:], out)
+        if windows is None or out == (1, 1):
+            return False
+        kernel, strides = windows
+        w.add("avgpool", w.bindings[i].var, [call.args[0]], attrs=dict(pool_size=kernel, strides=strides, padding=[0, 0, 0, 0]))
         return True
 
     @staticmethod
