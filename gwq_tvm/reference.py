@@ -171,7 +171,7 @@ class Interpreter:
         if isinstance(expr, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):  # relax.prim_value in 0.27
             return expr.value
         if isinstance(expr, relax.ShapeExpr):
-            return tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else self.sym[v.name] for v in expr.values)
+            return tuple(self.dim(v) for v in expr.values)
         if not isinstance(expr, relax.Call):
             raise NotImplementedError(f"reference: {type(expr).__name__}")
         name = expr.op.name
@@ -182,6 +182,21 @@ class Interpreter:
         out_dtype = str(var.ty.dtype) if var is not None and isinstance(var.ty, relax.TensorType) else None
         return fn(args, expr.attrs, out_dtype, name)
 
+
+    #: the arithmetic a shape dimension is written with (``s * 1024``, ``(s * 49) // 7``)
+    _DIM_OPS = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+                "FloorDiv": lambda a, b: a // b, "FloorMod": lambda a, b: a % b}
+
+    def dim(self, v) -> int:
+        """The value of shape dimension ``v``: a constant, the input's symbolic batch, or arithmetic of them."""
+        if isinstance(v, tvm.tirx.IntImm):
+            return int(v)
+        if isinstance(v, tvm.tirx.Var):
+            return self.sym[v.name]
+        op = self._DIM_OPS.get(type(v).__name__)
+        if op is None:
+            raise NotImplementedError(f"reference: shape dimension {v}")
+        return op(self.dim(v.a), self.dim(v.b))
 
     @staticmethod
     def float_op(call, args, name: str):

@@ -46,7 +46,11 @@ def _param_for(value, names: list, values: list):
 
 
 def _rebuild(arg, value, params: list, values: list):
-    """``arg`` with every array-valued part replaced by a parameter (constants, shapes, prim values kept)."""
+    """``arg`` with every array-valued part replaced by a parameter, and a shape by its evaluated value
+    (a symbolic batch in ``broadcast_to(x, (n, ...))`` has no value in the one-op function); constants and
+    prim values are kept."""
+    if isinstance(arg, relax.ShapeExpr):
+        return relax.ShapeExpr([int(v) for v in value])
     if isinstance(arg, relax.Tuple):
         return relax.Tuple([_rebuild(f, v, params, values) for f, v in zip(arg.fields, value)])
     if isinstance(value, np.ndarray) and not isinstance(arg, tvm.ir.GenericConst):

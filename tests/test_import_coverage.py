@@ -417,6 +417,33 @@ def test_torch_adaptive_average_pool_is_an_integer_pool_where_its_windows_are_un
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
+def test_reference_evaluates_shapes_written_with_the_symbolic_batch():
+    """A torch float island that reshapes through ``n * 4`` rows and broadcasts a parameter to ``(n, 4, 8, 8)``
+    (``n`` the dynamic batch).  Before: the numpy reference failed on both ('Mul' object has no attribute
+    'name'; the one-op function of ``broadcast_to`` had no value for ``n``), an internal error when
+    ``compile`` wrote the host reference."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 10)
+            self.gain = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            n = y.shape[0]
+            z = torch.softmax(y.reshape(n * 4, 64), -1).reshape(n, 4, 8, 8)
+            return self.fc((z * self.gain.expand(n, 4, 8, 8)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    q, floats = _quantize(Net(), x, input_shape=(None, 1, 8, 8))
+    assert floats == ["ops kept in float (no integer kind takes them): relax.broadcast_to, relax.nn.softmax"]
+    assert_bit_exact(q, x)
+
+
 def test_torch_sort_is_refused_at_import_by_its_op():
     """Before: ``torch.sort`` imported and failed inside calibration's compile ('CodeGenVM cannot emit this
     Relax operator directly ... R.argsort'), an internal error."""
