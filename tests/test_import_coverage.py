@@ -444,6 +444,28 @@ def test_reference_evaluates_shapes_written_with_the_symbolic_batch():
     assert_bit_exact(q, x)
 
 
+def test_torch_avg_pool_with_divisor_override_is_refused():
+    """TVM 0.27 bug: ``from_exported_program`` drops ``divisor_override`` and imports a plain average pool (the
+    model then computed sum/4 where torch computes sum/3, silently).  The workaround in
+    ``frontend._check_exported`` refuses it; if TVM starts honouring it, the second half of this test fails
+    and the workaround can go."""
+    import torch
+    import torch.nn.functional as F
+    from tvm.relax.frontend.torch import from_exported_program
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return F.avg_pool2d(x, 2, divisor_override=3)
+
+    with pytest.raises(ModelError, match=r"^torch: avg_pool2d with divisor_override=3 .* TVM 0\.27 drops"):
+        gwq_tvm.load_model(Pool(), input_shape=(None, 1, 4, 4))
+    x = torch.rand(1, 1, 4, 4)
+    mod = from_exported_program(torch.export.export(Pool(), (x,)), keep_params_as_input=False)
+    ex = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())
+    got = ex["main"](tvm.runtime.tensor(x.numpy()))[0].numpy()
+    np.testing.assert_allclose(got, F.avg_pool2d(x, 2).numpy(), rtol=1e-6)  # the bug: divided by 4, not 3
+
+
 def test_torch_sort_is_refused_at_import_by_its_op():
     """Before: ``torch.sort`` imported and failed inside calibration's compile ('CodeGenVM cannot emit this
     Relax operator directly ... R.argsort'), an internal error."""

@@ -473,12 +473,32 @@ def from_torch(module, example_input, *, dynamic_batch: bool = True) -> FloatMod
     try:
         with torch.no_grad():
             exported = torch.export.export(module, (example_input,), dynamic_shapes=dynamic)
+        _check_exported(exported)
         mod = from_exported_program(exported, keep_params_as_input=False)
+    except ModelError:
+        raise
     except Exception as err:
         raise ModelError(f"torch module could not be exported/imported: {str(err).strip().splitlines()[0]}") from None
     finally:
         restore_modes()
     return _finish(mod, "torch")
+
+
+def _check_exported(exported) -> None:
+    """Refuse what TVM 0.27's ``from_exported_program`` would import as a different function.
+
+    ``aten.avg_pool2d`` with ``divisor_override`` (its 7th argument) imports as a
+    plain ``avg_pool2d``, silently dividing by the window size instead (TVM 0.27
+    bug: the converter drops the argument).
+    """
+    import torch
+
+    for node in exported.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.avg_pool2d.default:
+            divisor = node.args[6] if len(node.args) > 6 else node.kwargs.get("divisor_override")
+            if divisor is not None:
+                raise ModelError(f"torch: avg_pool2d with divisor_override={divisor} ({node.name}) cannot be imported: "
+                                 "TVM 0.27 drops divisor_override and would divide by the window size")
 
 
 def _torch_import_copy(module):
