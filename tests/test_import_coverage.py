@@ -466,6 +466,70 @@ def test_torch_avg_pool_with_divisor_override_is_refused():
     np.testing.assert_allclose(got, F.avg_pool2d(x, 2).numpy(), rtol=1e-6)  # the bug: divided by 4, not 3
 
 
+def _ops(func):
+    return [b.value.op.name for blk in func.body.blocks for b in blk.bindings
+            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op)]
+
+
+def test_fold_data_independent_before_and_after():
+    """Before: ``x * astype(arange(0, 8))`` keeps its arange chain (FoldConstant folds calls on constant
+    tensors only, and arange takes prim values).  After: one multiply by the constant [0, 1, ..., 7].
+    A chain that reads the input is left alone."""
+    from tvm.relax import op as R
+
+    from gwq_tvm.frontend.fold_independent import fold_data_independent
+    from gwq_tvm.runtime import host_target
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([2, 8], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(R.arange(0, 8, 1, dtype="int64"))
+            scale = bb.emit(R.astype(a, "float32"))
+            y = bb.emit(R.multiply(x, scale))
+            z = bb.emit_output(R.add(y, R.astype(R.arange(0, 8, 1, dtype="int64"), "float32")))
+        bb.emit_func_output(z)
+    before = relax.transform.Normalize()(bb.get())
+    assert _ops(relax.transform.FoldConstant()(before)["main"]) == [
+        "relax.arange", "relax.astype", "relax.multiply", "relax.arange", "relax.astype", "relax.add"]
+    after = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(
+        fold_data_independent(before, host_target()))
+    assert _ops(after["main"]) == ["relax.multiply", "relax.add"]
+    from gwq_tvm.ir import const_value
+
+    consts = [const_value(a) for b in after["main"].body.blocks[0].bindings for a in b.value.args]
+    consts = [c for c in consts if c is not None]
+    assert len(consts) == 2
+    for c in consts:
+        np.testing.assert_array_equal(c, np.arange(8, dtype=np.float32))
+
+
+def test_torch_constant_built_in_forward_is_a_per_channel_constant():
+    """A torch ``forward`` scaling channels by ``torch.linspace(0.5, 1.5, 8)``: before, the linspace chain stayed
+    in the program, the product was a float op and the program not integer-only; now it folds at import and the
+    scale is an ``affine`` layer."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x)) * torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1)
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    fm = gwq_tvm.load_model(Net(), input_shape=(None, 1, 8, 8))
+    assert "relax.arange" not in _ops(fm.mod["main"])
+    q, floats = _quantize(Net(), x, input_shape=(None, 1, 8, 8))
+    assert not floats and q.integer_only.ok
+    assert "affine" in [n.kind for n in q.graph.nodes.values()]
+    assert_bit_exact(q, x)
+
+
 def test_torch_sort_is_refused_at_import_by_its_op():
     """Before: ``torch.sort`` imported and failed inside calibration's compile ('CodeGenVM cannot emit this
     Relax operator directly ... R.argsort'), an internal error."""

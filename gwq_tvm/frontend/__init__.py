@@ -22,6 +22,7 @@ from tvm import relax
 
 from ..errors import ModelError, last_line
 from .converters import override_converter
+from .fold_independent import FoldDataIndependent
 from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_pad import onnx_pad_as_relax_pad
 from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, sum_to_adds, upgrade_opset
@@ -59,6 +60,8 @@ def canonicalize() -> tvm.transform.Pass:
         [
             relax.transform.FoldBatchnormToConv2D(),
             relax.transform.DecomposeOpsForInference(),
+            relax.transform.FoldConstant(),
+            FoldDataIndependent(),  # what FoldConstant leaves: chains starting from prim values (torch's arange)
             relax.transform.FoldConstant(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination(),
