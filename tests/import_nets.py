@@ -220,6 +220,23 @@ def mask_gather(seed=0):
     return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10]}, name="mask_gather")
 
 
+def max_min_clamps(seed=0):
+    """PyTorch's dynamo exporter's ``clamp``: ``Max(x, 0.0)`` after the first conv and ``Min(x, [6.0])`` after the
+    second (a scalar and a one-element bound), then GlobalAveragePool -> Flatten (opset 18)."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Max", ["c0", "zero"], ["r0"], name="clamp_min"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Min", ["six", "c1"], ["r1"], name="clamp_max"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flat"),
+    ]
+    inits = {"w0": _w(rng, 8, 1, 3, 3), "b0": _b(rng, 8), "w1": _w(rng, 6, 8, 3, 3), "b1": _b(rng, 6),
+             "zero": np.array(0.0, np.float32), "six": np.array([6.0], np.float32)}
+    return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 6]}, opset=18, name="max_min_clamps")
+
+
 def keras_style(seed=0):
     """Keras export: NHWC input transposed to NCHW, Conv(valid) -> Relu -> BatchNorm twice, NHWC flatten, Dense."""
     rng = np.random.default_rng(seed)

@@ -354,6 +354,24 @@ def test_index_arithmetic_on_data_stays_in_float_and_is_bit_exact():
     assert np.isfinite(got).all() and got.std() > 0
 
 
+def test_max_and_min_with_a_constant_bound_are_clips():
+    """Before: ``Max(x, 0.0)`` (the dynamo exporter's ``clamp(min=0)``) imported as
+    ``max(stack(broadcast_to(...)))`` and stayed in float; now it is a ``Clip``, fused into the conv as its
+    activation, and so is ``Min(6.0, x)``."""
+    from gwq_tvm.extract import extract_graph
+
+    model = N.max_min_clamps()
+    graph = extract_graph(gwq_tvm.load_model(model).mod)
+    assert not graph.float_nodes()
+    assert [n.act for n in graph.nodes.values() if n.kind == "conv2d"] == [(0.0, float("inf")), (-float("inf"), 6.0)]
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    got = assert_bit_exact(q, x)
+    want = _float_logits(model, x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
 def _small_torch_net(dtype=None):
     import torch
     from torch import nn

@@ -25,7 +25,7 @@ from .converters import override_converter
 from .fold_independent import FoldDataIndependent
 from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_pad import onnx_pad_as_relax_pad
-from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, sum_to_adds, upgrade_opset
+from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, max_min_to_clips, sum_to_adds, upgrade_opset
 
 
 @dataclass(frozen=True)
@@ -404,6 +404,7 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     model = upgrade_opset(model, source)
     drop_inference_noops(model, source)
     sum_to_adds(model)
+    max_min_to_clips(model)
     fold_shape_subgraphs(model)
     tables: dict = {"graph_proto": model.graph}
     failure = None

@@ -11,6 +11,8 @@ Each rewrite works on a copy of the user's ``ModelProto`` (``from_onnx`` copies 
   its input);
 * :func:`sum_to_adds`: an n-input ``Sum`` (the Caffe2 zoo's residual adds)
   becomes a chain of ``Add`` s, which the residual-add kind takes;
+* :func:`max_min_to_clips`: ``Max(x, c)`` / ``Min(x, c)`` of a one-element
+  constant (the dynamo exporter's ``clamp``) becomes ``Clip``;
 * :func:`fold_shape_subgraphs`: ``Shape`` and what computes only on shapes
   (``Gather``, ``Slice``, ``Concat``, ``Unsqueeze``, ``Mul``, ...) are
   evaluated once the input shape is set (ONNX shape inference gives every
@@ -91,6 +93,38 @@ def sum_to_adds(model) -> None:
             out = node.output[0] if k == len(node.input) - 1 else f"{node.output[0]}__sum{k}"
             nodes.append(helper.make_node("Add", [acc, term], [out], name=node.name if k == 1 else f"{node.name}__{k}"))
             acc = out
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def max_min_to_clips(model) -> None:
+    """Rewrite (in place) a two-input ``Max`` / ``Min`` of a tensor and a one-element float constant as ``Clip``.
+
+    PyTorch's dynamo exporter writes ``x.clamp(min=0)`` (and ``clamp_min``) as
+    ``Max(x, 0.0)``; TVM 0.27 imports the variadic ``Max`` as
+    ``max(stack(broadcast_to(x), broadcast_to(c)))``, which no integer kind
+    reads, so the activation stayed in float.  ``Max(x, c) = Clip(x, min=c)``
+    and ``Min(x, c) = Clip(x, max=c)`` elementwise, and a one-element constant
+    broadcasts to ``x``'s shape in both (the bound is written as the 0-d
+    initializer Clip requires).
+    """
+    from onnx import helper, numpy_helper
+
+    consts = {init.name: init for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in ("Max", "Min") and len(node.input) == 2:
+            const = [i for i in node.input if i in consts]
+            if len(const) == 1:
+                value = numpy_helper.to_array(consts[const[0]])
+                if value.size == 1 and value.ndim <= 1 and value.dtype.kind == "f":
+                    x = next(i for i in node.input if i != const[0])
+                    bound = f"{node.output[0]}__bound"
+                    model.graph.initializer.append(numpy_helper.from_array(value.reshape(()), bound))
+                    ins = [x, bound, ""] if node.op_type == "Max" else [x, "", bound]
+                    nodes.append(helper.make_node("Clip", ins, list(node.output), name=node.name))
+                    continue
+        nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
