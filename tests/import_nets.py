@@ -237,6 +237,26 @@ def max_min_clamps(seed=0):
     return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 6]}, opset=18, name="max_min_clamps")
 
 
+def resize_to_shape(seed=0):
+    """PyTorch's dynamo export of ``F.interpolate(x, size=(12, 12), mode="bilinear")`` on a dynamic batch:
+    ``Resize(x, sizes=Concat(Shape(x, end=2), [12, 12]))`` (opset 18) between two convs."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Shape", ["r0"], ["nc"], start=0, end=2, name="shape"),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], axis=0, name="sizes"),
+        helper.make_node("Resize", ["r0", "", "", "sizes"], ["up"], mode="linear",
+                         coordinate_transformation_mode="half_pixel", name="upsample"),
+        helper.make_node("Conv", ["up", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("GlobalAveragePool", ["c1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flat"),
+    ]
+    inits = {"w0": _w(rng, 6, 1, 3, 3), "b0": _b(rng, 6), "w1": _w(rng, 5, 6, 3, 3), "b1": _b(rng, 5),
+             "hw": np.array([12, 12], np.int64)}
+    return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 5]}, opset=18, name="resize_to_shape")
+
+
 def keras_style(seed=0):
     """Keras export: NHWC input transposed to NCHW, Conv(valid) -> Relu -> BatchNorm twice, NHWC flatten, Dense."""
     rng = np.random.default_rng(seed)

@@ -372,6 +372,26 @@ def test_max_and_min_with_a_constant_bound_are_clips():
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
+def test_resize_to_sizes_with_the_symbolic_batch_imports():
+    """TVM 0.27 bug: its Resize converter reads every entry of ``sizes`` as a constant although it uses only the
+    spatial ones, so the dynamo exporter's ``Resize(x, sizes=Concat(Shape(x)[0:2], [h, w]))`` failed to import
+    ("'Var' object has no attribute 'value'").  The workaround (``frontend/onnx_resize.py``) passes
+    ``(1, 1, h, w)``; the float program matches ONNX Runtime and the integer one is integer-only and bit-exact.
+    The last assertion fails once TVM imports such a model itself, and the workaround can go."""
+    import onnxruntime as ort
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = N.resize_to_shape()
+    x = _inputs(model)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(_float_logits(model, x), want, rtol=1e-4, atol=1e-5)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    assert_bit_exact(q, x)
+    with pytest.raises(Exception, match="has no attribute 'value'"):
+        from_onnx(model, keep_params_in_input=False)
+
+
 def _small_torch_net(dtype=None):
     import torch
     from torch import nn

@@ -25,6 +25,7 @@ from .converters import override_converter
 from .fold_independent import FoldDataIndependent
 from .onnx_origins import binding_origins, capture_importer_tables
 from .onnx_pad import onnx_pad_as_relax_pad
+from .onnx_resize import onnx_resize_symbolic_batch
 from .onnx_prep import drop_inference_noops, fold_shape_subgraphs, max_min_to_clips, sum_to_adds, upgrade_opset
 
 
@@ -411,7 +412,7 @@ def from_onnx(model, input_shape=None) -> FloatModel:
     with _native_stderr_silenced():
         try:
             with contextlib.redirect_stdout(io.StringIO()), _onnx_clip_as_relax_clip(), onnx_pad_as_relax_pad(), \
-                    capture_importer_tables(tables):
+                    onnx_resize_symbolic_batch(), capture_importer_tables(tables):
                 mod = relax.frontend.onnx.from_onnx(model, keep_params_in_input=False)
         except Exception as err:
             failure = f"{source}: TVM could not import the ONNX model{_failed_node(err, tables)}: {last_line(err)}"
