@@ -90,7 +90,7 @@ def fold_data_independent(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.I
     consts = {bindings[i].var: relax.const(np.asarray(values[k].numpy()), str(bindings[i].var.ty.dtype))
               for k, i in enumerate(needed)}
     new = _Substitute(consts).visit_expr(func)
-    out = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()))
+    out = mod.clone()
     out["main"] = new
     return out
 
