@@ -65,7 +65,8 @@ OPSET = 13
 #: ONNX ops that map to one plan node kind, for the walk (fusion rules follow :mod:`gwq_tvm.graph`).
 _KINDS = {
     "Conv": "conv2d", "Gemm": "dense", "MatMul": "dense", "Add": "add", "Relu": "relu", "Clip": "relu",
-    "MaxPool": "maxpool", "AveragePool": "avgpool", "GlobalAveragePool": "global_avgpool", "ReduceMean": "global_avgpool",
+    "MaxPool": "maxpool", "GlobalMaxPool": "maxpool", "ReduceMax": "maxpool",
+    "AveragePool": "avgpool", "GlobalAveragePool": "global_avgpool", "ReduceMean": "global_avgpool",
     "Flatten": "reshape", "Reshape": "reshape", "Concat": "concat",
 }
 _AFFINE = frozenset({"Add", "Sub", "Mul", "Div"})

@@ -257,6 +257,23 @@ def resize_to_shape(seed=0):
     return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 5]}, opset=18, name="resize_to_shape")
 
 
+def global_max_pool(op="GlobalMaxPool", seed=0):
+    """Conv -> Relu -> global max over H, W (``GlobalMaxPool``, or ``ReduceMax`` axes [2, 3] keepdims=1) -> Flatten
+    -> Gemm."""
+    rng = np.random.default_rng(seed)
+    pool = (helper.make_node("GlobalMaxPool", ["r0"], ["g"], name="gmp") if op == "GlobalMaxPool" else
+            helper.make_node("ReduceMax", ["r0"], ["g"], axes=[2, 3], keepdims=1, name="gmp"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        pool,
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = {"w0": _w(rng, 8, 1, 3, 3), "b0": _b(rng, 8), "wf": _w(rng, 10, 8), "bf": _b(rng, 10)}
+    return make(nodes, inits, ["N", 1, 8, 8], {"y": ["N", 10]}, opset=13, name="global_max_pool")
+
+
 def keras_style(seed=0):
     """Keras export: NHWC input transposed to NCHW, Conv(valid) -> Relu -> BatchNorm twice, NHWC flatten, Dense."""
     rng = np.random.default_rng(seed)

@@ -198,3 +198,18 @@ def test_float_fallback_ops_are_refused(fmnist, tmp_path):
     assert q.graph.float_nodes()
     with pytest.raises(QdqExportError, match="floor"):
         export_qdq(q.plan, model, tmp_path / "q.onnx", q.graph)
+
+
+@pytest.mark.parametrize("op", ["GlobalMaxPool", "ReduceMax"])
+def test_global_max_pool_exports_as_a_passthrough(op, tmp_path):
+    """A global max pool is the ``maxpool`` kind on the whole map: the QDQ export maps the ONNX op to it and ORT
+    computes the same program."""
+    from import_nets import global_max_pool
+
+    model = global_max_pool(op)
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    q = gwq_tvm.quantize(model, x[:32])
+    path = export_qdq(q.plan, model, tmp_path / "q.onnx", q.graph)
+    _check_scales(q, path)
+    fid = ort_agreement(q, path, x[32:], optimize=False)
+    assert fid.top1_agreement >= 0.97 and fid.sqnr_db > 25

@@ -392,6 +392,23 @@ def test_resize_to_sizes_with_the_symbolic_batch_imports():
         from_onnx(model, keep_params_in_input=False)
 
 
+@pytest.mark.parametrize("op", ["GlobalMaxPool", "ReduceMax"])
+def test_global_max_pool_is_an_integer_max_pool(op):
+    """Before: ONNX GlobalMaxPool (and ReduceMax over H, W), imported as ``relax.max``, stayed in float between a
+    dequantize and a quantize; it is the max pool of the whole map, a passthrough on the integers."""
+    from gwq_tvm.extract import extract_graph
+
+    model = N.global_max_pool(op)
+    graph = extract_graph(gwq_tvm.load_model(model).mod)
+    assert [n.kind for n in graph.nodes.values()] == ["input", "conv2d", "maxpool", "reshape", "dense"]
+    x = _inputs(model)
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    got = assert_bit_exact(q, x)
+    want = _float_logits(model, x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
 def _small_torch_net(dtype=None):
     import torch
     from torch import nn

@@ -1,4 +1,9 @@
-"""2-D max pooling: the max of integers is the integer of the max (passthrough, same scale)."""
+"""2-D max pooling: the max of integers is the integer of the max (passthrough, same scale).
+
+A global max pool (ONNX ``GlobalMaxPool``, ``ReduceMax`` over H, W with
+``keepdims``: ``relax.max(x, [2, 3], keepdims=True)``) is the max pool whose
+window is the whole ``H x W`` map.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,34 @@ from .layer import pads
 
 class MaxPool(Kind):
     name = "maxpool"
-    ops = ("relax.nn.max_pool2d",)
+    ops = ("relax.nn.max_pool2d", "relax.max")
     passthrough = True
 
     def accepts_zero_point(self, graph, node, layers) -> bool:
         return True  # max is monotonic in the code; padding takes the lowest code
 
     def match(self, w, i, call) -> bool:
+        if call.op.name == "relax.max":
+            return self._match_global(w, i, call)
         a = call.attrs
         if a.layout != "NCHW" or a.out_layout != "NCHW":
             return False
         ints = lambda v: [int(x) for x in v]  # noqa: E731
         attrs = dict(pool_size=ints(a.pool_size), strides=ints(a.strides), padding=ints(a.padding),
                      dilation=ints(a.dilation), ceil_mode=bool(a.ceil_mode))
+        w.add("maxpool", w.bindings[i].var, [call.args[0]], attrs=attrs)
+        return True
+
+    def _match_global(self, w, i, call) -> bool:
+        """``max(x, axis=[2, 3], keepdims=True)`` of a 4-D map of static ``H x W``: the ``H x W`` window."""
+        from ..ir import static_shape
+
+        shape = static_shape(call.args[0])
+        if len(shape) != 4 or min(shape[2:]) < 1 or call.attrs.axis is None or not bool(call.attrs.keepdims):
+            return False
+        if sorted(int(a) % 4 for a in call.attrs.axis) != [2, 3]:
+            return False
+        attrs = dict(pool_size=list(shape[2:]), strides=[1, 1], padding=[0, 0, 0, 0], dilation=[1, 1], ceil_mode=False)
         w.add("maxpool", w.bindings[i].var, [call.args[0]], attrs=attrs)
         return True
 
