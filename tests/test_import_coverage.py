@@ -409,6 +409,21 @@ def test_global_max_pool_is_an_integer_max_pool(op):
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
+def test_gwq_default_group_count_is_at_most_the_tensor_count():
+    """Before: GWQ mode without ``groups`` asked the grouping for 4 groups even on a model with 3 quantized tensors
+    (this one: input, conv, dense) and failed with 'groups must be from 1 to the number of quantized tensors (3);
+    got 4', although the default is documented as *at most* 4.  An explicit ``groups=4`` is still refused."""
+    from gwq_tvm.errors import PlanError
+
+    model = N.global_max_pool()
+    x = _inputs(model, batch=16)
+    q, _ = _quantize(model, x, QuantConfig(mode="gwq"))
+    assert 1 <= len(q.plan.groups) <= 3
+    assert_bit_exact(q, x)
+    with pytest.raises(PlanError, match="groups=4 is more than the model's 3 quantized tensors"):
+        gwq_tvm.quantize(model, x, QuantConfig(mode="gwq", groups=4))
+
+
 def _small_torch_net(dtype=None):
     import torch
     from torch import nn

@@ -329,6 +329,10 @@ def _solve(prob: _Problem, k_max: int, lam: float) -> list:
     return states
 
 
+#: GWQ's group count when neither ``groups`` nor ``tolerance`` is given (fewer when the model has fewer tensors)
+DEFAULT_GROUPS = 4
+
+
 def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = None, tolerance: float | None = None,
                   sfc_cost: float = 0.05) -> Grouping:
     """Group tensors minimising added error plus ``sfc_cost`` times the multiply share.
@@ -340,7 +344,8 @@ def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = No
     edges : list of SfcEdge
         The program's SFC edges (between tensors of ``curves``).
     groups : int, optional
-        At most this many groups (``1 <= groups <= len(curves)``).
+        At most this many groups (``1 <= groups <= len(curves)``); default
+        ``min(DEFAULT_GROUPS, len(curves))``.
     tolerance : float, optional
         Instead of ``groups``: the grouping with the smallest multiply share whose
         added error is at most ``tolerance`` (``sfc_cost`` is then swept).
@@ -363,7 +368,7 @@ def group_tensors(curves: dict, edges: list[SfcEdge], *, groups: int | None = No
         return Grouping(tuple(names), tuple(phases), tuple(int(a) for a in assign), added, mult, lam)
 
     if tolerance is None:
-        k = 4 if groups is None else groups
+        k = min(DEFAULT_GROUPS, len(names)) if groups is None else groups  # the default: at most 4, as documented
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
             raise PlanError(f"groups must be from 1 to the number of quantized tensors ({len(names)}); got {k!r}")
         return result(_solve(prob, k, sfc_cost)[-1], sfc_cost)
