@@ -354,6 +354,15 @@ def test_index_arithmetic_on_data_stays_in_float_and_is_bit_exact():
     assert np.isfinite(got).all() and got.std() > 0
 
 
+def _assert_integer_and_close(model, x):
+    """Quantize ``model`` on ``x``: nothing kept in float, integer-only, bit-exact, within 5% of the float logits."""
+    q, floats = _quantize(model, x)
+    assert not floats and q.integer_only.ok
+    got = assert_bit_exact(q, x)
+    want = _float_logits(model, x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
 def test_max_and_min_with_a_constant_bound_are_clips():
     """Before: ``Max(x, 0.0)`` (the dynamo exporter's ``clamp(min=0)``) imported as
     ``max(stack(broadcast_to(...)))`` and stayed in float; now it is a ``Clip``, fused into the conv as its
@@ -364,12 +373,7 @@ def test_max_and_min_with_a_constant_bound_are_clips():
     graph = extract_graph(gwq_tvm.load_model(model).mod)
     assert not graph.float_nodes()
     assert [n.act for n in graph.nodes.values() if n.kind == "conv2d"] == [(0.0, float("inf")), (-float("inf"), 6.0)]
-    x = _inputs(model)
-    q, floats = _quantize(model, x)
-    assert not floats and q.integer_only.ok
-    got = assert_bit_exact(q, x)
-    want = _float_logits(model, x)
-    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    _assert_integer_and_close(model, _inputs(model))
 
 
 def test_resize_to_sizes_with_the_symbolic_batch_imports():
@@ -401,12 +405,7 @@ def test_global_max_pool_is_an_integer_max_pool(op):
     model = N.global_max_pool(op)
     graph = extract_graph(gwq_tvm.load_model(model).mod)
     assert [n.kind for n in graph.nodes.values()] == ["input", "conv2d", "maxpool", "reshape", "dense"]
-    x = _inputs(model)
-    q, floats = _quantize(model, x)
-    assert not floats and q.integer_only.ok
-    got = assert_bit_exact(q, x)
-    want = _float_logits(model, x)
-    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    _assert_integer_and_close(model, _inputs(model))
 
 
 def test_gwq_default_group_count_is_at_most_the_tensor_count():
